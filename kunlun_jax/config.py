@@ -1,0 +1,351 @@
+"""Typed configuration tree, named configs from `configs/*.toml`, and `--set` overrides.
+
+A config is a frozen dataclass tree (`Config`). Named configs are TOML files holding only the
+fields that differ from the defaults below. Overrides use dotted paths:
+`--set model.num_layers=4 --set train.learning_rate=3e-3`. Unknown keys and bad values raise
+`ConfigError` naming the field and listing what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamTower:
+    """Per-event-stream tower sizes (event-level personalization). 0 = inherit from `model`."""
+
+    max_len: int = 0  # T_e: most recent events kept for this stream
+    d_model: int = 0  # d_e: width of the stream's tower
+    num_heads: int = 0  # H_e
+    num_layers: int = 0  # L_e: layers this stream runs (<= model.num_layers)
+    n_tok: int = 0  # HSP output tokens for this stream
+    window: int = -1  # SWA half-window w_e (-1 inherit, 0 = full attention)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Knobs of the embedded synthetic ranking-traffic generator (kunlun_jax.data.synthetic)."""
+
+    num_users: int = 2000
+    num_items: int = 5000
+    num_categories: int = 32
+    num_contexts: int = 24  # e.g. hour of day
+    num_devices: int = 4
+    latent_dim: int = 8
+    num_dense: int = 4
+    max_history: int = 64  # longest event history generated per stream
+    mean_history: int = 20  # mean of the long-tailed history length
+    affinity_weight: float = 1.2  # weight of user x candidate affinity
+    sequence_weight: float = 1.6  # weight of recency-weighted similarity to past events
+    context_weight: float = 0.5  # weight of context (hour / device) bias
+    dense_weight: float = 0.3
+    bias: float = -0.6  # global logit offset
+    teacher: bool = False  # labels from a fixed random deep network instead of the planted model
+    teacher_depth: int = 3
+    teacher_width: int = 64
+    label_noise: float = 0.0  # teacher mode: probability mixing with a coin flip
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "movielens-100k", "movielens-1m", "movielens-latest-small"] = (
+        "synthetic"
+    )
+    path: str = ""  # raw or prepared data directory for the real datasets
+    num_train: int = 100_000  # synthetic: examples per epoch
+    num_eval: int = 10_000  # synthetic: held-out examples
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 64  # d: width of non-sequence tokens and (by default) sequence towers
+    num_heads: int = 4  # H
+    num_layers: int = 2  # L Kunlun layers (CompSkip pairs them: GDPA layer, then SWA layer)
+    n_sum: int = 8  # summary tokens from personalized weight generation (= GDPA K/V length)
+    n_seed: int = 16  # HSP learnable seeds (overcomplete: > n_tok)
+    n_tok: int = 4  # HSP output tokens per stream
+    skl_rank: int = 4  # k: Kronecker terms in SumKronLinear
+    window: int = 16  # SWA half-window w (token t sees [t-w, t+w]); 0 = full attention
+    causal: bool = False  # SWA mask j <= i (histories are newest-first: an event sees newer ones)
+    ffn: Literal["gdpa", "pffn"] = "gdpa"  # GDPA personalized FFN, or InterFormer's d x d PFFN
+    gdpa_activation: str = "silu"
+    gdpa_qk_scale: float = 1.0  # alpha: applied before the activation
+    gdpa_out_scale: float = 0.0  # beta after the activation; 0 = 1 / n_sum (Meta's kernels: 1/tau)
+    pooling: Literal["hsp", "pma", "mean"] = "hsp"
+    compression: Literal["sumkron", "dense"] = "sumkron"
+    rote: bool = True  # rotary temporal encoding on Q/K of the sequence self-attention
+    rote_t_scale: float = 3600.0  # seconds: angle driven by log(1 + dt / t_scale)
+    compskip: bool = True  # alternate GDPA+fresh HSP / SWA+cached HSP layers
+    event_personalization: bool = True  # per-stream tower sizes from `streams`
+    num_experts: int = 2  # Wukong experts in the global interaction
+    wukong_fm_rank: int = 4  # k_fm: low-rank FM projection
+    wukong_fm_tokens: int = 0  # n_F tokens out of the FM block; 0 = half the tokens
+    mlp_ratio: int = 2  # hidden width of token MLPs = mlp_ratio * d
+    head_hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.0
+    kernels: Literal["reference", "pallas", "auto"] = "reference"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
+    remat: Literal["none", "full", "dots"] = "none"
+    streams: Mapping[str, StreamTower] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 256
+    steps: int = 1000
+    learning_rate: float = 3e-3  # dense params (AdamW)
+    embedding_learning_rate: float = 5e-2  # embedding tables (row-wise Adagrad)
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    eval_every: int = 0  # 0 = only at the end
+    log_every: int = 50
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    seed: int = 0
+    nan_policy: Literal["stop", "skip"] = "stop"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "identity", "leaky_relu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with type checks that name the field.
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where} = {value!r} is not valid; choose one of {list(allowed)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (Mapping, dict):
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return types.MappingProxyType(
+            {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+        )
+    if origin is tuple:
+        (elem_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise ConfigError(f"{where} must be a list of {_type_name(elem_tp)}, got {value!r}")
+        return tuple(_coerce(v, elem_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r} at {where}")
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(f"{where}.{key}".lstrip("."), key, fields))
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}".lstrip("."))
+    return cls(**kwargs)
+
+
+def _unknown_key_message(path: str, key: str, valid: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {path!r}{hint}; valid keys here: {', '.join(sorted(valid))}"
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-python view of a config (dicts, lists, scalars), e.g. for JSON or TOML output."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    """Builds and validates a `Config` from a (possibly partial) nested dict."""
+    config = _build(Config, values, "")
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Named configs and overrides.
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def _load_named(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config {name_or_path!r} not found; named configs: {', '.join(available_configs())} "
+            "(or pass a path to a .toml file)"
+        )
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    values.setdefault("name", path.stem)
+    return values
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`'model.num_layers=4'` -> (['model', 'num_layers'], 4). Values are TOML literals;
+    a bare word that is not one (e.g. `silu`) is taken as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a table")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(name_or_path: str = "tiny", overrides: Sequence[str] = ()) -> Config:
+    """Loads a named config (or a .toml path) and applies `section.key=value` overrides."""
+    values = _load_named(name_or_path)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(values, path, value)
+    return from_dict(values)
+
+
+def replace(config: Config, **overrides: Any) -> Config:
+    """`replace(cfg, **{"model.num_layers": 4})`: a validated copy with dotted-path overrides."""
+    values = to_dict(config)
+    for dotted, value in overrides.items():
+        _set_path(values, dotted.split("."), to_dict(value))
+    return from_dict(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-field validation.
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(config: Config) -> None:
+    """Checks value ranges and cross-field invariants; raises ConfigError naming the field."""
+    m, t, d = config.model, config.train, config.data
+    for name in ("d_model", "num_heads", "num_layers", "n_sum", "n_seed", "n_tok", "skl_rank"):
+        _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
+    _require(
+        m.d_model % m.num_heads == 0,
+        f"model.d_model ({m.d_model}) must be divisible by model.num_heads ({m.num_heads})",
+    )
+    _require(
+        (m.d_model // m.num_heads) % 2 == 0,
+        f"head dim model.d_model/model.num_heads = {m.d_model // m.num_heads} must be even (ROTE)",
+    )
+    _require(m.window >= 0, f"model.window must be >= 0 (0 = full attention), got {m.window}")
+    _require(
+        m.gdpa_activation in ACTIVATIONS,
+        f"model.gdpa_activation = {m.gdpa_activation!r} is not valid; choose one of "
+        f"{list(ACTIVATIONS)}",
+    )
+    _require(m.num_experts >= 1, f"model.num_experts must be >= 1, got {m.num_experts}")
+    _require(m.rote_t_scale > 0, f"model.rote_t_scale must be > 0, got {m.rote_t_scale}")
+    _require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    _require(all(h > 0 for h in m.head_hidden), "model.head_hidden entries must be > 0")
+    for sname, tower in m.streams.items():
+        where = f"model.streams.{sname}"
+        for field in ("max_len", "d_model", "num_heads", "num_layers", "n_tok"):
+            _require(getattr(tower, field) >= 0, f"{where}.{field} must be >= 0 (0 = inherit)")
+        _require(tower.window >= -1, f"{where}.window must be >= -1 (-1 inherit, 0 full)")
+        _require(
+            tower.num_layers <= m.num_layers,
+            f"{where}.num_layers ({tower.num_layers}) must be <= model.num_layers ({m.num_layers})",
+        )
+        dm = tower.d_model or m.d_model
+        heads = tower.num_heads or m.num_heads
+        _require(
+            dm % heads == 0 and (dm // heads) % 2 == 0,
+            f"{where}: d_model {dm} / num_heads {heads} must give an even head dim",
+        )
+    for name in ("batch_size", "steps"):
+        _require(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
+    for name in ("learning_rate", "embedding_learning_rate"):
+        _require(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
+    for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "clip_norm"):
+        _require(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}")
+    _require(t.log_every > 0, f"train.log_every must be > 0, got {t.log_every}")
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+    _require(d.num_train > 0 and d.num_eval > 0, "data.num_train and data.num_eval must be > 0")
+    s = d.synthetic
+    for name in ("num_users", "num_items", "num_categories", "latent_dim", "max_history"):
+        _require(getattr(s, name) > 0, f"data.synthetic.{name} must be > 0")
+    _require(
+        0 < s.mean_history <= s.max_history,
+        f"data.synthetic.mean_history must be in (0, max_history={s.max_history}]",
+    )
+    _require(0.0 <= s.label_noise <= 1.0, "data.synthetic.label_noise must be in [0, 1]")

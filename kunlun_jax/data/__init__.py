@@ -1,0 +1,1 @@
+"""Datasets: the batch format (`spec`), the synthetic generator and real-data loaders."""

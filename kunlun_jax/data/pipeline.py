@@ -1,0 +1,60 @@
+"""grain input pipelines: a shuffled, checkpointable train iterator and exact eval batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from kunlun_jax.config import DataConfig
+from kunlun_jax.data.spec import Batch, FeatureSpec
+
+
+def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
+    """A random-access source of single examples for `split` ("train" | "eval") and its spec."""
+    if cfg.source == "synthetic":
+        from kunlun_jax.data.synthetic import SyntheticSource, feature_spec
+
+        n = cfg.num_train if split == "train" else cfg.num_eval
+        source = SyntheticSource(cfg.synthetic, num_examples=n, seed=cfg.seed, split=split)
+        return source, feature_spec(cfg.synthetic)
+    raise ValueError(f"data.source = {cfg.source!r} has no loader yet; use data.source=synthetic")
+
+
+def train_iterator(
+    source: Any, batch_size: int, *, seed: int, num_threads: int = 2
+) -> grain.DatasetIterator:
+    """Endless shuffled batches (reshuffled every epoch) with get_state()/set_state()."""
+    if len(source) < batch_size:
+        raise ValueError(
+            f"train.batch_size ({batch_size}) exceeds the training set ({len(source)} examples)"
+        )
+    ds = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat(None)
+        .batch(batch_size, drop_remainder=True)
+        .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+    )
+    return iter(ds)
+
+
+def eval_batches(source: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:
+    """Every example exactly once, in order, as (batch, n_real): the last batch is padded to
+    `batch_size` by repeating its last example (static shapes), n_real counts the real rows."""
+    ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
+    for batch in ds:
+        n = len(batch["label"])
+        if n < batch_size:
+            batch = _pad_rows(batch, batch_size)
+        yield batch, n
+
+
+def _pad_rows(tree: Any, size: int) -> Any:
+    if isinstance(tree, dict):
+        return {k: _pad_rows(v, size) for k, v in tree.items()}
+    arr = np.asarray(tree)
+    pad = np.repeat(arr[-1:], size - arr.shape[0], axis=0)
+    return np.concatenate([arr, pad], axis=0)

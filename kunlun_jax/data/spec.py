@@ -1,0 +1,145 @@
+"""The batch format every dataset produces and every model consumes, and its validation.
+
+One example (a batch adds a leading `B` axis to every array):
+
+    {
+      "sparse": int32 [F]          one id per sparse feature, 0 <= id < sparse_vocab_sizes[f]
+      "dense":  float32 [n_dense]  finite dense features
+      "label":  float32 []         click label in {0, 1}
+      "seqs": {stream_name: {
+          "item":   int32 [T]      item ids, newest event first; 0 is padding
+          "side":   int32 [T]      one categorical side feature per event (category, rating, ...)
+          "dt":     float32 [T]    seconds between the event and the request (>= 0)
+          "length": int32 []       number of real events; positions >= length are padding
+      }},
+      optional "oracle_p": float32 []  the true click probability (synthetic data only)
+    }
+
+Histories are stored newest-first, so keeping the `T_e` most recent events of a stream is a
+slice `[:, :T_e]` with `length = min(length, T_e)`. Item id 0 is reserved for padding in every
+stream vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+Batch = dict[str, Any]
+
+
+class BatchError(ValueError):
+    """A batch does not match its FeatureSpec; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    item_vocab_size: int  # including the padding id 0
+    side_vocab_size: int
+    max_len: int  # T: padded length of this stream in the stored data
+    item_feature: str = ""  # sparse feature whose table also embeds this stream's items ("" = own)
+    side_feature: str = ""  # sparse feature whose table also embeds the side ids ("" = own)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    sparse_names: tuple[str, ...]
+    sparse_vocab_sizes: tuple[int, ...]
+    num_dense: int
+    streams: tuple[StreamSpec, ...]
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.streams)
+
+    def stream(self, name: str) -> StreamSpec:
+        for s in self.streams:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stream {name!r}; streams are {list(self.stream_names)}")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise BatchError(message)
+
+
+def _check_array(batch: Mapping[str, Any], key: str, dtype_kind: str, shape: tuple) -> np.ndarray:
+    _check(key in batch, f"batch is missing field {key!r}")
+    arr = np.asarray(batch[key])
+    _check(
+        arr.dtype.kind in dtype_kind,
+        f"batch field {key!r} has dtype {arr.dtype}; expected "
+        f"{'an integer' if dtype_kind == 'iu' else 'a floating'} dtype",
+    )
+    _check(
+        arr.shape == shape,
+        f"batch field {key!r} has shape {arr.shape}; expected {shape}",
+    )
+    return arr
+
+
+def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
+    """Checks shapes, dtypes, id ranges, lengths and labels of a host (numpy) batch.
+
+    Raises BatchError naming the offending field. Meant for the input boundary (data loaders,
+    user-supplied batches), not for the jitted step.
+    """
+    label = np.asarray(batch.get("label"))
+    _check("label" in batch and label.ndim == 1, "batch field 'label' must have shape [B]")
+    b = label.shape[0]
+    _check(b > 0, "batch is empty (B = 0)")
+    label = _check_array(batch, "label", "f", (b,))
+    _check(
+        bool(np.all((label == 0) | (label == 1))),
+        "batch field 'label' must hold only 0 or 1 (binarize ratings before batching)",
+    )
+    sparse = _check_array(batch, "sparse", "iu", (b, len(spec.sparse_vocab_sizes)))
+    vocab = np.asarray(spec.sparse_vocab_sizes)
+    bad = (sparse < 0) | (sparse >= vocab[None, :])
+    if bad.any():
+        f = int(np.argwhere(bad)[0][1])
+        raise BatchError(
+            f"batch field 'sparse' column {f} ({spec.sparse_names[f]!r}) has id "
+            f"{int(sparse[bad][0])} outside [0, {vocab[f]}); map unknown ids to an OOV bucket"
+        )
+    dense = _check_array(batch, "dense", "f", (b, spec.num_dense))
+    _check(bool(np.all(np.isfinite(dense))), "batch field 'dense' holds NaN or Inf")
+    seqs = batch.get("seqs", {})
+    _check(
+        set(seqs) == set(spec.stream_names),
+        f"batch streams {sorted(seqs)} do not match the spec's {sorted(spec.stream_names)}",
+    )
+    for s in spec.streams:
+        where = f"seqs.{s.name}"
+        seq = {f"{where}.{k}": v for k, v in seqs[s.name].items()}
+        item = _check_array(seq, f"{where}.item", "iu", (b, s.max_len))
+        side = _check_array(seq, f"{where}.side", "iu", (b, s.max_len))
+        dt = _check_array(seq, f"{where}.dt", "f", (b, s.max_len))
+        length = _check_array(seq, f"{where}.length", "iu", (b,))
+        _check(
+            bool(np.all((length >= 0) & (length <= s.max_len))),
+            f"{where}.length must be in [0, {s.max_len}]; truncate longer histories",
+        )
+        _check(
+            bool(np.all((item >= 0) & (item < s.item_vocab_size))),
+            f"{where}.item has ids outside [0, {s.item_vocab_size})",
+        )
+        _check(
+            bool(np.all((side >= 0) & (side < s.side_vocab_size))),
+            f"{where}.side has ids outside [0, {s.side_vocab_size})",
+        )
+        real = np.arange(s.max_len)[None, :] < length[:, None]
+        _check(bool(np.all(item[real] > 0)), f"{where}.item uses padding id 0 for a real event")
+        _check(
+            bool(np.all(np.isfinite(dt[real]) & (dt[real] >= 0))),
+            f"{where}.dt must be finite and >= 0 (events after the request time?)",
+        )
+        _check(
+            bool(np.all(np.diff(np.where(real, dt, 0.0), axis=1)[real[:, 1:]] >= 0)),
+            f"{where}.dt must be non-decreasing along the sequence (newest event first)",
+        )

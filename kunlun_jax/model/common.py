@@ -1,0 +1,75 @@
+"""Small shared pieces: partitioned initializers, dense layers with logical axes, norms, MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+default_kernel_init = nn.initializers.lecun_normal()
+
+
+def param_with_axes(init, axes: tuple[str | None, ...]):
+    """An initializer annotated with logical axis names (mapped to mesh axes by rules)."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+class Dense(nn.Module):
+    """y = x W (+ b) on the last axis; W carries logical axes (in_axis, out_axis)."""
+
+    features: int
+    axes: tuple[str | None, str | None] = ("embed", "mlp")
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.param(
+            "kernel", param_with_axes(self.kernel_init, self.axes), (x.shape[-1], self.features)
+        )
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), w.astype(self.dtype))
+        if self.use_bias:
+            b = self.param(
+                "bias", param_with_axes(nn.initializers.zeros, (self.axes[1],)), (self.features,)
+            )
+            y = y + b.astype(self.dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, computed in fp32, scale/bias on the 'embed' axis."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.LayerNorm(
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            scale_init=param_with_axes(nn.initializers.ones, ("embed",)),
+            bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
+        )(x)
+
+
+class MLP(nn.Module):
+    """Dense -> SiLU -> ... -> Dense over the last axis; widths = hidden + (out,)."""
+
+    hidden: Sequence[int]
+    out: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for width in self.hidden:
+            x = jax.nn.silu(Dense(width, ("embed", "mlp"), dtype=self.dtype)(x))
+        return Dense(self.out, ("mlp", "embed"), dtype=self.dtype)(x)
+
+
+def length_mask(lengths: jax.Array, t: int) -> jax.Array:
+    """[B] lengths -> bool [B, T], True at real (non-padded) positions."""
+    return jnp.arange(t)[None, :] < lengths[:, None]

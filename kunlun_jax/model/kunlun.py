@@ -1,0 +1,163 @@
+"""The Kunlun model: embeddings, L Kunlun layers (interaction + transformer), prediction head."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kunlun_jax.config import ModelConfig
+from kunlun_jax.data.spec import Batch, FeatureSpec
+from kunlun_jax.model.attention import SequenceSelfAttention
+from kunlun_jax.model.common import MLP, Dense, LayerNorm
+from kunlun_jax.model.embedding import FeatureEmbedding
+from kunlun_jax.model.gdpa_ffn import GDPAFFN, PersonalizedFFN
+from kunlun_jax.model.hsp import SequenceSummary
+from kunlun_jax.model.towers import Tower, layer_roles, resolve_towers
+from kunlun_jax.model.weight_gen import WeightGen
+from kunlun_jax.model.wukong import MixtureOfWukong
+
+
+class StreamBlock(nn.Module):
+    """One stream's transformer block at one layer: S [B, T_e, d_e] -> S'.
+
+    S' = S + FFN(LN(S), X_sum) on GDPA layers; S' = S + SWA(LN(S)) on attention layers.
+    Padded positions stay exactly zero.
+    """
+
+    cfg: ModelConfig
+    tower: Tower
+    use_ffn: bool
+    use_attention: bool
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, s, dt, lengths, x_sum):
+        c, t = self.cfg, self.tower
+        if self.use_ffn:
+            normed = LayerNorm(self.dtype, name="ffn_norm")(s)
+            if c.ffn == "gdpa":
+                ffn = GDPAFFN(
+                    t.num_heads,
+                    c.gdpa_activation,
+                    c.gdpa_qk_scale,
+                    c.gdpa_out_scale,
+                    c.kernels,
+                    self.dtype,
+                    name="gdpa_ffn",
+                )
+            else:
+                ffn = PersonalizedFFN(self.dtype, name="pffn")
+            s = s + ffn(normed, x_sum, lengths)
+        if self.use_attention:
+            attn = SequenceSelfAttention(
+                t.num_heads,
+                t.window,
+                c.causal,
+                c.rote,
+                c.rote_t_scale,
+                c.kernels,
+                self.dtype,
+                name="swa",
+            )
+            s = s + attn(LayerNorm(self.dtype, name="attn_norm")(s), dt, lengths)
+        return s
+
+
+class KunlunLayer(nn.Module):
+    """Layer l: X [B, n_ns, d], streams {name: S_e}, cached summaries {name: H_e [B, n_tok_e, d]}.
+
+    X_sum = WeightGen(X); H_e = HSP(S_e) (fresh) or cached; X' = LN(X + Wukong([X_sum ; H])),
+    S_e' = StreamBlock(S_e, X_sum). Streams deeper than their L_e pass through unchanged.
+    """
+
+    cfg: ModelConfig
+    towers: tuple[Tower, ...]
+    layer: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, seqs, dts, lengths, summaries):
+        c = self.cfg
+        use_ffn, use_attention, fresh = layer_roles(c, self.layer)
+        x_sum = WeightGen(c.n_sum, c.mlp_ratio, self.dtype, name="weight_gen")(x)
+        new_seqs, new_summaries = dict(seqs), dict(summaries)
+        for t in self.towers:
+            if self.layer >= t.num_layers:
+                continue
+            s = seqs[t.name]
+            if fresh or t.name not in summaries:
+                summary = SequenceSummary(
+                    n_tok=t.n_tok,
+                    d_out=x.shape[-1],
+                    num_heads=t.num_heads,
+                    n_seed=c.n_seed,
+                    pooling=c.pooling,
+                    compression=c.compression,
+                    skl_rank=c.skl_rank,
+                    kernels=c.kernels,
+                    dtype=self.dtype,
+                    name=f"summary_{t.name}",
+                )
+                new_summaries[t.name] = summary(
+                    LayerNorm(self.dtype, name=f"summary_norm_{t.name}")(s), lengths[t.name]
+                )
+            block = StreamBlock(c, t, use_ffn, use_attention, self.dtype, name=f"block_{t.name}")
+            new_seqs[t.name] = block(s, dts[t.name], lengths[t.name], x_sum)
+        z = jnp.concatenate([x_sum, *(new_summaries[t.name] for t in self.towers)], axis=1)
+        mixed = MixtureOfWukong(
+            x.shape[1],
+            num_experts=c.num_experts,
+            fm_rank=c.wukong_fm_rank,
+            fm_tokens=c.wukong_fm_tokens,
+            mlp_ratio=c.mlp_ratio,
+            dtype=self.dtype,
+            name="interaction",
+        )(z)
+        x = LayerNorm(self.dtype, name="out_norm")(x + mixed)
+        return x, new_seqs, new_summaries
+
+
+class Kunlun(nn.Module):
+    """Click logits [B] from a batch (kunlun_jax.data.spec format).
+
+    Each stream keeps its T_e most recent events and is projected to its tower width d_e.
+    """
+
+    cfg: ModelConfig
+    spec: FeatureSpec
+
+    @property
+    def towers(self) -> tuple[Tower, ...]:
+        return resolve_towers(self.cfg, self.spec)
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
+        c = self.cfg
+        dtype = jnp.dtype(c.dtype)
+        towers = self.towers
+        x, tokens = FeatureEmbedding(self.spec, c.d_model, dtype, name="embedding")(batch)
+        seqs, dts, lengths = {}, {}, {}
+        for t in towers:
+            raw = batch["seqs"][t.name]
+            lengths[t.name] = jnp.minimum(raw["length"], t.max_len).astype(jnp.int32)
+            dts[t.name] = raw["dt"][:, : t.max_len]
+            s = tokens[t.name][:, : t.max_len]
+            if t.d_model != c.d_model:
+                s = Dense(
+                    t.d_model, ("embed", "mlp"), use_bias=False, dtype=dtype, name=f"proj_{t.name}"
+                )(s)
+            seqs[t.name] = s
+        summaries: dict[str, jax.Array] = {}
+        layer_cls = nn.remat(KunlunLayer) if c.remat != "none" else KunlunLayer
+        for layer in range(c.num_layers):
+            x, seqs, summaries = layer_cls(c, towers, layer, dtype, name=f"layer_{layer}")(
+                x, seqs, dts, lengths, summaries
+            )
+        b = x.shape[0]
+        features = jnp.concatenate(
+            [x.reshape(b, -1), *(summaries[t.name].reshape(b, -1) for t in towers)], axis=-1
+        )
+        features = nn.Dropout(c.dropout, deterministic=not train)(features)
+        logit = MLP(c.head_hidden, 1, dtype=dtype, name="head")(features)
+        return logit[:, 0].astype(jnp.float32)

@@ -1,0 +1,1 @@
+"""Training: state and steps, checkpoints, the train/eval loop."""

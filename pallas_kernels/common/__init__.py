@@ -1,0 +1,1 @@
+"""Pieces shared by the kernels: activations with derivatives, masks from lengths/windows."""

@@ -1,0 +1,1 @@
+"""Hierarchical seed pooling: learnable seeds attend to a jagged sequence."""

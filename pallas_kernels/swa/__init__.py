@@ -1,0 +1,1 @@
+"""Sliding-window (and full) softmax attention over jagged sequences."""

@@ -1,0 +1,57 @@
+"""Test setup: CPU unless KUNLUN_TEST_PLATFORMS says otherwise; shared tiny specs and batches."""
+
+from __future__ import annotations
+
+import os
+
+# libtpu (installed for deviceless TPU compiles) would otherwise probe for a TPU at start-up.
+os.environ.setdefault("JAX_PLATFORMS", os.environ.get("KUNLUN_TEST_PLATFORMS", "cpu"))
+
+import numpy as np
+import pytest
+
+from kunlun_jax.data.spec import FeatureSpec, StreamSpec
+
+
+@pytest.fixture
+def tiny_spec() -> FeatureSpec:
+    """Three sparse features, two dense, two streams (one sharing the item/category tables)."""
+    return FeatureSpec(
+        sparse_names=("user", "item", "category"),
+        sparse_vocab_sizes=(50, 100, 10),
+        num_dense=2,
+        streams=(
+            StreamSpec("click", 100, 10, 12, item_feature="item", side_feature="category"),
+            StreamSpec("view", 60, 5, 20),
+        ),
+    )
+
+
+def random_batch(spec: FeatureSpec, batch: int, seed: int = 0, lengths=None) -> dict:
+    """A valid random batch for `spec`; lengths: {stream: int [B]} to fix history lengths."""
+    rng = np.random.default_rng(seed)
+
+    def stream(s: StreamSpec) -> dict:
+        n = (lengths or {}).get(s.name)
+        n = rng.integers(0, s.max_len + 1, batch) if n is None else np.asarray(n)
+        real = np.arange(s.max_len)[None] < n[:, None]
+        dt = np.sort(rng.exponential(3e4, (batch, s.max_len)), axis=1)
+        return {
+            "item": np.where(real, rng.integers(1, s.item_vocab_size, real.shape), 0).astype(
+                np.int32
+            ),
+            "side": np.where(real, rng.integers(1, s.side_vocab_size, real.shape), 0).astype(
+                np.int32
+            ),
+            "dt": np.where(real, dt, 0.0).astype(np.float32),
+            "length": n.astype(np.int32),
+        }
+
+    return {
+        "sparse": np.stack([rng.integers(0, v, batch) for v in spec.sparse_vocab_sizes], 1).astype(
+            np.int32
+        ),
+        "dense": rng.normal(size=(batch, spec.num_dense)).astype(np.float32),
+        "label": rng.integers(0, 2, batch).astype(np.float32),
+        "seqs": {s.name: stream(s) for s in spec.streams},
+    }

@@ -1,0 +1,103 @@
+import pytest
+
+from kunlun_jax.config import (
+    ConfigError,
+    available_configs,
+    from_dict,
+    load_config,
+    parse_override,
+    replace,
+    to_dict,
+)
+
+
+def test_named_configs_load_and_validate():
+    names = available_configs()
+    assert {"tiny", "small", "base", "paper"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.name == name
+        assert cfg.model.d_model % cfg.model.num_heads == 0
+
+
+def test_overrides_are_typed():
+    cfg = load_config(
+        "tiny",
+        [
+            "model.num_layers=4",
+            "train.learning_rate=1e-2",
+            "model.rote=false",
+            "model.gdpa_activation=relu",
+            "model.head_hidden=[16, 8]",
+            "model.streams.click.max_len=8",
+        ],
+    )
+    assert cfg.model.num_layers == 4
+    assert cfg.train.learning_rate == pytest.approx(1e-2)
+    assert cfg.model.rote is False
+    assert cfg.model.gdpa_activation == "relu"
+    assert cfg.model.head_hidden == (16, 8)
+    assert cfg.model.streams["click"].max_len == 8
+    # Named-config stream settings survive an override of another stream.
+    assert cfg.model.streams["impression"].d_model == 16
+
+
+def test_int_given_for_float_is_accepted_but_not_the_reverse():
+    assert load_config("tiny", ["train.learning_rate=1"]).train.learning_rate == 1.0
+    with pytest.raises(ConfigError, match=r"model\.num_layers must be an integer"):
+        load_config("tiny", ["model.num_layers=2.5"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.num_layer=4", r"unknown config key 'model\.num_layer'.*did you mean 'num_layers'"),
+        ("modle.d_model=4", r"unknown config key 'modle'.*valid keys here: data, model, name"),
+        ("model.pooling=max", r"model\.pooling = 'max' is not valid; choose one of"),
+        ("model.num_heads=3", r"divisible by model\.num_heads"),
+        ("model.gdpa_activation=tanhh", r"gdpa_activation = 'tanhh' is not valid"),
+        ("train.batch_size=0", r"train\.batch_size must be > 0"),
+        ("model.rote=yes", r"model\.rote must be true or false"),
+        ("model.streams.click.num_layers=9", r"must be <= model\.num_layers"),
+        ("model.streams.click.depth=1", r"unknown config key 'model\.streams\.click\.depth'"),
+        ("model.window=-1", r"model\.window must be >= 0"),
+        ("nonsense", r"must look like section\.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_unknown_config_name_lists_the_named_ones():
+    with pytest.raises(ConfigError, match=r"config 'tinny' not found; named configs: .*tiny"):
+        load_config("tinny")
+
+
+def test_config_file_path_and_bad_toml(tmp_path):
+    good = tmp_path / "mine.toml"
+    good.write_text("[model]\nd_model = 48\nnum_heads = 3\n")
+    cfg = load_config(str(good))
+    assert (cfg.name, cfg.model.d_model) == ("mine", 48)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(bad))
+
+
+def test_round_trip_and_replace():
+    cfg = load_config("small")
+    assert from_dict(to_dict(cfg)) == cfg
+    changed = replace(cfg, **{"model.num_layers": 6})
+    assert changed.model.num_layers == 6
+    assert changed.train == cfg.train
+    with pytest.raises(ConfigError):
+        replace(cfg, **{"model.num_layers": 0})
+
+
+def test_parse_override_keeps_bare_words_as_strings():
+    assert parse_override("model.gdpa_activation=gelu_tanh") == (
+        ["model", "gdpa_activation"],
+        "gelu_tanh",
+    )
+    assert parse_override("a.b = 3") == (["a", "b"], 3)
