@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from kunlun_jax.config import ConfigError, available_configs, load_config, to_dict
+from kunlun_jax.platform import prefer_present_accelerators
 
 SUMMARY_KEYS = ("ne", "oracle_ne", "auc", "log_loss", "calibration", "examples_per_sec")
 
@@ -77,6 +78,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_present_accelerators()
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # libtpu (installed for deviceless TPU compiles) would otherwise probe for a TPU at start-up.
 os.environ.setdefault("JAX_PLATFORMS", os.environ.get("KUNLUN_TEST_PLATFORMS", "cpu"))
+# The suite's time is mostly XLA compiles of small programs: trade generated-code speed for
+# compile speed (about 2x), and share compiled programs between tests through a cache
+# (identical train steps are built many times, e.g. to check exact resume).
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+).strip()
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix=f"kunlun-jax-cache-{os.getppid()}-")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np
 import pytest

@@ -31,25 +31,36 @@ def train_iterator(
         raise ValueError(
             f"train.batch_size ({batch_size}) exceeds the training set ({len(source)} examples)"
         )
-    ds = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat(None)
-        .batch(batch_size, drop_remainder=True)
-        .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+    ds = _batched(
+        _examples(source).shuffle(seed=seed).repeat(None), source, batch_size, drop_remainder=True
     )
-    return iter(ds)
+    return iter(
+        ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+    )
 
 
 def eval_batches(source: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:
     """Every example exactly once, in order, as (batch, n_real): the last batch is padded to
     `batch_size` by repeating its last example (static shapes), n_real counts the real rows."""
-    ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
-    for batch in ds:
+    for batch in _batched(_examples(source), source, batch_size, drop_remainder=False):
         n = len(batch["label"])
         if n < batch_size:
             batch = _pad_rows(batch, batch_size)
         yield batch, n
+
+
+def _examples(source: Any) -> grain.MapDataset:
+    """Indices if the source batches itself (vectorized `source.batch(indices)`), else examples."""
+    if hasattr(source, "batch"):
+        return grain.MapDataset.range(len(source))
+    return grain.MapDataset.source(source)
+
+
+def _batched(
+    ds: grain.MapDataset, source: Any, batch_size: int, *, drop_remainder: bool
+) -> grain.MapDataset:
+    batch_fn = source.batch if hasattr(source, "batch") else None
+    return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
 
 
 def _pad_rows(tree: Any, size: int) -> Any:

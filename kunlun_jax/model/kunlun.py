@@ -64,6 +64,32 @@ class StreamBlock(nn.Module):
         return s
 
 
+class TowerSummary(nn.Module):
+    """A stream's summary tokens: SequenceSummary(LN(S)) -> [B, n_tok_e, d_out]."""
+
+    cfg: ModelConfig
+    tower: Tower
+    d_out: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, s: jax.Array, lengths: jax.Array) -> jax.Array:
+        c, t = self.cfg, self.tower
+        summary = SequenceSummary(
+            n_tok=t.n_tok,
+            d_out=self.d_out,
+            num_heads=t.num_heads,
+            n_seed=c.n_seed,
+            pooling=c.pooling,
+            compression=c.compression,
+            skl_rank=c.skl_rank,
+            kernels=c.kernels,
+            dtype=self.dtype,
+            name="pool",
+        )
+        return summary(LayerNorm(self.dtype, name="norm")(s), lengths)
+
+
 class KunlunLayer(nn.Module):
     """Layer l: X [B, n_ns, d], streams {name: S_e}, cached summaries {name: H_e [B, n_tok_e, d]}.
 
@@ -87,21 +113,8 @@ class KunlunLayer(nn.Module):
                 continue
             s = seqs[t.name]
             if fresh or t.name not in summaries:
-                summary = SequenceSummary(
-                    n_tok=t.n_tok,
-                    d_out=x.shape[-1],
-                    num_heads=t.num_heads,
-                    n_seed=c.n_seed,
-                    pooling=c.pooling,
-                    compression=c.compression,
-                    skl_rank=c.skl_rank,
-                    kernels=c.kernels,
-                    dtype=self.dtype,
-                    name=f"summary_{t.name}",
-                )
-                new_summaries[t.name] = summary(
-                    LayerNorm(self.dtype, name=f"summary_norm_{t.name}")(s), lengths[t.name]
-                )
+                summarize = TowerSummary(c, t, x.shape[-1], self.dtype, name=f"summary_{t.name}")
+                new_summaries[t.name] = summarize(s, lengths[t.name])
             block = StreamBlock(c, t, use_ffn, use_attention, self.dtype, name=f"block_{t.name}")
             new_seqs[t.name] = block(s, dts[t.name], lengths[t.name], x_sum)
         z = jnp.concatenate([x_sum, *(new_summaries[t.name] for t in self.towers)], axis=1)
@@ -154,10 +167,16 @@ class Kunlun(nn.Module):
             x, seqs, summaries = layer_cls(c, towers, layer, dtype, name=f"layer_{layer}")(
                 x, seqs, dts, lengths, summaries
             )
+        # The head reads fresh summaries of the final sequences, so the last layers' sequence
+        # updates reach the output (with CompSkip the last layer's own summary is a cached one).
         b = x.shape[0]
-        features = jnp.concatenate(
-            [x.reshape(b, -1), *(summaries[t.name].reshape(b, -1) for t in towers)], axis=-1
-        )
+        final = [
+            TowerSummary(c, t, c.d_model, dtype, name=f"final_summary_{t.name}")(
+                seqs[t.name], lengths[t.name]
+            ).reshape(b, -1)
+            for t in towers
+        ]
+        features = jnp.concatenate([x.reshape(b, -1), *final], axis=-1)
         features = nn.Dropout(c.dropout, deterministic=not train)(features)
         logit = MLP(c.head_hidden, 1, dtype=dtype, name="head")(features)
         return logit[:, 0].astype(jnp.float32)

@@ -73,7 +73,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
         state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "finite": finite,
             "grad_finite": grad_finite,
         }

@@ -1,0 +1,1 @@
+"""Kernel benchmarks: scripts run as `python benchmarks/kernels/<op>.py --out results.json`."""

@@ -1,0 +1,304 @@
+"""GDPA kernel benchmark: forward, backward and fwd+bwd TFLOP/s with same-run baselines.
+
+GPU / TPU:  python benchmarks/kernels/gdpa.py --out benchmarks/results/gdpa_<device>.json
+CPU smoke:  python benchmarks/kernels/gdpa.py --smoke --out /tmp/gdpa.json
+            (tiny shapes; the reference under XLA and tokamax "xla" only: Pallas would need
+            interpret mode, which measures nothing)
+
+FLOPs count real (unpadded) tokens, per batch row and head: forward 4·q_len·kv_len·D, halved
+for causal, kv_len → min(kv_len, 2w + 1) under a window; backward 2.5× forward. Softmax
+attention baselines are counted the same way at the same shapes. Backward is timed alone
+(the jitted VJP applied to saved residuals); fwd+bwd is one jitted grad. Baselines measured
+in the same run: a bf16 matmul (TFLOP/s: the practical tensor-core / MXU peak) and an
+elementwise device-to-device copy (GB/s); every result also reports its fraction of that
+matmul peak.
+
+Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_reference (plain jnp under
+XLA) and tokamax_<impl> softmax attention for impl in mosaic, triton, cudnn, xla, each named
+explicitly (tokamax's default list silently falls back to XLA). Failures are recorded per
+implementation, not raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokamax
+
+from pallas_kernels.gdpa import gdpa
+
+TOKAMAX_IMPLS = ("mosaic", "triton", "cudnn", "xla")
+ALL_IMPLS = ("gdpa_pallas", "gdpa_reference", *(f"tokamax_{i}" for i in TOKAMAX_IMPLS))
+SMOKE_IMPLS = ("gdpa_reference", "tokamax_xla")
+BWD_FLOPS_FACTOR = 2.5
+TOKENS_PER_BATCH = 16384  # batch = TOKENS_PER_BATCH // Tq keeps the work per case similar
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark shape. lengths: "full", "uniform" (U[1, T]) or "longtail" (log-normal,
+    median T/8); self-attention rows share q/kv lengths, cross-attention K/V (summary tokens)
+    are always full."""
+
+    name: str
+    batch: int
+    heads: int
+    tq: int
+    tkv: int
+    head_dim: int
+    lengths: str
+    window: int | None = None
+    causal: bool = False
+
+    @property
+    def is_self(self) -> bool:
+        return self.name.startswith("self")
+
+
+def default_cases(heads: tuple[int, ...], head_dim: int) -> list[Case]:
+    """Self T ∈ {256, 1024, 4096} and cross Tq ∈ {1024, 4096} × Tkv ∈ {16, 64, 256}, every
+    length distribution, plus causal and windowed self-attention at T = 4096."""
+    cases = []
+    for h in heads:
+        for lengths in ("full", "uniform", "longtail"):
+            for t in (256, 1024, 4096):
+                cases.append(Case(f"self_T{t}", TOKENS_PER_BATCH // t, h, t, t, head_dim, lengths))
+            for tq in (1024, 4096):
+                for tkv in (16, 64, 256):
+                    name = f"cross_Tq{tq}_Tkv{tkv}"
+                    cases.append(Case(name, TOKENS_PER_BATCH // tq, h, tq, tkv, head_dim, lengths))
+        b = TOKENS_PER_BATCH // 4096
+        cases.append(Case("self_T4096_causal", b, h, 4096, 4096, head_dim, "full", causal=True))
+        cases.append(Case("self_T4096_w100", b, h, 4096, 4096, head_dim, "full", window=100))
+    return cases
+
+
+def smoke_cases() -> list[Case]:
+    """One tiny jagged, windowed cross-attention case (each case costs ~6 CPU compiles)."""
+    return [Case("cross_Tq32_Tkv16", 2, 2, 32, 16, 32, "longtail", window=4)]
+
+
+def case_lengths(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """int32 (q_lengths, kv_lengths) [B] for the case's length distribution."""
+    rng = np.random.default_rng(seed)
+    t = case.tq
+    if case.lengths == "full":
+        q = np.full(case.batch, t)
+    elif case.lengths == "uniform":
+        q = rng.integers(1, t + 1, case.batch)
+    else:
+        q = np.clip(np.ceil(rng.lognormal(np.log(t / 8), 1.0, case.batch)), 1, t)
+    kv = q if case.is_self else np.full(case.batch, case.tkv)
+    return q.astype(np.int32), kv.astype(np.int32)
+
+
+def forward_flops(case: Case, q_lens: np.ndarray, kv_lens: np.ndarray) -> float:
+    """4·q_len·kv_len_eff·D per row and head on real tokens (see module docstring)."""
+    kv_eff = kv_lens if case.window is None else np.minimum(kv_lens, 2 * case.window + 1)
+    flops = 4.0 * case.head_dim * case.heads * float(np.sum(q_lens * kv_eff.astype(np.float64)))
+    return flops / 2 if case.causal else flops
+
+
+def time_ms(fn: Callable, args: tuple, *, iters: int, warmup: int, repeats: int = 3) -> float:
+    """Median over `repeats` of the mean wall time (ms) of `iters` back-to-back calls."""
+    for _ in range(1 + warmup):  # the first call compiles
+        jax.block_until_ready(fn(*args))
+    means = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        means.append((time.perf_counter() - start) / iters * 1e3)
+    return float(np.median(means))
+
+
+def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | None) -> Callable:
+    """attend(q, k, v, q_lengths, kv_lengths) -> o for one implementation."""
+    scale = case.head_dim**-0.5
+    if impl.startswith("gdpa_"):
+        backend = "pallas" if impl == "gdpa_pallas" else "reference"
+        blocks = dict(block_q=block_q, block_kv=block_kv) if backend == "pallas" else {}
+
+        def attend(q, k, v, q_lens, kv_lens):
+            return gdpa(
+                q,
+                k,
+                v,
+                activation="silu",
+                qk_scale=scale,
+                out_scale=1.0 / case.tkv,
+                q_lengths=q_lens,
+                kv_lengths=kv_lens,
+                window=case.window,
+                causal=case.causal,
+                backend=backend,
+                **blocks,
+            )
+
+        return attend
+    window = None if case.window is None else (case.window, case.window)
+    tokamax_impl = impl.removeprefix("tokamax_")
+
+    def attend(q, k, v, q_lens, kv_lens):
+        return tokamax.dot_product_attention(
+            q,
+            k,
+            v,
+            scale=scale,
+            is_causal=case.causal,
+            query_seq_lengths=q_lens,
+            key_value_seq_lengths=kv_lens,
+            local_window_size=window,
+            implementation=tokamax_impl,
+        )
+
+    return attend
+
+
+def run_case(case: Case, impl: str, args: argparse.Namespace) -> dict:
+    """Timings and TFLOP/s of one (case, implementation); `error` set instead on failure."""
+    q_np, kv_np = case_lengths(case)
+    fwd_flops = forward_flops(case, q_np, kv_np)
+    result = dict(
+        dataclasses.asdict(case),
+        impl=impl,
+        q_lengths=q_np.tolist(),
+        kv_lengths=kv_np.tolist(),
+        fwd_flops=fwd_flops,
+        error=None,
+    )
+    rng = np.random.default_rng(0)  # numpy: no eager XLA compiles for input generation
+    q_shape = (case.batch, case.tq, case.heads, case.head_dim)
+    kv_shape = (case.batch, case.tkv, case.heads, case.head_dim)
+    q, k, v, do = (
+        jnp.asarray(rng.standard_normal(shape, np.float32).astype(jnp.bfloat16))
+        for shape in (q_shape, kv_shape, kv_shape, q_shape)
+    )
+    inputs = (q, k, v, jnp.asarray(q_np), jnp.asarray(kv_np))
+    attend = attention_fn(impl, case, args.block_q, args.block_kv)
+
+    def loss(q, k, v, q_lens, kv_lens, do):
+        o = attend(q, k, v, q_lens, kv_lens)
+        return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+
+    def forward_with_vjp(q, k, v, q_lens, kv_lens):
+        return jax.vjp(lambda q, k, v: attend(q, k, v, q_lens, kv_lens), q, k, v)[1]
+
+    def backward(vjp_fn, do):
+        return vjp_fn(do)
+
+    timing = dict(iters=args.iters, warmup=args.warmup)
+    try:
+        fwd_ms = time_ms(jax.jit(attend), inputs, **timing)
+        # Backward alone: the VJP (a pytree holding the residuals) applied to dO.
+        vjp_fn = jax.jit(forward_with_vjp)(*inputs)
+        bwd_ms = time_ms(jax.jit(backward), (vjp_fn, do), **timing)
+        fwdbwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        fwdbwd_ms = time_ms(fwdbwd, (*inputs, do), **timing)
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        return result
+    bwd_flops = BWD_FLOPS_FACTOR * fwd_flops
+    result.update(
+        fwd_ms=fwd_ms,
+        bwd_ms=bwd_ms,
+        fwdbwd_ms=fwdbwd_ms,
+        fwd_tflops=fwd_flops / fwd_ms * 1e-9,
+        bwd_tflops=bwd_flops / bwd_ms * 1e-9,
+        fwdbwd_tflops=(fwd_flops + bwd_flops) / fwdbwd_ms * 1e-9,
+    )
+    return result
+
+
+def baselines(smoke: bool, iters: int, warmup: int) -> dict:
+    """Same-run bf16 matmul TFLOP/s and elementwise copy GB/s (read + write)."""
+    n = 256 if smoke else 8192
+    a = jnp.ones((n, n), jnp.bfloat16)
+    mm_ms = time_ms(jax.jit(jnp.matmul), (a, a), iters=iters, warmup=warmup)
+    elems = (1 << 20) if smoke else (1 << 28)
+    x = jnp.ones((elems,), jnp.bfloat16)
+    copy_ms = time_ms(jax.jit(lambda x: x + 1), (x,), iters=iters, warmup=warmup)
+    return dict(
+        matmul_shape=[n, n, n],
+        matmul_bf16_tflops=2.0 * n**3 / mm_ms * 1e-9,
+        copy_bytes=2 * x.nbytes,
+        copy_gbps=2 * x.nbytes / copy_ms * 1e-6,
+    )
+
+
+def environment() -> dict:
+    device = jax.devices()[0]
+    return dict(
+        device_kind=device.device_kind,
+        platform=device.platform,
+        device_count=jax.device_count(),
+        jax=jax.__version__,
+        jaxlib=metadata.version("jaxlib"),
+        tokamax=metadata.version("tokamax"),
+        python=sys.version.split()[0],
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        command=" ".join([sys.executable, *sys.argv]),
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON output path")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
+    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, help="subset to run")
+    parser.add_argument("--heads", nargs="+", type=int, default=[4, 8])
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--block-q", type=int, help="override gdpa_pallas tiles (tuning)")
+    parser.add_argument("--block-kv", type=int, help="override gdpa_pallas tiles (tuning)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.iters, args.warmup = 2, 1
+        args.impls = args.impls or list(SMOKE_IMPLS)
+    args.impls = args.impls or list(ALL_IMPLS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cases = smoke_cases() if args.smoke else default_cases(tuple(args.heads), args.head_dim)
+    report = dict(
+        environment=environment(),
+        baselines=baselines(args.smoke, args.iters, args.warmup),
+        flops_convention="fwd 4·q·kv_eff·D per row·head on real tokens; bwd 2.5× fwd",
+        results=[],
+    )
+    peak = report["baselines"]["matmul_bf16_tflops"]
+    print(
+        f"{report['environment']['device_kind']}: bf16 matmul {peak:.1f} TFLOP/s, "
+        f"copy {report['baselines']['copy_gbps']:.1f} GB/s"
+    )
+    for case in cases:
+        for impl in args.impls:
+            r = run_case(case, impl, args)
+            if r["error"] is None:
+                r["fwdbwd_fraction_of_matmul"] = r["fwdbwd_tflops"] / peak
+                summary = " ".join(f"{k} {r[f'{k}_tflops']:8.3g}" for k in ("fwd", "bwd", "fwdbwd"))
+            else:
+                summary = r["error"]
+            print(f"{case.name:22s} H{case.heads} {case.lengths:8s} {impl:16s} {summary}")
+            report["results"].append(r)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

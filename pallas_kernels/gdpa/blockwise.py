@@ -1,0 +1,161 @@
+"""Per-tile GDPA math shared by every kernel (TPU-style and Triton-style, forward and backward).
+
+With S = Q Kᵀ (fp32), α = qk_scale, β = out_scale and M the mask:
+    P  = M ⊙ β·Act(α·S)                  O  = P V
+    dV = Pᵀ dO        dP = dO Vᵀ         dS = M ⊙ dP ⊙ αβ·Act'(α·S)
+    dQ = dS K         dK = dSᵀ Q
+Kernels accumulate the unscaled tiles (`probs`, `score_grad`) and apply β (O, dV) or αβ (dQ, dK)
+once to the fp32 accumulator at the end: fewer multiplies per element, same result.
+
+Pallas-Triton has no lowering for `lax.erf`, so Triton kernels build their spec with
+`erf_free=True`, which evaluates exact GELU with the rational erf approximation XLA and Eigen
+use for fp32 (max abs error 5e-7 against `lax.erf`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels.common import blocks
+from pallas_kernels.common.activations import Fn, get_activation
+
+# erf(x) ≈ x·P(x²)/Q(x²) on [-4, 4], clamped outside: Eigen's / XLA's fp32 erf.
+# Coefficients highest degree first.
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _horner(x: jax.Array, coeffs: tuple[float, ...]) -> jax.Array:
+    acc = jnp.full_like(x, coeffs[0])
+    for c in coeffs[1:]:
+        acc = acc * x + c
+    return acc
+
+
+def erf_rational(x: jax.Array) -> jax.Array:
+    """fp32 erf from elementwise arithmetic only (lowers where `lax.erf` does not)."""
+    x = jnp.clip(x, -4.0, 4.0)
+    x2 = x * x
+    return x * _horner(x2, _ERF_P) / _horner(x2, _ERF_Q)
+
+
+def _gelu_erf_free(x: jax.Array) -> jax.Array:
+    return 0.5 * x * (1.0 + erf_rational(x * _INV_SQRT_2))
+
+
+def _dgelu_erf_free(x: jax.Array) -> jax.Array:
+    return 0.5 * (1.0 + erf_rational(x * _INV_SQRT_2)) + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+
+
+def _activation(name: str, erf_free: bool) -> tuple[Fn, Fn]:
+    if erf_free and name == "gelu":
+        return _gelu_erf_free, _dgelu_erf_free
+    return get_activation(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class GdpaSpec:
+    """Static (hashable) description of one GDPA call: activation, scales and mask kind."""
+
+    activation: str
+    qk_scale: float
+    out_scale: float
+    window: int | None
+    causal: bool
+    erf_free: bool = False
+
+    def probs(self, s: jax.Array) -> jax.Array:
+        """Act(α·S) for an fp32 score tile (P / β, before masking)."""
+        act, _ = _activation(self.activation, self.erf_free)
+        return act(self._scaled(s))
+
+    def score_grad(self, s: jax.Array, dp: jax.Array) -> jax.Array:
+        """dP ⊙ Act'(α·S) for fp32 tiles (dS / (αβ), before masking)."""
+        _, dact = _activation(self.activation, self.erf_free)
+        return dp * dact(self._scaled(s))
+
+    def visible(
+        self, q_idx: jax.Array, kv_idx: jax.Array, q_len: blocks.Int, kv_len: blocks.Int
+    ) -> jax.Array:
+        """Mask predicate over broadcastable query/key position arrays."""
+        return blocks.visible(
+            q_idx, kv_idx, q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal
+        )
+
+    @property
+    def grad_scale(self) -> float:
+        """αβ: the factor applied to accumulated dQ and dK."""
+        return self.qk_scale * self.out_scale
+
+    def _scaled(self, s: jax.Array) -> jax.Array:
+        return s if self.qk_scale == 1.0 else s * self.qk_scale
+
+
+_NT_DIMS = (((1,), (1,)), ((), ()))
+
+
+def mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """A·B with fp32 accumulation and result (MXU / tensor cores)."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def mm_nt(a: jax.Array, b: jax.Array) -> jax.Array:
+    """A·Bᵀ with fp32 accumulation and result, without materializing Bᵀ."""
+    return jax.lax.dot_general(a, b, _NT_DIMS, preferred_element_type=jnp.float32)
+
+
+def tile_positions(
+    first_row: blocks.Int, first_col: blocks.Int, shape: tuple[int, int], *, rows_are_q: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Absolute (q_idx, kv_idx) int32 arrays for a 2-D tile of `shape`.
+
+    rows_are_q: the tile is [q, kv] (forward, dQ) rather than [kv, q] (dK/dV kernel).
+    """
+    rows = first_row + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+    cols = first_col + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    return (rows, cols) if rows_are_q else (cols, rows)
+
+
+# Per kernel: (matmuls of 2·D FLOPs per score, q-sized arrays moved, kv-sized arrays moved).
+_KERNEL_TRAFFIC = {
+    "fwd": (2, 2, 2),  # S, PV; reads q, k, v, writes o
+    "dkdv": (4, 2, 4),  # Sᵀ, dPᵀ, dV, dK; reads q, dO, k, v, writes dK, dV
+    "dq": (3, 3, 2),  # S, dP, dQ; reads q, dO, k, v, writes dQ
+}
+
+
+def cost_estimate(q: jax.Array, k: jax.Array, kernel: str) -> pl.CostEstimate:
+    """Dense (padded-shape) cost of one GDPA kernel ("fwd", "dkdv", "dq") for XLA's scheduler.
+
+    q: [B, Tq, H, D], k: [B, Tkv, H, D] as passed to the kernel. One activation (one
+    transcendental) per score.
+    """
+    batch, tq, heads, dim = q.shape
+    scores = batch * heads * tq * k.shape[1]
+    matmuls, q_moves, kv_moves = _KERNEL_TRAFFIC[kernel]
+    return pl.CostEstimate(
+        flops=2 * matmuls * scores * dim,
+        transcendentals=scores,
+        bytes_accessed=q_moves * q.size * q.dtype.itemsize + kv_moves * k.size * k.dtype.itemsize,
+    )

@@ -1,0 +1,151 @@
+"""GDPA backward as two Pallas Triton (GPU) kernels (runs on CPU with interpret mode).
+
+No softmax statistics: S = Q Kᵀ is recomputed per tile, nothing T×T is stored.
+- dK/dV kernel, grid (kv-blocks, B·H): one [block_kv, D] K/V tile per program, fori_loop over
+  the tight range of query blocks that see it (`common.blocks.q_block_range`):
+      dV += Pᵀ dO,   dK += dSᵀ Q      (tiles computed transposed, [kv, q]).
+- dQ kernel, grid (q-blocks, B·H), fori_loop over the forward's kv range:  dQ += dS K.
+Both accumulate in fp32 registers and never visit padded blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels.common import blocks
+from pallas_kernels.gdpa.blockwise import GdpaSpec, mm, mm_nt, tile_positions
+from pallas_kernels.gdpa.triton import batch_lengths, call_triton, head_spec, tile_rows
+from pallas_kernels.gdpa.tuning import BlockSizes
+
+
+def _dkdv_kernel(
+    q_lens_ref,
+    kv_lens_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    spec: GdpaSpec,
+    block_q: int,
+    block_kv: int,
+    num_heads: int,
+) -> None:
+    kj = pl.program_id(0)
+    q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
+    lo, hi = blocks.q_block_range(
+        kj,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        window=spec.window,
+        causal=spec.causal,
+    )
+    k, v = k_ref[...], v_ref[...]
+
+    def body(qi, carry):
+        dk, dv = carry
+        rows = tile_rows(qi, block_q)
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        st = mm_nt(k, q)  # Sᵀ [kv, q]
+        q_idx, kv_idx = tile_positions(kj * block_kv, qi * block_q, st.shape, rows_are_q=False)
+        vis = spec.visible(q_idx, kv_idx, q_len, kv_len)
+        pt = jnp.where(vis, spec.probs(st), 0.0)
+        dst = jnp.where(vis, spec.score_grad(st, mm_nt(v, do)), 0.0)  # dPᵀ = V dOᵀ
+        return dk + mm(dst.astype(q.dtype), q), dv + mm(pt.astype(do.dtype), do)
+
+    zeros = jnp.zeros(dk_ref.shape, jnp.float32)
+    dk, dv = jax.lax.fori_loop(lo, hi, body, (zeros, zeros))
+    dk_ref[...] = (dk * spec.grad_scale).astype(dk_ref.dtype)
+    dv_ref[...] = (dv * spec.out_scale).astype(dv_ref.dtype)
+
+
+def _dq_kernel(
+    q_lens_ref,
+    kv_lens_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    dq_ref,
+    *,
+    spec: GdpaSpec,
+    block_q: int,
+    block_kv: int,
+    num_heads: int,
+) -> None:
+    qi = pl.program_id(0)
+    q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
+    lo, hi = blocks.kv_block_range(
+        qi,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        window=spec.window,
+        causal=spec.causal,
+    )
+    q, do = q_ref[...], do_ref[...]
+
+    def body(kj, dq):
+        rows = tile_rows(kj, block_kv)
+        k = k_ref[rows, :]
+        s = mm_nt(q, k)
+        q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
+        vis = spec.visible(q_idx, kv_idx, q_len, kv_len)
+        ds = jnp.where(vis, spec.score_grad(s, mm_nt(do, v_ref[rows, :])), 0.0)  # dP = dO Vᵀ
+        return dq + mm(ds.astype(k.dtype), k)
+
+    dq = jax.lax.fori_loop(lo, hi, body, jnp.zeros(dq_ref.shape, jnp.float32))
+    dq_ref[...] = (dq * spec.grad_scale).astype(dq_ref.dtype)
+
+
+def gdpa_bwd_triton(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    do: jax.Array,
+    q_lens: jax.Array,
+    kv_lens: jax.Array,
+    *,
+    spec: GdpaSpec,
+    sizes: BlockSizes,
+    interpret: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_triton`, do like q."""
+    batch, tq, heads, dim = q.shape
+    tkv = k.shape[1]
+    bq, bkv = sizes.block_q_bwd, sizes.block_kv_bwd
+    kernel_kw = dict(spec=spec, block_q=bq, block_kv=bkv, num_heads=heads)
+    call_kw = dict(sizes=sizes, interpret=interpret, cost_like=(q, k))
+    q_whole = head_spec(tq, dim, heads, tiled=False)
+    kv_whole = head_spec(tkv, dim, heads, tiled=False)
+    q_tile = head_spec(bq, dim, heads, tiled=True)
+    kv_tile = head_spec(bkv, dim, heads, tiled=True)
+
+    dk, dv = call_triton(
+        functools.partial(_dkdv_kernel, **kernel_kw),
+        grid=(tkv // bkv, batch * heads),
+        in_specs=[q_whole, kv_tile, kv_tile, q_whole],
+        out_specs=[kv_tile, kv_tile],
+        out_like=[k, v],
+        kind="dkdv",
+        **call_kw,
+    )(q_lens, kv_lens, q, k, v, do)
+    (dq,) = call_triton(
+        functools.partial(_dq_kernel, **kernel_kw),
+        grid=(tq // bq, batch * heads),
+        in_specs=[q_tile, kv_whole, kv_whole, q_tile],
+        out_specs=[q_tile],
+        out_like=[q],
+        kind="dq",
+        **call_kw,
+    )(q_lens, kv_lens, q, k, v, do)
+    return dq, dk, dv

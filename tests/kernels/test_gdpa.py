@@ -1,0 +1,259 @@
+"""GDPA Pallas kernels (TPU-style and Triton-style, interpret mode on CPU) against the reference.
+
+Ground truth is `gdpa_reference` in fp32 on the same (dtype-rounded) inputs. Errors are
+normalized per output (O, dQ, dK, dV): max|x - ref| / max(max|ref|, 1e-2). Tolerances per
+input dtype, measured worst cases in parentheses:
+    fp32 1e-4 (2e-7 typical, 2e-5 where GELU cancels), bf16 2e-2 (5e-3), fp16 5e-3 (6e-4).
+fp32 cannot be tighter: GELU and GELU-tanh cancel in 1 + erf (1 + tanh) for negative scores,
+where fp32 itself is only ~2e-5 accurate (at s = -2.74 fp32 gives -0.00851677, fp64
+-0.00851661), and the floor keeps outputs that cancel to ~0 from turning that rounding into
+large relative errors. Real bugs (a leaked mask entry, a skipped tile, a wrong scale) show up
+as errors of order 1e-2 or more.
+Tiles of 16 rows make every test shape multi-block, so skipping and ragged edges are exercised.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pallas_kernels.common.activations import ACTIVATIONS
+from pallas_kernels.gdpa import gdpa, gdpa_reference
+from pallas_kernels.gdpa.tuning import SHORT_KV_MAX, BlockSizes, default_block_sizes
+
+PALLAS = ("pallas_tpu", "pallas_triton")
+TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
+ERROR_SCALE_FLOOR = 1e-2
+BLOCK = 16
+
+
+def _inputs(seed: int, b: int, tq: int, tkv: int, h: int, d: int, dtype: str):
+    """q, do [B, Tq, H, D] and k, v [B, Tkv, H, D], standard normal, in `dtype` (numpy RNG:
+    no per-shape XLA compiles)."""
+    rng = np.random.default_rng(seed)
+    shapes = ((b, tq, h, d), (b, tkv, h, d), (b, tkv, h, d), (b, tq, h, d))
+    return tuple(jnp.asarray(rng.standard_normal(s, np.float32)).astype(dtype) for s in shapes)
+
+
+def _value_and_grads(fn, q, k, v, do):
+    """(O, (dQ, dK, dV)) of fn(q, k, v) for cotangent do, in one jit."""
+
+    def run(q, k, v, do):
+        o, vjp = jax.vjp(fn, q, k, v)
+        return o, vjp(do.astype(o.dtype))
+
+    return jax.jit(run)(q, k, v, do)
+
+
+def _f32(*xs):
+    return tuple(x.astype(jnp.float32) for x in xs)
+
+
+def _assert_close(got, want, dtype: str, what: str) -> None:
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.isfinite(got).all(), f"{what}: non-finite values"
+    scale = max(float(np.abs(want).max()), ERROR_SCALE_FLOOR)
+    err = float(np.abs(got - want).max()) / scale
+    assert err <= TOLERANCE[dtype], f"{what}: normalized error {err:.2e} > {TOLERANCE[dtype]}"
+
+
+def _check_against_reference(backend: str, inputs, dtype: str, **kw) -> tuple:
+    """Kernel vs fp32 reference for O, dQ, dK, dV; returns the kernel's (O, grads)."""
+    q, k, v, do = inputs
+    got = _value_and_grads(
+        lambda q, k, v: gdpa(q, k, v, backend=backend, block_q=BLOCK, block_kv=BLOCK, **kw),
+        q,
+        k,
+        v,
+        do,
+    )
+    want = _value_and_grads(lambda q, k, v: gdpa_reference(q, k, v, **kw), *_f32(q, k, v, do))
+    _assert_close(got[0], want[0], dtype, "O")
+    for name, g, w in zip(("dQ", "dK", "dV"), got[1], want[1], strict=True):
+        _assert_close(g, w, dtype, name)
+    return got
+
+
+def _assert_padding_exactly_zero(got, q_lengths, kv_lengths) -> None:
+    """Padded query rows of O and dQ and padded key rows of dK and dV are exactly 0."""
+    o, dq, dk, dv = (np.asarray(x, np.float32) for x in (got[0], *got[1]))
+    for row in range(o.shape[0]):
+        if q_lengths is not None:
+            assert not o[row, q_lengths[row] :].any()
+            assert not dq[row, q_lengths[row] :].any()
+        if kv_lengths is not None:
+            assert not dk[row, kv_lengths[row] :].any()
+            assert not dv[row, kv_lengths[row] :].any()
+
+
+@st.composite
+def _cases(draw):
+    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    tq = draw(st.integers(1, 40))
+    tkv = tq if draw(st.booleans()) else draw(st.integers(1, 40))
+
+    def lengths(t):
+        return draw(st.one_of(st.none(), st.lists(st.integers(0, t), min_size=b, max_size=b)))
+
+    d = draw(st.sampled_from((32, 64)))
+    kw = dict(
+        activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
+        qk_scale=draw(st.sampled_from((1.0, d**-0.5))),
+        out_scale=draw(st.sampled_from((1.0, 1.0 / tkv))),
+        q_lengths=lengths(tq),
+        kv_lengths=lengths(tkv),
+        window=draw(st.one_of(st.none(), st.integers(0, 4), st.integers(40, 60))),
+        causal=draw(st.booleans()),
+    )
+    dtype = draw(st.sampled_from(("float32", "bfloat16")))
+    return (draw(st.integers(0, 2**16)), b, tq, tkv, h, d, dtype), kw
+
+
+@pytest.mark.parametrize("backend", PALLAS)
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(case=_cases())
+def test_matches_reference(backend, case):
+    (seed, b, tq, tkv, h, d, dtype), kw = case
+    lengths = {n: kw[n] for n in ("q_lengths", "kv_lengths")}
+    kw.update({n: None if x is None else jnp.asarray(x, jnp.int32) for n, x in lengths.items()})
+    got = _check_against_reference(backend, _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw)
+    _assert_padding_exactly_zero(got, **lengths)
+
+
+@pytest.mark.parametrize(
+    ("activation", "backend"),
+    [(a, PALLAS[i % 2]) for i, a in enumerate(sorted(ACTIVATIONS))],
+)
+def test_every_activation(activation, backend):
+    """Ragged lengths (incl. 0), window and causal together, each activation once."""
+    kw = dict(
+        activation=activation,
+        qk_scale=0.5,
+        out_scale=0.25,
+        q_lengths=jnp.array([37, 9], jnp.int32),
+        kv_lengths=jnp.array([0, 30], jnp.int32),
+        window=6,
+        causal=True,
+    )
+    _check_against_reference(backend, _inputs(1, 2, 37, 33, 2, 32, "float32"), "float32", **kw)
+
+
+@pytest.mark.parametrize(
+    ("backend", "dtype", "d"),
+    [
+        ("pallas_tpu", "bfloat16", 128),
+        ("pallas_triton", "float32", 128),
+        ("pallas_tpu", "float16", 96),
+        ("pallas_triton", "bfloat16", 96),
+    ],
+)
+def test_head_dims_and_dtypes(backend, dtype, d):
+    """D=128 (TPU: lane-dense reshape layout), D=96 (TPU: head-major layout; Triton: D padded
+    to 128), cross-attention shape, fp16."""
+    kw = dict(activation="silu", qk_scale=d**-0.5, out_scale=1 / 24, kv_lengths=jnp.array([24, 5]))
+    _check_against_reference(backend, _inputs(2, 2, 40, 24, 2, d, dtype), dtype, **kw)
+
+
+@pytest.mark.parametrize("backend", PALLAS)
+def test_masked_positions_contribute_nothing(backend):
+    """Sigmoid(0) = 0.5, so any leak of a masked position would show. Huge values at masked
+    keys inside visited tiles and NaN in fully padded tiles (which a kernel must never visit:
+    0·NaN = NaN would reach the output) leave O and all gradients bitwise unchanged, and
+    padded rows of O, dQ, dK, dV are exactly zero."""
+    q_lengths, kv_lengths = np.array([35, 3]), np.array([20, 0])
+    kw = dict(
+        activation="sigmoid",
+        q_lengths=jnp.asarray(q_lengths, jnp.int32),
+        kv_lengths=jnp.asarray(kv_lengths, jnp.int32),
+        backend=backend,
+        block_q=BLOCK,
+        block_kv=BLOCK,
+    )
+    clean = _inputs(3, 2, 40, 40, 1, 32, "float32")
+
+    def poison(x, lengths):
+        x = np.array(x)
+        for row, n in enumerate(lengths):
+            tile_end = -(-n // BLOCK) * BLOCK
+            x[row, n:tile_end] = 1e3  # masked, inside a visited tile
+            x[row, tile_end:] = np.nan  # fully padded tiles: never visited
+        return jnp.asarray(x)
+
+    q, k, v, do = clean
+    want = _value_and_grads(lambda *a: gdpa(*a, **kw), *clean)
+    got = _value_and_grads(
+        lambda *a: gdpa(*a, **kw),
+        poison(q, q_lengths),
+        poison(k, kv_lengths),
+        poison(v, kv_lengths),
+        poison(do, q_lengths),
+    )
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    _assert_padding_exactly_zero(got, q_lengths, kv_lengths)
+    lengths = dict(q_lengths=kw["q_lengths"], kv_lengths=kw["kv_lengths"])
+    _assert_close(want[0], gdpa_reference(q, k, v, activation="sigmoid", **lengths), "float32", "O")
+
+
+@pytest.mark.parametrize("backend", PALLAS)
+def test_empty_sequences(backend):
+    q, k, v, _ = _inputs(5, 2, 8, 0, 1, 32, "float32")
+    out, grads = _value_and_grads(lambda *a: gdpa(*a, backend=backend), q, k, v, jnp.ones_like(q))
+    np.testing.assert_array_equal(out, np.zeros(q.shape))
+    np.testing.assert_array_equal(grads[0], np.zeros(q.shape))
+    assert gdpa(k, q, q, backend=backend, window=np.int64(2)).shape == k.shape
+
+
+def test_auto_is_reference_on_cpu_and_pallas_is_tpu_interpret():
+    q, k, v, _ = _inputs(4, 1, 20, 12, 2, 32, "float32")
+    kw = dict(activation="gelu", window=3, kv_lengths=jnp.array([7]))
+    want = gdpa_reference(q, k, v, **kw)
+    np.testing.assert_array_equal(gdpa(q, k, v, backend="auto", **kw), want)
+    np.testing.assert_array_equal(gdpa(q, k, v, backend="reference", **kw), want)
+    got = gdpa(q, k, v, backend="pallas", **kw)  # default tiles, shrunk to the lengths
+    _assert_close(got, want, "float32", "O")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(backend="cuda"), "unknown GDPA backend 'cuda'; choose one of"),
+        (dict(activation="softmax"), "unknown GDPA activation 'softmax'; choose one of"),
+        (dict(q=jnp.zeros((2, 8, 32))), "q must have rank 4"),
+        (dict(k=jnp.zeros((2, 8, 2, 64))), "k and v must have the same shape"),
+        (dict(v=jnp.zeros((2, 9, 2, 32))), "k and v must have the same shape"),
+        (dict(k=jnp.zeros((3, 8, 2, 32)), v=jnp.zeros((3, 8, 2, 32))), "k/v batch, heads"),
+        (dict(q=jnp.zeros((2, 8, 2, 32), jnp.int32)), "q has dtype int32"),
+        (dict(v=jnp.zeros((2, 8, 2, 32), jnp.bfloat16)), "q, k, v must share one dtype"),
+        (dict(q_lengths=jnp.zeros((3,), jnp.int32)), "q_lengths must be an integer array"),
+        (dict(kv_lengths=jnp.zeros((2,))), "kv_lengths must be an integer array"),
+        (dict(window=-1), "window must be a non-negative int"),
+        (dict(window=2.5), "window must be a non-negative int"),
+        (dict(backend="pallas_triton", block_q=24), "block_q=24 must be a power of two"),
+        (dict(backend="pallas_tpu", block_kv=12), "block_kv=12 must be a positive multiple of 8"),
+        (
+            dict(backend="pallas_tpu", **{n: jnp.zeros((2, 8, 2, 16)) for n in "qkv"}),
+            r"head dim D=16 outside",
+        ),
+    ],
+)
+def test_invalid_arguments(kwargs, message):
+    args = dict(q=jnp.zeros((2, 8, 2, 32)), k=jnp.zeros((2, 8, 2, 32)), v=jnp.zeros((2, 8, 2, 32)))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        gdpa(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+def test_tuning_table():
+    """Device kind, head dim and Tkv regime pick the row; explicit tiles override fwd and bwd."""
+    short = default_block_sizes("tpu", "TPU v5 lite", 128, 64)
+    long_ = default_block_sizes("tpu", "TPU v6 lite", 128, 4096)
+    assert (short.block_q, long_.block_q) == (1024, 512)
+    assert default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 128, SHORT_KV_MAX + 1).num_warps == 8
+    assert default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64, 4096).num_warps == 4
+    assert default_block_sizes("cpu", "cpu", 64, 64) == BlockSizes(64, 64, 64, 64)
+    assert short.with_overrides(256, None) == BlockSizes(256, 256, 256, 256)

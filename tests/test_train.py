@@ -1,0 +1,124 @@
+"""End-to-end training: CLI, run directories, checkpoints, exact resume, learning toward NE*."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from kunlun_jax.cli import main
+from kunlun_jax.config import load_config
+from kunlun_jax.train.checkpoint import Checkpointer
+from kunlun_jax.train.loop import build_experiment, prepare_run_dir, train
+
+# Small and fast: one CompSkip pair, short histories, a few steps.
+FAST = [
+    "data.num_train=2048",
+    "data.num_eval=512",
+    "data.synthetic.max_history=8",
+    "data.synthetic.mean_history=4",
+    "model.d_model=16",
+    "model.num_layers=2",
+    "model.n_seed=4",
+    "model.head_hidden=[16]",
+    "model.streams.impression.max_len=4",
+    "train.batch_size=64",
+    "train.steps=6",
+    "train.log_every=2",
+    "train.checkpoint_every=3",
+]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    args = ["train", "--config", "tiny", "--runs-dir", str(runs), "--name", "r", "--no-progress"]
+    args += [a for o in FAST for a in ("--set", o)]
+    assert main(args) == 0
+    return runs / "r", args
+
+
+def test_train_writes_a_complete_run_directory(cli_run):
+    run_dir, _ = cli_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("ne", "auc", "log_loss", "calibration", "examples_per_sec", "oracle_ne"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["count"] == 512
+    assert json.loads((run_dir / "config.json").read_text())["model"]["d_model"] == 16
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert Checkpointer(run_dir / "checkpoints").latest_step() == 6
+
+
+def test_existing_run_is_never_overwritten_without_asking(cli_run, capsys):
+    run_dir, args = cli_run
+    before = (run_dir / "metrics.json").read_text()
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (run_dir / "metrics.json").read_text() == before
+
+
+def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys):
+    run_dir, _ = cli_run
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert out["step"] == 6
+    assert out["ne"] == pytest.approx(trained["ne"], rel=1e-6)
+    assert out["auc"] == pytest.approx(trained["auc"], rel=1e-6)
+
+
+def test_bad_config_on_the_command_line_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--runs-dir", str(tmp_path), "--set", "model.num_layer=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'model.num_layer'" in err
+    assert "num_layers" in err
+    assert not any(tmp_path.iterdir()), "a failed config must not create a run directory"
+
+
+def test_config_command_prints_the_resolved_config(capsys):
+    assert main(["config", "--config", "small", "--set", "model.num_layers=6"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["num_layers"] == 6
+
+
+def test_resume_continues_with_identical_numbers(tmp_path):
+    cfg = load_config("tiny", FAST)
+    straight = prepare_run_dir(tmp_path, "straight", overwrite=False, resume=False)
+    full = train(cfg, straight, progress=False)
+    # Stop at step 3 (a checkpoint), then resume to 6 in a fresh build.
+    part = prepare_run_dir(tmp_path, "part", overwrite=False, resume=False)
+    train(load_config("tiny", [*FAST, "train.steps=3"]), part, progress=False)
+    resumed = train(
+        cfg,
+        prepare_run_dir(tmp_path, "part", overwrite=False, resume=True),
+        resume=True,
+        progress=False,
+    )
+    assert resumed["ne"] == full["ne"]
+    exp = build_experiment(cfg)
+    a = Checkpointer(straight / "checkpoints").restore(6, exp.state, exp.data_iter)[0]
+    b = Checkpointer(part / "checkpoints").restore(6, exp.state, build_experiment(cfg).data_iter)[0]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nan_guard_stops_with_a_report(tmp_path):
+    from kunlun_jax.train.loop import NonFiniteError
+
+    cfg = load_config("tiny", [*FAST, "train.learning_rate=1e30", "train.clip_norm=0"])
+    run_dir = prepare_run_dir(tmp_path, "nan", overwrite=False, resume=False)
+    with pytest.raises(NonFiniteError, match=r"step \d+: loss = .*non-finite gradients in"):
+        train(cfg, run_dir, progress=False)
+
+
+@pytest.mark.slow
+def test_training_tiny_approaches_the_bayes_optimal_ne(tmp_path):
+    cfg = load_config("tiny", ["train.steps=300", "data.num_eval=4096"])
+    metrics = train(
+        cfg, prepare_run_dir(tmp_path, "learn", overwrite=False, resume=False), progress=False
+    )
+    assert metrics["ne"] < 0.9, metrics
+    # At least a third of the way from NE = 1 (base rate) to the Bayes optimum NE*.
+    assert (1 - metrics["ne"]) > (1 - metrics["oracle_ne"]) / 3, metrics
+    assert metrics["auc"] > 0.7
