@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tokamax
 
+from kunlun_jax.provenance import environment
 from pallas_kernels.gdpa import gdpa
 
 TOKAMAX_IMPLS = ("mosaic", "triton", "cudnn", "xla")
@@ -234,21 +232,6 @@ def baselines(smoke: bool, iters: int, warmup: int) -> dict:
         matmul_bf16_tflops=2.0 * n**3 / mm_ms * 1e-9,
         copy_bytes=2 * x.nbytes,
         copy_gbps=2 * x.nbytes / copy_ms * 1e-6,
-    )
-
-
-def environment() -> dict:
-    device = jax.devices()[0]
-    return dict(
-        device_kind=device.device_kind,
-        platform=device.platform,
-        device_count=jax.device_count(),
-        jax=jax.__version__,
-        jaxlib=metadata.version("jaxlib"),
-        tokamax=metadata.version("tokamax"),
-        python=sys.version.split()[0],
-        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        command=" ".join([sys.executable, *sys.argv]),
     )
 
 

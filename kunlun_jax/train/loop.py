@@ -21,6 +21,7 @@ from kunlun_jax.data.pipeline import eval_batches, make_source, train_iterator
 from kunlun_jax.data.spec import FeatureSpec, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
 from kunlun_jax.model import Kunlun
+from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.state import (
     TrainState,
@@ -196,6 +197,8 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, progress: bool
     ckpt.close()
     result = {
         **final,
+        "config": config.name,
+        "environment": environment(),
         "steps": tc.steps,
         "skipped_steps": skipped,
         "examples_per_sec": timed_examples / timed_seconds if timed_seconds else float("nan"),

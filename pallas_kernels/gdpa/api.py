@@ -72,7 +72,7 @@ def gdpa(
     block_q / block_kv override the tuned tiles (`tuning.py`) of the Pallas backends.
     Returns [B, Tq, H, D] in q's dtype. Scales, window, causal and blocks are static.
     """
-    impl = _resolve_backend(backend)
+    impl = _resolve_backend(backend, q.shape[-1])
     get_activation(activation)  # ValueError listing the valid names
     _check_inputs(q, k, v, q_lengths, kv_lengths, window)
     if impl == "reference":
@@ -219,12 +219,14 @@ def _gdpa_pallas_bwd(cfg: KernelConfig, residuals, do):
 _gdpa_pallas.defvjp(_gdpa_pallas_fwd, _gdpa_pallas_bwd)
 
 
-def _resolve_backend(backend: str) -> str:
-    """Concrete implementation name for `backend` on the default platform."""
+def _resolve_backend(backend: str, head_dim: int) -> str:
+    """Concrete implementation name for `backend` on the default platform. "auto" falls back
+    to the reference where no Pallas kernel applies (CPU, head dims outside HEAD_DIM_RANGE)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown GDPA backend {backend!r}; choose one of {list(BACKENDS)}")
     platform = jax.default_backend()
-    if backend == "auto" and platform not in ("tpu", "gpu"):
+    lo, hi = HEAD_DIM_RANGE
+    if backend == "auto" and (platform not in ("tpu", "gpu") or not lo <= head_dim <= hi):
         return "reference"
     if backend in ("auto", "pallas"):
         return "pallas_triton" if platform == "gpu" else "pallas_tpu"
