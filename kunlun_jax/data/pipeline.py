@@ -13,14 +13,24 @@ from kunlun_jax.data.spec import Batch, FeatureSpec
 
 
 def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
-    """A random-access source of single examples for `split` ("train" | "eval") and its spec."""
+    """A random-access source of single examples for `split` and its spec.
+
+    Splits: "train" | "eval"; MovieLens also has "test" (a global time split, eval = the
+    validation period). For MovieLens, `data.path` is a directory made by `kunlun-jax data
+    prepare`, or a raw one, which is then parsed in memory and never written to.
+    """
     if cfg.source == "synthetic":
         from kunlun_jax.data.synthetic import SyntheticSource, feature_spec
 
         n = cfg.num_train if split == "train" else cfg.num_eval
         source = SyntheticSource(cfg.synthetic, num_examples=n, seed=cfg.seed, split=split)
         return source, feature_spec(cfg.synthetic)
-    raise ValueError(f"data.source = {cfg.source!r} has no loader yet; use data.source=synthetic")
+    if cfg.source.startswith("movielens-"):
+        from kunlun_jax.data.movielens import open_source
+
+        source = open_source(cfg.source, cfg.path, split)
+        return source, source.feature_spec
+    raise ValueError(f"data.source = {cfg.source!r} has no loader")
 
 
 def train_iterator(

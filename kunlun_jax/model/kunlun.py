@@ -13,7 +13,13 @@ from kunlun_jax.model.common import MLP, Dense, LayerNorm
 from kunlun_jax.model.embedding import FeatureEmbedding
 from kunlun_jax.model.gdpa_ffn import GDPAFFN, PersonalizedFFN
 from kunlun_jax.model.hsp import SequenceSummary
-from kunlun_jax.model.towers import Tower, layer_roles, resolve_towers
+from kunlun_jax.model.towers import (
+    Segment,
+    Tower,
+    layer_roles,
+    layer_segments,
+    resolve_towers,
+)
 from kunlun_jax.model.weight_gen import WeightGen
 from kunlun_jax.model.wukong import MixtureOfWukong
 
@@ -91,14 +97,16 @@ class TowerSummary(nn.Module):
 
 
 class KunlunLayer(nn.Module):
-    """Layer l: X [B, n_ns, d], streams {name: S_e}, cached summaries {name: H_e [B, n_tok_e, d]}.
+    """Layer l: X [B, n_ns, d], streams {name: S_e}, summaries {name: H_e [B, n_tok_e, d]}.
 
     X_sum = WeightGen(X); H_e = HSP(S_e) (fresh) or cached; X' = LN(X + Wukong([X_sum ; H])),
-    S_e' = StreamBlock(S_e, X_sum). Streams deeper than their L_e pass through unchanged.
+    S_e' = StreamBlock(S_e, X_sum) for the `active` streams; the others pass through unchanged
+    and join the interaction with their last summary.
     """
 
     cfg: ModelConfig
     towers: tuple[Tower, ...]
+    active: tuple[str, ...]
     layer: int
     dtype: jnp.dtype
 
@@ -109,10 +117,10 @@ class KunlunLayer(nn.Module):
         x_sum = WeightGen(c.n_sum, c.mlp_ratio, self.dtype, name="weight_gen")(x)
         new_seqs, new_summaries = dict(seqs), dict(summaries)
         for t in self.towers:
-            if self.layer >= t.num_layers:
+            if t.name not in self.active:
                 continue
             s = seqs[t.name]
-            if fresh or t.name not in summaries:
+            if fresh:
                 summarize = TowerSummary(c, t, x.shape[-1], self.dtype, name=f"summary_{t.name}")
                 new_summaries[t.name] = summarize(s, lengths[t.name])
             block = StreamBlock(c, t, use_ffn, use_attention, self.dtype, name=f"block_{t.name}")
@@ -129,6 +137,54 @@ class KunlunLayer(nn.Module):
         )(z)
         x = LayerNorm(self.dtype, name="out_norm")(x + mixed)
         return x, new_seqs, new_summaries
+
+
+class LayerGroup(nn.Module):
+    """`segment.group_size` consecutive Kunlun layers; the body scanned over a segment.
+
+    carry = (X, {stream: S_e}, {stream: H_e}); dts and lengths are broadcast to every group.
+    """
+
+    cfg: ModelConfig
+    towers: tuple[Tower, ...]
+    segment: Segment
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, carry, dts, lengths):
+        x, seqs, summaries = carry
+        for i in range(self.segment.group_size):
+            layer = KunlunLayer(
+                self.cfg,
+                self.towers,
+                self.segment.active,
+                self.segment.start + i,  # group sizes keep the CompSkip parity of every repeat
+                self.dtype,
+                name=f"layer_{i}",
+            )
+            x, seqs, summaries = layer(x, seqs, dts, lengths, summaries)
+        return (x, seqs, summaries), None
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole group in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def scanned_group(cfg: ModelConfig, repeats: int) -> type[nn.Module]:
+    """LayerGroup, rematerialized per cfg.remat, scanned `repeats` times with stacked params."""
+    group = LayerGroup
+    if cfg.remat != "none":
+        group = nn.remat(group, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    return nn.scan(
+        group,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=repeats,
+        metadata_params={nn.PARTITION_NAME: "layers"},  # logical name of the stacked axis
+    )
 
 
 class Kunlun(nn.Module):
@@ -158,18 +214,24 @@ class Kunlun(nn.Module):
             s = tokens[t.name][:, : t.max_len]
             if t.d_model != c.d_model:
                 s = Dense(
-                    t.d_model, ("embed", "mlp"), use_bias=False, dtype=dtype, name=f"proj_{t.name}"
+                    t.d_model,
+                    ("embed", "mlp"),
+                    use_bias=False,
+                    dtype=dtype,
+                    name=f"proj_{t.name}",
                 )(s)
             seqs[t.name] = s
-        summaries: dict[str, jax.Array] = {}
-        layer_cls = nn.remat(KunlunLayer) if c.remat != "none" else KunlunLayer
-        for layer in range(c.num_layers):
-            x, seqs, summaries = layer_cls(c, towers, layer, dtype, name=f"layer_{layer}")(
-                x, seqs, dts, lengths, summaries
+        b = x.shape[0]
+        summaries = {t.name: jnp.zeros((b, t.n_tok, c.d_model), dtype) for t in towers}
+        carry = (x, seqs, summaries)
+        for i, segment in enumerate(layer_segments(c, towers)):
+            group = scanned_group(c, segment.repeats)(
+                c, towers, segment, dtype, name=f"segment_{i}"
             )
+            carry, _ = group(carry, dts, lengths)
+        x, seqs, summaries = carry
         # The head reads fresh summaries of the final sequences, so the last layers' sequence
         # updates reach the output (with CompSkip the last layer's own summary is a cached one).
-        b = x.shape[0]
         final = [
             TowerSummary(c, t, c.d_model, dtype, name=f"final_summary_{t.name}")(
                 seqs[t.name], lengths[t.name]

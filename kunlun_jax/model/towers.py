@@ -62,3 +62,42 @@ def layer_roles(cfg: ModelConfig, layer: int) -> tuple[bool, bool, bool]:
         return True, True, True
     even = layer % 2 == 0
     return even, not even, even
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """`repeats` consecutive groups of `group_size` layers (a CompSkip pair, or one layer) that
+    run the same streams: compiled once and scanned, so compile time does not grow with depth."""
+
+    start: int  # index of the first layer
+    group_size: int
+    repeats: int
+    active: tuple[str, ...]  # streams whose towers run in these layers (layer < L_e)
+
+
+def layer_segments(cfg: ModelConfig, towers: tuple[Tower, ...]) -> tuple[Segment, ...]:
+    """Splits layers 0..L-1 into segments of identical groups.
+
+    A segment boundary falls where a stream's tower ends (layer == L_e). With CompSkip a
+    group is an (even, odd) layer pair; an unpaired layer at a boundary is its own segment.
+    """
+    runs: list[tuple[int, int, tuple[str, ...]]] = []
+    for layer in range(cfg.num_layers):
+        active = tuple(t.name for t in towers if layer < t.num_layers)
+        if runs and runs[-1][2] == active:
+            runs[-1] = (runs[-1][0], layer + 1, active)
+        else:
+            runs.append((layer, layer + 1, active))
+    segments = []
+    for start, stop, active in runs:
+        if not cfg.compskip:
+            segments.append(Segment(start, 1, stop - start, active))
+            continue
+        if start % 2:
+            segments.append(Segment(start, 1, 1, active))
+            start += 1
+        if (pairs := (stop - start) // 2) > 0:
+            segments.append(Segment(start, 2, pairs, active))
+        if (stop - start) % 2:
+            segments.append(Segment(stop - 1, 1, 1, active))
+    return tuple(segments)
