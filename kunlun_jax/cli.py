@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from kunlun_jax.config import ConfigError, available_configs, load_config, to_dict
+from kunlun_jax.data.spec import BatchError
+from kunlun_jax.data.validate import DataError
 from kunlun_jax.platform import prefer_present_accelerators
 
 SUMMARY_KEYS = ("ne", "oracle_ne", "auc", "log_loss", "calibration", "examples_per_sec")
@@ -44,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate the newest checkpoint of a run")
     ev.add_argument("run_dir", type=Path, help="a run directory written by `train`")
 
+    data = sub.add_parser("data", help="prepare or download real datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="raw MovieLens files -> compact arrays + manifest")
+    prep.add_argument("name", help="movielens-100k | movielens-1m | movielens-latest-small")
+    prep.add_argument("src", type=Path, help="directory with the raw files")
+    prep.add_argument("out", type=Path, help="output directory (must not exist unless empty)")
+    prep.add_argument("--max-rows", type=int, help="read only the first N ratings")
+    prep.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    prep.add_argument("--overwrite", action="store_true", help="replace files in a non-empty OUT")
+    dl = data_sub.add_parser("download", help="fetch a dataset from GroupLens (checksum checked)")
+    dl.add_argument("name")
+    dl.add_argument("dest", type=Path)
+
     cfg = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(cfg)
     return parser
@@ -77,6 +92,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from kunlun_jax.data import movielens
+
+    if args.data_command == "prepare":
+        if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+            raise FileExistsError(f"{args.out} is not empty; pass --overwrite to replace it")
+        manifest = movielens.prepare(
+            args.name, args.src, args.out, max_rows=args.max_rows, on_error=args.on_error
+        )
+        print(json.dumps(manifest, indent=2))
+        print(f"prepared {args.name} into {args.out}: use --set data.path={args.out}")
+        return 0
+    print(f"downloaded {args.name} to {movielens.download(args.name, args.dest)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     prefer_present_accelerators()
     args = _parser().parse_args(argv)
@@ -85,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "data":
+            return _data(args)
         config = load_config(args.config, args.overrides)
         print(json.dumps(to_dict(config), indent=2))
         return 0
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, BatchError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -66,6 +66,7 @@ class DataConfig:
         "synthetic"
     )
     path: str = ""  # raw or prepared data directory for the real datasets
+    max_len: int = 50  # real datasets: most recent events kept per history stream
     num_train: int = 100_000  # synthetic: examples per epoch
     num_eval: int = 10_000  # synthetic: held-out examples
     seed: int = 0
@@ -341,6 +342,8 @@ def validate(config: Config) -> None:
     _require(t.log_every > 0, f"train.log_every must be > 0, got {t.log_every}")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
     _require(d.num_train > 0 and d.num_eval > 0, "data.num_train and data.num_eval must be > 0")
+    _require(d.max_len > 0, f"data.max_len must be > 0, got {d.max_len}")
+
     s = d.synthetic
     for name in ("num_users", "num_items", "num_categories", "latent_dim", "max_history"):
         _require(getattr(s, name) > 0, f"data.synthetic.{name} must be > 0")

@@ -187,3 +187,62 @@ def test_pallas_kernels_match_the_reference_inside_the_model(tiny_spec):
     np.testing.assert_allclose(pal_logits, ref_logits, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(pal_grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_every_parameter_carries_logical_axis_names(tiny_spec):
+    import flax.linen as nn
+
+    batch = random_batch(tiny_spec, 2)
+    boxed = jax.eval_shape(Kunlun(SMALL, tiny_spec).init, jax.random.key(0), batch)["params"]
+    leaves = jax.tree_util.tree_flatten_with_path(
+        boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )[0]
+    for path, leaf in leaves:
+        assert isinstance(leaf, nn.Partitioned), jax.tree_util.keystr(path)
+        assert len(leaf.names) == leaf.value.ndim, jax.tree_util.keystr(path)
+
+
+def test_compskip_odd_layers_reuse_the_cached_summary(tiny_spec):
+    batch = random_batch(tiny_spec, 2)
+    params = jax.eval_shape(Kunlun(SMALL, tiny_spec).init, jax.random.key(0), batch)["params"]
+    pair = params["segment_0"]
+    assert {k for k in pair["layer_0"] if k.startswith("summary_")} == {
+        "summary_click",
+        "summary_view",
+    }
+    assert not [k for k in pair["layer_1"] if k.startswith("summary_")]
+    assert "gdpa_ffn" in pair["layer_0"]["block_click"]
+    assert "swa" not in pair["layer_0"]["block_click"]
+    assert "swa" in pair["layer_1"]["block_click"]
+    assert "gdpa_ffn" not in pair["layer_1"]["block_click"]
+
+
+def test_depth_is_scanned_not_unrolled(tiny_spec):
+    """Layer pairs of one kind share one compiled body: params stack along a leading axis."""
+    cfg = dataclasses.replace(SMALL, num_layers=6, streams={"view": StreamTower(num_layers=2)})
+    batch = random_batch(tiny_spec, 2)
+    params = jax.eval_shape(Kunlun(cfg, tiny_spec).init, jax.random.key(0), batch)["params"]
+    segments = sorted(k for k in params if k.startswith("segment_"))
+    assert segments == ["segment_0", "segment_1"]  # layers 0-1 (both streams), 2-5 (click only)
+    wg = params["segment_1"]["layer_0"]["weight_gen"]["token_mix"]
+    assert wg.value.shape[0] == 2  # two stacked CompSkip pairs
+    assert "block_view" not in params["segment_1"]["layer_0"]
+
+
+def test_sliding_window_attention_sees_only_its_window():
+    from kunlun_jax.model.attention import SequenceSelfAttention
+
+    attn = SequenceSelfAttention(num_heads=2, window=2, rote=True)
+    s = jax.random.normal(jax.random.key(0), (1, 10, 8))
+    dt = jnp.arange(10, dtype=jnp.float32)[None] * 600.0
+    lengths = jnp.array([10])
+    params = attn.init(jax.random.key(1), s, dt, lengths)
+    base = attn.apply(params, s, dt, lengths)
+    moved = attn.apply(params, s.at[0, 9].set(5.0), dt, lengths)
+    changed = np.any(np.asarray(base != moved), axis=-1)[0]
+    np.testing.assert_array_equal(changed, np.arange(10) >= 7)  # |t - 9| <= 2
+    causal = SequenceSelfAttention(num_heads=2, window=0, causal=True, rote=False)
+    cp = causal.init(jax.random.key(1), s, dt, lengths)
+    moved = causal.apply(cp, s.at[0, 4].set(5.0), dt, lengths)
+    changed = np.any(np.asarray(causal.apply(cp, s, dt, lengths) != moved), axis=-1)[0]
+    np.testing.assert_array_equal(changed, np.arange(10) >= 4)  # j <= i

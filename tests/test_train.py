@@ -1,6 +1,7 @@
 """End-to-end training: CLI, run directories, checkpoints, exact resume, learning toward NE*."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -122,3 +123,28 @@ def test_training_tiny_approaches_the_bayes_optimal_ne(tmp_path):
     # At least a third of the way from NE = 1 (base rate) to the Bayes optimum NE*.
     assert (1 - metrics["ne"]) > (1 - metrics["oracle_ne"]) / 3, metrics
     assert metrics["auc"] > 0.7
+
+
+def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
+    src = Path(__file__).parent / "fixtures" / "ml-latest-small"
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", "movielens-latest-small", str(src), str(out)]) == 0
+    assert (out / "manifest.json").is_file()
+    assert main(["data", "prepare", "movielens-latest-small", str(src), str(out)]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    cfg = load_config(
+        "movielens",
+        [
+            "data.source=movielens-latest-small",
+            f"data.path={out}",
+            "data.max_len=8",
+            "model.d_model=16",
+            "model.head_hidden=[16]",
+            "train.steps=3",
+            "train.batch_size=64",
+        ],
+    )
+    run_dir = prepare_run_dir(tmp_path, "ml", overwrite=False, resume=False)
+    metrics = train(cfg, run_dir, progress=False)
+    assert np.isfinite(metrics["ne"])
+    assert "oracle_ne" not in metrics

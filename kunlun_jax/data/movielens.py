@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -501,7 +502,7 @@ def build(
 
     max_rows: read only the first rows of the ratings file (the full-release row-count check is
     then skipped). on_error: "raise" stops at the first invalid row with a DataError naming
-    file, line and field; "skip" drops invalid rows and counts them in the manifest
+    file, line and field; "skip" drops invalid rows, warns and counts them in the manifest
     ("rows_skipped"). Raises FileNotFoundError for missing files (with how to get them).
     """
     ds = dataset(name)
@@ -530,6 +531,12 @@ def build(
         )
     if len(ratings.ts) == 0:
         raise DataError(f"{ratings_path} has no valid ratings ({report.total} rows skipped)")
+    if report.total:
+        first = "; ".join(report.first.values())
+        warnings.warn(
+            f"{name}: skipped {report.total} invalid rows {report.skipped}; first: {first}",
+            stacklevel=2,
+        )
     if users is None:
         raw_users, user_of = np.unique(ratings.user, return_inverse=True)
         users = UserTable(raw_users, {})

@@ -28,7 +28,7 @@ def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
     if cfg.source.startswith("movielens-"):
         from kunlun_jax.data.movielens import open_source
 
-        source = open_source(cfg.source, cfg.path, split)
+        source = open_source(cfg.source, cfg.path, split, max_len=cfg.max_len)
         return source, source.feature_spec
     raise ValueError(f"data.source = {cfg.source!r} has no loader")
 

@@ -377,7 +377,8 @@ def test_skipped_rows_are_counted(tmp_path: Path) -> None:
     _write_latest(
         tmp_path, ["1,2,4.0", "1,1,6.0,100", "1,1,4.2,100", "1,999,4.0,100", "1,1,4.0,-5"]
     )
-    manifest = ml.prepare(LATEST, tmp_path, tmp_path / "out", on_error="skip")
+    with pytest.warns(UserWarning, match=r"skipped 5 invalid rows .* first: .*line 32"):
+        manifest = ml.prepare(LATEST, tmp_path, tmp_path / "out", on_error="skip")
     assert (manifest["rows_read"], manifest["counts"]["events"]) == (35, 30)
     assert manifest["rows_skipped"] == {
         "ratings.csv": {
