@@ -111,7 +111,8 @@ class TrainConfig:
     batch_size: int = 256
     steps: int = 1000
     learning_rate: float = 3e-3  # dense params (AdamW)
-    embedding_learning_rate: float = 5e-2  # embedding tables (row-wise Adagrad)
+    embedding_learning_rate: float = 5e-2  # embedding tables (Adagrad)
+    embedding_initial_accumulator: float = 0.1  # Adagrad's starting sum of squared gradients
     warmup_steps: int = 50
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
@@ -335,7 +336,7 @@ def validate(config: Config) -> None:
         )
     for name in ("batch_size", "steps"):
         _require(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
-    for name in ("learning_rate", "embedding_learning_rate"):
+    for name in ("learning_rate", "embedding_learning_rate", "embedding_initial_accumulator"):
         _require(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "clip_norm"):
         _require(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}")

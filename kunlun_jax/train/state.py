@@ -42,7 +42,9 @@ def make_optimizer(cfg: TrainConfig, labels: Any) -> optax.GradientTransformatio
         end_value=cfg.learning_rate * 0.1,
     )
     dense = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    embedding = optax.adagrad(cfg.embedding_learning_rate, initial_accumulator_value=0.1)
+    embedding = optax.adagrad(
+        cfg.embedding_learning_rate, initial_accumulator_value=cfg.embedding_initial_accumulator
+    )
     chain = [optax.multi_transform({"dense": dense, "embedding": embedding}, labels)]
     if cfg.clip_norm > 0:
         chain.insert(0, optax.clip_by_global_norm(cfg.clip_norm))
