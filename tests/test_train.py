@@ -148,3 +148,13 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
     metrics = train(cfg, run_dir, progress=False)
     assert np.isfinite(metrics["ne"])
     assert "oracle_ne" not in metrics
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    from kunlun_jax.config import ConfigError, to_dict
+
+    run_dir = prepare_run_dir(tmp_path, "r", overwrite=False, resume=False)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(load_config("tiny", FAST))))
+    other = load_config("tiny", [*FAST, "model.d_model=32"])
+    with pytest.raises(ConfigError, match=r"cannot resume .*its model config differs"):
+        train(other, run_dir, resume=True, progress=False)

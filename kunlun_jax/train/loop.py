@@ -16,7 +16,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from kunlun_jax.config import Config, from_dict, to_dict
+from kunlun_jax.config import Config, ConfigError, from_dict, to_dict
 from kunlun_jax.data.pipeline import eval_batches, make_source, train_iterator
 from kunlun_jax.data.spec import FeatureSpec, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
@@ -145,6 +145,8 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, progress: bool
     """
     run_dir = Path(run_dir)
     tc = config.train
+    if resume:
+        _check_same_run(run_dir, config)
     exp = build_experiment(config)
     model, spec, data_iter, eval_source, state = (
         exp.model,
@@ -205,6 +207,20 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, progress: bool
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _check_same_run(run_dir: Path, config: Config) -> None:
+    """Resuming needs the run's data and model config; train settings (e.g. steps) may change."""
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return
+    old, new = json.loads(saved.read_text()), to_dict(config)
+    changed = [section for section in ("data", "model") if old.get(section) != new[section]]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir}: its {' and '.join(changed)} config differs from the one "
+            f"given; resume with --config {saved} (plus --set for train.* changes)"
+        )
 
 
 def _log_eval(writer: SummaryWriter, metrics: dict[str, float], step: int) -> None:

@@ -1,0 +1,64 @@
+"""The research quickstart notebook runs end to end on CPU and computes sensible values."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+TIME_LIMIT_S = 120
+
+
+def test_notebook_is_stored_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert nb.metadata.kernelspec.name == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], "clear the notebook's outputs before committing"
+            assert cell.execution_count is None
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    # A python3 kernelspec pointing at this interpreter (the project's .venv), found first.
+    kernelspec.install(prefix=str(tmp_path / "jupyter"), kernel_name="python3")
+    jupyter_path = tmp_path / "jupyter" / "share" / "jupyter"
+    spec = json.loads((jupyter_path / "kernels" / "python3" / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(jupyter_path)]))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=TIME_LIMIT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - start
+    assert elapsed < TIME_LIMIT_S, f"notebook took {elapsed:.0f}s"
+
+    last = nb.cells[-1]
+    text = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
+    results = json.loads(text.strip().splitlines()[-1])
+    assert 0 < results["oracle_ne"] < 1
+    assert results["eval_oracle_ne"] <= results["eval_ne"] < 1
+    assert results["eval_auc"] > 0.6
+    assert results["gdpa_max_abs_diff"] < 1e-4
+    assert [s["d_model"] for s in results["scaling"]] == [8, 16, 32]
+    gflops = [s["gflops"] for s in results["scaling"]]
+    assert gflops == sorted(gflops)
+    assert all(0 < s["ne"] < 1.5 for s in results["scaling"])
+    assert list(workdir.iterdir()) == [], "the notebook must not write to its working directory"
