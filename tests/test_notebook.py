@@ -13,7 +13,9 @@ nbclient = pytest.importorskip("nbclient")
 kernelspec = pytest.importorskip("ipykernel.kernelspec")
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
-TIME_LIMIT_S = 120
+# ~135 s measured on 2 shared CPU cores (load average ~4), nearly all of it XLA compiles of
+# four programs per training run; the limit leaves room for a busier machine.
+TIME_LIMIT_S = 240
 
 
 def test_notebook_is_stored_without_outputs():
