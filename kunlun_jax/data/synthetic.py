@@ -73,6 +73,7 @@ import numpy as np
 
 from kunlun_jax.config import SyntheticConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
+from kunlun_jax.metrics import binary_entropy
 
 SPLITS = {"train": 0, "eval": 1}
 _CALIBRATION_SPLIT = 2  # requests that calibrate the logit scale; never served
@@ -644,12 +645,6 @@ def stack_examples(examples: Sequence[Mapping[str, Any]]) -> Batch:
 
 # ---------------------------------------------------------------------------------------------
 # The optimum.
-
-
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """H(p) = -p log p - (1 - p) log(1 - p) in nats, elementwise."""
-    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
-    return -(p * np.log(p) + (1 - p) * np.log1p(-p))
 
 
 def oracle_probabilities(source: SyntheticSource, num: int = 10_000) -> np.ndarray:

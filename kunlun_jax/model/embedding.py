@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
-from kunlun_jax.model.common import Dense, param_with_axes
+from kunlun_jax.model.common import Dense, length_mask, param_with_axes
 
 _embed_init = nn.initializers.normal(stddev=0.05)
 
@@ -78,6 +78,6 @@ class FeatureEmbedding(nn.Module):
                 side_table, seq["side"], axis=0
             )
             tok = tok + type_emb[e]
-            real = jnp.arange(seq["item"].shape[1])[None, :] < seq["length"][:, None]
+            real = length_mask(seq["length"], seq["item"].shape[1])
             seqs[s.name] = jnp.where(real[..., None], tok, 0.0).astype(self.dtype)
         return x, seqs

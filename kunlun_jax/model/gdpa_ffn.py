@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kunlun_jax.model.common import Dense
+from kunlun_jax.model.common import Dense, length_mask
 from pallas_kernels import ops
 
 
@@ -64,5 +64,5 @@ class PersonalizedFFN(nn.Module):
         c = Dense(d_e, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="c")(x_sum)
         w = jnp.einsum("bmi,bmj->bij", a, c) / n_sum
         out = jnp.einsum("bti,bij->btj", s, w)
-        real = jnp.arange(s.shape[1])[None, :] < lengths[:, None]
+        real = length_mask(lengths, s.shape[1])
         return jnp.where(real[..., None], out, 0.0)

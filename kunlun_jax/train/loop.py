@@ -68,10 +68,12 @@ def init_params(model: nn.Module, example: dict[str, Any], seed: int) -> tuple[A
 
 
 def evaluate(
-    model: nn.Module, params: Any, source: Any, batch_size: int, *, base_rate: float | None = None
+    predict: Any, params: Any, source: Any, batch_size: int, *, base_rate: float | None = None
 ) -> dict[str, float]:
-    """NE, AUC, log loss, calibration (and the oracle NE on synthetic data) over `source`."""
-    predict = jax.jit(make_predict_step(model))
+    """NE, AUC, log loss, calibration (and the oracle NE on synthetic data) over `source`.
+
+    predict: jax.jit(make_predict_step(model)), built once per run so evals reuse its compile.
+    """
     metrics = StreamingMetrics(base_rate=base_rate)
     for batch, n in eval_batches(source, batch_size):
         probs = np.asarray(predict(params, batch))[:n]
@@ -133,7 +135,8 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint to evaluate")
     state, _ = ckpt.restore(step, exp.state, exp.data_iter)
     ckpt.close()
-    metrics = evaluate(exp.model, state.params, exp.eval_source, exp.config.train.batch_size)
+    predict = jax.jit(make_predict_step(exp.model))
+    metrics = evaluate(predict, state.params, exp.eval_source, exp.config.train.batch_size)
     return {**metrics, "step": step}
 
 
@@ -161,6 +164,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, progress: bool
     (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
     step_fn = jax.jit(make_train_step(model, exp.tx), donate_argnums=0)
+    predict = jax.jit(make_predict_step(model))
     writer = SummaryWriter(str(run_dir / "tb"))
     base_key = jax.random.key(tc.seed + 1)
     start = int(state.step)
@@ -185,12 +189,12 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, progress: bool
             writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), step + 1)
             bar.set_postfix(loss=f"{loss:.4f}")
         if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
-            _log_eval(writer, evaluate(model, state.params, eval_source, tc.batch_size), step + 1)
+            _log_eval(writer, evaluate(predict, state.params, eval_source, tc.batch_size), step + 1)
         if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
             ckpt.save(step + 1, state, data_iter, {"step": step + 1})
     bar.close()
 
-    final = evaluate(model, state.params, eval_source, tc.batch_size)
+    final = evaluate(predict, state.params, eval_source, tc.batch_size)
     _log_eval(writer, final, tc.steps)
     writer.close()
     if ckpt.latest_step() != tc.steps:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kunlun_jax.config import SyntheticConfig
 from kunlun_jax.data import synthetic as syn
 from kunlun_jax.data.spec import validate_batch
+from kunlun_jax.metrics import binary_entropy
 
 TINY = SyntheticConfig(
     num_users=40, num_items=60, num_categories=8, max_history=8, mean_history=4, num_dense=6
@@ -202,8 +203,8 @@ def test_bayes_optimal_ne(source: syn.SyntheticSource, big: dict) -> None:
     p, y = np.clip(big["oracle_p"].astype(np.float64), 1e-7, 1 - 1e-7), big["label"]
     # The oracle's realized NE on drawn labels matches its expectation.
     log_loss = -(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()
-    realized = log_loss / syn.binary_entropy(y.mean())
-    expected = syn.binary_entropy(p).mean() / syn.binary_entropy(p.mean())
+    realized = log_loss / binary_entropy(y.mean())
+    expected = binary_entropy(p).mean() / binary_entropy(p.mean())
     assert abs(realized - expected) < 0.02
     assert abs(syn.base_rate(source, num=4000) - p[:4000].mean()) < 1e-6
 
