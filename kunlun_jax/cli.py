@@ -1,17 +1,21 @@
-"""`kunlun-jax` command line: train, eval, config."""
+"""`kunlun-jax` command line: train, eval, data, study, config, compile, bench, compare,
+scaling."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from kunlun_jax.bench import cli as bench_cli
 from kunlun_jax.config import ConfigError, available_configs, load_config, to_dict
 from kunlun_jax.data.spec import BatchError
 from kunlun_jax.data.validate import DataError
 from kunlun_jax.platform import prefer_present_accelerators
+from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 
 SUMMARY_KEYS = ("ne", "oracle_ne", "auc", "log_loss", "calibration", "examples_per_sec")
 
@@ -42,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true", help="replace an existing run")
     group.add_argument("--resume", action="store_true", help="continue an existing run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dist = train.add_argument_group(
+        "multi-host", "one process per host, same command everywhere (see README: Multi-host)"
+    )
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job (jax.distributed.initialize; TPU pods, SLURM and "
+        "Open MPI are detected from the environment, else give the three flags below)",
+    )
+    dist.add_argument("--coordinator", help="host:port of process 0")
+    dist.add_argument("--num-processes", type=int)
+    dist.add_argument("--process-id", type=int)
 
     ev = sub.add_parser("eval", help="evaluate the newest checkpoint of a run")
     ev.add_argument("run_dir", type=Path, help="a run directory written by `train`")
@@ -59,8 +75,43 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("name")
     dl.add_argument("dest", type=Path)
 
+    study = sub.add_parser(
+        "study", help="train configs over seeds; test NE/AUC/log loss/calibration mean ± std"
+    )
+    study.add_argument(
+        "--config",
+        dest="configs",
+        action="append",
+        help="named config or path (repeatable; one table row each); default: tiny",
+    )
+    study.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every config, e.g. --set data.path=/tmp/ml100k (repeatable)",
+    )
+    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    study.add_argument("--runs-dir", type=Path, help="default: runs/study-<timestamp>")
+    study.add_argument("--out", type=Path, help="write the study JSON here")
+    study.add_argument("--markdown", type=Path, help="also write the Markdown table here")
+    study.add_argument(
+        "--render", type=Path, metavar="JSON", help="only print the table of an existing study"
+    )
+
     cfg = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(cfg)
+
+    aot = sub.add_parser(
+        "compile",
+        help="compile the sharded train step for a TPU topology that is not attached "
+        "(needs libtpu): per-device memory, FLOPs, collectives",
+    )
+    _add_config_args(aot)
+    aot.add_argument("--topology", required=True, help="e.g. v5e:2x2, v5p:4x4x4, v6e:16x16")
+    aot.add_argument("--out", type=Path, help="also write the report as JSON here")
+    bench_cli.add_parsers(sub, _add_config_args)  # bench, compare, scaling
     return parser
 
 
@@ -78,9 +129,26 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = prepare_run_dir(args.runs_dir, name, overwrite=args.overwrite, resume=args.resume)
     print(f"run {name}: {run_dir}")
     metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    if metrics.get("preempted"):
+        print(
+            f"preempted by signal {metrics['signal']} after step {metrics['step']}: checkpoint "
+            f"saved; continue with the same command plus --resume --name {run_dir.name}"
+        )
+        return PREEMPTED_EXIT_CODE
     print(f"eval ({int(metrics['count'])} examples):")
     _print_metrics(metrics)
     print(f"metrics: {run_dir / 'metrics.json'}  tensorboard: {run_dir / 'tb'}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from kunlun_jax.parallel.aot import compile_train_step, format_report
+
+    report = compile_train_step(load_config(args.config, args.overrides), args.topology)
+    print(format_report(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -108,16 +176,50 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from kunlun_jax import study
+
+    if args.render:
+        print(study.markdown_table(json.loads(args.render.read_text()), str(args.render)))
+        return 0
+    configs = [load_config(name, args.overrides) for name in args.configs or ["tiny"]]
+    runs_dir = args.runs_dir or Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = study.run_study(configs, args.seeds, runs_dir)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    table = study.markdown_table(result, str(args.out) if args.out else "")
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    print(table)
+    print(f"runs: {runs_dir}" + (f"  json: {args.out}" if args.out else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    prefer_present_accelerators()
     args = _parser().parse_args(argv)
+    if args.command == "compile":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # deviceless: nothing runs on a TPU
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    else:
+        prefer_present_accelerators()
+    if getattr(args, "distributed", False):
+        from kunlun_jax.parallel.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
     try:
+        if args.command == "compile":
+            return _compile(args)
         if args.command == "train":
             return _train(args)
         if args.command == "eval":
             return _eval(args)
         if args.command == "data":
             return _data(args)
+        if args.command in bench_cli.COMMANDS:
+            return bench_cli.run(args)
+        if args.command == "study":
+            return _study(args)
         config = load_config(args.config, args.overrides)
         print(json.dumps(to_dict(config), indent=2))
         return 0

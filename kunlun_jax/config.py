@@ -73,8 +73,15 @@ class DataConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
+# Model architectures, built by kunlun_jax.model.factory.build_model.
+Arch = Literal["kunlun", "interformer", "wukong", "dcnv2", "din"]
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    # Which model: Kunlun, or a baseline (kunlun_jax/baselines) reading the fields it documents.
+    arch: Arch = "kunlun"
     d_model: int = 64  # d: width of non-sequence tokens and (by default) sequence towers
     num_heads: int = 4  # H
     num_layers: int = 2  # L Kunlun layers (CompSkip pairs them: GDPA layer, then SWA layer)
@@ -101,6 +108,7 @@ class ModelConfig:
     head_hidden: tuple[int, ...] = (64, 32)
     dropout: float = 0.0
     kernels: Literal["reference", "pallas", "auto"] = "reference"
+    vocab_multiple: int = 64  # embedding tables get rows rounded up to this (even row shards)
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
     remat: Literal["none", "full", "dots"] = "none"
     streams: Mapping[str, StreamTower] = dataclasses.field(default_factory=dict)
@@ -122,6 +130,23 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     nan_policy: Literal["stop", "skip"] = "stop"
+    grad_accum_steps: int = 1  # micro-batches per step; batch_size is the global batch
+    embedding_optimizer: Literal["adagrad", "rowwise_adagrad"] = "adagrad"
+    keep_best: int = 0  # also keep this many checkpoints with the lowest eval NE
+    async_checkpoints: bool = True  # save in a background thread (still atomic)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh and logical-axis rules. Axis sizes multiply to the device count used;
+    one axis may be -1 (all remaining devices). Changing the parallelism is a config change."""
+
+    data: int = -1  # data parallelism: the batch is split, parameters replicated
+    fsdp: int = 1  # fully sharded data parallelism: batch and dense weights split
+    model: int = 1  # tensor/expert parallelism: heads, MLP width and experts split
+    # Logical axis -> mesh axes, overriding kunlun_jax.parallel.sharding.DEFAULT_RULES entries,
+    # e.g. {vocab = ["model"]} keeps embedding rows within a model-parallel group.
+    rules: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +155,7 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
 
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "identity", "leaky_relu")
@@ -299,6 +325,7 @@ def _require(cond: bool, message: str) -> None:
 def validate(config: Config) -> None:
     """Checks value ranges and cross-field invariants; raises ConfigError naming the field."""
     m, t, d = config.model, config.train, config.data
+    _require(m.arch in ARCHS, f"model.arch = {m.arch!r} is not valid; choose one of {list(ARCHS)}")
     for name in ("d_model", "num_heads", "num_layers", "n_sum", "n_seed", "n_tok", "skl_rank"):
         _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     _require(
@@ -342,6 +369,15 @@ def validate(config: Config) -> None:
         _require(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}")
     _require(t.log_every > 0, f"train.log_every must be > 0, got {t.log_every}")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+    _require(t.keep_best >= 0, f"train.keep_best must be >= 0, got {t.keep_best}")
+    _require(t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
+    _require(
+        t.batch_size % t.grad_accum_steps == 0,
+        f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps "
+        f"({t.grad_accum_steps})",
+    )
+    _require(m.vocab_multiple >= 1, f"model.vocab_multiple must be >= 1, got {m.vocab_multiple}")
+    _validate_mesh(config.mesh)
     _require(d.num_train > 0 and d.num_eval > 0, "data.num_train and data.num_eval must be > 0")
     _require(d.max_len > 0, f"data.max_len must be > 0, got {d.max_len}")
 
@@ -353,3 +389,21 @@ def validate(config: Config) -> None:
         f"data.synthetic.mean_history must be in (0, max_history={s.max_history}]",
     )
     _require(0.0 <= s.label_noise <= 1.0, "data.synthetic.label_noise must be in [0, 1]")
+
+
+MESH_AXES = ("data", "fsdp", "model")
+
+
+def _validate_mesh(mesh: MeshConfig) -> None:
+    sizes = {a: getattr(mesh, a) for a in MESH_AXES}
+    for axis, n in sizes.items():
+        _require(n == -1 or n >= 1, f"mesh.{axis} must be >= 1 or -1 (all remaining devices)")
+    _require(
+        sum(n == -1 for n in sizes.values()) <= 1, "at most one mesh axis may be -1 (the rest)"
+    )
+    for logical, axes in mesh.rules.items():
+        bad = [a for a in axes if a not in MESH_AXES]
+        _require(
+            not bad,
+            f"mesh.rules.{logical} names unknown mesh axes {bad}; mesh axes are {list(MESH_AXES)}",
+        )

@@ -45,6 +45,7 @@ import numpy as np
 
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import FeatureSpec
+from kunlun_jax.model.embedding import padded_vocab
 from kunlun_jax.model.towers import Tower, layer_roles, resolve_towers
 
 AttentionCount = Literal["kernel", "dense"]
@@ -364,10 +365,11 @@ def model_flops(
     n_ns = len(spec.sparse_names) + (1 if spec.num_dense > 0 else 0)
 
     # FeatureEmbedding: tables (gathers, no FLOPs), event-type vectors, dense projection.
-    tables = sum(v * d for v in spec.sparse_vocab_sizes) + len(spec.streams) * d
+    rows = lambda v: padded_vocab(v, cfg.vocab_multiple)
+    tables = sum(rows(v) * d for v in spec.sparse_vocab_sizes) + len(spec.streams) * d
     for s in spec.streams:
-        tables += (0 if s.item_feature else s.item_vocab_size * d) + (
-            0 if s.side_feature else s.side_vocab_size * d
+        tables += (0 if s.item_feature else rows(s.item_vocab_size) * d) + (
+            0 if s.side_feature else rows(s.side_vocab_size) * d
         )
     c.add("embedding", "tables", 0, tables, "input")
     if spec.num_dense > 0:

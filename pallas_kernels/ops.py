@@ -11,6 +11,7 @@ from typing import Literal
 
 import jax
 
+from pallas_kernels.common.sharding import per_batch_shard
 from pallas_kernels.gdpa.reference import gdpa_reference
 from pallas_kernels.hsp.reference import seed_pooling_reference
 from pallas_kernels.swa.reference import attention_reference
@@ -34,19 +35,18 @@ def gdpa(
 ) -> jax.Array:
     """GDPA, q [B, Tq, H, D], k/v [B, Tkv, H, D] -> [B, Tq, H, D]; see gdpa_reference."""
     kwargs = dict(
-        activation=activation,
-        qk_scale=qk_scale,
-        out_scale=out_scale,
-        q_lengths=q_lengths,
-        kv_lengths=kv_lengths,
-        window=window,
-        causal=causal,
+        activation=activation, qk_scale=qk_scale, out_scale=out_scale, window=window, causal=causal
     )
     if kernels == "reference":
-        return gdpa_reference(q, k, v, **kwargs)
+        return gdpa_reference(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, **kwargs)
     from pallas_kernels.gdpa.api import gdpa as gdpa_kernel
 
-    return gdpa_kernel(q, k, v, backend=kernels, **kwargs)
+    def call(q, k, v, q_lengths, kv_lengths):
+        return gdpa_kernel(
+            q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, backend=kernels, **kwargs
+        )
+
+    return per_batch_shard(call, q, k, v, q_lengths, kv_lengths, batched=(True,) * 5)
 
 
 def attention(
@@ -60,11 +60,20 @@ def attention(
     causal: bool = False,
     kernels: Kernels = "reference",
 ) -> jax.Array:
-    """Softmax attention (full or sliding-window), q [B, Tq, H, D] -> [B, Tq, H, D]."""
-    del kernels  # Pallas SWA kernels land with the SWA issue; the reference is the fallback.
-    return attention_reference(
-        q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=causal
-    )
+    """Softmax attention (full or sliding-window), q [B, Tq, H, D] -> [B, Tq, H, D]; see
+    pallas_kernels.swa.api. "pallas"/"auto": our Mosaic-TPU kernel on TPU, tokamax's named GPU
+    kernel on GPU; "auto" falls back to the reference where none applies (CPU included)."""
+    mask = dict(window=window, causal=causal)
+    if kernels == "reference":
+        return attention_reference(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, **mask)
+    from pallas_kernels.swa.api import swa_attention
+
+    def call(q, k, v, q_lengths, kv_lengths):
+        return swa_attention(
+            q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, backend=kernels, **mask
+        )
+
+    return per_batch_shard(call, q, k, v, q_lengths, kv_lengths, batched=(True,) * 5)
 
 
 def seed_pooling(
@@ -75,6 +84,16 @@ def seed_pooling(
     kv_lengths: jax.Array | None = None,
     kernels: Kernels = "reference",
 ) -> jax.Array:
-    """Seeds [S, H, D] attend to k/v [B, T, H, D] -> [B, S, H, D]."""
-    del kernels  # the fused HSP kernel lands with the HSP issue; the reference is the fallback.
-    return seed_pooling_reference(seeds, k, v, kv_lengths=kv_lengths)
+    """Seeds [S, H, D] attend to k/v [B, T, H, D] -> [B, S, H, D]; see pallas_kernels.hsp.api.
+
+    "auto" falls back to the reference where no kernel applies (CPU, head dims outside 32–256,
+    more seeds than the device's seed tile). The seeds are replicated across batch shards.
+    """
+    if kernels == "reference":
+        return seed_pooling_reference(seeds, k, v, kv_lengths=kv_lengths)
+    from pallas_kernels.hsp.api import seed_pooling as seed_pooling_kernel
+
+    def call(seeds, k, v, kv_lengths):
+        return seed_pooling_kernel(seeds, k, v, kv_lengths=kv_lengths, backend=kernels)
+
+    return per_batch_shard(call, seeds, k, v, kv_lengths, batched=(False, True, True, True))

@@ -27,6 +27,7 @@ FAST = [
     "train.steps=6",
     "train.log_every=2",
     "train.checkpoint_every=3",
+    "mesh.data=1",
 ]
 
 

@@ -164,8 +164,12 @@ def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | Non
     return attend
 
 
-def run_case(case: Case, impl: str, args: argparse.Namespace) -> dict:
-    """Timings and TFLOP/s of one (case, implementation); `error` set instead on failure."""
+def run_case(
+    case: Case, impl: str, args: argparse.Namespace, make_attend: Callable = attention_fn
+) -> dict:
+    """Timings and TFLOP/s of one (case, implementation); `error` set instead on failure.
+    make_attend(impl, case, block_q, block_kv) -> attend(q, k, v, q_lengths, kv_lengths): the
+    op under test (GDPA here; other attention benchmarks pass their own)."""
     q_np, kv_np = case_lengths(case)
     fwd_flops = forward_flops(case, q_np, kv_np)
     result = dict(
@@ -184,7 +188,7 @@ def run_case(case: Case, impl: str, args: argparse.Namespace) -> dict:
         for shape in (q_shape, kv_shape, kv_shape, q_shape)
     )
     inputs = (q, k, v, jnp.asarray(q_np), jnp.asarray(kv_np))
-    attend = attention_fn(impl, case, args.block_q, args.block_kv)
+    attend = make_attend(impl, case, args.block_q, args.block_kv)
 
     def loss(q, k, v, q_lens, kv_lens, do):
         o = attend(q, k, v, q_lens, kv_lens)

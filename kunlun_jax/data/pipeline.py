@@ -13,7 +13,8 @@ from kunlun_jax.data.spec import Batch, FeatureSpec
 
 
 def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
-    """A random-access source of single examples for `split` and its spec.
+    """A random-access source for `split` and its spec. Sources have `len()`, `[i]` (one
+    example) and `batch(indices)` (a batch, vectorized), which the pipelines use.
 
     Splits: "train" | "eval"; MovieLens also has "test" (a global time split, eval = the
     validation period). For MovieLens, `data.path` is a directory made by `kunlun-jax data
@@ -34,16 +35,27 @@ def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
 
 
 def train_iterator(
-    source: Any, batch_size: int, *, seed: int, num_threads: int = 2
+    source: Any, batch_size: int, *, seed: int, rows: slice | None = None, num_threads: int = 2
 ) -> grain.DatasetIterator:
-    """Endless shuffled batches (reshuffled every epoch) with get_state()/set_state()."""
+    """Endless shuffled global batches (reshuffled every epoch) with get_state()/set_state().
+
+    rows: the rows of every global batch this host reads (multi-host training; default all).
+    The global batch order depends only on `seed`, never on the number of hosts, and a host
+    materializes only its own rows (`source.batch(indices)`).
+    """
     if len(source) < batch_size:
         raise ValueError(
             f"train.batch_size ({batch_size}) exceeds the training set ({len(source)} examples)"
         )
-    ds = _batched(
-        _examples(source).shuffle(seed=seed).repeat(None), source, batch_size, drop_remainder=True
+    ds = (
+        grain.MapDataset.range(len(source))
+        .shuffle(seed=seed)
+        .repeat(None)
+        .batch(batch_size, drop_remainder=True)
     )
+    if rows is not None and rows != slice(0, batch_size):
+        ds = ds.map(lambda indices: indices[rows])
+    ds = ds.map(source.batch)
     return iter(
         ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
     )
@@ -52,25 +64,12 @@ def train_iterator(
 def eval_batches(source: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:
     """Every example exactly once, in order, as (batch, n_real): the last batch is padded to
     `batch_size` by repeating its last example (static shapes), n_real counts the real rows."""
-    for batch in _batched(_examples(source), source, batch_size, drop_remainder=False):
+    ds = grain.MapDataset.range(len(source)).batch(batch_size, drop_remainder=False)
+    for batch in ds.map(source.batch):
         n = len(batch["label"])
         if n < batch_size:
             batch = _pad_rows(batch, batch_size)
         yield batch, n
-
-
-def _examples(source: Any) -> grain.MapDataset:
-    """Indices if the source batches itself (vectorized `source.batch(indices)`), else examples."""
-    if hasattr(source, "batch"):
-        return grain.MapDataset.range(len(source))
-    return grain.MapDataset.source(source)
-
-
-def _batched(
-    ds: grain.MapDataset, source: Any, batch_size: int, *, drop_remainder: bool
-) -> grain.MapDataset:
-    batch_fn = source.batch if hasattr(source, "batch") else None
-    return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
 
 
 def _pad_rows(tree: Any, size: int) -> Any:

@@ -73,3 +73,9 @@ class MLP(nn.Module):
 def length_mask(lengths: jax.Array, t: int) -> jax.Array:
     """[B] lengths -> bool [B, T], True at real (non-padded) positions."""
     return jnp.arange(t)[None, :] < lengths[:, None]
+
+
+def batch_constraint(x: jax.Array) -> jax.Array:
+    """Pins an activation [B, ...] to the mesh axes of logical `batch` (a no-op without a mesh
+    and axis rules), so sharding propagation never gathers a batch onto one device."""
+    return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))

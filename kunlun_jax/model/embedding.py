@@ -7,9 +7,16 @@ import jax
 import jax.numpy as jnp
 
 from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
-from kunlun_jax.model.common import Dense, length_mask, param_with_axes
+from kunlun_jax.model.common import Dense, batch_constraint, length_mask, param_with_axes
+from kunlun_jax.parallel.lookup import embedding_lookup
 
 _embed_init = nn.initializers.normal(stddev=0.05)
+
+
+def padded_vocab(vocab: int, multiple: int) -> int:
+    """Rows of a table for `vocab` ids: rounded up to `multiple`. Ids >= vocab are rejected at
+    the batch boundary, so the padding rows are never read and never trained."""
+    return -(-vocab // multiple) * multiple
 
 
 class FeatureEmbedding(nn.Module):
@@ -24,10 +31,12 @@ class FeatureEmbedding(nn.Module):
     spec: FeatureSpec
     d_model: int
     dtype: jnp.dtype = jnp.float32
+    vocab_multiple: int = 1  # table rows rounded up to a multiple of this (even row shards)
 
     def _table(self, name: str, vocab: int) -> jax.Array:
+        rows = padded_vocab(vocab, self.vocab_multiple)
         return self.param(
-            name, param_with_axes(_embed_init, ("vocab", "embed")), (vocab, self.d_model)
+            name, param_with_axes(_embed_init, ("vocab", "embed")), (rows, self.d_model)
         )
 
     def _stream_table(
@@ -40,10 +49,11 @@ class FeatureEmbedding(nn.Module):
                 f"stream {s.name!r}: {field}_feature {shared!r} is not a sparse feature; "
                 f"sparse features are {list(self.spec.sparse_names)}"
             )
-        if vocab > tables[shared].shape[0]:
+        shared_vocab = self.spec.sparse_vocab_sizes[self.spec.sparse_names.index(shared)]
+        if vocab > shared_vocab:
             raise ValueError(
                 f"stream {s.name!r}: {field} vocab {vocab} exceeds the shared table "
-                f"{shared!r} ({tables[shared].shape[0]} rows)"
+                f"{shared!r} ({shared_vocab} ids)"
             )
         return tables[shared]
 
@@ -57,7 +67,7 @@ class FeatureEmbedding(nn.Module):
         }
         sparse = batch["sparse"]
         tokens = [
-            jnp.take(tables[n], sparse[:, f], axis=0) for f, n in enumerate(self.spec.sparse_names)
+            embedding_lookup(tables[n], sparse[:, f]) for f, n in enumerate(self.spec.sparse_names)
         ]
         if self.spec.num_dense > 0:
             dense = batch["dense"].astype(jnp.float32)
@@ -74,10 +84,10 @@ class FeatureEmbedding(nn.Module):
             item_table = self._stream_table(s, "item", s.item_feature, s.item_vocab_size, tables)
             side_table = self._stream_table(s, "side", s.side_feature, s.side_vocab_size, tables)
             seq = batch["seqs"][s.name]
-            tok = jnp.take(item_table, seq["item"], axis=0) + jnp.take(
-                side_table, seq["side"], axis=0
+            tok = embedding_lookup(item_table, seq["item"]) + embedding_lookup(
+                side_table, seq["side"]
             )
             tok = tok + type_emb[e]
             real = length_mask(seq["length"], seq["item"].shape[1])
-            seqs[s.name] = jnp.where(real[..., None], tok, 0.0).astype(self.dtype)
-        return x, seqs
+            seqs[s.name] = batch_constraint(jnp.where(real[..., None], tok, 0.0).astype(self.dtype))
+        return batch_constraint(x), seqs

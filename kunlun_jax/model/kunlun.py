@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
 from kunlun_jax.model.attention import SequenceSelfAttention
-from kunlun_jax.model.common import MLP, Dense, LayerNorm
+from kunlun_jax.model.common import MLP, Dense, LayerNorm, batch_constraint
 from kunlun_jax.model.embedding import FeatureEmbedding
 from kunlun_jax.model.gdpa_ffn import GDPAFFN, PersonalizedFFN
 from kunlun_jax.model.hsp import SequenceSummary
@@ -163,7 +163,8 @@ class LayerGroup(nn.Module):
                 name=f"layer_{i}",
             )
             x, seqs, summaries = layer(x, seqs, dts, lengths, summaries)
-        return (x, seqs, summaries), None
+        carry = jax.tree.map(batch_constraint, (x, seqs, summaries))
+        return carry, None
 
 
 _REMAT_POLICIES = {
@@ -205,7 +206,9 @@ class Kunlun(nn.Module):
         c = self.cfg
         dtype = jnp.dtype(c.dtype)
         towers = self.towers
-        x, tokens = FeatureEmbedding(self.spec, c.d_model, dtype, name="embedding")(batch)
+        x, tokens = FeatureEmbedding(
+            self.spec, c.d_model, dtype, c.vocab_multiple, name="embedding"
+        )(batch)
         seqs, dts, lengths = {}, {}, {}
         for t in towers:
             raw = batch["seqs"][t.name]

@@ -6,30 +6,23 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from kunlun_jax.config import Config, ConfigError, from_dict, to_dict
-from kunlun_jax.data.pipeline import eval_batches, make_source, train_iterator
-from kunlun_jax.data.spec import FeatureSpec, validate_batch
+from kunlun_jax.data.pipeline import eval_batches
+from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
-from kunlun_jax.model import Kunlun
+from kunlun_jax.parallel.distributed import to_host
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
-from kunlun_jax.train.state import (
-    TrainState,
-    make_optimizer,
-    make_predict_step,
-    make_train_step,
-    param_labels,
-)
+from kunlun_jax.train.experiment import Experiment, build_experiment
+from kunlun_jax.train.preemption import PreemptionGuard
 
 
 class RunExistsError(FileExistsError):
@@ -56,27 +49,23 @@ def prepare_run_dir(runs_dir: Path, name: str, *, overwrite: bool, resume: bool)
     return run_dir
 
 
-def init_params(model: nn.Module, example: dict[str, Any], seed: int) -> tuple[Any, Any]:
-    """(params, labels): unboxed fp32 params and their optimizer labels (embedding/dense).
-
-    Initializers draw from an "rbg" key: XLA's native bit generator compiles several times
-    faster than threefry for the hundreds of parameter initializers.
-    """
-    key = jax.random.key(seed, impl="rbg")
-    boxed = jax.jit(model.init)(key, example)["params"]
-    return nn.unbox(boxed), param_labels(boxed)
-
-
 def evaluate(
-    predict: Any, params: Any, source: Any, batch_size: int, *, base_rate: float | None = None
+    predict: Any,
+    params: Any,
+    source: Any,
+    batch_size: int,
+    *,
+    put: Callable[[Batch], Batch] = lambda b: b,
+    base_rate: float | None = None,
 ) -> dict[str, float]:
     """NE, AUC, log loss, calibration (and the oracle NE on synthetic data) over `source`.
 
-    predict: jax.jit(make_predict_step(model)), built once per run so evals reuse its compile.
+    predict: a jitted predict step, built once per run so evals reuse its compile.
+    put: host batch -> device batch (e.g. `Experiment.global_batch` to shard it).
     """
     metrics = StreamingMetrics(base_rate=base_rate)
     for batch, n in eval_batches(source, batch_size):
-        probs = np.asarray(predict(params, batch))[:n]
+        probs = to_host(predict(params, put(batch)))[:n]
         oracle = batch["oracle_p"][:n] if "oracle_p" in batch else None
         metrics.update(batch["label"][:n], probs, oracle)
     return metrics.compute()
@@ -94,34 +83,6 @@ def _non_finite_report(step: int, metrics: dict[str, Any]) -> str:
     )
 
 
-@dataclasses.dataclass
-class Experiment:
-    """Everything a run needs, built from a config: model, data, optimizer, initial state."""
-
-    config: Config
-    spec: FeatureSpec
-    model: nn.Module
-    train_source: Any
-    eval_source: Any
-    data_iter: Any
-    tx: Any
-    state: TrainState
-
-
-def build_experiment(config: Config) -> Experiment:
-    tc = config.train
-    train_source, spec = make_source(config.data, "train")
-    eval_source, _ = make_source(config.data, "eval")
-    model = Kunlun(config.model, spec)
-    data_iter = train_iterator(train_source, tc.batch_size, seed=config.data.seed)
-    example = next(iter(eval_batches(eval_source, tc.batch_size)))[0]
-    validate_batch(example, spec)
-    params, labels = init_params(model, example, tc.seed)
-    tx = make_optimizer(tc, labels)
-    state = TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params))
-    return Experiment(config, spec, model, train_source, eval_source, data_iter, tx, state)
-
-
 def evaluate_run(run_dir: Path) -> dict[str, float]:
     """Evaluates the newest checkpoint of a run directory on its eval split."""
     run_dir = Path(run_dir)
@@ -135,82 +96,181 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint to evaluate")
     state, _ = ckpt.restore(step, exp.state, exp.data_iter)
     ckpt.close()
-    predict = jax.jit(make_predict_step(exp.model))
-    metrics = evaluate(predict, state.params, exp.eval_source, exp.config.train.batch_size)
+    with exp.activate():
+        metrics = evaluate(
+            exp.predict_step(),
+            state.params,
+            exp.eval_source,
+            exp.config.train.batch_size,
+            put=exp.global_batch,
+        )
     return {**metrics, "step": step}
 
 
-def train(config: Config, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
+class _RunLog:
+    """TensorBoard scalars and the progress bar, written by the first process only."""
+
+    def __init__(self, run_dir: Path, config: Config, start: int, progress: bool):
+        self.lead = jax.process_index() == 0
+        self.writer = SummaryWriter(str(run_dir / "tb")) if self.lead else None
+        self.bar = tqdm(
+            total=config.train.steps,
+            initial=start,
+            disable=not (progress and self.lead),
+            desc=config.name,
+            unit="step",
+        )
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    devices: list[Any] | None = None,
+) -> dict:
     """Trains `config` in `run_dir` (created by prepare_run_dir) and returns the eval metrics.
 
     Writes config.json, TensorBoard events (tb/), orbax checkpoints (checkpoints/) and
-    metrics.json. With resume, continues from the newest checkpoint with the same data order.
+    metrics.json. With resume, continues from the newest intact checkpoint with the same data
+    order. SIGTERM/SIGINT finish the current step, save a checkpoint and return
+    {"preempted": True, "step": ...} instead of the eval metrics.
     """
     run_dir = Path(run_dir)
     tc = config.train
     if resume:
         _check_same_run(run_dir, config)
-    exp = build_experiment(config)
-    model, spec, data_iter, eval_source, state = (
-        exp.model,
-        exp.spec,
-        exp.data_iter,
-        exp.eval_source,
-        exp.state,
+    exp = build_experiment(config, devices)
+    ckpt = Checkpointer(
+        run_dir / "checkpoints",
+        keep=tc.keep_checkpoints,
+        keep_best=tc.keep_best,
+        async_save=tc.async_checkpoints,
     )
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
-    if resume and ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(ckpt.latest_step(), state, data_iter)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    state = exp.state
+    if resume and (restored := ckpt.restore_latest_good(state, exp.data_iter)) is not None:
+        state = restored[0]
+    if jax.process_index() == 0:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
-    step_fn = jax.jit(make_train_step(model, exp.tx), donate_argnums=0)
-    predict = jax.jit(make_predict_step(model))
-    writer = SummaryWriter(str(run_dir / "tb"))
-    base_key = jax.random.key(tc.seed + 1)
     start = int(state.step)
-    skipped, timed_examples, timed_seconds = 0, 0, 0.0
-    bar = tqdm(total=tc.steps, initial=start, disable=not progress, desc=config.name, unit="step")
-    for step in range(start, tc.steps):
-        batch = next(data_iter)
-        validate_batch(batch, spec)
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
-        if not bool(metrics["finite"]):
-            if tc.nan_policy == "stop":
-                raise NonFiniteError(_non_finite_report(step, metrics))
-            skipped += 1
-        if step > start:  # the first step includes compilation
-            timed_seconds += time.perf_counter() - t0
-            timed_examples += tc.batch_size
-        bar.update(1)
-        if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
-            loss = float(metrics["loss"])
-            writer.add_scalar("train/loss", loss, step + 1)
-            writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), step + 1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-        if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
-            _log_eval(writer, evaluate(predict, state.params, eval_source, tc.batch_size), step + 1)
-        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-            ckpt.save(step + 1, state, data_iter, {"step": step + 1})
-    bar.close()
-
-    final = evaluate(predict, state.params, eval_source, tc.batch_size)
-    _log_eval(writer, final, tc.steps)
-    writer.close()
+    log = _RunLog(run_dir, config, start, progress)
+    with exp.activate(), PreemptionGuard() as guard:
+        predict = exp.predict_step()
+        state, stats = _train_steps(exp, state, predict, ckpt, log, guard, start)
+        if stats.preempted is not None:
+            log.close()
+            ckpt.wait()
+            ckpt.close()
+            return stats.preempted
+        final = _evaluate(exp, predict, state)
+    log.scalars("eval", final, tc.steps)
+    log.close()
     if ckpt.latest_step() != tc.steps:
-        ckpt.save(tc.steps, state, data_iter, {"step": tc.steps, "eval": final})
+        _save(exp, ckpt, tc.steps, state, {"eval": final}, final)
     ckpt.wait()
     ckpt.close()
     result = {
         **final,
         "config": config.name,
         "environment": environment(),
+        "mesh": dict(exp.plan.mesh.shape),
         "steps": tc.steps,
-        "skipped_steps": skipped,
-        "examples_per_sec": timed_examples / timed_seconds if timed_seconds else float("nan"),
+        "skipped_steps": stats.skipped,
+        "examples_per_sec": stats.examples_per_sec,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    if jax.process_index() == 0:
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _evaluate(exp: Experiment, predict: Any, state: Any) -> dict[str, float]:
+    return evaluate(
+        predict,
+        state.params,
+        exp.eval_source,
+        exp.config.train.batch_size,
+        put=exp.global_batch,
+    )
+
+
+def _save(
+    exp: Experiment,
+    ckpt: Checkpointer,
+    step: int,
+    state: Any,
+    meta: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+) -> None:
+    ckpt.save(step, state, exp.data_iter, {"step": step, **meta}, metrics)
+
+
+@dataclasses.dataclass
+class _Stats:
+    skipped: int = 0  # steps whose update was dropped (non-finite, nan_policy = skip)
+    examples_per_sec: float = float("nan")  # excluding the first (compiling) step
+    preempted: dict[str, Any] | None = None  # {"preempted": True, "step", "signal"}
+
+
+def _train_steps(
+    exp: Experiment,
+    state: Any,
+    predict: Any,
+    ckpt: Checkpointer,
+    log: _RunLog,
+    guard: PreemptionGuard,
+    start: int,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Steps start..train.steps, or until a preemption signal (then saved)."""
+    tc = exp.config.train
+    stats = _Stats()
+    step_fn = exp.train_step()
+    base_key = jax.random.key(tc.seed + 1)
+    timed_examples, timed_seconds = 0, 0.0
+    for step in range(start, tc.steps):
+        local = next(exp.data_iter)
+        validate_batch(local, exp.spec)
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, exp.device_batch(local), jax.random.fold_in(base_key, step))
+        if not bool(metrics["finite"]):
+            if tc.nan_policy == "stop":
+                raise NonFiniteError(_non_finite_report(step, metrics))
+            stats.skipped += 1
+        if step > start:  # the first step includes compilation
+            timed_seconds += time.perf_counter() - t0
+            timed_examples += tc.batch_size
+        log.bar.update(1)
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            loss = float(metrics["loss"])
+            log.scalars("train", {"loss": loss, "grad_norm": float(metrics["grad_norm"])}, done)
+            log.bar.set_postfix(loss=f"{loss:.4f}")
+        if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
+            evaluated = _evaluate(exp, predict, state)
+            log.scalars("eval", evaluated, done)
+            if tc.keep_best:
+                _save(exp, ckpt, done, state, {"eval": evaluated}, evaluated)
+        if tc.checkpoint_every and done % tc.checkpoint_every == 0 and ckpt.latest_step() != done:
+            _save(exp, ckpt, done, state, {})
+        if guard.requested():
+            if ckpt.latest_step() != done:
+                _save(exp, ckpt, done, state, {"preempted": True})
+            stats.preempted = {"preempted": True, "step": done, "signal": guard.signal}
+            return state, stats
+    if timed_seconds:
+        stats.examples_per_sec = timed_examples / timed_seconds
+    return state, stats
 
 
 def _check_same_run(run_dir: Path, config: Config) -> None:
@@ -225,8 +285,3 @@ def _check_same_run(run_dir: Path, config: Config) -> None:
             f"cannot resume {run_dir}: its {' and '.join(changed)} config differs from the one "
             f"given; resume with --config {saved} (plus --set for train.* changes)"
         )
-
-
-def _log_eval(writer: SummaryWriter, metrics: dict[str, float], step: int) -> None:
-    for key, value in metrics.items():
-        writer.add_scalar(f"eval/{key}", value, step)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -31,9 +31,42 @@ def param_labels(boxed_params: Any) -> Any:
     return jax.tree.map(label, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+class RowwiseAdagradState(NamedTuple):
+    sum_of_squares: Any  # per table [V, 1]: running sum of the row's mean squared gradient
+
+
+def rowwise_adagrad(
+    learning_rate: float, initial_accumulator_value: float = 0.1, eps: float = 1e-10
+) -> optax.GradientTransformation:
+    """Adagrad with one accumulator per embedding row (mean of the row's squared gradient), as
+    in DLRM/TorchRec: optimizer memory V instead of V x D per table [V, D]. Rows absent from a
+    batch get a zero gradient and keep their accumulator and value."""
+
+    def init(params):
+        return RowwiseAdagradState(
+            jax.tree.map(
+                lambda p: jnp.full((*p.shape[:-1], 1), initial_accumulator_value, p.dtype), params
+            )
+        )
+
+    def update(updates, state, params=None):
+        del params
+        sos = jax.tree.map(
+            lambda g, n: n + jnp.mean(jnp.square(g), axis=-1, keepdims=True),
+            updates,
+            state.sum_of_squares,
+        )
+        updates = jax.tree.map(
+            lambda g, n: -learning_rate * g * jax.lax.rsqrt(n + eps), updates, sos
+        )
+        return updates, RowwiseAdagradState(sos)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: TrainConfig, labels: Any) -> optax.GradientTransformation:
-    """AdamW with warmup + cosine decay for dense params, Adagrad for embedding tables,
-    global-norm clipping over all gradients first."""
+    """AdamW with warmup + cosine decay for dense params, (row-wise) Adagrad for embedding
+    tables per `train.embedding_optimizer`, global-norm clipping over all gradients first."""
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=cfg.learning_rate,
@@ -42,7 +75,8 @@ def make_optimizer(cfg: TrainConfig, labels: Any) -> optax.GradientTransformatio
         end_value=cfg.learning_rate * 0.1,
     )
     dense = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    embedding = optax.adagrad(
+    adagrad = rowwise_adagrad if cfg.embedding_optimizer == "rowwise_adagrad" else optax.adagrad
+    embedding = adagrad(
         cfg.embedding_learning_rate, initial_accumulator_value=cfg.embedding_initial_accumulator
     )
     chain = [optax.multi_transform({"dense": dense, "embedding": embedding}, labels)]
@@ -56,16 +90,43 @@ def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
-    """(state, batch, rng) -> (state, metrics). A non-finite loss or gradient leaves the state
-    unchanged and reports, per parameter, which gradients were non-finite."""
+def micro_batches(batch: Batch, n: int) -> Batch:
+    """[B, ...] -> [n, B / n, ...], micro-batch k = rows k, k + n, k + 2n, ...: each batch
+    shard keeps an equal share of every micro-batch, so no data moves between devices."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int = 1):
+    """(state, batch, rng) -> (state, metrics). With accum_steps > 1 the batch is split into
+    micro-batches whose gradients are averaged (same result as one big batch, less memory).
+    A non-finite loss or gradient leaves the state unchanged and reports, per parameter,
+    which gradients were non-finite."""
 
     def loss_fn(params, batch: Batch, rng):
         logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
         return bce_loss(logits, batch["label"])
 
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def accumulated(params, batch: Batch, rng):
+        def body(carry, xs):
+            mb, k = xs
+            mb = nn.with_logical_constraint(
+                mb, jax.tree.map(lambda x: ("batch",) + (None,) * (x.ndim - 1), mb)
+            )
+            loss, grads = grad_fn(params, mb, jax.random.fold_in(rng, k))
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        xs = (micro_batches(batch, accum_steps), jnp.arange(accum_steps))
+        total, _ = jax.lax.scan(body, zeros, xs)
+        return jax.tree.map(lambda x: x / accum_steps, total)
+
     def step(state: TrainState, batch: Batch, rng: jax.Array):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        if accum_steps == 1:
+            loss, grads = grad_fn(state.params, batch, rng)
+        else:
+            loss, grads = accumulated(state.params, batch, rng)
         grad_finite = jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(jax.tree.leaves(grad_finite)))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

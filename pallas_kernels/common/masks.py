@@ -36,3 +36,27 @@ def attention_mask(
     if causal:
         mask &= (j <= i)[None, None]
     return mask
+
+
+def rows_with_keys(
+    batch: int,
+    tq: int,
+    tkv: int,
+    *,
+    q_lengths: jax.Array | None = None,
+    kv_lengths: jax.Array | None = None,
+    window: int | None = None,
+) -> jax.Array:
+    """Boolean [B, Tq]: True where query row i sees at least one key under `attention_mask`,
+    with or without causality (key max(0, i - window) <= i is the first candidate either way).
+
+    Kernels whose fully masked rows are not exactly zero are post-masked with this; it costs
+    O(B·Tq), never a [Tq, Tkv] mask.
+    """
+    i = jnp.arange(tq)[None, :]
+    q_len = tq if q_lengths is None else q_lengths[:, None]
+    kv_len = tkv if kv_lengths is None else kv_lengths[:, None]
+    ok = (i < q_len) & (kv_len > 0)
+    if window is not None:
+        ok &= i - window < kv_len
+    return jnp.broadcast_to(ok, (batch, tq))

@@ -23,6 +23,9 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.common import blocks
 from pallas_kernels.common.activations import Fn, get_activation
+from pallas_kernels.common.tile_ops import mm, mm_nt, tile_positions
+
+__all__ = ["GdpaSpec", "cost_estimate", "erf_rational", "mm", "mm_nt", "tile_positions"]
 
 # erf(x) ≈ x·P(x²)/Q(x²) on [-4, 4], clamped outside: Eigen's / XLA's fp32 erf.
 # Coefficients highest degree first.
@@ -110,31 +113,6 @@ class GdpaSpec:
 
     def _scaled(self, s: jax.Array) -> jax.Array:
         return s if self.qk_scale == 1.0 else s * self.qk_scale
-
-
-_NT_DIMS = (((1,), (1,)), ((), ()))
-
-
-def mm(a: jax.Array, b: jax.Array) -> jax.Array:
-    """A·B with fp32 accumulation and result (MXU / tensor cores)."""
-    return jnp.dot(a, b, preferred_element_type=jnp.float32)
-
-
-def mm_nt(a: jax.Array, b: jax.Array) -> jax.Array:
-    """A·Bᵀ with fp32 accumulation and result, without materializing Bᵀ."""
-    return jax.lax.dot_general(a, b, _NT_DIMS, preferred_element_type=jnp.float32)
-
-
-def tile_positions(
-    first_row: blocks.Int, first_col: blocks.Int, shape: tuple[int, int], *, rows_are_q: bool
-) -> tuple[jax.Array, jax.Array]:
-    """Absolute (q_idx, kv_idx) int32 arrays for a 2-D tile of `shape`.
-
-    rows_are_q: the tile is [q, kv] (forward, dQ) rather than [kv, q] (dK/dV kernel).
-    """
-    rows = first_row + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-    cols = first_col + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-    return (rows, cols) if rows_are_q else (cols, rows)
 
 
 # Per kernel: (matmuls of 2·D FLOPs per score, q-sized arrays moved, kv-sized arrays moved).

@@ -12,33 +12,9 @@ Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and 
 
 from __future__ import annotations
 
-import dataclasses
+from pallas_kernels.common.tiles import BlockSizes
 
 SHORT_KV_MAX = 256  # Tkv <= this is the "short" regime.
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSizes:
-    """Tile sizes for one GDPA call. num_warps / num_stages are used by Triton only."""
-
-    block_q: int  # forward: query rows per tile
-    block_kv: int  # forward: key rows per tile
-    block_q_bwd: int  # backward (dK/dV and dQ kernels): query rows per tile
-    block_kv_bwd: int  # backward: key rows per tile
-    num_warps: int = 4
-    num_stages: int = 2
-
-    def with_overrides(self, block_q: int | None, block_kv: int | None) -> BlockSizes:
-        """Explicit sizes replace both the forward and the backward tile."""
-        bq = self.block_q if block_q is None else block_q
-        bkv = self.block_kv if block_kv is None else block_kv
-        return dataclasses.replace(
-            self,
-            block_q=bq,
-            block_kv=bkv,
-            block_q_bwd=self.block_q_bwd if block_q is None else bq,
-            block_kv_bwd=self.block_kv_bwd if block_kv is None else bkv,
-        )
 
 
 # (platform, device-kind prefix ("" = any), max head dim, regime) -> BlockSizes.

@@ -1,4 +1,4 @@
-"""Plain-jnp seed pooling: the spec for the fused HSP kernel."""
+"""Plain-jnp seed pooling: the spec for the seed-pooling kernels (`api.py`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,190 @@
+"""SWA benchmark: sliding-window vs full softmax attention, our kernel vs XLA vs tokamax.
+
+GPU / TPU:  python -m benchmarks.kernels.swa --out benchmarks/results/swa_<device>.json \
+                --plot benchmarks/results/swa_<device>.png
+CPU smoke:  python -m benchmarks.kernels.swa --smoke --out /tmp/swa.json
+            (tiny shapes, tokamax "xla" only: it checks the plumbing in ~4 compiles per case;
+            Pallas kernels would need interpret mode, which measures nothing)
+
+Cases: self-attention over T ∈ {1024, 2048, 4096, 8192} (batch = 16384 / T) with the window w
+(default 128) and without (full attention, same T, same implementation), full lengths; plus
+jagged ("uniform" lengths) and causal windowed cases at T = 4096. The sweep section of the JSON
+(and the optional plot) gives fwd+bwd time vs T per implementation at fixed w, with the full
+attention time and the speedup full / SWA beside it.
+
+Implementations are `swa_attention` backends, each named explicitly: pallas_tpu (ours; TPU
+only, skipped elsewhere), reference (plain jnp under XLA, dense masked scores: O(T²)), and
+tokamax_<impl> for impl in mosaic, triton, cudnn, xla, xla_chunked. Failures are recorded per
+implementation, not raised. FLOPs, timing and same-run baselines (bf16 matmul TFLOP/s, copy
+GB/s) follow benchmarks/kernels/gdpa.py: forward 4·q_len·min(kv_len, 2w + 1)·D per row and
+head on real tokens (halved for causal), backward 2.5× forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from benchmarks.kernels.gdpa import (
+    TOKENS_PER_BATCH,
+    Case,
+    baselines,
+    run_case,
+)
+from kunlun_jax.provenance import environment
+from pallas_kernels.swa import swa_attention
+from pallas_kernels.swa.api import TOKAMAX_BACKENDS
+
+ALL_IMPLS = ("pallas_tpu", "reference", *TOKAMAX_BACKENDS)
+SMOKE_IMPLS = ("tokamax_xla",)
+SWEEP_T = (1024, 2048, 4096, 8192)
+
+
+def sweep_cases(ts: tuple[int, ...], window: int, heads: int, head_dim: int) -> list[Case]:
+    """For each T: the windowed case and full attention at the same shape (full lengths)."""
+    cases = []
+    for t in ts:
+        batch = max(TOKENS_PER_BATCH // t, 1)
+        cases.append(Case(f"self_T{t}_w{window}", batch, heads, t, t, head_dim, "full", window))
+        cases.append(Case(f"self_T{t}_full", batch, heads, t, t, head_dim, "full"))
+    return cases
+
+
+def default_cases(window: int, heads: int, head_dim: int) -> list[Case]:
+    """The T sweep plus jagged and causal windowed cases at T = 4096."""
+    b = TOKENS_PER_BATCH // 4096
+    return [
+        *sweep_cases(SWEEP_T, window, heads, head_dim),
+        Case(f"self_T4096_w{window}", b, heads, 4096, 4096, head_dim, "uniform", window),
+        Case(f"self_T4096_w{window}", b, heads, 4096, 4096, head_dim, "full", window, True),
+    ]
+
+
+def smoke_cases() -> list[Case]:
+    """Two tiny T for the sweep (each case and implementation costs ~4 CPU compiles)."""
+    return sweep_cases((16, 32), 2, 2, 32)
+
+
+def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | None) -> Callable:
+    """attend(q, k, v, q_lengths, kv_lengths) -> o for one `swa_attention` backend."""
+    blocks = dict(block_q=block_q, block_kv=block_kv) if impl == "pallas_tpu" else {}
+
+    def attend(q, k, v, q_lens, kv_lens):
+        return swa_attention(
+            q,
+            k,
+            v,
+            q_lengths=q_lens,
+            kv_lengths=kv_lens,
+            window=case.window,
+            causal=case.causal,
+            backend=impl,
+            **blocks,
+        )
+
+    return attend
+
+
+def sweep_summary(results: list[dict]) -> dict:
+    """fwd+bwd ms vs T per implementation, windowed and full, on the full-length non-causal
+    cases; speedup = full / windowed at the same T (None where either failed)."""
+    rows = [r for r in results if r["lengths"] == "full" and not r["causal"]]
+    window = next((r["window"] for r in rows if r["window"] is not None), None)
+    ts = sorted({r["tq"] for r in rows})
+    summary: dict = dict(window=window, t=ts, impls={})
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+        series = {}
+        for kind, want_window in (("swa", window), ("full", None)):
+            by_t = {r["tq"]: r for r in rows if r["impl"] == impl and r["window"] == want_window}
+            series[f"{kind}_fwdbwd_ms"] = [by_t.get(t, {}).get("fwdbwd_ms") for t in ts]
+        series["speedup_vs_full"] = [
+            full / swa if full and swa else None
+            for swa, full in zip(series["swa_fwdbwd_ms"], series["full_fwdbwd_ms"], strict=True)
+        ]
+        summary["impls"][impl] = series
+    return summary
+
+
+def plot_sweep(summary: dict, path: str, device: str) -> None:
+    """Log-log fwd+bwd time vs T: SWA solid, full attention dashed, one colour per impl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (impl, series) in enumerate(summary["impls"].items()):
+        color = f"C{i}"
+        for kind, style in (("swa", "-"), ("full", "--")):
+            ms_by_t = zip(summary["t"], series[f"{kind}_fwdbwd_ms"], strict=True)
+            points = [(t, ms) for t, ms in ms_by_t if ms]
+            if points:
+                label = f"{impl} ({'w=' + str(summary['window']) if kind == 'swa' else 'full'})"
+                ts, ms = zip(*points, strict=True)
+                ax.plot(ts, ms, style, color=color, marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="T", ylabel="fwd+bwd ms", title=f"SWA on {device}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON output path")
+    parser.add_argument("--plot", help="optional PNG path: fwd+bwd time vs T")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
+    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, help="subset to run")
+    parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--block-q", type=int, help="override pallas_tpu tiles (tuning)")
+    parser.add_argument("--block-kv", type=int, help="override pallas_tpu tiles (tuning)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.iters, args.warmup = 2, 1
+        args.impls = args.impls or list(SMOKE_IMPLS)
+    args.impls = args.impls or list(ALL_IMPLS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cases = smoke_cases() if args.smoke else default_cases(args.window, args.heads, args.head_dim)
+    report = dict(
+        environment=environment(),
+        baselines=baselines(args.smoke, args.iters, args.warmup),
+        flops_convention="fwd 4·q·min(kv, 2w+1)·D per row·head on real tokens; bwd 2.5× fwd",
+        results=[],
+    )
+    env, peak = report["environment"], report["baselines"]["matmul_bf16_tflops"]
+    print(f"{env['device_kind']}: bf16 matmul {peak:.1f} TFLOP/s")
+    for case in cases:
+        for impl in args.impls:
+            if impl == "pallas_tpu" and env["platform"] != "tpu":
+                r = dict(vars(case), impl=impl, error="skipped: pallas_tpu needs a TPU")
+            else:
+                r = run_case(case, impl, args, make_attend=attention_fn)
+            if r["error"] is None:
+                r["fwdbwd_fraction_of_matmul"] = r["fwdbwd_tflops"] / peak
+                summary = f"fwd {r['fwd_ms']:9.3f} ms  fwd+bwd {r['fwdbwd_ms']:9.3f} ms"
+                summary += f"  {r['fwdbwd_tflops']:8.3g} TFLOP/s"
+            else:
+                summary = r["error"]
+            print(
+                f"{case.name:18s} {case.lengths:8s} causal={case.causal!s:5} {impl:20s} {summary}"
+            )
+            report["results"].append(r)
+    report["sweep"] = sweep_summary(report["results"])
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    if args.plot:
+        plot_sweep(report["sweep"], args.plot, env["device_kind"])
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Wukong (Zhang et al., 2024, arXiv 2403.02545) as a ranker: stacked Wukong layers over the
+non-sequence tokens and mean-pooled history tokens."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kunlun_jax.baselines.common import embed, mean_summary
+from kunlun_jax.config import ModelConfig
+from kunlun_jax.data.spec import Batch, FeatureSpec
+from kunlun_jax.model.common import MLP, LayerNorm
+from kunlun_jax.model.wukong import MixtureOfWukong
+
+
+class WukongRanker(nn.Module):
+    """Click logits [B]: Z_0 = [X ; mean summaries] [B, n, d], Z_{i+1} = LN(Z_i + Wukong(Z_i))
+    for num_layers layers, then MLP(flatten(Z_L)).
+
+    Reads model.d_model (d), num_layers, n_tok (summary tokens per stream), num_experts (1 =
+    the paper's plain Wukong layer; more = Kunlun's mixture over token partitions),
+    wukong_fm_rank, wukong_fm_tokens, mlp_ratio, head_hidden, dropout, dtype.
+    n = n_ns + n_tok · streams.
+    """
+
+    cfg: ModelConfig
+    spec: FeatureSpec
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
+        c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        x, seqs = embed(c, self.spec, batch)
+        b = x.shape[0]
+        pooled = [
+            mean_summary(seqs[s.name], batch["seqs"][s.name]["length"], c.n_tok, f"pool_{s.name}")
+            for s in self.spec.streams
+        ]
+        z = jnp.concatenate([x, *pooled], axis=1)
+        for i in range(c.num_layers):
+            layer = MixtureOfWukong(
+                z.shape[1],
+                num_experts=c.num_experts,
+                fm_rank=c.wukong_fm_rank,
+                fm_tokens=c.wukong_fm_tokens,
+                mlp_ratio=c.mlp_ratio,
+                dtype=dtype,
+                name=f"wukong_{i}",
+            )
+            z = LayerNorm(dtype, name=f"norm_{i}")(z + layer(z))
+        h = nn.Dropout(c.dropout, deterministic=not train)(z.reshape(b, -1))
+        return MLP(c.head_hidden, 1, dtype=dtype, name="head")(h)[:, 0].astype(jnp.float32)

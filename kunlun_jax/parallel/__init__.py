@@ -1,0 +1,1 @@
+"""Device meshes, sharding rules, multi-host setup and ahead-of-time compiles."""

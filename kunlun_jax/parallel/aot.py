@@ -1,0 +1,144 @@
+"""Ahead-of-time compile of the sharded train step for a TPU pod slice that is not attached.
+
+With libtpu installed, `jax.experimental.topologies` describes any TPU topology (e.g.
+v5p:4x4x4 = 64 chips, v6e:16x16 = 256 chips) on a CPU machine; the full train step, Pallas
+kernels included (each wrapped in `shard_map`, compiled by Mosaic for the target chip), is
+lowered with abstract sharded arguments and compiled by XLA:TPU, as MaxText's
+`train_compile.py` does. Nothing runs: the report carries XLA's per-device memory, FLOPs,
+bytes and the collectives in the program -- compiled estimates, not measurements.
+
+    kunlun-jax compile --config base --topology v5p:4x4x4 --set mesh.fsdp=8
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from kunlun_jax.config import Config
+from kunlun_jax.data.pipeline import eval_batches, make_source
+from kunlun_jax.flops import model_flops
+from kunlun_jax.provenance import environment
+from kunlun_jax.train.experiment import plan_training
+from pallas_kernels.common.target import compile_target
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1}
+_OP = re.compile(
+    r"=\s*(?P<shape>\(?[a-z0-9]+\[[^=]*?\]\S*\)?)\s+(?P<op>"
+    + "|".join(COLLECTIVES)
+    + r")(-start)?\("
+)
+_ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
+
+
+def tpu_devices(topology: str) -> list[Any]:
+    """Device descriptions of a TPU topology such as "v5e:2x2" or "v5p:4x4x4" (needs libtpu)."""
+    from jax.experimental import topologies
+
+    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """{op: {"count", "bytes"}} of the collectives in compiled HLO text (bytes of the result
+    shapes per device; async start/done pairs counted once)."""
+    out: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"count": 0, "bytes": 0})
+    for m in _OP.finditer(hlo_text):
+        entry = out[m.group("op")]
+        entry["count"] += 1
+        entry["bytes"] += sum(
+            _DTYPE_BYTES.get(dt, 4) * int(np.prod([int(n) for n in dims.split(",") if n]))
+            for dt, dims in _ARRAY.findall(m.group("shape"))
+        )
+    return dict(out)
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def compile_train_step(config: Config, topology: str) -> dict[str, Any]:
+    """Compiles `config`'s sharded train step for `topology`; returns the report (JSON-able)."""
+    devices = tpu_devices(topology)
+    eval_source, spec = make_source(config.data, "eval")
+    example = next(iter(eval_batches(eval_source, config.train.batch_size)))[0]
+    layout = plan_training(config, spec, example, devices)
+    mesh = layout.plan.mesh
+    with compile_target(devices[0]), layout.activate():
+        state = _abstract(layout.abstract_state, layout.state_shardings)
+        batch_sharding = layout.plan.batch_sharding()
+        batch = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding), example
+        )
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        key = jax.ShapeDtypeStruct(
+            key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec())
+        )
+        compiled = layout.train_step().lower(state, batch, key).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+    analytic = model_flops(config.model, spec, batch_size=config.train.batch_size)
+    n = len(mesh.devices.flat)
+    per_device_flops = float(cost.get("flops", 0.0))
+    return {
+        "kind": "compiled_estimate",
+        "topology": topology,
+        "device_kind": devices[0].device_kind,
+        "num_devices": n,
+        "mesh": dict(mesh.shape),
+        "config": config.name,
+        "batch_size": config.train.batch_size,
+        "kernels": config.model.kernels,
+        "per_device_memory_bytes": {
+            "argument": int(memory.argument_size_in_bytes),
+            "output": int(memory.output_size_in_bytes),
+            "temp": int(memory.temp_size_in_bytes),
+            "alias": int(memory.alias_size_in_bytes),
+            "generated_code": int(memory.generated_code_size_in_bytes),
+        },
+        "xla_flops_per_device": per_device_flops,
+        "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
+        "analytic_train_flops_per_step": analytic.total * config.train.batch_size,
+        "xla_over_analytic": per_device_flops * n / (analytic.total * config.train.batch_size),
+        "collectives_per_device": collectives(compiled.as_text()),
+        "params": analytic.params,
+        "unsharded_params": list(layout.plan.unsharded),
+        "environment": environment(),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A short human-readable summary of `compile_train_step`'s report."""
+    gib = 2.0**30
+    mem = report["per_device_memory_bytes"]
+    lines = [
+        f"{report['config']} train step compiled for {report['topology']} "
+        f"({report['num_devices']} x {report['device_kind']}), mesh {report['mesh']}, "
+        f"global batch {report['batch_size']} (compiled estimate: nothing was run)",
+        f"  per-device memory: arguments {mem['argument'] / gib:.3f} GiB, "
+        f"temporaries {mem['temp'] / gib:.3f} GiB, outputs {mem['output'] / gib:.3f} GiB "
+        f"(aliased with donated arguments: {mem['alias'] / gib:.3f} GiB)",
+        f"  FLOPs per device per step (XLA): {report['xla_flops_per_device']:.4g}; analytic "
+        f"model FLOPs per step: {report['analytic_train_flops_per_step']:.4g} "
+        f"(XLA total / analytic = {report['xla_over_analytic']:.3f})",
+        f"  bytes accessed per device (XLA): {report['xla_bytes_accessed_per_device']:.4g}",
+        "  collectives per device: "
+        + (
+            ", ".join(
+                f"{op} x{v['count']} ({v['bytes'] / 2**20:.2f} MiB)"
+                for op, v in sorted(report["collectives_per_device"].items())
+            )
+            or "none"
+        ),
+    ]
+    if report["unsharded_params"]:
+        lines.append(f"  not evenly shardable, kept whole: {len(report['unsharded_params'])} dims")
+    return "\n".join(lines)

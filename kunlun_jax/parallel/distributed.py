@@ -1,0 +1,55 @@
+"""Multi-host setup: process initialization and which rows of a global batch a host reads.
+
+One process per host (GPU cluster node or TPU VM). Every process runs the same command;
+`jax.distributed.initialize` connects them (on Cloud TPU and under SLURM / Open MPI the
+coordinator is detected from the environment). Each host then reads only its rows of every
+global batch and `jax.make_array_from_process_local_data` assembles the global array.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Sharding
+
+
+def initialize(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """Joins this process to the job (must run before any other jax call); arguments left
+    None are detected from the environment (TPU pods, SLURM, Open MPI)."""
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+
+
+def host_rows(sharding: Sharding, global_rows: int) -> slice:
+    """The contiguous rows of a [global_rows, ...] array whose shards live on this process's
+    devices under `sharding` (all rows when the batch is not split across processes)."""
+    spans = {
+        idx[0].indices(global_rows)[:2]
+        for idx in sharding.addressable_devices_indices_map((global_rows,)).values()
+    }
+    lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
+    covered = sum(e - s for s, e in spans)
+    if covered != hi - lo:
+        raise ValueError(
+            f"this process's batch shards {sorted(spans)} are not contiguous; order the mesh "
+            "devices process-major (jax.make_mesh does)"
+        )
+    return slice(lo, hi)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A global array as one numpy array on every host (gathered across processes)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def any_process(flag: bool) -> bool:
+    """True on every host if `flag` is true on any host (e.g. a preemption signal)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

@@ -1,0 +1,202 @@
+"""Evaluation protocol: train configs over several seeds, report test metrics as mean ± std.
+
+`run_study(configs, seeds, runs_dir)` trains every config once per seed with the ordinary loop
+(`kunlun_jax.train.loop.train`, nothing selected on the test split: no early stopping, the final
+step is evaluated), then evaluates the final checkpoint on the test split. The result is a JSON-
+ready dict with per-seed metrics, their mean ± sample std (ddof = 1), forward FLOPs per example
+from XLA's cost analysis, parameter counts and provenance; `markdown_table` renders it.
+
+Seeds: seed s sets `train.seed = s` (initialization, dropout) and, for real datasets,
+`data.seed = s` (the shuffling order). Synthetic data keeps its `data.seed`, which also draws
+the world, so every seed sees the same dataset and the same Bayes-optimal NE.
+
+NE is normalized by the entropy of the training split's base rate (the spec's definition).
+Synthetic data has no test split: its "eval" split is a fresh stream that the loop never
+selects on, and the JSON says which split was used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from kunlun_jax.config import Config, replace, to_dict
+from kunlun_jax.data.pipeline import eval_batches, make_source
+from kunlun_jax.flops import xla_flops
+from kunlun_jax.provenance import environment
+
+METRICS = ("ne", "auc", "log_loss", "calibration", "oracle_ne")
+FLOPS_METHOD = "XLA cost_analysis of the jitted forward pass (CPU), divided by the batch size"
+
+
+def test_split(config: Config) -> str:
+    """The held-out split a study reports: "test", or "eval" for synthetic data (no test)."""
+    return "eval" if config.data.source == "synthetic" else "test"
+
+
+def seeded(config: Config, seed: int) -> Config:
+    """`config` for seed `seed` (module docstring: which seeds change)."""
+    overrides: dict[str, Any] = {"train.seed": seed}
+    if config.data.source != "synthetic":
+        overrides["data.seed"] = seed
+    return replace(config, **overrides)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """{"mean", "std", "n"}: the sample std (ddof = 1), NaN for fewer than 2 values."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    std = float(x.std(ddof=1)) if x.size > 1 else math.nan
+    return {"mean": float(x.mean()), "std": std, "n": int(x.size)}
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean ± std over runs of every METRICS entry all runs' "test" metrics have."""
+    keys = [k for k in METRICS if all(k in r["test"] for r in runs)]
+    return {k: mean_std([r["test"][k] for r in runs]) for k in keys}
+
+
+def label_mean(source: Any, batch_size: int = 4096) -> float:
+    """The fraction of positive labels over every example of `source`."""
+    total, positives = 0, 0.0
+    for batch, n in eval_batches(source, min(batch_size, len(source))):
+        positives += float(np.sum(batch["label"][:n]))
+        total += n
+    return positives / total
+
+
+def model_cost(config: Config) -> dict[str, Any]:
+    """{"params", "forward_flops_per_example", "flops_method"} of `config`'s model, measured on
+    one eval batch of `train.batch_size` examples (padded histories)."""
+    from kunlun_jax.model.factory import build_model
+
+    source, spec = make_source(config.data, "eval")
+    batch = next(iter(eval_batches(source, config.train.batch_size)))[0]
+    model = build_model(config.model, spec)
+    params = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
+    params = nn.unbox(params)
+
+    def forward(p: Any, b: Any) -> jax.Array:
+        return model.apply({"params": p}, b)
+
+    flops = xla_flops(forward, params, batch) / config.train.batch_size
+    return {
+        "params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
+        "forward_flops_per_example": flops,
+        "flops_method": FLOPS_METHOD,
+    }
+
+
+def evaluate_final(run_dir: Path, config: Config, split: str) -> dict[str, float]:
+    """Metrics of the newest checkpoint in `run_dir` on `split`, NE over the train base rate."""
+    from kunlun_jax.train.checkpoint import Checkpointer
+    from kunlun_jax.train.loop import build_experiment, evaluate
+    from kunlun_jax.train.state import make_predict_step
+
+    exp = build_experiment(config)
+    ckpt = Checkpointer(Path(run_dir) / "checkpoints")
+    state, _ = ckpt.restore(ckpt.latest_step(), exp.state, exp.data_iter)
+    ckpt.close()
+    source, _ = make_source(config.data, split)
+    predict = jax.jit(make_predict_step(exp.model))
+    base_rate = label_mean(exp.train_source)
+    return evaluate(predict, state.params, source, config.train.batch_size, base_rate=base_rate)
+
+
+def run_config(
+    config: Config, seeds: Sequence[int], runs_dir: Path, *, progress: bool = False
+) -> dict[str, Any]:
+    """Trains `config` once per seed under runs_dir/<name>-seed<s>/ and evaluates each final
+    checkpoint on the test split. Returns the config's study entry (see `run_study`)."""
+    from kunlun_jax.train.loop import prepare_run_dir, train
+
+    split = test_split(config)
+    runs = []
+    for seed in seeds:
+        cfg = seeded(config, seed)
+        run_dir = prepare_run_dir(
+            runs_dir, f"{config.name}-seed{seed}", overwrite=True, resume=False
+        )
+        start = time.perf_counter()
+        final_eval = train(cfg, run_dir, progress=progress)
+        wall = time.perf_counter() - start
+        runs.append(
+            {
+                "seed": seed,
+                "run_dir": str(run_dir),
+                "test": evaluate_final(run_dir, cfg, split),
+                "eval": {k: final_eval[k] for k in METRICS if k in final_eval},
+                "train_wall_s": wall,
+                "examples_per_sec": final_eval["examples_per_sec"],
+            }
+        )
+    return {
+        "config": config.name,
+        "arch": config.model.arch,
+        "split": split,
+        "steps": config.train.steps,
+        "batch_size": config.train.batch_size,
+        "seeds": list(seeds),
+        **model_cost(config),
+        "summary": aggregate(runs),
+        "runs": runs,
+        "resolved_config": to_dict(config),
+    }
+
+
+def run_study(
+    configs: Sequence[Config], seeds: Sequence[int], runs_dir: Path, *, progress: bool = False
+) -> dict[str, Any]:
+    """{"kind", "environment", "seeds", "entries": [one per config]}; each entry has the
+    config name, arch, split, steps, params, forward FLOPs/example, the mean ± std "summary" of
+    the test metrics, the per-seed "runs" and the resolved config."""
+    if not seeds:
+        raise ValueError("a study needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config names must be distinct (run directories), got {names}")
+    return {
+        "kind": "kunlun-jax study",
+        "environment": environment(),
+        "seeds": list(seeds),
+        "entries": [run_config(c, seeds, Path(runs_dir), progress=progress) for c in configs],
+    }
+
+
+def _cell(stat: Mapping[str, float] | None, digits: int = 4) -> str:
+    if stat is None:
+        return "–"
+    if math.isnan(stat["std"]):
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_table(study: Mapping[str, Any], source: str = "") -> str:
+    """A Markdown table of a study: one row per config, test metrics as mean ± std over seeds.
+
+    source: a link target (e.g. the JSON's path) added as the last column when given.
+    """
+    oracle = any("oracle_ne" in e["summary"] for e in study["entries"])
+    head = ["model", "config", "split", "seeds", "steps", "NE", "AUC", "log loss", "calibration"]
+    head += ["Bayes-optimal NE"] if oracle else []
+    head += ["params", "fwd MFLOPs/example (XLA)"] + (["source"] if source else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+    for e in study["entries"]:
+        s = e["summary"]
+        row = [e["arch"], f"`{e['config']}`", e["split"], str(len(e["seeds"])), str(e["steps"])]
+        row += [_cell(s.get(k)) for k in ("ne", "auc", "log_loss", "calibration")]
+        row += [_cell(s.get("oracle_ne"))] if oracle else []
+        row += [f"{e['params']:,}", f"{e['forward_flops_per_example'] / 1e6:.2f}"]
+        row += [f"[json]({source})"] if source else []
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

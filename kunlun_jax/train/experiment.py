@@ -1,0 +1,176 @@
+"""An experiment built from a config: data, model, optimizer and a train state laid out on a
+device mesh, with the sharded (pjit) train and predict steps.
+
+The state is created directly in its sharded layout (a jitted init with out_shardings), so a
+large embedding table never exists whole on one device. Every step runs inside
+`exp.activate()`: the mesh plus the logical-axis rules that model code and kernels read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from kunlun_jax.config import Config, ConfigError
+from kunlun_jax.data.pipeline import eval_batches, make_source, train_iterator
+from kunlun_jax.data.spec import Batch, FeatureSpec, validate_batch
+from kunlun_jax.model.factory import build_model
+from kunlun_jax.parallel.distributed import host_rows
+from kunlun_jax.parallel.sharding import (
+    ShardingPlan,
+    axis_rules,
+    make_mesh,
+    param_specs,
+    state_shardings,
+)
+from kunlun_jax.train.state import (
+    TrainState,
+    make_optimizer,
+    make_predict_step,
+    make_train_step,
+    param_labels,
+)
+
+
+def init_params(model: nn.Module, example: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    """(params, labels) on the default device: unboxed fp32 params and their optimizer labels
+    (embedding / dense). For quick single-device use; training uses `build_experiment`."""
+    boxed = jax.jit(model.init)(_init_key(seed), example)["params"]
+    return nn.unbox(boxed), param_labels(boxed)
+
+
+def _init_key(seed: int) -> jax.Array:
+    """Initializers draw from an "rbg" key: XLA's native bit generator compiles several times
+    faster than threefry for the hundreds of parameter initializers."""
+    return jax.random.key(seed, impl="rbg")
+
+
+@dataclasses.dataclass
+class Layout:
+    """A model's train state laid out on a mesh, without allocating it: what both training
+    and ahead-of-time compiles (for devices that are not attached) need."""
+
+    config: Config
+    spec: FeatureSpec
+    model: nn.Module
+    tx: Any
+    plan: ShardingPlan
+    abstract_state: TrainState  # ShapeDtypeStructs
+    state_shardings: Any
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """The mesh and logical-axis rules every traced step (and kernel) must see."""
+        with jax.set_mesh(self.plan.mesh), nn.logical_axis_rules(self.plan.rules):
+            yield
+
+    def train_step(self) -> Any:
+        """jit(state, batch, rng) -> (state, metrics): state donated, batch split over the
+        batch axes, metrics replicated."""
+        replicated = NamedSharding(self.plan.mesh, PartitionSpec())
+        step = make_train_step(self.model, self.tx, self.config.train.grad_accum_steps)
+        return jax.jit(
+            step,
+            in_shardings=(self.state_shardings, self.plan.batch_sharding(), replicated),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+
+    def predict_step(self) -> Any:
+        """jit(params, batch) -> probabilities [B], split like the batch."""
+        return jax.jit(
+            make_predict_step(self.model),
+            in_shardings=(self.state_shardings.params, self.plan.batch_sharding()),
+            out_shardings=self.plan.batch_sharding(),
+        )
+
+
+def plan_training(
+    config: Config, spec: FeatureSpec, example: Batch, devices: list[Any] | None = None
+) -> Layout:
+    """Model, optimizer and the sharded layout of the train state on a mesh of `devices`
+    (default: all attached) shaped by `config.mesh`. `example`: a batch (shapes only)."""
+    mesh = make_mesh(config.mesh, devices)
+    rules = axis_rules(config.mesh)
+    _check_batch_split(config, ShardingPlan(mesh, rules, ()))
+    model = build_model(config.model, spec)
+    key = jax.eval_shape(_init_key, config.train.seed)  # abstract: no device needed
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(model.init, key, example)["params"]
+        tx = make_optimizer(config.train, param_labels(boxed))
+        specs, unsharded = param_specs(boxed, mesh, rules)
+        plan = ShardingPlan(mesh, rules, tuple(unsharded))
+        abstract = jax.eval_shape(_state_init(model, tx), key, example)
+    return Layout(config, spec, model, tx, plan, abstract, state_shardings(abstract, specs, mesh))
+
+
+def _state_init(model: nn.Module, tx: Any) -> Any:
+    def init(key: jax.Array, example: Batch) -> TrainState:
+        params = nn.unbox(model.init(key, example)["params"])
+        return TrainState(jnp.array(0, jnp.int32), params, tx.init(params))
+
+    return init
+
+
+@dataclasses.dataclass
+class Experiment(Layout):
+    """A Layout plus its data and the materialized, sharded train state."""
+
+    train_source: Any = None
+    eval_source: Any = None
+    data_iter: Any = None  # this host's rows of every global batch
+    state: TrainState | None = None
+
+    def device_batch(self, local: Batch) -> Batch:
+        """This host's rows of a global batch -> global arrays split over the batch axes."""
+        sharding = self.plan.batch_sharding()
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
+        )
+
+    def global_batch(self, batch: Batch) -> Batch:
+        """A global batch that every host holds whole (eval) -> sharded global arrays."""
+        rows = host_rows(self.plan.batch_sharding(), len(batch["label"]))
+        return self.device_batch(jax.tree.map(lambda x: x[rows], batch))
+
+
+def build_experiment(config: Config, devices: list[Any] | None = None) -> Experiment:
+    """Data, model, optimizer and the train state, created directly in its sharded layout on
+    a mesh of `devices` (default: all) shaped by `config.mesh`."""
+    tc = config.train
+    train_source, spec = make_source(config.data, "train")
+    eval_source, _ = make_source(config.data, "eval")
+    example = next(iter(eval_batches(eval_source, tc.batch_size)))[0]
+    validate_batch(example, spec)
+    layout = plan_training(config, spec, example, devices)
+    with layout.activate():
+        init = jax.jit(_state_init(layout.model, layout.tx), out_shardings=layout.state_shardings)
+        state = init(_init_key(tc.seed), example)
+    rows = host_rows(layout.plan.batch_sharding(), tc.batch_size)
+    data_iter = train_iterator(train_source, tc.batch_size, seed=config.data.seed, rows=rows)
+    return Experiment(
+        **{f.name: getattr(layout, f.name) for f in dataclasses.fields(Layout)},
+        train_source=train_source,
+        eval_source=eval_source,
+        data_iter=data_iter,
+        state=state,
+    )
+
+
+def _check_batch_split(config: Config, plan: ShardingPlan) -> None:
+    tc, shards = config.train, plan.num_batch_shards()
+    micro = tc.batch_size // tc.grad_accum_steps
+    if micro % shards:
+        raise ConfigError(
+            f"train.batch_size / train.grad_accum_steps = {micro} rows per micro-batch cannot be "
+            f"split evenly over {shards} batch shards (mesh axes {plan.batch_axes}); use a "
+            f"multiple of {shards}"
+        )

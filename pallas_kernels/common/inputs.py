@@ -1,0 +1,71 @@
+"""Input checks and block padding shared by the attention-shaped ops' public APIs.
+
+Layout convention of every op: q [B, Tq, H, D], k / v [B, Tkv, H, D], lengths int [B].
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+
+
+def check_attention_inputs(
+    op: str,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_lengths: jax.Array | None,
+    kv_lengths: jax.Array | None,
+    window: int | None,
+) -> None:
+    """ValueError naming the offending argument for bad shapes, dtypes, lengths or window.
+
+    op: the op's name for messages ("GDPA", "SWA"). q, k, v must be rank 4, share one dtype of
+    `DTYPES`, k and v one shape, and k/v batch, heads and head dim must equal q's.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have rank 4 [B, T, H, D], got shape {x.shape}")
+        if jnp.dtype(x.dtype) not in DTYPES:
+            supported = [str(d) for d in DTYPES]
+            raise ValueError(f"{name} has dtype {x.dtype}; {op} supports {supported}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")
+    b, _, h, d = q.shape
+    if (k.shape[0], k.shape[2], k.shape[3]) != (b, h, d):
+        raise ValueError(
+            f"k/v batch, heads and head dim must match q's ({b}, {h}, {d}), got k {k.shape}"
+        )
+    for name, lengths in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
+        if lengths is None:
+            continue
+        if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise ValueError(
+                f"{name} must be an integer array of shape ({b},), "
+                f"got {lengths.dtype} {lengths.shape}"
+            )
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0
+    ):
+        raise ValueError(f"window must be a non-negative int or None, got {window!r}")
+
+
+def pad_sequence(x: jax.Array, length: int, dim: int) -> jax.Array:
+    """Zero-pad [B, T, H, D] to T = length, D = dim (no-op when already there)."""
+    _, t, _, d = x.shape
+    if (t, d) == (length, dim):
+        return x
+    return jnp.pad(x, ((0, 0), (0, length - t), (0, 0), (0, dim - d)))
+
+
+def clip_lengths(lengths: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """int32 [B] lengths clipped to [0, length] (the references' semantics); None = full."""
+    if lengths is None:
+        return jnp.full((batch,), length, jnp.int32)
+    return jnp.clip(lengths.astype(jnp.int32), 0, length)

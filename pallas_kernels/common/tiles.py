@@ -1,0 +1,79 @@
+"""Tile sizes of a blocked attention kernel and fitting them to a backend and a shape."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from pallas_kernels.common.blocks import round_up
+
+TRITON_MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tile sizes for one kernel call. num_warps / num_stages are used by Triton only."""
+
+    block_q: int  # forward: query rows per tile
+    block_kv: int  # forward: key rows per tile
+    block_q_bwd: int  # backward (dK/dV and dQ kernels): query rows per tile
+    block_kv_bwd: int  # backward: key rows per tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def with_overrides(self, block_q: int | None, block_kv: int | None) -> BlockSizes:
+        """Explicit sizes replace both the forward and the backward tile."""
+        bq = self.block_q if block_q is None else block_q
+        bkv = self.block_kv if block_kv is None else block_kv
+        return dataclasses.replace(
+            self,
+            block_q=bq,
+            block_kv=bkv,
+            block_q_bwd=self.block_q_bwd if block_q is None else bq,
+            block_kv_bwd=self.block_kv_bwd if block_kv is None else bkv,
+        )
+
+
+def pow2_at_least(n: int) -> int:
+    """Smallest power of two >= n."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def fit_block_sizes(
+    sizes: BlockSizes,
+    impl: str,
+    dtype: jnp.dtype,
+    tq: int,
+    tkv: int,
+    block_q: int | None,
+    block_kv: int | None,
+) -> BlockSizes:
+    """Check explicit tiles (`block_q`, `block_kv`) for the backend and shrink all tiles to the
+    sequence lengths. impl: "pallas_triton" (powers of two >= 16) or a Mosaic-TPU backend
+    (multiples of the dtype's sublane tile: 16 for 2-byte dtypes, else 8)."""
+    if impl == "pallas_triton":
+        align = TRITON_MIN_BLOCK
+
+        def fit(block: int, length: int) -> int:
+            return min(block, max(TRITON_MIN_BLOCK, pow2_at_least(length)))
+    else:
+        align = 16 if jnp.dtype(dtype).itemsize == 2 else 8  # sublane tile of the dtype
+
+        def fit(block: int, length: int) -> int:
+            return min(block, round_up(length, align))
+
+    for name, value in (("block_q", block_q), ("block_kv", block_kv)):
+        if value is None:
+            continue
+        if impl == "pallas_triton" and (value < align or value != pow2_at_least(value)):
+            raise ValueError(f"{name}={value} must be a power of two >= {align} for {impl}")
+        if impl != "pallas_triton" and (value <= 0 or value % align):
+            raise ValueError(f"{name}={value} must be a positive multiple of {align} for {impl}")
+    return dataclasses.replace(
+        sizes,
+        block_q=fit(sizes.block_q, tq),
+        block_kv=fit(sizes.block_kv, tkv),
+        block_q_bwd=fit(sizes.block_q_bwd, tq),
+        block_kv_bwd=fit(sizes.block_kv_bwd, tkv),
+    )

@@ -1,0 +1,40 @@
+"""Default SWA tiles for our Pallas kernels, keyed by (platform, device kind, head dim, window).
+
+A q block visits about (block_q + 2w) / block_kv + 1 kv blocks, so the work wasted on masked
+positions grows with block / w: small windows want small tiles, full attention wants large ones.
+TPU tiles stay multiples of 128 (MXU width, and the lane dim of the logsumexp rows).
+
+Provenance: hand-picked starting points (FlashAttention / splash-attention conventions), not
+autotuned on hardware: no TPU was attached when they were written. Re-tune with
+`benchmarks/kernels/swa.py --block-q/--block-kv` on the target device and edit the table.
+Explicit `block_q` / `block_kv` arguments to `swa_attention` override these (fwd and bwd).
+"""
+
+from __future__ import annotations
+
+from pallas_kernels.common.tiles import BlockSizes
+
+# (platform, device-kind prefix ("" = any), max head dim, max window (None = any)) -> sizes.
+# Lookup takes the first row whose platform and prefix match and whose bounds cover (D, w);
+# a full-attention call (window None) only matches rows with max window None.
+_TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
+    ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
+    ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256)),
+    ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),
+    ("tpu", "", 128, None, BlockSizes(512, 512, 256, 256)),
+    ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
+)
+# Interpret mode (CPU) and anything unmatched: small tiles keep the sequential grid short.
+_FALLBACK = BlockSizes(64, 64, 64, 64)
+
+
+def default_block_sizes(
+    platform: str, device_kind: str, head_dim: int, window: int | None
+) -> BlockSizes:
+    """Table entry for a device; `platform` is jax's ("tpu", "gpu", "cpu")."""
+    for plat, prefix, max_d, max_w, sizes in _TABLE:
+        if plat != platform or not device_kind.startswith(prefix) or head_dim > max_d:
+            continue
+        if max_w is None or (window is not None and window <= max_w):
+            return sizes
+    return _FALLBACK

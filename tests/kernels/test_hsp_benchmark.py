@@ -1,0 +1,57 @@
+"""Smoke test of the HSP benchmark: runs on CPU with --smoke, writes the JSON schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+RATES = ("pool_fwd_tflops", "pool_fwdbwd_tflops", "kv_gbps", "examples_per_s")
+
+
+def test_benchmark_smoke_writes_report(tmp_path):
+    out = tmp_path / "hsp.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.kernels.hsp", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+
+    env_info = report["environment"]
+    for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):
+        assert env_info[key], key
+    assert "--smoke" in env_info["command"]
+    assert report["baselines"]["matmul_bf16_tflops"] > 0
+
+    (r,) = report["results"]
+    assert set(r["impls"]) == {"hsp_reference", "tokamax_xla"}
+    assert r["tail"]["tail_fwd_ms"] > 0
+    assert r["tail"]["tail_fwdbwd_ms"] > 0
+    lengths = np.array(r["kv_lengths"])
+    assert len(lengths) == r["batch"]
+    assert lengths.min() >= 1
+    assert lengths.max() <= r["t"]
+    # FLOPs on real tokens: 4·S·Σ len·H·D.
+    d = r["heads"] * r["head_dim"]
+    assert r["pool_fwd_flops"] == 4 * r["seeds"] * d * lengths.sum()
+    for impl, e in r["impls"].items():
+        assert e["error"] is None, (impl, e["error"])
+        assert not e["interpret"]
+        for key in ("pool_fwd_ms", "pool_fwdbwd_ms", "hsp_fwd_ms", "hsp_fwdbwd_ms", *RATES):
+            assert e[key] > 0, (impl, key)
+        assert e["tail_share_of_hsp"] > 0
+        assert e["examples_per_s"] == r["batch"] / e["hsp_fwdbwd_ms"] * 1e3
+        assert e["hsp_speedup_vs_reference"] > 0
+    assert r["impls"]["hsp_reference"]["hsp_speedup_vs_reference"] == 1.0

@@ -1,0 +1,65 @@
+"""Smoke test of the SWA benchmark script: runs on CPU with --smoke, writes the JSON schema
+(per-case results, the time-vs-T sweep with full attention beside SWA) and the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TIMING_KEYS = ("fwd_ms", "bwd_ms", "fwdbwd_ms", "fwd_tflops", "bwd_tflops", "fwdbwd_tflops")
+
+
+def test_benchmark_smoke_writes_report(tmp_path):
+    out, plot = tmp_path / "swa.json", tmp_path / "swa.png"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = ["-m", "benchmarks.kernels.swa", "--smoke", "--out", str(out), "--plot", str(plot)]
+    proc = subprocess.run(
+        [sys.executable, *command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert plot.stat().st_size > 0
+
+    env_info = report["environment"]
+    for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):
+        assert env_info[key], key
+    assert "--smoke" in env_info["command"]
+    assert report["baselines"]["matmul_bf16_tflops"] > 0
+
+    results = report["results"]
+    assert {r["impl"] for r in results} == {"tokamax_xla"}
+    assert len(results) == 4  # T in (16, 32), windowed and full
+    for r in results:
+        assert r["error"] is None, r["error"]
+        assert all(r[k] > 0 for k in TIMING_KEYS), r
+        # FLOPs on real tokens: Σ_rows 4·q_len·min(kv_len, 2w + 1)·D·H (full lengths here).
+        kv_eff = [
+            n if r["window"] is None else min(n, 2 * r["window"] + 1) for n in r["kv_lengths"]
+        ]
+        real = sum(q * kv for q, kv in zip(r["q_lengths"], kv_eff, strict=True))
+        assert r["fwd_flops"] == 4 * real * r["head_dim"] * r["heads"]
+
+    sweep = report["sweep"]
+    assert sweep["window"] == 2
+    assert sweep["t"] == [16, 32]
+    for impl, series in sweep["impls"].items():
+        for kind in ("swa", "full"):
+            want = [
+                r["fwdbwd_ms"]
+                for r in results
+                if r["impl"] == impl and (r["window"] is None) == (kind == "full")
+            ]
+            assert series[f"{kind}_fwdbwd_ms"] == want
+        assert series["speedup_vs_full"] == [
+            f / s for s, f in zip(series["swa_fwdbwd_ms"], series["full_fwdbwd_ms"], strict=True)
+        ]

@@ -1,0 +1,231 @@
+"""Sharded training on 8 simulated CPU devices: layout, numerics, lookups, checkpoints.
+
+The mesh here is data=2 x fsdp=2 x model=2, so every kind of axis is exercised at once.
+"""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from kunlun_jax.config import ConfigError, MeshConfig, load_config
+from kunlun_jax.parallel.aot import collectives
+from kunlun_jax.parallel.lookup import embedding_lookup
+from kunlun_jax.parallel.sharding import DEFAULT_RULES, make_mesh, mesh_shape, spec_for
+from kunlun_jax.train.checkpoint import Checkpointer
+from kunlun_jax.train.experiment import build_experiment, plan_training
+from kunlun_jax.train.state import rowwise_adagrad
+
+SMALL = [
+    "data.num_train=1024",
+    "data.num_eval=256",
+    "data.synthetic.max_history=8",
+    "data.synthetic.mean_history=4",
+    "model.d_model=16",
+    "model.num_heads=2",
+    "model.n_seed=4",
+    "model.head_hidden=[16]",
+    "model.streams.impression.max_len=4",
+    "model.streams.impression.d_model=16",
+    "train.batch_size=32",
+]
+MESH_222 = ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"]
+
+# Sharded and single-device programs sum in different orders: agreement to float32 rounding.
+RTOL, ATOL = 2e-5, 2e-6
+
+
+def test_eight_simulated_devices():
+    assert len(jax.devices()) == 8, "tests/conftest.py forces 8 host devices"
+
+
+def test_mesh_shape_resolves_the_rest_axis_and_rejects_impossible_meshes():
+    assert mesh_shape(MeshConfig(data=-1, model=2), 8) == {"data": 4, "fsdp": 1, "model": 2}
+    assert mesh_shape(MeshConfig(data=1), 8) == {"data": 1, "fsdp": 1, "model": 1}
+    with pytest.raises(ConfigError, match="needs 16 devices but 8"):
+        mesh_shape(MeshConfig(data=4, model=4), 8)
+    with pytest.raises(ConfigError, match="not divisible"):
+        mesh_shape(MeshConfig(data=-1, model=3), 8)
+    with pytest.raises(ConfigError, match="unknown mesh axes"):
+        load_config("tiny", ["mesh.rules.vocab=['rows']"])
+    with pytest.raises(ConfigError, match="split evenly over 8 batch shards"):
+        plan_training(load_config("tiny", ["train.batch_size=20"]), None, None)
+
+
+def test_rules_split_tables_over_every_device_and_dense_weights_by_role():
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, model=2))
+    rules = list(DEFAULT_RULES)
+    assert spec_for(("vocab", "embed"), (64, 16), mesh, rules) == PartitionSpec(
+        ("data", "fsdp", "model"), None
+    )
+    assert spec_for(("embed", "mlp"), (16, 32), mesh, rules) == PartitionSpec("fsdp", "model")
+    assert spec_for(("layers", "heads", "embed"), (2, 16, 16), mesh, rules) == PartitionSpec(
+        None, "model", "fsdp"
+    )
+    notes: list[str] = []
+    assert spec_for(("vocab", "embed"), (12, 16), mesh, rules, notes, "t") == PartitionSpec(
+        ("data", "fsdp"), None
+    )
+    assert notes == ["t: dim 0 (12) not divisible by mesh axes ('data', 'fsdp', 'model')"]
+
+
+@pytest.mark.parametrize("vocab_axes", [("data", "fsdp", "model"), ("model",), ("data",)])
+def test_sharded_lookup_matches_take_in_values_and_gradients(vocab_axes):
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, model=2))
+    rules = [("batch", ("data", "fsdp")), ("vocab", vocab_axes)]
+    table = jax.random.normal(jax.random.key(0), (64, 8))
+    ids = jax.random.randint(jax.random.key(1), (16, 5), 0, 64)
+    w = jax.random.normal(jax.random.key(2), (16, 5, 8))
+
+    def loss(lookup, t):
+        return jnp.sum(lookup(t, ids) * w)
+
+    expected = jax.value_and_grad(lambda t: loss(lambda a, i: jnp.take(a, i, axis=0), t))(table)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        sharded = jax.device_put(table, NamedSharding(mesh, PartitionSpec(vocab_axes, None)))
+        got = jax.jit(jax.value_and_grad(lambda t: loss(embedding_lookup, t)))(sharded)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_rowwise_adagrad_keeps_one_accumulator_per_row():
+    tx = rowwise_adagrad(0.5, initial_accumulator_value=0.1)
+    table = jnp.ones((4, 3))
+    state = tx.init(table)
+    assert state.sum_of_squares.shape == (4, 1)
+    grad = jnp.zeros((4, 3)).at[1].set(jnp.array([1.0, 2.0, 2.0]))
+    updates, state = tx.update(grad, state)
+    acc = 0.1 + (1 + 4 + 4) / 3
+    np.testing.assert_allclose(state.sum_of_squares[:, 0], [0.1, acc, 0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(updates[1], -0.5 * grad[1] / np.sqrt(acc), rtol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(updates)[[0, 2, 3]], 0.0
+    )  # rows not in the batch stay put
+
+
+@pytest.fixture(scope="module")
+def single():
+    return build_experiment(load_config("tiny", [*SMALL, "mesh.data=1"]), jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    cfg = load_config("tiny", [*SMALL, *MESH_222, "train.grad_accum_steps=2"])
+    return build_experiment(cfg)
+
+
+def _assert_trees_close(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL)
+
+
+def test_state_is_created_sharded_with_the_same_values(single, sharded):
+    _assert_trees_close(single.state.params, sharded.state.params)
+    table = sharded.state.params["embedding"]["item_id"]
+    assert table.sharding.spec == PartitionSpec(("data", "fsdp", "model"), None)
+    assert table.addressable_shards[0].data.nbytes * 8 == table.nbytes
+    # Adagrad's accumulator for the table is split like the table.
+    acc = [
+        x
+        for x in jax.tree.leaves(sharded.state.opt_state)
+        if getattr(x, "shape", None) == table.shape
+    ]
+    assert acc
+    assert all(a.addressable_shards[0].data.nbytes * 8 == a.nbytes for a in acc)
+    kernels = [
+        x
+        for path, x in jax.tree_util.tree_flatten_with_path(sharded.state.params)[0]
+        if x.sharding.spec == PartitionSpec(None, "fsdp", "model")  # scanned [L, embed, mlp]
+    ]
+    assert kernels
+    assert all(k.addressable_shards[0].data.nbytes * 4 == k.nbytes for k in kernels)
+
+
+def test_sharded_accumulated_step_matches_the_single_device_step(single, sharded):
+    """The 8-device step, with 2 micro-batches of gradient accumulation, against one plain
+    step on one device: same loss and update (dropout is off), no table ever all-gathered."""
+    batch = next(single.data_iter)
+    rng = jax.random.key(7)
+    with single.activate():
+        s1, m1 = single.train_step()(single.state, single.device_batch(batch), rng)
+    with sharded.activate():
+        args = (sharded.state, sharded.device_batch(batch), rng)
+        compiled = sharded.train_step().lower(*args).compile()
+        s8, m8 = compiled(*args)
+    np.testing.assert_allclose(float(m1["loss"]), float(m8["loss"]), rtol=RTOL)
+    _assert_trees_close(s1.params, s8.params)
+    _assert_trees_close(s1.opt_state, s8.opt_state)
+    single.state, sharded.state = s1, s8  # the old buffers were donated
+
+    hlo = compiled.as_text()
+    tables = {
+        tuple(t.shape)
+        for t in jax.tree.leaves(s8.params)
+        if len(t.sharding.spec) and t.sharding.spec[0] == ("data", "fsdp", "model")
+    }
+    gathered = {
+        tuple(int(n) for n in dims.split(","))
+        for dims in re.findall(r"= \w+\[([\d,]+)\]\S* all-gather", hlo)
+    }
+    assert len(tables) >= 3
+    assert "all-gather" in collectives(hlo)  # ids and activations do move
+    assert not tables & gathered, f"whole tables all-gathered: {tables & gathered}"
+
+
+def test_checkpoint_restores_onto_a_smaller_mesh(sharded, tmp_path):
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(1, sharded.state, sharded.data_iter, {"step": 1})
+    ckpt.wait()
+    four = plan_training(
+        load_config("tiny", [*SMALL, "mesh.data=2", "mesh.model=2"]),
+        sharded.spec,
+        next(sharded.data_iter),
+        jax.devices()[:4],
+    )
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        four.abstract_state,
+        four.state_shardings,
+    )
+    restored, meta = ckpt.restore(1, target, sharded.data_iter)
+    ckpt.close()
+    assert meta["step"] == 1
+    table = restored.params["embedding"]["item_id"]
+    assert isinstance(table.sharding.mesh, Mesh)
+    assert table.sharding.mesh.size == 4
+    assert table.addressable_shards[0].data.nbytes * 4 == table.nbytes
+    _assert_trees_close(restored.params, sharded.state.params)
+
+
+def test_truncated_checkpoint_is_detected_and_the_previous_one_used(single, tmp_path):
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=3)
+    state = single.state
+    for step in (1, 2):
+        state = state.replace(step=jnp.array(step, jnp.int32))
+        ckpt.save(step, state, single.data_iter, {"step": step})
+        ckpt.wait()
+    files = [p for p in (tmp_path / "checkpoints" / "2" / "state").rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # a torn write
+    state, meta = ckpt.restore_latest_good(single.state, single.data_iter)
+    assert meta["step"] == 1
+    assert int(state.step) == 1
+    assert ckpt.all_steps() == [1]
+    assert list((tmp_path / "corrupt_checkpoints").iterdir()), "the bad one is kept aside"
+    ckpt.close()
+
+
+def test_optimizer_state_leaves_follow_their_parameter():
+    from kunlun_jax.parallel.sharding import like_param
+
+    param = jax.ShapeDtypeStruct((64, 16), jnp.float32)
+    spec = PartitionSpec(("data", "model"), "fsdp")
+    assert like_param(jnp.zeros((64, 16)), param, spec) == spec
+    assert like_param(jnp.zeros((64, 1)), param, spec) == PartitionSpec(("data", "model"), None)
+    assert like_param(jnp.zeros(()), param, spec) == PartitionSpec()

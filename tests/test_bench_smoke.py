@@ -1,0 +1,127 @@
+"""`kunlun-jax bench`, `compare` and `scaling sweep|fit` end to end on a very small config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
+from kunlun_jax.bench.train_bench import ablation_variants
+from kunlun_jax.cli import main
+from kunlun_jax.config import load_config
+
+# One CompSkip pair, short histories: tests/test_train.py's FAST config, so the compile cache
+# shares programs with it. The optimizer schedule decays over max(steps, warmup_steps + 1) =
+# 51 steps for any steps <= 50, so the bench and both sweep points (train.steps = 3 and 6)
+# run one and the same compiled train step.
+SMALL = [
+    "data.num_train=2048",
+    "data.num_eval=512",
+    "data.synthetic.max_history=8",
+    "data.synthetic.mean_history=4",
+    "model.d_model=16",
+    "model.num_layers=2",
+    "model.n_seed=4",
+    "model.head_hidden=[16]",
+    "model.streams.impression.max_len=4",
+    "train.batch_size=64",
+    "train.steps=6",
+    "mesh.data=1",
+]
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def bench_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    args = ["bench", "--config", "tiny", *_sets(SMALL), "--steps", "3", "--warmup", "1"]
+    assert main([*args, "--batches", "2", "--note", "smoke test", "--out", str(out)]) == 0
+    return out
+
+
+def test_bench_writes_a_valid_measured_record(bench_file):
+    doc = json.loads(bench_file.read_text())
+    validate_bench(doc)
+    (r,) = doc["records"]
+    t, f, m = r["timing"], r["flops"], r["mfu"]
+    assert r["kind"] == "measured"
+    assert r["environment"]["platform"] == "cpu"
+    assert t["steps"] == 3
+    assert 0 < t["p10_s"] <= t["median_s"] <= t["p90_s"]
+    assert t["examples_per_sec"] == pytest.approx(64 / t["median_s"])
+    assert 0 < t["final_loss"] < 2
+    # MFU is recomputable from the record: model FLOPs / time / measured matmul peak.
+    expected = f["train_per_example"] * 64 / t["median_s"] / (r["ceilings"]["matmul_tflops"] * 1e12)
+    assert m["vs_measured_matmul"] == pytest.approx(expected)
+    assert m["vs_table_peak"] is None  # a CPU has no published peak
+    # XLA's count of the whole step (norms, softmax, optimizer too) is near the analytic one.
+    assert 0.9 < f["xla_over_analytic_dense"] < 1.5
+    assert f["train_per_example_real_tokens"] < f["train_per_example"]
+    assert r["memory"]["peak_bytes"] > 0
+    assert r["memory"]["peak_source"] == "memory_analysis"
+    assert "smoke test" in r["notes"]
+
+
+def test_compare_cli_renders_the_bench_file(bench_file, tmp_path, capsys):
+    table, plot = tmp_path / "table.md", tmp_path / "fig.png"
+    assert main(["compare", str(bench_file), "--out", str(table), "--plot", str(plot)]) == 0
+    text = table.read_text()
+    assert "| tiny baseline | cpu | 1 | 64 |" in text
+    assert "Compiled estimates" not in text
+    assert plot.stat().st_size > 1000
+    assert text in capsys.readouterr().out
+
+
+def test_compare_cli_reports_a_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "kunlun-jax/bench", "schema_version": 1}))
+    assert main(["compare", str(bad)]) == 2
+    assert "records must be a list" in capsys.readouterr().err
+
+
+def test_ablation_switches_each_technique_off_once():
+    variants, notes = ablation_variants(load_config("tiny"), platform="cpu")
+    assert [v.name for v in variants] == [
+        "baseline",
+        "-hsp (mean pooling)",
+        "-swa (full attention)",
+        "-compskip",
+        "-event_personalization",
+    ]
+    assert any("interpret mode" in n for n in notes)
+    gpu, _ = ablation_variants(load_config("tiny", ["model.compskip=false"]), platform="gpu")
+    assert gpu[1].overrides == ("model.kernels=pallas",)
+    assert "-compskip" not in [v.name for v in gpu]
+    for v in variants:  # every variant is a valid config
+        load_config("tiny", v.overrides)
+
+
+def test_sweep_and_fit_cli(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["scaling", "sweep", "--config", "tiny", *_sets(SMALL), "--out", str(out)]
+    args += ["--grid", "train.steps=3,6"]
+    assert main(args) == 0
+    points = load(out / "sweep.json", SWEEP_SCHEMA)["points"]
+    assert [p["name"] for p in points] == ["steps=3", "steps=6"]
+    assert [p["examples"] for p in points] == [3 * 64, 6 * 64]
+    assert points[1]["train_compute"] == pytest.approx(2 * points[0]["train_compute"])
+    for p in points:
+        assert p["family"] == "kunlun"
+        assert p["data"] == "synthetic-planted"
+        assert 0 < p["floor_ne"] < p["ne"] < 1.5
+        assert (out / p["name"] / "metrics.json").is_file()
+    # A rerun reads the finished points back instead of retraining them.
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already trained") == 2
+    # Two points are too few for any fit: each form says why; the figure is still drawn.
+    assert main(["scaling", "fit", str(out), "--n-boot", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "power      skipped: this fit needs >= 3 points, got 2" in text
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["groups"][0]["floor_ne"] == pytest.approx(points[0]["floor_ne"])
+    assert (out / "scaling.png").stat().st_size > 1000

@@ -1,0 +1,111 @@
+"""The evaluation protocol: seeds, mean ± std, the Markdown table, and `kunlun-jax study`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from kunlun_jax import study
+from kunlun_jax.cli import main
+from kunlun_jax.config import load_config
+
+
+def test_mean_std_is_the_sample_statistic():
+    out = study.mean_std([0.80, 0.82, 0.84])
+    assert out["mean"] == pytest.approx(0.82)
+    assert out["std"] == pytest.approx(0.02)  # ddof = 1
+    assert out["n"] == 3
+    assert math.isnan(study.mean_std([0.5])["std"])
+    with pytest.raises(ValueError, match="at least one"):
+        study.mean_std([])
+
+
+def test_aggregate_keeps_metrics_every_run_has():
+    runs = [
+        {"test": {"ne": 0.9, "auc": 0.70, "log_loss": 0.6, "calibration": 1.0, "oracle_ne": 0.5}},
+        {"test": {"ne": 0.8, "auc": 0.74, "log_loss": 0.5, "calibration": 1.1}},
+    ]
+    out = study.aggregate(runs)
+    assert set(out) == {"ne", "auc", "log_loss", "calibration"}
+    assert out["auc"]["mean"] == pytest.approx(0.72)
+    assert out["ne"]["std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+
+
+def test_seeds_vary_shuffling_only_on_real_data():
+    synthetic = study.seeded(load_config("tiny"), 7)
+    assert (synthetic.train.seed, synthetic.data.seed) == (7, 0)
+    real = study.seeded(load_config("movielens"), 7)
+    assert (real.train.seed, real.data.seed) == (7, 7)
+    assert study.test_split(load_config("tiny")) == "eval"
+    assert study.test_split(load_config("movielens")) == "test"
+
+
+def _entry(arch: str, ne: list[float]) -> dict:
+    return {
+        "config": f"{arch}-cfg",
+        "arch": arch,
+        "split": "test",
+        "steps": 300,
+        "seeds": list(range(len(ne))),
+        "params": 123_456,
+        "forward_flops_per_example": 2.5e6,
+        "summary": {
+            "ne": study.mean_std(ne),
+            "auc": study.mean_std([0.75] * len(ne)),
+            "log_loss": study.mean_std([0.6] * len(ne)),
+            "calibration": study.mean_std([1.01] * len(ne)),
+        },
+    }
+
+
+def test_markdown_table_has_one_row_per_entry_with_mean_and_std():
+    table = study.markdown_table(
+        {"entries": [_entry("kunlun", [0.80, 0.82, 0.84]), _entry("dcnv2", [0.9])]}, "r.json"
+    )
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| kunlun | `kunlun-cfg` | test | 3 | 300 | 0.8200 ± 0.0200 |" in lines[2]
+    assert "| 0.9000 |" in lines[3]  # one seed: no std
+    assert "| 123,456 | 2.50 | [json](r.json) |" in lines[2]
+    assert "Bayes-optimal" not in lines[0]
+
+
+def test_study_rejects_bad_seeds(tmp_path):
+    with pytest.raises(ValueError, match="distinct"):
+        study.run_study([load_config("tiny")], [1, 1], tmp_path)
+
+
+def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
+    out = tmp_path / "study.json"
+    args = ["study", "--config", "dcnv2", "--seeds", "0", "1", "--runs-dir", str(tmp_path)]
+    args += ["--out", str(out), "--markdown", str(tmp_path / "t.md")]
+    for o in (
+        "train.steps=3",
+        "train.batch_size=32",
+        "data.num_train=256",
+        "data.num_eval=64",
+        "data.synthetic.num_users=50",
+        "data.synthetic.num_items=80",
+        "data.synthetic.max_history=8",
+        "data.synthetic.mean_history=4",
+    ):
+        args += ["--set", o]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    (entry,) = result["entries"]
+    assert (entry["arch"], entry["split"], entry["seeds"]) == ("dcnv2", "eval", [0, 1])
+    assert [r["seed"] for r in entry["runs"]] == [0, 1]
+    assert entry["runs"][0]["test"]["ne"] != entry["runs"][1]["test"]["ne"]  # seeds differ
+    assert entry["summary"]["ne"]["n"] == 2
+    assert np.isfinite(entry["summary"]["ne"]["std"])
+    assert entry["forward_flops_per_example"] > 0
+    assert entry["params"] > 0
+    assert {"command", "date", "jax"} <= set(result["environment"])
+    printed = capsys.readouterr().out
+    assert "| dcnv2 | `dcnv2` | eval | 2 | 3 |" in printed
+    assert (tmp_path / "t.md").read_text().strip() in printed
+    assert main(["study", "--render", str(out)]) == 0
