@@ -9,7 +9,7 @@ import pytest
 from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
 from kunlun_jax.bench.train_bench import ablation_variants
 from kunlun_jax.cli import main
-from kunlun_jax.config import load_config
+from kunlun_jax.config import ConfigError, load_config
 
 # One CompSkip pair, short histories: tests/test_train.py's FAST config, so the compile cache
 # shares programs with it. The optimizer schedule decays over max(steps, warmup_steps + 1) =
@@ -98,6 +98,8 @@ def test_ablation_switches_each_technique_off_once():
     assert "-compskip" not in [v.name for v in gpu]
     for v in variants:  # every variant is a valid config
         load_config("tiny", v.overrides)
+    with pytest.raises(ConfigError, match="Kunlun's techniques"):
+        ablation_variants(load_config("tiny", ["model.arch=interformer"]), platform="cpu")
 
 
 def test_sweep_and_fit_cli(tmp_path, capsys):

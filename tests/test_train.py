@@ -1,6 +1,12 @@
 """End-to-end training: CLI, run directories, checkpoints, exact resume, learning toward NE*."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -10,7 +16,9 @@ import pytest
 from kunlun_jax.cli import main
 from kunlun_jax.config import load_config
 from kunlun_jax.train.checkpoint import Checkpointer
-from kunlun_jax.train.loop import build_experiment, prepare_run_dir, train
+from kunlun_jax.train.experiment import build_experiment
+from kunlun_jax.train.loop import prepare_run_dir, train
+from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 
 # Small and fast: one CompSkip pair, short histories, a few steps.
 FAST = [
@@ -31,11 +39,15 @@ FAST = [
 ]
 
 
+def _train_args(runs: Path, name: str, *extra: str) -> list[str]:
+    args = ["train", "--config", "tiny", "--runs-dir", str(runs), "--name", name, "--no-progress"]
+    return args + [a for o in (*FAST, *extra) for a in ("--set", o)]
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    args = ["train", "--config", "tiny", "--runs-dir", str(runs), "--name", "r", "--no-progress"]
-    args += [a for o in FAST for a in ("--set", o)]
+    args = _train_args(runs, "r")
     assert main(args) == 0
     return runs / "r", args
 
@@ -84,25 +96,62 @@ def test_config_command_prints_the_resolved_config(capsys):
     assert json.loads(capsys.readouterr().out)["model"]["num_layers"] == 6
 
 
-def test_resume_continues_with_identical_numbers(tmp_path):
-    cfg = load_config("tiny", FAST)
-    straight = prepare_run_dir(tmp_path, "straight", overwrite=False, resume=False)
-    full = train(cfg, straight, progress=False)
-    # Stop at step 3 (a checkpoint), then resume to 6 in a fresh build.
-    part = prepare_run_dir(tmp_path, "part", overwrite=False, resume=False)
-    train(load_config("tiny", [*FAST, "train.steps=3"]), part, progress=False)
-    resumed = train(
-        cfg,
-        prepare_run_dir(tmp_path, "part", overwrite=False, resume=True),
-        resume=True,
-        progress=False,
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training exited early ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_killed_run_resumes_to_identical_numbers(cli_run, tmp_path):
+    """SIGKILL a real training process right after its step-3 checkpoint, resume it, and get
+    bit-identical params and metrics to the uninterrupted run (the `cli_run` fixture)."""
+    straight, _ = cli_run
+    # Evals every step (they do not touch the train state or data order) slow the run down
+    # enough that the kill lands before the end.
+    killed = _train_args(tmp_path, "killed", "train.eval_every=1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kunlun_jax.cli", *killed],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
-    assert resumed["ne"] == full["ne"]
-    exp = build_experiment(cfg)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    try:
+        _wait_for(checkpoints / "3", proc)  # orbax renames a finished save into place
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert Checkpointer(checkpoints).latest_step() < 6, "the kill came after the last step"
+
+    assert main([*killed, "--resume"]) == 0
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    full = json.loads((straight / "metrics.json").read_text())
+    for key in ("ne", "auc", "log_loss", "calibration"):
+        assert resumed[key] == full[key], key
+    exp = build_experiment(load_config("tiny", FAST))
     a = Checkpointer(straight / "checkpoints").restore(6, exp.state, exp.data_iter)[0]
-    b = Checkpointer(part / "checkpoints").restore(6, exp.state, build_experiment(cfg).data_iter)[0]
+    b = Checkpointer(checkpoints).restore(6, exp.state, exp.data_iter)[0]
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_for_a_resume(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+
+    def preempt_once_training_starts():
+        while not (run_dir / "config.json").exists():  # written once signals are caught
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt_once_training_starts, daemon=True).start()
+    assert main(_train_args(tmp_path, "r")) == PREEMPTED_EXIT_CODE
+    out = capsys.readouterr().out
+    assert "preempted by signal 15 after step 1: checkpoint saved" in out
+    assert "--resume --name r" in out
+    assert Checkpointer(run_dir / "checkpoints").latest_step() == 1
+    assert not (run_dir / "metrics.json").exists()
 
 
 def test_nan_guard_stops_with_a_report(tmp_path):
@@ -143,6 +192,7 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
             "model.head_hidden=[16]",
             "train.steps=3",
             "train.batch_size=64",
+            "mesh.data=1",
         ],
     )
     run_dir = prepare_run_dir(tmp_path, "ml", overwrite=False, resume=False)

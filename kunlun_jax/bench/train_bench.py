@@ -35,7 +35,7 @@ from kunlun_jax.bench.accounting import analytic_arch, flops_section, mfu, xla_c
 from kunlun_jax.bench.ceilings import Ceilings, StepTimes, measure_ceilings
 from kunlun_jax.bench.roofline import table_peak
 from kunlun_jax.bench.step import compile_train_step, compiled_devices, memory_analysis
-from kunlun_jax.config import Config, load_config, to_dict
+from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.spec import validate_batch
 from kunlun_jax.model.towers import resolve_towers
 from kunlun_jax.provenance import environment
@@ -79,6 +79,11 @@ def ablation_variants(config: Config, platform: str) -> tuple[list[Variant], lis
     notes: the techniques skipped and why.
     """
     m = config.model
+    if m.arch != "kunlun":
+        raise ConfigError(
+            f"--ablate switches Kunlun's techniques; model.arch = {m.arch!r} has none of them "
+            "(bench it without --ablate)"
+        )
     variants, notes = [Variant("baseline")], []
     if platform == "cpu":
         notes.append("gdpa_kernel skipped: Pallas runs in interpret mode on CPU (not timed)")

@@ -58,6 +58,14 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
+def mosaic_kernels(hlo_text: str) -> dict[str, int]:
+    """{kernel name: count} of the Pallas Mosaic TPU kernels in compiled HLO text."""
+    names = re.findall(
+        r"%([A-Za-z_]\w*?)(?:\.\d+)? = [^\n]*custom_call_target=\"tpu_custom_call\"", hlo_text
+    )
+    return dict(collections.Counter(names))
+
+
 def _abstract(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
@@ -82,6 +90,7 @@ def compile_train_step(config: Config, topology: str) -> dict[str, Any]:
             key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec())
         )
         compiled = layout.train_step().lower(state, batch, key).compile()
+    hlo = compiled.as_text()
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
@@ -108,7 +117,8 @@ def compile_train_step(config: Config, topology: str) -> dict[str, Any]:
         "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
         "analytic_train_flops_per_step": analytic.total * config.train.batch_size,
         "xla_over_analytic": per_device_flops * n / (analytic.total * config.train.batch_size),
-        "collectives_per_device": collectives(compiled.as_text()),
+        "collectives_per_device": collectives(hlo),
+        "mosaic_kernels": mosaic_kernels(hlo),
         "params": analytic.params,
         "unsharded_params": list(layout.plan.unsharded),
         "environment": environment(),
@@ -139,6 +149,11 @@ def format_report(report: dict[str, Any]) -> str:
             or "none"
         ),
     ]
+    kernels = report["mosaic_kernels"]
+    lines.append(
+        "  Pallas Mosaic kernels: "
+        + (", ".join(f"{k} x{n}" for k, n in sorted(kernels.items())) or "none")
+    )
     if report["unsharded_params"]:
         lines.append(f"  not evenly shardable, kept whole: {len(report['unsharded_params'])} dims")
     return "\n".join(lines)

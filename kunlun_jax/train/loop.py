@@ -161,12 +161,11 @@ def train(
     state = exp.state
     if resume and (restored := ckpt.restore_latest_good(state, exp.data_iter)) is not None:
         state = restored[0]
-    if jax.process_index() == 0:
-        (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-
     start = int(state.step)
     log = _RunLog(run_dir, config, start, progress)
     with exp.activate(), PreemptionGuard() as guard:
+        if jax.process_index() == 0:  # written once signals are caught (tests rely on it)
+            (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
         predict = exp.predict_step()
         state, stats = _train_steps(exp, state, predict, ckpt, log, guard, start)
         if stats.preempted is not None:

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.blocks import round_up
 from pallas_kernels.common.inputs import DTYPES, check_attention_inputs, clip_lengths, pad_sequence
+from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
 from pallas_kernels.hsp.reference import seed_pooling_reference
 from pallas_kernels.hsp.tpu import seed_pooling_bwd_tpu, seed_pooling_fwd_tpu
@@ -82,18 +83,18 @@ def seed_pooling(
     interpret: run the Pallas kernel in interpret mode (None: unless on its own platform;
     False on CPU only makes sense for ahead-of-time compiles). block_kv: override the tuned
     kv tile (forward and backward). device_kind: the device whose tuned tiles to use (default:
-    the first attached device; set it for ahead-of-time compiles, e.g. "TPU v5 lite").
+    the compile target, `common.target.target_device()`).
     """
     _check_inputs(seeds, k, v, kv_lengths)
     impl = _resolve_backend(backend, seeds.shape, device_kind)
     if impl == "reference":
         return seed_pooling_reference(seeds, k, v, kv_lengths=kv_lengths)
-    native = jax.default_backend() == _NATIVE_PLATFORM[impl]
+    native = target_platform() == _NATIVE_PLATFORM[impl]
     interpret = not native if interpret is None else interpret
     # Tiles: the target's table row when compiling, the small fallback tiles in interpret mode.
-    platform = jax.default_backend() if interpret else _NATIVE_PLATFORM[impl]
+    platform = target_platform() if interpret else _NATIVE_PLATFORM[impl]
     if device_kind is None:
-        device_kind = jax.devices()[0].device_kind if native else ""
+        device_kind = target_device().device_kind if native else ""
     num_seeds, _, dim = seeds.shape
     batch, t = k.shape[:2]
     if t == 0:  # nothing to attend to
@@ -187,17 +188,17 @@ _seed_pooling_pallas.defvjp(_seed_pooling_pallas_fwd, _seed_pooling_pallas_bwd)
 
 
 def _resolve_backend(backend: str, seeds_shape: tuple[int, ...], device_kind: str | None) -> str:
-    """Concrete implementation for `backend` on the default platform (see module docstring)."""
+    """Concrete implementation for `backend` on the target platform (`common.target`)."""
     if backend not in BACKENDS:
         raise ValueError(
             f"unknown seed-pooling backend {backend!r}; choose one of {list(BACKENDS)}"
         )
-    platform = jax.default_backend()
+    platform = target_platform()
     impl = "triton" if platform == "gpu" else "tpu"
     if backend == "auto":
         num_seeds, _, dim = seeds_shape
         lo, hi = HEAD_DIM_RANGE
-        kind = device_kind or jax.devices()[0].device_kind
+        kind = device_kind or target_device().device_kind
         seed_tile = default_block_sizes(platform, kind, dim).block_q
         fits = lo <= dim <= hi and num_seeds <= seed_tile
         return impl if platform in ("tpu", "gpu") and fits else "reference"
