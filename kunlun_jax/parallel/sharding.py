@@ -71,9 +71,19 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     shape = tuple(sizes[a] for a in MESH_AXES)
     grid = np.asarray(devices[: math.prod(shape)], dtype=object).reshape(shape)
     if devices[0].platform != "cpu" and len(devices) == math.prod(shape):
-        # Topology-aware ordering (ICI neighbours share the inner axes) on real accelerators.
-        grid = jax.make_mesh(shape, MESH_AXES, devices=devices).devices
+        grid = _topology_aware(shape, devices, grid)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _topology_aware(shape: tuple[int, ...], devices: list[Any], fallback: np.ndarray) -> Any:
+    """Devices ordered so that ICI neighbours share the inner mesh axes (jax's mesh_utils,
+    splitting physical axes where a mesh axis needs it); process-major order otherwise."""
+    from jax.experimental import mesh_utils
+
+    try:
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (NotImplementedError, ValueError, AssertionError):
+        return fallback
 
 
 @dataclasses.dataclass(frozen=True)

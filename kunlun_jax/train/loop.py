@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -34,19 +35,32 @@ class NonFiniteError(FloatingPointError):
 
 
 def prepare_run_dir(runs_dir: Path, name: str, *, overwrite: bool, resume: bool) -> Path:
-    """runs_dir/name, created. An existing run is kept unless overwrite (deleted) or resume."""
+    """runs_dir/name, created. An existing run is kept unless overwrite (deleted) or resume.
+
+    Multi-host: every process checks, then process 0 alone deletes/creates, then the others
+    create their (possibly host-local) directory.
+    """
     run_dir = Path(runs_dir) / name
-    if run_dir.exists() and not resume:
-        if not overwrite:
-            raise RunExistsError(
-                f"run directory {run_dir} already exists; pass --overwrite to replace it, "
-                "--resume to continue it, or --name to start a new run"
-            )
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and not resume and not overwrite:
+        raise RunExistsError(
+            f"run directory {run_dir} already exists; pass --overwrite to replace it, "
+            "--resume to continue it, or --name to start a new run"
+        )
     if resume and not run_dir.exists():
         raise FileNotFoundError(f"cannot resume: run directory {run_dir} does not exist")
+    _barrier("run directory checked")
+    if jax.process_index() == 0:
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    _barrier("run directory created")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def evaluate(
