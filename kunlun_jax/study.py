@@ -95,30 +95,15 @@ def model_cost(config: Config) -> dict[str, Any]:
     }
 
 
-def evaluate_final(run_dir: Path, config: Config, split: str) -> dict[str, float]:
-    """Metrics of the newest checkpoint in `run_dir` on `split`, NE over the train base rate."""
-    from kunlun_jax.train.checkpoint import Checkpointer
-    from kunlun_jax.train.loop import build_experiment, evaluate
-    from kunlun_jax.train.state import make_predict_step
-
-    exp = build_experiment(config)
-    ckpt = Checkpointer(Path(run_dir) / "checkpoints")
-    state, _ = ckpt.restore(ckpt.latest_step(), exp.state, exp.data_iter)
-    ckpt.close()
-    source, _ = make_source(config.data, split)
-    predict = jax.jit(make_predict_step(exp.model))
-    base_rate = label_mean(exp.train_source)
-    return evaluate(predict, state.params, source, config.train.batch_size, base_rate=base_rate)
-
-
 def run_config(
     config: Config, seeds: Sequence[int], runs_dir: Path, *, progress: bool = False
 ) -> dict[str, Any]:
     """Trains `config` once per seed under runs_dir/<name>-seed<s>/ and evaluates each final
     checkpoint on the test split. Returns the config's study entry (see `run_study`)."""
-    from kunlun_jax.train.loop import prepare_run_dir, train
+    from kunlun_jax.train.loop import evaluate_run, prepare_run_dir, train
 
     split = test_split(config)
+    base_rate = label_mean(make_source(config.data, "train")[0])  # NE as the spec defines it
     runs = []
     for seed in seeds:
         cfg = seeded(config, seed)
@@ -132,7 +117,7 @@ def run_config(
             {
                 "seed": seed,
                 "run_dir": str(run_dir),
-                "test": evaluate_final(run_dir, cfg, split),
+                "test": evaluate_run(run_dir, split, base_rate=base_rate),
                 "eval": {k: final_eval[k] for k in METRICS if k in final_eval},
                 "train_wall_s": wall,
                 "examples_per_sec": final_eval["examples_per_sec"],

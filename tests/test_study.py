@@ -92,6 +92,7 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
         "data.synthetic.num_items=80",
         "data.synthetic.max_history=8",
         "data.synthetic.mean_history=4",
+        "mesh.data=1",
     ):
         args += ["--set", o]
     assert main(args) == 0

@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from kunlun_jax.config import Config, ConfigError, from_dict, to_dict
-from kunlun_jax.data.pipeline import eval_batches
+from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
 from kunlun_jax.parallel.distributed import to_host
@@ -97,26 +97,32 @@ def _non_finite_report(step: int, metrics: dict[str, Any]) -> str:
     )
 
 
-def evaluate_run(run_dir: Path) -> dict[str, float]:
-    """Evaluates the newest checkpoint of a run directory on its eval split."""
+def evaluate_run(
+    run_dir: Path, split: str = "eval", *, base_rate: float | None = None
+) -> dict[str, float]:
+    """Evaluates the newest checkpoint of a run directory on `split` ("eval", or "test" for
+    the real datasets); base_rate: the click rate NE normalizes by (default: the split's)."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    exp = build_experiment(from_dict(json.loads(config_file.read_text())))
+    config = from_dict(json.loads(config_file.read_text()))
+    exp = build_experiment(config)
     ckpt = Checkpointer(run_dir / "checkpoints")
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint to evaluate")
     state, _ = ckpt.restore(step, exp.state, exp.data_iter)
     ckpt.close()
+    source = exp.eval_source if split == "eval" else make_source(config.data, split)[0]
     with exp.activate():
         metrics = evaluate(
             exp.predict_step(),
             state.params,
-            exp.eval_source,
-            exp.config.train.batch_size,
+            source,
+            config.train.batch_size,
             put=exp.global_batch,
+            base_rate=base_rate,
         )
     return {**metrics, "step": step}
 
