@@ -25,7 +25,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -239,23 +239,41 @@ def baselines(smoke: bool, iters: int, warmup: int) -> dict:
     )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_parser(doc: str, all_impls: Sequence[str]) -> argparse.ArgumentParser:
+    """Parser with the arguments every kernel benchmark takes (--out, --smoke, --impls,
+    --iters, --warmup); `doc` is the benchmark module's docstring."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON output path")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
-    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, help="subset to run")
-    parser.add_argument("--heads", nargs="+", type=int, default=[4, 8])
-    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--impls", nargs="+", choices=all_impls, help="subset to run")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--block-q", type=int, help="override gdpa_pallas tiles (tuning)")
-    parser.add_argument("--block-kv", type=int, help="override gdpa_pallas tiles (tuning)")
+    return parser
+
+
+def parse_bench_args(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    smoke_impls: Sequence[str],
+    all_impls: Sequence[str],
+) -> argparse.Namespace:
+    """Parse `argv`; --smoke means 2 iterations, 1 warmup and `smoke_impls` unless --impls is
+    given, otherwise every implementation runs by default."""
     args = parser.parse_args(argv)
     if args.smoke:
         args.iters, args.warmup = 2, 1
-        args.impls = args.impls or list(SMOKE_IMPLS)
-    args.impls = args.impls or list(ALL_IMPLS)
+        args.impls = args.impls or list(smoke_impls)
+    args.impls = args.impls or list(all_impls)
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = bench_parser(__doc__, ALL_IMPLS)
+    parser.add_argument("--heads", nargs="+", type=int, default=[4, 8])
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--block-q", type=int, help="override gdpa_pallas tiles (tuning)")
+    parser.add_argument("--block-kv", type=int, help="override gdpa_pallas tiles (tuning)")
+    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS)
 
 
 def main(argv: list[str] | None = None) -> dict:

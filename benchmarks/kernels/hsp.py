@@ -35,7 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 import tokamax
 
-from benchmarks.kernels.gdpa import BWD_FLOPS_FACTOR, baselines, time_ms
+from benchmarks.kernels.gdpa import (
+    BWD_FLOPS_FACTOR,
+    baselines,
+    bench_parser,
+    parse_bench_args,
+    time_ms,
+)
 from kunlun_jax.model.common import Dense
 from kunlun_jax.model.hsp import SumKronLinear
 from kunlun_jax.provenance import environment
@@ -202,22 +208,12 @@ def run_case(case: Case, impls: list[str], args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON output path")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
-    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, help="subset to run")
+    parser = bench_parser(__doc__, ALL_IMPLS)
     parser.add_argument(
         "--lengths", nargs="+", choices=("longtail", "full"), default=["longtail", "full"]
     )
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--block-kv", type=int, help="override hsp_pallas kv tile (tuning)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.iters, args.warmup = 2, 1
-        args.impls = args.impls or list(SMOKE_IMPLS)
-    args.impls = args.impls or list(ALL_IMPLS)
-    return args
+    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS)
 
 
 def main(argv: list[str] | None = None) -> dict:

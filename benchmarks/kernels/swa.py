@@ -30,6 +30,8 @@ from benchmarks.kernels.gdpa import (
     TOKENS_PER_BATCH,
     Case,
     baselines,
+    bench_parser,
+    parse_bench_args,
     run_case,
 )
 from kunlun_jax.provenance import environment
@@ -131,24 +133,14 @@ def plot_sweep(summary: dict, path: str, device: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON output path")
+    parser = bench_parser(__doc__, ALL_IMPLS)
     parser.add_argument("--plot", help="optional PNG path: fwd+bwd time vs T")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
-    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, help="subset to run")
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--block-q", type=int, help="override pallas_tpu tiles (tuning)")
     parser.add_argument("--block-kv", type=int, help="override pallas_tpu tiles (tuning)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.iters, args.warmup = 2, 1
-        args.impls = args.impls or list(SMOKE_IMPLS)
-    args.impls = args.impls or list(ALL_IMPLS)
-    return args
+    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS)
 
 
 def main(argv: list[str] | None = None) -> dict:

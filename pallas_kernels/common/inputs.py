@@ -69,3 +69,27 @@ def clip_lengths(lengths: jax.Array | None, batch: int, length: int) -> jax.Arra
     if lengths is None:
         return jnp.full((batch,), length, jnp.int32)
     return jnp.clip(lengths.astype(jnp.int32), 0, length)
+
+
+def pad_attention_inputs(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_lengths: jax.Array | None,
+    kv_lengths: jax.Array | None,
+    *,
+    tq_pad: int,
+    tkv_pad: int,
+    d_pad: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(q [B, tq_pad, H, d_pad], k / v [B, tkv_pad, H, d_pad], q_lens, kv_lens): inputs
+    zero-padded to block multiples, lengths int32 [B] clipped to the unpadded Tq / Tkv."""
+    batch, tq = q.shape[:2]
+    tkv = k.shape[1]
+    return (
+        pad_sequence(q, tq_pad, d_pad),
+        pad_sequence(k, tkv_pad, d_pad),
+        pad_sequence(v, tkv_pad, d_pad),
+        clip_lengths(q_lengths, batch, tq),
+        clip_lengths(kv_lengths, batch, tkv),
+    )

@@ -42,13 +42,16 @@ def online_softmax_step(
     return m_new, l_new, alpha * acc + mm(p.astype(v.dtype), v)
 
 
-def softmax_finish(m: jax.Array, l_sum: jax.Array, acc: jax.Array) -> tuple[jax.Array, jax.Array]:
+def softmax_finish(
+    m: jax.Array, l_sum: jax.Array, acc: jax.Array, *, empty_lse: float = float("inf")
+) -> tuple[jax.Array, jax.Array]:
     """(O [R, D], lse [R, 1]) from the final statistics; rows that saw no visible key give
-    O = 0 and lse = +inf."""
+    O = 0 and lse = empty_lse (+inf by default, so P = exp(S - lse) = 0 in a backward that
+    visits such a row)."""
     seen = m > 0.5 * MASK_VALUE
     l_safe = jnp.where(seen, l_sum, 1.0)
     o = jnp.where(seen, acc / l_safe, 0.0)
-    return o, jnp.where(seen, m + jnp.log(l_safe), jnp.inf)
+    return o, jnp.where(seen, m + jnp.log(l_safe), empty_lse)
 
 
 def softmax_probs(s: jax.Array, lse: jax.Array, visible: jax.Array | None) -> jax.Array:
@@ -57,6 +60,7 @@ def softmax_probs(s: jax.Array, lse: jax.Array, visible: jax.Array | None) -> ja
     return p if visible is None else jnp.where(visible, p, 0.0)
 
 
-def row_delta(do: jax.Array, o: jax.Array, axis: int = -1) -> jax.Array:
+def row_delta(do: jax.Array, o: jax.Array, axis: int = -1, *, keepdims: bool = False) -> jax.Array:
     """δ = Σ dO ⊙ O over the head dim `axis`, in fp32 (the backward's row correction)."""
-    return jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=axis)
+    prod = do.astype(jnp.float32) * o.astype(jnp.float32)
+    return jnp.sum(prod, axis=axis, keepdims=keepdims)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 
@@ -33,6 +34,14 @@ class BlockSizes:
             block_q_bwd=self.block_q_bwd if block_q is None else bq,
             block_kv_bwd=self.block_kv_bwd if block_kv is None else bkv,
         )
+
+    def padded_q(self, tq: int) -> int:
+        """Tq rounded up to a multiple of both query tiles (forward and backward)."""
+        return round_up(tq, math.lcm(self.block_q, self.block_q_bwd))
+
+    def padded_kv(self, tkv: int) -> int:
+        """Tkv rounded up to a multiple of both key tiles (forward and backward)."""
+        return round_up(tkv, math.lcm(self.block_kv, self.block_kv_bwd))
 
 
 def pow2_at_least(n: int) -> int:

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels.common.activations import get_activation
-from pallas_kernels.common.blocks import round_up
-from pallas_kernels.common.inputs import check_attention_inputs, clip_lengths, pad_sequence
+from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
 from pallas_kernels.gdpa.blockwise import GdpaSpec
@@ -134,7 +132,7 @@ def gdpa_pallas(
     impl: "pallas_tpu" | "pallas_triton"; other arguments as for `gdpa` (validated there).
     """
     _check_head_dim(q.shape[-1])
-    batch, tq, _, dim = q.shape
+    _, tq, _, dim = q.shape
     tkv = k.shape[1]
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
@@ -149,16 +147,19 @@ def gdpa_pallas(
     sizes = default_block_sizes(platform, device_kind, dim, tkv).with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, impl, q.dtype, tq, tkv, block_q, block_kv)
     cfg = KernelConfig(impl, spec, sizes, interpret)
-    tq_pad = round_up(tq, math.lcm(sizes.block_q, sizes.block_q_bwd))
-    tkv_pad = round_up(tkv, math.lcm(sizes.block_kv, sizes.block_kv_bwd))
     d_pad = pow2_at_least(dim) if impl == "pallas_triton" else dim
     out = _gdpa_pallas(
         cfg,
-        pad_sequence(q, tq_pad, d_pad),
-        pad_sequence(k, tkv_pad, d_pad),
-        pad_sequence(v, tkv_pad, d_pad),
-        clip_lengths(q_lengths, batch, tq),
-        clip_lengths(kv_lengths, batch, tkv),
+        *pad_attention_inputs(
+            q,
+            k,
+            v,
+            q_lengths,
+            kv_lengths,
+            tq_pad=sizes.padded_q(tq),
+            tkv_pad=sizes.padded_kv(tkv),
+            d_pad=d_pad,
+        ),
     )
     return out[:, :tq, :, :dim]
 

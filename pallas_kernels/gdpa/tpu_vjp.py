@@ -7,7 +7,7 @@ No softmax statistics: S = Q Kᵀ is recomputed per tile, nothing T×T is stored
   matmul is A·B or A·Bᵀ).
 - dQ kernel, grid (B, H, q-blocks, kv-steps), same kv ranges as the forward:
       dQ_i += dS K.
-Skipping, DMA elision and unmasked interior tiles work as in the forward (`tpu.py`).
+Skipping, DMA elision and unmasked interior tiles work as in the forward (`common.tpu`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common import blocks
-from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt, tile_positions
-from pallas_kernels.gdpa.tpu import COMPILER_PARAMS, TpuLayout, real_block, run_tile
+from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout
+from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt
 
 
 def _dkdv_kernel(
@@ -37,42 +35,31 @@ def _dkdv_kernel(
     dv_acc,
     *,
     spec: GdpaSpec,
-    block_q: int,
-    block_kv: int,
+    tiles: TileGrid,
 ) -> None:
-    b, kj, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    q_len, kv_len = q_lens_ref[b], kv_lens_ref[b]
-    mask_kw = dict(q_len=q_len, kv_len=kv_len, window=spec.window, causal=spec.causal)
-    lo, hi = blocks.q_block_range(kj, block_q=block_q, block_kv=block_kv, **mask_kw)
-    first_row, first_col = (lo + t) * block_q, kj * block_kv
-
-    @pl.when(t == 0)
-    def _init():
+    def init() -> None:
         dk_acc[...] = jnp.zeros_like(dk_acc)
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
-    def accumulate(masked: bool) -> None:
+    def accumulate(mask: TileMask | None) -> None:
         q, do = q_ref[...], do_ref[...]
         st = mm_nt(k_ref[...], q)  # Sᵀ [kv, q]
         pt = spec.probs(st)
         dst = spec.score_grad(st, mm_nt(v_ref[...], do))  # dPᵀ = V dOᵀ
-        if masked:
-            q_idx, kv_idx = tile_positions(first_col, first_row, st.shape, rows_are_q=False)
-            vis = spec.visible(q_idx, kv_idx, q_len, kv_len)
+        if mask is not None:
+            vis = mask(st.shape)
             pt = jnp.where(vis, pt, 0.0)
             dst = jnp.where(vis, dst, 0.0)
         dv_acc[...] += mm(pt.astype(do.dtype), do)
         dk_acc[...] += mm(dst.astype(q.dtype), q)
 
-    unmasked = blocks.block_unmasked(
-        first_row, first_col, block_q=block_q, block_kv=block_kv, **mask_kw
-    )
-    run_tile(lo + t < hi, unmasked, accumulate)
-
-    @pl.when(t == pl.num_programs(3) - 1)
-    def _store():
+    def finish() -> None:
         dk_ref[...] = (dk_acc[...] * spec.grad_scale).astype(dk_ref.dtype)
         dv_ref[...] = (dv_acc[...] * spec.out_scale).astype(dv_ref.dtype)
+
+    tiles.visit(
+        q_lens_ref, kv_lens_ref, q_outer=False, init=init, accumulate=accumulate, finish=finish
+    )
 
 
 def _dq_kernel(
@@ -86,36 +73,25 @@ def _dq_kernel(
     dq_acc,
     *,
     spec: GdpaSpec,
-    block_q: int,
-    block_kv: int,
+    tiles: TileGrid,
 ) -> None:
-    b, qi, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    q_len, kv_len = q_lens_ref[b], kv_lens_ref[b]
-    mask_kw = dict(q_len=q_len, kv_len=kv_len, window=spec.window, causal=spec.causal)
-    lo, hi = blocks.kv_block_range(qi, block_q=block_q, block_kv=block_kv, **mask_kw)
-    first_row, first_col = qi * block_q, (lo + t) * block_kv
-
-    @pl.when(t == 0)
-    def _init():
+    def init() -> None:
         dq_acc[...] = jnp.zeros_like(dq_acc)
 
-    def accumulate(masked: bool) -> None:
+    def accumulate(mask: TileMask | None) -> None:
         k = k_ref[...]
         s = mm_nt(q_ref[...], k)
         ds = spec.score_grad(s, mm_nt(do_ref[...], v_ref[...]))  # dP = dO Vᵀ
-        if masked:
-            q_idx, kv_idx = tile_positions(first_row, first_col, s.shape, rows_are_q=True)
-            ds = jnp.where(spec.visible(q_idx, kv_idx, q_len, kv_len), ds, 0.0)
+        if mask is not None:
+            ds = jnp.where(mask(s.shape), ds, 0.0)
         dq_acc[...] += mm(ds.astype(k.dtype), k)
 
-    unmasked = blocks.block_unmasked(
-        first_row, first_col, block_q=block_q, block_kv=block_kv, **mask_kw
-    )
-    run_tile(lo + t < hi, unmasked, accumulate)
-
-    @pl.when(t == pl.num_programs(3) - 1)
-    def _store():
+    def finish() -> None:
         dq_ref[...] = (dq_acc[...] * spec.grad_scale).astype(dq_ref.dtype)
+
+    tiles.visit(
+        q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish
+    )
 
 
 def gdpa_bwd_tpu(
@@ -132,74 +108,29 @@ def gdpa_bwd_tpu(
     interpret: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_tpu`, do like q."""
-    batch, tq, heads, dim = q.shape
-    tkv = k.shape[1]
-    nq, nkv = tq // block_q, tkv // block_kv
-    layout = TpuLayout(heads, dim)
-    mask_kw = dict(block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal)
-    kernel_kw = dict(spec=spec, block_q=block_q, block_kv=block_kv)
+    layout = TpuLayout(q.shape[2], q.shape[3])
+    tiles = TileGrid.of(
+        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal
+    )
     qkvdo = [layout.to_kernel(x) for x in (q, k, v, do)]
 
-    def call(kernel, grid, in_specs, out_specs, out_like, scratch, kind):
-        return pl.pallas_call(
-            functools.partial(kernel, **kernel_kw),
-            out_shape=[jax.ShapeDtypeStruct(layout.to_kernel(x).shape, x.dtype) for x in out_like],
-            grid_spec=pltpu.PrefetchScalarGridSpec(
-                num_scalar_prefetch=2,
-                grid=grid,
-                in_specs=in_specs,
-                out_specs=out_specs,
-                scratch_shapes=[pltpu.VMEM((rows, dim), jnp.float32) for rows in scratch],
-            ),
-            compiler_params=COMPILER_PARAMS,
-            interpret=interpret,
+    def call(kernel, q_outer: bool, outs: tuple[jax.Array, ...], kind: str) -> list[jax.Array]:
+        """Outputs like `outs` (tiled along the outer axis) from q, k, v, do."""
+        q_index, kv_index, out_index = tiles.index_maps(q_outer)
+        q_spec, kv_spec = layout.spec(block_q, q_index), layout.spec(block_kv, kv_index)
+        block_out = block_q if q_outer else block_kv
+        return tiles.pallas_call(
+            functools.partial(kernel, spec=spec, tiles=tiles),
+            q_outer=q_outer,
+            in_specs=[q_spec, kv_spec, kv_spec, q_spec],
+            out_specs=[layout.spec(block_out, out_index)] * len(outs),
+            out_shape=[jax.ShapeDtypeStruct(layout.to_kernel(x).shape, x.dtype) for x in outs],
+            scratch_shapes=[pltpu.VMEM((block_out, q.shape[3]), jnp.float32) for _ in outs],
             cost_estimate=cost_estimate(q, k, kind),
             name=f"gdpa_{kind}_tpu",
+            interpret=interpret,
         )(q_lens, kv_lens, *qkvdo)
 
-    # dK/dV: outer kv blocks, inner q steps.
-    def kv_outer(b, h, kj, t, q_lens_ref, kv_lens_ref):
-        return b, h, real_block(kj, kv_lens_ref[b], block_kv, nkv)
-
-    def q_inner(b, h, kj, t, q_lens_ref, kv_lens_ref):
-        lo, hi = blocks.q_block_range(kj, q_len=q_lens_ref[b], kv_len=kv_lens_ref[b], **mask_kw)
-        return b, h, blocks.block_index(lo, t, hi, nq)
-
-    def kv_out(b, h, kj, t, q_lens_ref, kv_lens_ref):
-        return b, h, kj
-
-    q_steps = blocks.max_q_blocks(block_q, block_kv, nq, window=spec.window, causal=spec.causal)
-    q_spec, kv_spec = layout.spec(block_q, q_inner), layout.spec(block_kv, kv_outer)
-    dk, dv = call(
-        _dkdv_kernel,
-        (batch, heads, nkv, q_steps),
-        [q_spec, kv_spec, kv_spec, q_spec],
-        [layout.spec(block_kv, kv_out)] * 2,
-        (k, v),
-        (block_kv, block_kv),
-        "dkdv",
-    )
-
-    # dQ: outer q blocks, inner kv steps.
-    def q_outer(b, h, qi, t, q_lens_ref, kv_lens_ref):
-        return b, h, real_block(qi, q_lens_ref[b], block_q, nq)
-
-    def kv_inner(b, h, qi, t, q_lens_ref, kv_lens_ref):
-        lo, hi = blocks.kv_block_range(qi, q_len=q_lens_ref[b], kv_len=kv_lens_ref[b], **mask_kw)
-        return b, h, blocks.block_index(lo, t, hi, nkv)
-
-    def q_out(b, h, qi, t, q_lens_ref, kv_lens_ref):
-        return b, h, qi
-
-    kv_steps = blocks.max_kv_blocks(block_q, block_kv, nkv, window=spec.window, causal=spec.causal)
-    q_spec, kv_spec = layout.spec(block_q, q_outer), layout.spec(block_kv, kv_inner)
-    (dq,) = call(
-        _dq_kernel,
-        (batch, heads, nq, kv_steps),
-        [q_spec, kv_spec, kv_spec, q_spec],
-        [layout.spec(block_q, q_out)],
-        (q,),
-        (block_q,),
-        "dq",
-    )
+    dk, dv = call(_dkdv_kernel, False, (k, v), "dkdv")  # outer kv blocks, inner q steps
+    (dq,) = call(_dq_kernel, True, (q,), "dq")  # outer q blocks, inner kv steps
     return tuple(layout.from_kernel(x) for x in (dq, dk, dv))  # type: ignore[return-value]

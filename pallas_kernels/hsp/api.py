@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.blocks import round_up
 from pallas_kernels.common.inputs import DTYPES, check_attention_inputs, clip_lengths, pad_sequence
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
@@ -101,7 +99,7 @@ def seed_pooling(
         return jnp.zeros((batch, num_seeds, *k.shape[2:]), k.dtype)
     sizes = _fit_tiles(impl, platform, device_kind, k.dtype, num_seeds, dim, t, block_kv)
     cfg = KernelConfig(impl, dim**-0.5, sizes, bool(interpret))
-    t_pad = round_up(t, math.lcm(sizes.block_kv, sizes.block_kv_bwd))
+    t_pad = sizes.padded_kv(t)
     d_pad = pow2_at_least(max(dim, 16)) if impl == "triton" else dim
     seeds_pad = jnp.pad(
         seeds.astype(k.dtype), ((0, sizes.block_q - num_seeds), (0, 0), (0, d_pad - dim))

@@ -1,4 +1,5 @@
-"""Per-tile seed-pooling math shared by the TPU-style and Triton-style kernels.
+"""Per-tile seed-pooling math shared by the TPU-style and Triton-style kernels; the online
+softmax itself (m, l, acc updates, finish, δ) is `common.softmax`'s.
 
 One program owns the seeds Q [S, D] of one head and streams the K/V [block_kv, D] tiles of one
 batch row. With c = 1/sqrt(D) and m, l, acc the running row max, row sum and output:
@@ -16,12 +17,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 
+from pallas_kernels.common.softmax import mask_scores, softmax_probs
 from pallas_kernels.common.tile_ops import mm, mm_nt
 
-MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _TN_DIMS = (((0,), (0,)), ((), ()))
 
 
@@ -38,32 +38,7 @@ def scores(
     if not masked:
         return s
     cols = first_col + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
-    return jnp.where(cols < kv_len, s, MASK_VALUE)
-
-
-def online_softmax_step(
-    s: jax.Array, v: jax.Array, m: jax.Array, denom: jax.Array, acc: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(m, l, acc) after one score tile s [S, block_kv] and its values v [block_kv, D];
-    m, l = denom: [S, 1], acc: [S, D], all fp32."""
-    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-    alpha = jnp.exp(m - m_new)
-    p = jnp.exp(s - m_new)
-    denom_new = alpha * denom + jnp.sum(p, axis=1, keepdims=True)
-    return m_new, denom_new, alpha * acc + mm(p.astype(v.dtype), v)
-
-
-def finish(m: jax.Array, denom: jax.Array, acc: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(O [S, D], lse [S, 1]) from the final statistics (m, l = denom, acc); rows that saw
-    no key (l = 0) give O = 0."""
-    seen = denom > 0
-    safe = jnp.where(seen, denom, 1.0)
-    return acc / safe, jnp.where(seen, m + jnp.log(safe), 0.0)
-
-
-def row_delta(do: jax.Array, o: jax.Array) -> jax.Array:
-    """δ = rowsum(dO ⊙ O) [S, 1] in fp32."""
-    return jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=1, keepdims=True)
+    return mask_scores(s, cols < kv_len)
 
 
 def backward_step(
@@ -79,7 +54,7 @@ def backward_step(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dK tile [block_kv, D], dV tile [block_kv, D], dQ contribution [S, D]), fp32, for the
     (masked) score tile s of this kv tile."""
-    p = jnp.exp(s - lse)
+    p = softmax_probs(s, lse, None)
     ds = p * (mm_nt(do, v) - delta) * scale
     dv = mm_tn(p.astype(do.dtype), do)
     dk = mm_tn(ds.astype(q.dtype), q)

@@ -12,7 +12,7 @@ neither DMA nor FLOPs. Interior blocks skip the mask arithmetic. Math: `blockwis
   at its own step (zeros for padded blocks) and accumulates dSeeds over kv tiles *and* batch
   rows in VMEM, so the batch reduction never reaches HBM.
 Inputs are padded by the caller: T to a block multiple, S to the dtype's sublane tile.
-Layout (`gdpa.tpu.TpuLayout`): D % 128 == 0 is a free reshape; smaller D (the `base` config's
+Layout (`common.tpu.TpuLayout`): D % 128 == 0 is a free reshape; smaller D (the `base` config's
 D = 64) transposes K and V to [B, H, T, D] in XLA first, an extra HBM pass over the op's main
 input. Untested on hardware: checked in interpret mode and by AOT compiles for v5e / v6e.
 """
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.gdpa.tpu import TpuLayout, real_block, run_tile
+from pallas_kernels.common.softmax import MASK_VALUE, online_softmax_step, row_delta, softmax_finish
+from pallas_kernels.common.tpu import TpuLayout, real_block, run_tile
 from pallas_kernels.hsp import blockwise
 
 
@@ -44,7 +45,7 @@ def _fwd_kernel(
 
     @pl.when(t == 0)
     def _init():
-        m_sc[...] = jnp.full_like(m_sc, blockwise.MASK_VALUE)
+        m_sc[...] = jnp.full_like(m_sc, MASK_VALUE)
         l_sc[...] = jnp.zeros_like(l_sc)
         acc_sc[...] = jnp.zeros_like(acc_sc)
 
@@ -52,7 +53,7 @@ def _fwd_kernel(
         s = blockwise.scores(
             q_ref[...], k_ref[...], scale=scale, first_col=first_col, kv_len=kv_len, masked=masked
         )
-        m_sc[...], l_sc[...], acc_sc[...] = blockwise.online_softmax_step(
+        m_sc[...], l_sc[...], acc_sc[...] = online_softmax_step(
             s, v_ref[...], m_sc[...], l_sc[...], acc_sc[...]
         )
 
@@ -60,7 +61,7 @@ def _fwd_kernel(
 
     @pl.when(t == pl.num_programs(2) - 1)
     def _store():
-        o, lse = blockwise.finish(m_sc[...], l_sc[...], acc_sc[...])
+        o, lse = softmax_finish(m_sc[...], l_sc[...], acc_sc[...], empty_lse=0.0)
         o_ref[...] = o.astype(o_ref.dtype)
         lse_ref[...] = lse
 
@@ -93,7 +94,7 @@ def _bwd_kernel(
     def accumulate(masked: bool) -> None:
         q, k, do = q_ref[...], k_ref[...], do_ref[...]
         s = blockwise.scores(q, k, scale=scale, first_col=first_col, kv_len=kv_len, masked=masked)
-        delta = blockwise.row_delta(do, o_ref[...])
+        delta = row_delta(do, o_ref[...], keepdims=True)
         dk, dv, dq = blockwise.backward_step(
             s, q, k, v_ref[...], do, lse_ref[...], delta, scale=scale
         )

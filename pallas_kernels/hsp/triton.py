@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.common.softmax import MASK_VALUE, online_softmax_step, row_delta, softmax_finish
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.gdpa.triton import LENGTHS_SPEC, head_spec, tile_rows
 from pallas_kernels.hsp import blockwise
@@ -60,15 +61,15 @@ def _fwd_kernel(lens_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, block_k
         s = blockwise.scores(
             q, k_ref[rows, :], scale=scale, first_col=j * block_kv, kv_len=kv_len, masked=True
         )
-        return blockwise.online_softmax_step(s, v_ref[rows, :], *carry)
+        return online_softmax_step(s, v_ref[rows, :], *carry)
 
     s_pad, dim = q.shape
     init = (
-        jnp.full((s_pad, 1), blockwise.MASK_VALUE, jnp.float32),
+        jnp.full((s_pad, 1), MASK_VALUE, jnp.float32),
         jnp.zeros((s_pad, 1), jnp.float32),
         jnp.zeros((s_pad, dim), jnp.float32),
     )
-    o, lse = blockwise.finish(*jax.lax.fori_loop(0, hi, body, init))
+    o, lse = softmax_finish(*jax.lax.fori_loop(0, hi, body, init), empty_lse=0.0)
     o_ref[...] = o.astype(o_ref.dtype)
     lse_ref[...] = lse
 
@@ -91,7 +92,7 @@ def _bwd_kernel(
 ):
     kv_len, hi = _kv_len_and_blocks(lens_ref, num_heads, block_kv)
     q, do, lse = q_ref[...], do_ref[...], lse_ref[...]
-    delta = blockwise.row_delta(do, o_ref[...])
+    delta = row_delta(do, o_ref[...], keepdims=True)
 
     def body(j, dq):
         rows = tile_rows(j, block_kv)

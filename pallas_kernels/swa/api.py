@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.blocks import round_up
-from pallas_kernels.common.inputs import check_attention_inputs, clip_lengths, pad_sequence
+from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.softmax import row_delta
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
+from pallas_kernels.common.tpu import TPU_LANES
 from pallas_kernels.swa.blockwise import SwaSpec
 from pallas_kernels.swa.reference import attention_reference
 from pallas_kernels.swa.tokamax_gpu import IMPLEMENTATIONS, gpu_implementation, swa_tokamax
@@ -42,7 +41,6 @@ from pallas_kernels.swa.tuning import default_block_sizes
 TOKAMAX_BACKENDS = tuple(f"tokamax_{impl}" for impl in IMPLEMENTATIONS)
 BACKENDS = ("auto", "pallas", "pallas_tpu", "tokamax", *TOKAMAX_BACKENDS, "reference")
 HEAD_DIM_RANGE = (32, 256)  # head dims "auto" sends to a kernel (inclusive); else reference
-TPU_LANES = 128  # compiled TPU kernels: query tiles are multiples of this or cover Tq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +119,7 @@ def swa_pallas_tpu(
 ) -> jax.Array:
     """The pallas_tpu path of `swa_attention` (arguments validated there). Tiles come from the
     tuning table for the target device (`common.target`), shrunk to the sequence lengths."""
-    batch, tq, _, dim = q.shape
+    _, tq, _, dim = q.shape
     tkv = k.shape[1]
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
@@ -130,8 +128,7 @@ def swa_pallas_tpu(
     sizes = default_block_sizes(platform, device.device_kind, dim, window)
     sizes = sizes.with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, "pallas_tpu", q.dtype, tq, tkv, block_q, block_kv)
-    tq_pad = round_up(tq, math.lcm(sizes.block_q, sizes.block_q_bwd))
-    tkv_pad = round_up(tkv, math.lcm(sizes.block_kv, sizes.block_kv_bwd))
+    tq_pad, tkv_pad = sizes.padded_q(tq), sizes.padded_kv(tkv)
     if not interpret:
         for name, size in (("block_q", sizes.block_q), ("block_q (backward)", sizes.block_q_bwd)):
             if size % TPU_LANES and size != tq_pad:
@@ -142,11 +139,9 @@ def swa_pallas_tpu(
     cfg = KernelConfig(SwaSpec(scale, window, causal), sizes, interpret)
     out = _swa_pallas(
         cfg,
-        pad_sequence(q, tq_pad, dim),
-        pad_sequence(k, tkv_pad, dim),
-        pad_sequence(v, tkv_pad, dim),
-        clip_lengths(q_lengths, batch, tq),
-        clip_lengths(kv_lengths, batch, tkv),
+        *pad_attention_inputs(
+            q, k, v, q_lengths, kv_lengths, tq_pad=tq_pad, tkv_pad=tkv_pad, d_pad=dim
+        ),
     )
     return out[:, :tq]
 

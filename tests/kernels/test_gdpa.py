@@ -14,7 +14,8 @@ Tiles of 16 rows make every test shape multi-block, so skipping and ragged edges
 
 from __future__ import annotations
 
-import jax
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,54 +25,41 @@ from hypothesis import strategies as st
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.gdpa import gdpa, gdpa_reference
 from pallas_kernels.gdpa.tuning import SHORT_KV_MAX, BlockSizes, default_block_sizes
+from tests.kernels.helpers import (
+    as_f32,
+    assert_close,
+    assert_trees_equal,
+    normal_inputs,
+    poison_padding,
+    value_and_grads,
+)
 
 PALLAS = ("pallas_tpu", "pallas_triton")
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
-ERROR_SCALE_FLOOR = 1e-2
 BLOCK = 16
 
 
 def _inputs(seed: int, b: int, tq: int, tkv: int, h: int, d: int, dtype: str):
     """q, do [B, Tq, H, D] and k, v [B, Tkv, H, D], standard normal, in `dtype` (numpy RNG:
     no per-shape XLA compiles)."""
-    rng = np.random.default_rng(seed)
     shapes = ((b, tq, h, d), (b, tkv, h, d), (b, tkv, h, d), (b, tq, h, d))
-    return tuple(jnp.asarray(rng.standard_normal(s, np.float32)).astype(dtype) for s in shapes)
+    return normal_inputs(seed, shapes, dtype)
 
 
-def _value_and_grads(fn, q, k, v, do):
-    """(O, (dQ, dK, dV)) of fn(q, k, v) for cotangent do, in one jit."""
-
-    def run(q, k, v, do):
-        o, vjp = jax.vjp(fn, q, k, v)
-        return o, vjp(do.astype(o.dtype))
-
-    return jax.jit(run)(q, k, v, do)
-
-
-def _f32(*xs):
-    return tuple(x.astype(jnp.float32) for x in xs)
-
-
-def _assert_close(got, want, dtype: str, what: str) -> None:
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert np.isfinite(got).all(), f"{what}: non-finite values"
-    scale = max(float(np.abs(want).max()), ERROR_SCALE_FLOOR)
-    err = float(np.abs(got - want).max()) / scale
-    assert err <= TOLERANCE[dtype], f"{what}: normalized error {err:.2e} > {TOLERANCE[dtype]}"
+_assert_close = functools.partial(assert_close, tolerance=TOLERANCE)
 
 
 def _check_against_reference(backend: str, inputs, dtype: str, **kw) -> tuple:
     """Kernel vs fp32 reference for O, dQ, dK, dV; returns the kernel's (O, grads)."""
     q, k, v, do = inputs
-    got = _value_and_grads(
+    got = value_and_grads(
         lambda q, k, v: gdpa(q, k, v, backend=backend, block_q=BLOCK, block_kv=BLOCK, **kw),
         q,
         k,
         v,
         do,
     )
-    want = _value_and_grads(lambda q, k, v: gdpa_reference(q, k, v, **kw), *_f32(q, k, v, do))
+    want = value_and_grads(lambda q, k, v: gdpa_reference(q, k, v, **kw), *as_f32(q, k, v, do))
     _assert_close(got[0], want[0], dtype, "O")
     for name, g, w in zip(("dQ", "dK", "dV"), got[1], want[1], strict=True):
         _assert_close(g, w, dtype, name)
@@ -175,25 +163,16 @@ def test_masked_positions_contribute_nothing(backend):
     )
     clean = _inputs(3, 2, 40, 40, 1, 32, "float32")
 
-    def poison(x, lengths):
-        x = np.array(x)
-        for row, n in enumerate(lengths):
-            tile_end = -(-n // BLOCK) * BLOCK
-            x[row, n:tile_end] = 1e3  # masked, inside a visited tile
-            x[row, tile_end:] = np.nan  # fully padded tiles: never visited
-        return jnp.asarray(x)
-
     q, k, v, do = clean
-    want = _value_and_grads(lambda *a: gdpa(*a, **kw), *clean)
-    got = _value_and_grads(
+    want = value_and_grads(lambda *a: gdpa(*a, **kw), *clean)
+    got = value_and_grads(
         lambda *a: gdpa(*a, **kw),
-        poison(q, q_lengths),
-        poison(k, kv_lengths),
-        poison(v, kv_lengths),
-        poison(do, q_lengths),
+        poison_padding(q, q_lengths, BLOCK),
+        poison_padding(k, kv_lengths, BLOCK),
+        poison_padding(v, kv_lengths, BLOCK),
+        poison_padding(do, q_lengths, BLOCK),
     )
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert_trees_equal(got, want)
     _assert_padding_exactly_zero(got, q_lengths, kv_lengths)
     lengths = dict(q_lengths=kw["q_lengths"], kv_lengths=kw["kv_lengths"])
     _assert_close(want[0], gdpa_reference(q, k, v, activation="sigmoid", **lengths), "float32", "O")
@@ -202,7 +181,7 @@ def test_masked_positions_contribute_nothing(backend):
 @pytest.mark.parametrize("backend", PALLAS)
 def test_empty_sequences(backend):
     q, k, v, _ = _inputs(5, 2, 8, 0, 1, 32, "float32")
-    out, grads = _value_and_grads(lambda *a: gdpa(*a, backend=backend), q, k, v, jnp.ones_like(q))
+    out, grads = value_and_grads(lambda *a: gdpa(*a, backend=backend), q, k, v, jnp.ones_like(q))
     np.testing.assert_array_equal(out, np.zeros(q.shape))
     np.testing.assert_array_equal(grads[0], np.zeros(q.shape))
     assert gdpa(k, q, q, backend=backend, window=np.int64(2)).shape == k.shape

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from tests.kernels.helpers import REPO, run_benchmark_smoke
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kernels" / "gdpa.py"
 TIMING_KEYS = ("fwd_ms", "bwd_ms", "fwdbwd_ms", "fwd_tflops", "bwd_tflops", "fwdbwd_tflops")
 
 
 def test_benchmark_smoke_writes_report(tmp_path):
-    out = tmp_path / "gdpa.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-
-    env_info = report["environment"]
-    for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):
-        assert env_info[key], key
-    assert "--smoke" in env_info["command"]
-    assert report["baselines"]["matmul_bf16_tflops"] > 0
+    report = run_benchmark_smoke([str(SCRIPT)], tmp_path / "gdpa.json", timeout=120)
     assert report["baselines"]["copy_gbps"] > 0
 
     results = report["results"]

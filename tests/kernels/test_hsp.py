@@ -12,6 +12,7 @@ every test shape multi-block, so block skipping and ragged edges are exercised.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,49 +26,40 @@ from kunlun_jax.model.hsp import SequenceSummary
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.hsp import seed_pooling, seed_pooling_reference
 from pallas_kernels.hsp.tuning import default_block_sizes
+from tests.kernels.helpers import (
+    as_f32,
+    assert_close,
+    assert_trees_equal,
+    normal_inputs,
+    poison_padding,
+    value_and_grads,
+)
 
 KERNELS = ("tpu", "triton")
 TOLERANCE = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}
-ERROR_SCALE_FLOOR = 1e-2
 BLOCK = 16
 
 
 def _inputs(seed: int, b: int, t: int, s: int, h: int, d: int, dtype: str):
     """seeds [S, H, D], k, v [B, T, H, D], cotangent dO [B, S, H, D] (numpy RNG: no per-shape
     XLA compiles), standard normal in `dtype`."""
-    rng = np.random.default_rng(seed)
     shapes = ((s, h, d), (b, t, h, d), (b, t, h, d), (b, s, h, d))
-    return tuple(jnp.asarray(rng.standard_normal(x, np.float32)).astype(dtype) for x in shapes)
+    return normal_inputs(seed, shapes, dtype)
 
 
-def _value_and_grads(fn, seeds, k, v, do):
-    """(O, (dSeeds, dK, dV)) of fn(seeds, k, v) for cotangent do, in one jit."""
-
-    def run(seeds, k, v, do):
-        o, vjp = jax.vjp(fn, seeds, k, v)
-        return o, vjp(do.astype(o.dtype))
-
-    return jax.jit(run)(seeds, k, v, do)
-
-
-def _assert_close(got, want, dtype: str, what: str) -> None:
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert np.isfinite(got).all(), f"{what}: non-finite values"
-    scale = max(float(np.abs(want).max()), ERROR_SCALE_FLOOR)
-    err = float(np.abs(got - want).max()) / scale
-    assert err <= TOLERANCE[dtype], f"{what}: normalized error {err:.2e} > {TOLERANCE[dtype]}"
+_assert_close = functools.partial(assert_close, tolerance=TOLERANCE)
 
 
 def _check_against_reference(backend: str, inputs, dtype: str, kv_lengths) -> tuple:
     """Kernel vs fp32 reference for O, dSeeds, dK, dV; returns the kernel's (O, grads)."""
-    got = _value_and_grads(
+    got = value_and_grads(
         lambda s, k, v: seed_pooling(
             s, k, v, kv_lengths=kv_lengths, backend=backend, block_kv=BLOCK
         ),
         *inputs,
     )
-    f32 = tuple(x.astype(jnp.float32) for x in inputs)
-    want = _value_and_grads(
+    f32 = as_f32(*inputs)
+    want = value_and_grads(
         lambda s, k, v: seed_pooling_reference(s, k, v, kv_lengths=kv_lengths), *f32
     )
     _assert_close(got[0], want[0], dtype, "O")
@@ -157,11 +149,11 @@ def test_reference_matches_xla_attention():
             s, k, v, kv_lengths=lengths, backend="tpu", block_kv=BLOCK
         ),
     }
-    want = _value_and_grads(
+    want = value_and_grads(
         lambda s, k, v: seed_pooling_reference(s, k, v, kv_lengths=lengths), seeds, k, v, do
     )
     for name, fn in candidates.items():
-        got = _value_and_grads(fn, seeds, k, v, do)
+        got = value_and_grads(fn, seeds, k, v, do)
         for what, g, w in zip(
             ("O", "dSeeds", "dK", "dV"), jax.tree.leaves(got), jax.tree.leaves(want), strict=True
         ):
@@ -177,21 +169,14 @@ def test_padded_keys_contribute_nothing(backend):
     kw = dict(kv_lengths=jnp.asarray(lengths, jnp.int32), backend=backend, block_kv=BLOCK)
     seeds, k, v, do = _inputs(3, 3, 64, 8, 1, 32, "float32")
 
-    def poison(x):
-        x = np.array(x)
-        for row, n in enumerate(lengths):
-            tile_end = -(-n // BLOCK) * BLOCK
-            x[row, n:tile_end] = 1e3  # masked, inside a visited tile
-            x[row, tile_end:] = np.nan  # fully padded tiles: never visited
-        return jnp.asarray(x)
-
     def fn(s, k, v):
         return seed_pooling(s, k, v, **kw)
 
-    want = _value_and_grads(fn, seeds, k, v, do)
-    got = _value_and_grads(fn, seeds, poison(k), poison(v), do)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    want = value_and_grads(fn, seeds, k, v, do)
+    got = value_and_grads(
+        fn, seeds, poison_padding(k, lengths, BLOCK), poison_padding(v, lengths, BLOCK), do
+    )
+    assert_trees_equal(got, want)
     _assert_padding_exactly_zero(got, lengths)
 
 

@@ -13,6 +13,7 @@ Tiles of 16 rows make every test shape multi-block, so skipping and ragged edges
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import jax
@@ -29,50 +30,37 @@ from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.swa import attention_reference, swa_attention
 from pallas_kernels.swa.tokamax_gpu import gpu_implementation, local_window
 from pallas_kernels.swa.tuning import default_block_sizes
+from tests.kernels.helpers import (
+    as_f32,
+    assert_close,
+    assert_trees_equal,
+    normal_inputs,
+    poison_padding,
+    value_and_grads,
+)
 
 TOLERANCE = {"float32": 5e-4, "bfloat16": 2e-2, "float16": 5e-3}
-ERROR_SCALE_FLOOR = 1e-2
 BLOCK = 16
 
 
 def _inputs(seed: int, b: int, tq: int, tkv: int, h: int, d: int, dtype: str):
     """q, do [B, Tq, H, D] and k, v [B, Tkv, H, D], standard normal, in `dtype` (numpy RNG:
     no per-shape XLA compiles)."""
-    rng = np.random.default_rng(seed)
     shapes = ((b, tq, h, d), (b, tkv, h, d), (b, tkv, h, d), (b, tq, h, d))
-    return tuple(jnp.asarray(rng.standard_normal(s, np.float32)).astype(dtype) for s in shapes)
+    return normal_inputs(seed, shapes, dtype)
 
 
-def _value_and_grads(fn, q, k, v, do):
-    """(O, (dQ, dK, dV)) of fn(q, k, v) for cotangent do, in one jit."""
-
-    def run(q, k, v, do):
-        o, vjp = jax.vjp(fn, q, k, v)
-        return o, vjp(do.astype(o.dtype))
-
-    return jax.jit(run)(q, k, v, do)
-
-
-def _f32(*xs):
-    return tuple(x.astype(jnp.float32) for x in xs)
-
-
-def _assert_close(got, want, dtype: str, what: str) -> None:
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert np.isfinite(got).all(), f"{what}: non-finite values"
-    scale = max(float(np.abs(want).max()), ERROR_SCALE_FLOOR)
-    err = float(np.abs(got - want).max()) / scale
-    assert err <= TOLERANCE[dtype], f"{what}: normalized error {err:.2e} > {TOLERANCE[dtype]}"
+_assert_close = functools.partial(assert_close, tolerance=TOLERANCE)
 
 
 def _check_against_reference(backend: str, inputs, dtype: str, **kw) -> tuple:
     """Backend vs fp32 reference for O, dQ, dK, dV; returns the backend's (O, grads)."""
     q, k, v, do = inputs
     blocks_kw = dict(block_q=BLOCK, block_kv=BLOCK) if backend == "pallas_tpu" else {}
-    got = _value_and_grads(
+    got = value_and_grads(
         lambda q, k, v: swa_attention(q, k, v, backend=backend, **blocks_kw, **kw), q, k, v, do
     )
-    want = _value_and_grads(lambda q, k, v: attention_reference(q, k, v, **kw), *_f32(q, k, v, do))
+    want = value_and_grads(lambda q, k, v: attention_reference(q, k, v, **kw), *as_f32(q, k, v, do))
     _assert_close(got[0], want[0], dtype, "O")
     for name, g, w in zip(("dQ", "dK", "dV"), got[1], want[1], strict=True):
         _assert_close(g, w, dtype, name)
@@ -155,14 +143,14 @@ def test_pallas_tpu_matches_jax_nn(dtype, d, h, window, causal):
     real = (np.arange(37)[None, :] < np.asarray(lengths)[:, None])[:, :, None, None]
     do = jnp.where(real, do, 0)
     kw = dict(q_lengths=lengths, kv_lengths=lengths, window=window, causal=causal)
-    got = _value_and_grads(
+    got = value_and_grads(
         lambda q, k, v: swa_attention(q, k, v, backend="pallas_tpu", block_q=16, block_kv=16, **kw),
         q,
         k,
         v,
         do,
     )
-    want = _value_and_grads(
+    want = value_and_grads(
         lambda q, k, v: jax.nn.dot_product_attention(
             q,
             k,
@@ -173,7 +161,7 @@ def test_pallas_tpu_matches_jax_nn(dtype, d, h, window, causal):
             is_causal=causal,
             implementation="xla",
         ),
-        *_f32(q, k, v, do),
+        *as_f32(q, k, v, do),
     )
     _assert_close(np.where(real, got[0], 0), np.where(real, want[0], 0), dtype, "O")
     for name, g, w in zip(("dQ", "dK", "dV"), got[1], want[1], strict=True):
@@ -195,25 +183,16 @@ def test_masked_positions_contribute_nothing():
     )
     clean = _inputs(3, 2, 40, 40, 2, 32, "float32")
 
-    def poison(x, lengths):
-        x = np.array(x)
-        for row, n in enumerate(lengths):
-            tile_end = -(-n // BLOCK) * BLOCK
-            x[row, n:tile_end] = 1e3  # masked, inside a visited tile
-            x[row, tile_end:] = np.nan  # fully padded tiles: never visited
-        return jnp.asarray(x)
-
     q, k, v, do = clean
-    want = _value_and_grads(lambda *a: swa_attention(*a, **kw), *clean)
-    got = _value_and_grads(
+    want = value_and_grads(lambda *a: swa_attention(*a, **kw), *clean)
+    got = value_and_grads(
         lambda *a: swa_attention(*a, **kw),
-        poison(q, q_lengths),
-        poison(k, kv_lengths),
-        poison(v, kv_lengths),
-        poison(do, q_lengths),
+        poison_padding(q, q_lengths, BLOCK),
+        poison_padding(k, kv_lengths, BLOCK),
+        poison_padding(v, kv_lengths, BLOCK),
+        poison_padding(do, q_lengths, BLOCK),
     )
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert_trees_equal(got, want)
     _assert_empty_rows_exactly_zero(got, kw["q_lengths"], kw["kv_lengths"], 6)
     ref = attention_reference(
         q, k, v, q_lengths=kw["q_lengths"], kv_lengths=kw["kv_lengths"], window=6
@@ -285,7 +264,7 @@ def test_dispatch_on_cpu():
 
 def test_empty_sequences():
     q, k, v, _ = _inputs(5, 2, 8, 0, 1, 32, "float32")
-    out, grads = _value_and_grads(
+    out, grads = value_and_grads(
         lambda *a: swa_attention(*a, window=2, backend="pallas_tpu"), q, k, v, jnp.ones_like(q)
     )
     np.testing.assert_array_equal(out, np.zeros(q.shape))

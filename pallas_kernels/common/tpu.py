@@ -1,0 +1,241 @@
+"""Mosaic-TPU machinery shared by the blocked attention kernels (GDPA, SWA, HSP).
+
+- `TpuLayout`: how [B, T, H, D] arrays reach a kernel as [block_t, D] tiles of one head.
+- `TileGrid`: the (B, H, outer blocks, inner steps) grid of a masked attention kernel, with
+  the two lengths vectors int32 [B] (q_lens, kv_lens) scalar-prefetched. The inner steps of
+  outer block o walk the tight range [lo_o, hi_o) of blocks the mask lets it see
+  (`blocks.kv_block_range` / `blocks.q_block_range`); the static step extent is the bound
+  `blocks.max_kv_blocks` / `max_q_blocks`, so a sliding window shrinks the grid itself. Steps
+  past hi_o do no compute and repeat the last block index (no DMA); interior tiles skip the
+  mask arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.common import blocks
+from pallas_kernels.common.tile_ops import tile_positions
+
+TPU_LANES = 128
+# Grid semantics of every blocked TPU kernel: (B, H, outer blocks) parallel, steps sequential.
+COMPILER_PARAMS = pltpu.CompilerParams(
+    dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+)
+IndexFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+# mask(shape) -> bool tile of `shape`: True where the tile's position is visible.
+TileMask = Callable[[tuple[int, int]], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuLayout:
+    """How [B, T, H, D] arrays reach the kernels, each tile a [block_t, D] slab of one head.
+
+    D % 128 == 0 (or H == 1): a free reshape to [B, T, H·D], tile (None, block_t, D) at lane
+    block h. Otherwise [B, H, T, D] (a transpose) so the tile's last dim equals the array's,
+    as Mosaic requires for lane dims that are not multiples of 128.
+    """
+
+    num_heads: int
+    head_dim: int
+
+    @property
+    def head_major(self) -> bool:
+        return self.head_dim % TPU_LANES != 0 and self.num_heads > 1
+
+    def to_kernel(self, x: jax.Array) -> jax.Array:
+        """[B, T, H, D] -> kernel layout."""
+        b, t, h, d = x.shape
+        return x.transpose(0, 2, 1, 3) if self.head_major else x.reshape(b, t, h * d)
+
+    def from_kernel(self, x: jax.Array) -> jax.Array:
+        """Kernel layout -> [B, T, H, D]."""
+        if self.head_major:
+            return x.transpose(0, 2, 1, 3)
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.num_heads, self.head_dim)
+
+    def spec(self, block_t: int, index: IndexFn) -> pl.BlockSpec:
+        """BlockSpec of [block_t, D] tiles; `index(*grid_ids, *prefetch_refs) -> (b, h, t)`."""
+        head_major = self.head_major
+
+        def index_map(*args):
+            b, h, t = index(*args)
+            return (b, h, t, 0) if head_major else (b, t, h)
+
+        block = (
+            (None, None, block_t, self.head_dim) if head_major else (None, block_t, self.head_dim)
+        )
+        return pl.BlockSpec(block, index_map)
+
+
+def real_block(step: jax.Array, length: jax.Array, block: int, num_blocks: int) -> jax.Array:
+    """Clamp an outer-grid block index to the last block holding real rows (avoids the DMA of
+    fully padded blocks, whose outputs are zero anyway)."""
+    return blocks.block_index(0, step, jax.lax.div(length + block - 1, block), num_blocks)
+
+
+def run_tile(active: jax.Array, unmasked: jax.Array, accumulate: Callable[[bool], None]) -> None:
+    """Run `accumulate(masked)` for an active tile, with the mask only where it is needed."""
+    unmasked = jnp.asarray(unmasked)
+    pl.when(active & unmasked)(lambda: accumulate(False))
+    pl.when(active & ~unmasked)(lambda: accumulate(True))
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGrid:
+    """Static tiling of one masked attention call on the grid (B, H, outer blocks, steps).
+
+    q_outer=True: outer query blocks, inner kv steps (forward, dQ; tiles [q, kv]).
+    q_outer=False: outer kv blocks, inner query steps (dK/dV; tiles [kv, q]).
+    Sequence lengths are multiples of the blocks (the caller pads).
+    """
+
+    batch: int
+    heads: int
+    block_q: int
+    block_kv: int
+    num_q_blocks: int
+    num_kv_blocks: int
+    window: int | None
+    causal: bool
+
+    @classmethod
+    def of(
+        cls,
+        q: jax.Array,
+        k: jax.Array,
+        *,
+        block_q: int,
+        block_kv: int,
+        window: int | None,
+        causal: bool,
+    ) -> TileGrid:
+        """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D]."""
+        batch, tq, heads, _ = q.shape
+        return cls(
+            batch, heads, block_q, block_kv, tq // block_q, k.shape[1] // block_kv, window, causal
+        )
+
+    def steps(self, q_outer: bool) -> int:
+        """Static extent of the inner (sequential) grid axis."""
+        kw = dict(window=self.window, causal=self.causal)
+        if q_outer:
+            return blocks.max_kv_blocks(self.block_q, self.block_kv, self.num_kv_blocks, **kw)
+        return blocks.max_q_blocks(self.block_q, self.block_kv, self.num_q_blocks, **kw)
+
+    def grid(self, q_outer: bool) -> tuple[int, int, int, int]:
+        """(B, H, outer blocks, inner steps)."""
+        outer = self.num_q_blocks if q_outer else self.num_kv_blocks
+        return self.batch, self.heads, outer, self.steps(q_outer)
+
+    def inner_range(
+        self, outer: blocks.Int, q_len: blocks.Int, kv_len: blocks.Int, q_outer: bool
+    ) -> tuple[blocks.Int, blocks.Int]:
+        """Inner blocks [lo, hi) that outer block `outer` visits (hi == lo: none)."""
+        fn = blocks.kv_block_range if q_outer else blocks.q_block_range
+        return fn(outer, **self._mask_kw(q_len, kv_len))
+
+    def _mask_kw(self, q_len: blocks.Int, kv_len: blocks.Int) -> dict[str, Any]:
+        """Keyword arguments of the `blocks` range and tile predicates for these lengths."""
+        return dict(
+            block_q=self.block_q,
+            block_kv=self.block_kv,
+            q_len=q_len,
+            kv_len=kv_len,
+            window=self.window,
+            causal=self.causal,
+        )
+
+    def index_maps(self, q_outer: bool) -> tuple[IndexFn, IndexFn, IndexFn]:
+        """(q, kv, out) index functions `(b, h, outer, step, q_lens_ref, kv_lens_ref) ->
+        (b, h, block)` for `TpuLayout.spec`; out tiles follow the outer block."""
+        block_outer, num_outer = (
+            (self.block_q, self.num_q_blocks) if q_outer else (self.block_kv, self.num_kv_blocks)
+        )
+        num_inner = self.num_kv_blocks if q_outer else self.num_q_blocks
+
+        def outer_index(b, h, o, t, q_lens_ref, kv_lens_ref):
+            length = q_lens_ref[b] if q_outer else kv_lens_ref[b]
+            return b, h, real_block(o, length, block_outer, num_outer)
+
+        def inner_index(b, h, o, t, q_lens_ref, kv_lens_ref):
+            lo, hi = self.inner_range(o, q_lens_ref[b], kv_lens_ref[b], q_outer)
+            return b, h, blocks.block_index(lo, t, hi, num_inner)
+
+        def out_index(b, h, o, t, q_lens_ref, kv_lens_ref):
+            return b, h, o
+
+        if q_outer:
+            return outer_index, inner_index, out_index
+        return inner_index, outer_index, out_index
+
+    def visit(
+        self,
+        q_lens_ref: Any,
+        kv_lens_ref: Any,
+        *,
+        q_outer: bool,
+        init: Callable[[], None],
+        accumulate: Callable[[TileMask | None], None],
+        finish: Callable[[], None],
+    ) -> None:
+        """Kernel-body scaffold: `init()` at the first inner step, `accumulate(mask)` on each
+        tile the mask lets through (mask None when the whole tile is visible), `finish()` at
+        the last inner step. Tiles are [q, kv] when q_outer, else [kv, q]."""
+        b, outer, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+        q_len, kv_len = q_lens_ref[b], kv_lens_ref[b]
+        lo, hi = self.inner_range(outer, q_len, kv_len, q_outer)
+        if q_outer:
+            first_row, first_col = outer * self.block_q, (lo + t) * self.block_kv
+        else:
+            first_row, first_col = (lo + t) * self.block_q, outer * self.block_kv
+
+        def mask(shape: tuple[int, int]) -> jax.Array:
+            tile_first = (first_row, first_col) if q_outer else (first_col, first_row)
+            q_idx, kv_idx = tile_positions(*tile_first, shape, rows_are_q=q_outer)
+            return blocks.visible(
+                q_idx, kv_idx, q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal
+            )
+
+        pl.when(t == 0)(init)
+        unmasked = blocks.block_unmasked(first_row, first_col, **self._mask_kw(q_len, kv_len))
+        run_tile(lo + t < hi, unmasked, lambda masked: accumulate(mask if masked else None))
+        pl.when(t == pl.num_programs(3) - 1)(finish)
+
+    def pallas_call(
+        self,
+        kernel: Callable[..., None],
+        *,
+        q_outer: bool,
+        in_specs: Sequence[pl.BlockSpec],
+        out_specs: Sequence[pl.BlockSpec],
+        out_shape: Sequence[jax.ShapeDtypeStruct],
+        scratch_shapes: Sequence[Any],
+        cost_estimate: pl.CostEstimate,
+        name: str,
+        interpret: bool,
+    ) -> Callable[..., Any]:
+        """The kernel's pallas_call on this grid; call it with (q_lens, kv_lens, *inputs)."""
+        return pl.pallas_call(
+            kernel,
+            out_shape=list(out_shape),
+            grid_spec=pltpu.PrefetchScalarGridSpec(
+                num_scalar_prefetch=2,
+                grid=self.grid(q_outer),
+                in_specs=list(in_specs),
+                out_specs=list(out_specs),
+                scratch_shapes=list(scratch_shapes),
+            ),
+            compiler_params=COMPILER_PARAMS,
+            interpret=interpret,
+            cost_estimate=cost_estimate,
+            name=name,
+        )

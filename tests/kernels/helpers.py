@@ -1,0 +1,93 @@
+"""Helpers shared by the kernel tests: random inputs, one-jit value-and-VJP, normalized errors,
+and running a kernel benchmark's CPU smoke mode.
+
+Errors are normalized per output: max|got - want| / max(max|want|, ERROR_SCALE_FLOOR); the
+floor keeps outputs that cancel to ~0 from turning rounding into large relative errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ERROR_SCALE_FLOOR = 1e-2
+REPO = Path(__file__).resolve().parents[2]
+
+
+def normal_inputs(seed: int, shapes: Sequence[tuple[int, ...]], dtype: str) -> tuple:
+    """Standard-normal arrays of `shapes` in `dtype` (numpy RNG: no per-shape XLA compiles)."""
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.standard_normal(s, np.float32)).astype(dtype) for s in shapes)
+
+
+def value_and_grads(fn: Callable, x: jax.Array, y: jax.Array, z: jax.Array, do: jax.Array):
+    """(O, (dX, dY, dZ)) of fn(x, y, z) for cotangent do, in one jit."""
+
+    def run(x, y, z, do):
+        o, vjp = jax.vjp(fn, x, y, z)
+        return o, vjp(do.astype(o.dtype))
+
+    return jax.jit(run)(x, y, z, do)
+
+
+def as_f32(*xs: jax.Array) -> tuple[jax.Array, ...]:
+    return tuple(x.astype(jnp.float32) for x in xs)
+
+
+def assert_close(
+    got: jax.Array, want: jax.Array, dtype: str, what: str, *, tolerance: Mapping[str, float]
+) -> None:
+    """Finite `got` within tolerance[dtype] of `want` in normalized max error."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.isfinite(got).all(), f"{what}: non-finite values"
+    scale = max(float(np.abs(want).max()), ERROR_SCALE_FLOOR)
+    err = float(np.abs(got - want).max()) / scale
+    assert err <= tolerance[dtype], f"{what}: normalized error {err:.2e} > {tolerance[dtype]}"
+
+
+def poison_padding(x: jax.Array, lengths: Sequence[int], block: int) -> jax.Array:
+    """x [B, T, ...] with 1e3 at rows [n, tile end) of each batch row (masked but inside a
+    visited tile of `block` rows) and NaN past the tile end (tiles a kernel must never read:
+    0·NaN = NaN would reach every output); n = lengths[b]."""
+    x = np.array(x)
+    for row, n in enumerate(lengths):
+        tile_end = -(-n // block) * block
+        x[row, n:tile_end] = 1e3
+        x[row, tile_end:] = np.nan
+    return jnp.asarray(x)
+
+
+def assert_trees_equal(got, want) -> None:
+    """Every leaf of `got` bitwise equal to the matching leaf of `want`."""
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def run_benchmark_smoke(args: Sequence[str], out: Path, *, timeout: int) -> dict:
+    """Run `python *args --smoke --out out` on CPU from the repo root, assert it exits 0 and
+    its report names the environment and a positive matmul baseline; return the report."""
+    proc = subprocess.run(
+        [sys.executable, *args, "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    env_info = report["environment"]
+    for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):
+        assert env_info[key], key
+    assert "--smoke" in env_info["command"]
+    assert report["baselines"]["matmul_bf16_tflops"] > 0
+    return report
