@@ -10,6 +10,8 @@ the device's own rows. Communication: ids plus the [B, ..., D] activations, neve
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
@@ -21,6 +23,11 @@ def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
     """table [V, D] (rows split over logical `vocab`), ids int [B, ...] (split over logical
     `batch`) -> [B, ..., D]. Without a mesh, or with unsplit rows: `jnp.take`."""
     vocab_axes = logical_mesh_axes("vocab")
+    mesh_shape = jax.sharding.get_abstract_mesh().shape
+    # The table's own split (kunlun_jax.parallel.sharding.spec_for): trailing axes that do not
+    # divide the rows are dropped.
+    while vocab_axes and table.shape[0] % math.prod(mesh_shape[a] for a in vocab_axes):
+        vocab_axes = vocab_axes[:-1]
     if not vocab_axes:
         return jnp.take(table, ids, axis=0)
     batch_axes = logical_mesh_axes("batch")
