@@ -229,3 +229,17 @@ def test_optimizer_state_leaves_follow_their_parameter():
     assert like_param(jnp.zeros((64, 16)), param, spec) == spec
     assert like_param(jnp.zeros((64, 1)), param, spec) == PartitionSpec(("data", "model"), None)
     assert like_param(jnp.zeros(()), param, spec) == PartitionSpec()
+
+
+def test_keep_best_keeps_the_lowest_ne_besides_the_newest(tmp_path):
+    import grain
+
+    data = iter(grain.MapDataset.range(8).to_iter_dataset())
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=1, keep_best=1, async_save=False)
+    state = {"w": jnp.zeros((4,))}
+    for step, ne in ((1, 0.9), (2, 0.7), (3, 0.8), (4, None)):
+        metrics = None if ne is None else {"ne": ne}
+        ckpt.save(step, {"w": state["w"] + step}, data, {"step": step}, metrics)
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 4]  # the best NE (0.7) and the newest
+    ckpt.close()
