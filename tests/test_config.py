@@ -52,7 +52,7 @@ def test_int_given_for_float_is_accepted_but_not_the_reverse():
     ("override", "message"),
     [
         ("model.num_layer=4", r"unknown config key 'model\.num_layer'.*did you mean 'num_layers'"),
-        ("modle.d_model=4", r"unknown config key 'modle'.*valid keys here: data, mesh, model, name"),
+        ("modle.d_model=4", r"unknown config key 'modle'.*valid keys here: data, mesh, model"),
         ("model.pooling=max", r"model\.pooling = 'max' is not valid; choose one of"),
         ("model.num_heads=3", r"divisible by model\.num_heads"),
         ("model.gdpa_activation=tanhh", r"gdpa_activation = 'tanhh' is not valid"),

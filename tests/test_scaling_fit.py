@@ -47,6 +47,14 @@ def test_saturating_fit_recovers_exponent_and_floor():
     assert _covers(fit, "b", 0.3)
     assert _covers(fit, "c", 0.4)
     assert fit.rms_residual < 0.004
+    assert fit.notes == ()
+
+
+def test_saturating_fit_flags_an_undetermined_exponent():
+    # A drop, then noise around a plateau: resampled fits run b to the bound (10), which the
+    # fit must say (these are the NEs of the CPU teacher-mode sweep in benchmarks/results).
+    fit = fit_saturating(COMPUTE[:4], [0.9316, 0.9261, 0.9248, 0.9263], n_boot=20)
+    assert any("do not determine" in n for n in fit.notes)
 
 
 def test_reducible_fit_uses_the_known_floor():

@@ -147,6 +147,8 @@ def _fit(args: argparse.Namespace) -> int:
             lo, hi = f.ci[key]
             print(f"  {form:10s} {key} = {f.exponent:.4g}  95% CI [{lo:.4g}, {hi:.4g}]  "
                   f"rms {f.rms_residual:.2g}")  # fmt: skip
+            for note in f.notes:
+                print(f"    note: {note}")
         for form, why in g.skipped.items():
             print(f"  {form:10s} skipped: {why}")
     ratios = []

@@ -36,6 +36,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 FORMS = ("power", "saturating", "reducible", "loglinear")
 CI_LEVEL = 0.95
+B_MAX = 10.0  # upper bound on the saturating fit's exponent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Fit:
     params: a, b (and c) for the power forms, ne0 and eta for loglinear; c0: the C the fit is
     centred at; stderr: covariance standard errors (None where undefined); ci: bootstrap
     interval per param; rms_residual: in NE units; exponent_samples: bootstrap samples of the
-    efficiency exponent (b or eta), kept for ratios and not written to JSON.
+    efficiency exponent (b or eta), kept for ratios and not written to JSON; notes: warnings
+    a reader must see (e.g. a parameter the points do not determine).
     """
 
     form: str
@@ -56,6 +58,7 @@ class Fit:
     n_points: int
     rms_residual: float
     exponent_samples: np.ndarray = dataclasses.field(repr=False, compare=False)
+    notes: tuple[str, ...] = ()
 
     @property
     def exponent(self) -> float:
@@ -81,6 +84,7 @@ class Fit:
             c0=self.c0,
             n_points=self.n_points,
             rms_residual=self.rms_residual,
+            notes=list(self.notes),
         )
 
 
@@ -178,8 +182,8 @@ def _curve_fit(x: np.ndarray, y: np.ndarray, p0: Sequence[float]) -> tuple[np.nd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)
         return curve_fit(
-            _saturating, x, y, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, 10.0, np.inf]),
-            maxfev=20_000,
+            _saturating, x, y, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, B_MAX, np.inf]),
+            maxfev=2_000,
         )  # fmt: skip
 
 
@@ -199,10 +203,12 @@ def fit_saturating(compute: Sequence[float], ne: Sequence[float], *, n_boot: int
     for _ in range(n_boot):
         try:
             q, _ = _curve_fit(x, fitted + rng.choice(resid, len(x), replace=True), p)
-        except RuntimeError:  # no convergence on this resample
+        except RuntimeError:  # no convergence on this resample: counted in the notes
             continue
         samples.append(q)
     s = np.asarray(samples).reshape(-1, 3)
+    if len(s) < 2:
+        raise RuntimeError(f"only {len(s)} of {n_boot} bootstrap refits converged")
     a_orig = p[0] * c0 ** p[1]
     stderr: dict[str, float | None] = dict(a=None, b=None, c=None)
     if np.all(np.isfinite(cov)):
@@ -220,8 +226,30 @@ def fit_saturating(compute: Sequence[float], ne: Sequence[float], *, n_boot: int
         n_points=len(x),
         rms_residual=0.0,
         exponent_samples=s[:, 1],
+        notes=_saturating_notes(p[1], _interval(s[:, 1]), n_boot - len(s), n_boot),
     )
     return _with_rms(fit, c, y)
+
+
+def _saturating_notes(
+    b: float, ci: tuple[float, float], failed: int, n_boot: int
+) -> tuple[str, ...]:
+    """Warnings when the points do not determine the saturating form: the exponent or its
+    interval reaches the fit's bound, or bootstrap refits fail to converge (their samples are
+    missing from the interval, which is then too narrow)."""
+    notes = []
+    if max(b, ci[1]) >= 0.999 * B_MAX:
+        notes.append(
+            f"b reaches the fit's bound {B_MAX:g} (estimate or interval): these points do not "
+            "determine the saturating form; prefer the power or reducible fit"
+        )
+    if failed > 0.05 * n_boot:
+        notes.append(
+            f"{failed} of {n_boot} bootstrap refits did not converge: these points do not "
+            "determine the saturating form and its interval is too narrow; prefer the power "
+            "or reducible fit"
+        )
+    return tuple(notes)
 
 
 def fit_loglinear(compute: Sequence[float], ne: Sequence[float], *, n_boot: int = 2000,

@@ -108,6 +108,8 @@ def plot_scaling(
                           xytext=(0, 3), textcoords="offset points", color="gray")  # fmt: skip
     ax_c.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="eval NE")
     ax_g.set(xscale="log", xlabel="forward GFLOPs / example", ylabel="eval NE")
+    for ax in (ax_c, ax_g):
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_l.set(xlabel="layers", ylabel="eval NE")
     for ax in (ax_c, ax_g, ax_l):
         ax.legend(fontsize=6)

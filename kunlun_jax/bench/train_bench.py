@@ -99,14 +99,11 @@ def ablation_variants(config: Config, platform: str) -> tuple[list[Variant], lis
         variants.append(Variant("-swa (full attention)", ("model.window=0", *windows)))
     else:
         notes.append("swa skipped: attention is already full (model.window = 0)")
-    for technique, field in (
-        ("compskip", "compskip"),
-        ("event_personalization", "event_personalization"),
-    ):
+    for field in ("compskip", "event_personalization"):
         if getattr(m, field):
-            variants.append(Variant(f"-{technique}", (f"model.{field}=false",)))
+            variants.append(Variant(f"-{field}", (f"model.{field}=false",)))
         else:
-            notes.append(f"{technique} skipped: model.{field} is already false")
+            notes.append(f"{field} skipped: model.{field} is already false")
     return variants, notes
 
 
@@ -138,16 +135,13 @@ def _real_lengths(config: Config, spec: Any, batches: Sequence[Any]) -> dict[str
 
 
 def _flops(config: Config, spec: Any, batches: Sequence[Any], compiled: Any, n_dev: int) -> dict:
+    """The record's flops section; XLA's per-device count of the step scaled to the global batch."""
+    batch_size = config.train.batch_size
     xla_step, _ = xla_cost(compiled)
+    xla = None if xla_step is None else xla_step * n_dev / batch_size
     lengths = _real_lengths(config, spec, batches) if analytic_arch(config) else None
     return flops_section(
-        config,
-        spec,
-        batch_size=config.train.batch_size,
-        xla_train_per_example=None
-        if xla_step is None
-        else xla_step * n_dev / config.train.batch_size,
-        real_lengths=lengths,
+        config, spec, batch_size=batch_size, xla_train_per_example=xla, real_lengths=lengths
     )
 
 
