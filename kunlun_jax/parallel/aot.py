@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from kunlun_jax.bench.estimate import estimate_record
 from kunlun_jax.config import Config
 from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.flops import model_flops
@@ -122,6 +123,10 @@ def compile_train_step(config: Config, topology: str) -> dict[str, Any]:
         "params": analytic.params,
         "unsharded_params": list(layout.plan.unsharded),
         "environment": environment(),
+        # The same compile as a `kunlun-jax compare` record (with a roofline step-time bound).
+        "bench_record": estimate_record(
+            compiled, config, spec, config_name=config.name, topology=topology
+        ),
     }
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from kunlun_jax.bench.schema import validate_record
 from kunlun_jax.cli import main
 from kunlun_jax.parallel.aot import collectives
 
@@ -35,8 +36,9 @@ SMALL_PALLAS = [
 
 
 def test_compile_for_a_v5e_slice_reports_memory_flops_collectives_and_kernels(tmp_path, capsys):
-    out = tmp_path / "report.json"
+    out, record = tmp_path / "report.json", tmp_path / "record.json"
     args = ["compile", "--config", "tiny", "--topology", "v5e:2x2", "--out", str(out)]
+    args += ["--record", str(record)]
     assert main(args + [a for o in SMALL_PALLAS for a in ("--set", o)]) == 0
     text = capsys.readouterr().out
     assert "compiled for v5e:2x2 (4 x TPU v5 lite)" in text
@@ -53,6 +55,7 @@ def test_compile_for_a_v5e_slice_reports_memory_flops_collectives_and_kernels(tm
     # fsdp needs weight all-gathers and gradient reductions.
     assert report["collectives_per_device"]["all-reduce"]["count"] > 0
     assert report["collectives_per_device"]["all-gather"]["count"] > 0
+    validate_record(json.loads(record.read_text()))  # what `kunlun-jax compare` reads
     kernels = set(report["mosaic_kernels"])
     assert {"gdpa_fwd_tpu", "gdpa_dq_tpu"} <= kernels, kernels
 
