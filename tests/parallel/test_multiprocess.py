@@ -1,6 +1,6 @@
 """Multi-host training for real: two processes (2 CPU devices each, gloo collectives) joined by
 `jax.distributed`, each reading only its rows of every batch, against one process with the
-same 4 devices. Slow (three separate trainings): `pytest -m slow tests/parallel`."""
+same 4 devices. Slow (three separate trainings), still part of `make test`."""
 
 from __future__ import annotations
 
