@@ -131,10 +131,14 @@ def _sweep_file(path: Path) -> Path:
     return path / SWEEP_FILE if path.is_dir() else path
 
 
+_DEVICE_KEYS = ("device_kind", "platform", "device_count", "jax", "jaxlib", "flax", "tokamax")
+
+
 def _fit(args: argparse.Namespace) -> int:
     from kunlun_jax.bench.fit import efficiency_ratio, fit_group, group_points
     from kunlun_jax.bench.plots import plot_scaling
     from kunlun_jax.bench.schema import SWEEP_SCHEMA, load
+    from kunlun_jax.provenance import environment
 
     files = [_sweep_file(p) for p in args.sweeps]
     points = [pt for f in files for pt in load(f, SWEEP_SCHEMA)["points"]]
@@ -174,6 +178,14 @@ def _fit(args: argparse.Namespace) -> int:
         sources=[str(f) for f in files],
         groups=[g.to_json() for g in groups],
         ratios=ratios,
+        # The fitted points' devices and versions (each point also keeps its own), and this fit's.
+        measured_on=[
+            dict(env)
+            for env in sorted(
+                {tuple((k, pt["environment"][k]) for k in _DEVICE_KEYS) for pt in points}
+            )
+        ],
+        environment=environment(),
         note="real-data and synthetic (teacher / planted) groups are fitted separately; "
         "see each group's data label",
     )
