@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -188,18 +188,3 @@ def state_shardings(abstract_state: Any, specs: Any, mesh: Mesh) -> Any:
         ),
         opt_state=jax.tree_util.tree_map_with_path(opt_leaf, abstract_state.opt_state),
     )
-
-
-def describe(shardings: Any, abstract: Any) -> Mapping[str, Any]:
-    """Bytes per device of the largest leaves (for reports and tests)."""
-    rows = {}
-    for (path, sh), leaf in zip(
-        jax.tree_util.tree_flatten_with_path(shardings)[0], jax.tree.leaves(abstract), strict=True
-    ):
-        shard_shape = sh.shard_shape(leaf.shape)
-        rows[jax.tree_util.keystr(path)] = {
-            "shape": tuple(leaf.shape),
-            "spec": str(sh.spec),
-            "bytes_per_device": int(np.prod(shard_shape)) * leaf.dtype.itemsize,
-        }
-    return rows

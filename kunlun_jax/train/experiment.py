@@ -40,13 +40,6 @@ from kunlun_jax.train.state import (
 )
 
 
-def init_params(model: nn.Module, example: dict[str, Any], seed: int) -> tuple[Any, Any]:
-    """(params, labels) on the default device: unboxed fp32 params and their optimizer labels
-    (embedding / dense). For quick single-device use; training uses `build_experiment`."""
-    boxed = jax.jit(model.init)(_init_key(seed), example)["params"]
-    return nn.unbox(boxed), param_labels(boxed)
-
-
 def _init_key(seed: int) -> jax.Array:
     """Initializers draw from an "rbg" key: XLA's native bit generator compiles several times
     faster than threefry for the hundreds of parameter initializers."""
