@@ -67,6 +67,10 @@ class DataConfig:
     )
     path: str = ""  # raw or prepared data directory for the real datasets
     max_len: int = 50  # real datasets: most recent events kept per history stream
+    # Pad each batch's histories only to the smallest of these lengths that fits its longest
+    # history (else the stored length) instead of always to the stored length; each distinct
+    # padded shape compiles the step once. () = always the stored length.
+    length_buckets: tuple[int, ...] = ()
     num_train: int = 100_000  # synthetic: examples per epoch
     num_eval: int = 10_000  # synthetic: held-out examples
     seed: int = 0
@@ -380,6 +384,16 @@ def validate(config: Config) -> None:
     _validate_mesh(config.mesh)
     _require(d.num_train > 0 and d.num_eval > 0, "data.num_train and data.num_eval must be > 0")
     _require(d.max_len > 0, f"data.max_len must be > 0, got {d.max_len}")
+    _require(
+        list(d.length_buckets) == sorted(set(d.length_buckets)),
+        f"data.length_buckets must be strictly increasing, got {list(d.length_buckets)}",
+    )
+    n_tok = max([m.n_tok, *(t.n_tok for t in m.streams.values())])
+    _require(
+        all(b >= n_tok for b in d.length_buckets),
+        f"data.length_buckets must all be >= the HSP/recent-token count n_tok ({n_tok}), got "
+        f"{list(d.length_buckets)}",
+    )
 
     s = d.synthetic
     for name in ("num_users", "num_items", "num_categories", "latent_dim", "max_history"):

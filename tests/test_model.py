@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kunlun_jax.config import ModelConfig, StreamTower
+from kunlun_jax.data.pipeline import trim_to_buckets
 from kunlun_jax.model import Kunlun
 from kunlun_jax.model.towers import layer_roles, resolve_towers
 from tests.conftest import random_batch
@@ -76,6 +77,16 @@ def test_padded_positions_never_change_the_output(compiled_small, seed):
     base = np.asarray(apply(params, batch))
     scrambled = np.asarray(apply(params, _scramble_padding(batch, spec, seed + 1)))
     np.testing.assert_array_equal(base, scrambled)
+
+
+def test_trimming_padding_to_a_bucket_keeps_the_output(compiled_small):
+    """data.length_buckets cuts trailing padding: same logits (up to float reordering)."""
+    spec, params, apply = compiled_small
+    lengths = {s.name: np.array([0, 1, 3, 5, 2, 4]) for s in spec.streams}
+    batch = random_batch(spec, 6, seed=3, lengths=lengths)
+    trimmed = trim_to_buckets(batch, (5, 8))
+    assert {s: v["item"].shape[1] for s, v in trimmed["seqs"].items()} == {"click": 5, "view": 5}
+    np.testing.assert_allclose(apply(params, trimmed), apply(params, batch), rtol=1e-5, atol=1e-6)
 
 
 def test_real_events_do_change_the_output(compiled_small):

@@ -803,14 +803,8 @@ class MovieLensSource:
 
     def batch(self, indices: Sequence[int]) -> Batch:
         """The examples at `indices` stacked along a leading batch axis [B, ...]."""
-        index = np.asarray(indices, np.int64).reshape(-1)
-        index = np.where(index < 0, index + self._len, index)
-        bad = (index < 0) | (index >= self._len)
-        if bad.any():
-            i = np.asarray(indices).reshape(-1)[np.argmax(bad)]
-            raise IndexError(f"index {i} out of range for {self._len} examples")
         a = self.prepared.arrays
-        p = self._start + index
+        p = self._positions(indices)
         user, item, ts = a["event_user"][p], a["event_item"][p], a["event_ts"][p]
         bound = np.searchsorted(a["event_ts"], ts, "left")  # events before it: strictly older
         seqs, user_counts, item_counts = {}, {}, {}
@@ -837,6 +831,27 @@ class MovieLensSource:
             "label": (a["event_half_stars"][p] >= LIKE_HALF_STARS).astype(np.float32),
             "seqs": seqs,
         }
+
+    def lengths(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """{stream: int32 [B]} the history lengths of `batch(indices)`, without building it."""
+        a = self.prepared.arrays
+        p = self._positions(indices)
+        bound = np.searchsorted(a["event_ts"], a["event_ts"][p], "left")
+        out = {}
+        for s in STREAMS:
+            start, end = self._by_user[s].span(a["event_user"][p], bound)
+            out[s] = np.minimum(end - start, self.max_len).astype(np.int32)
+        return out
+
+    def _positions(self, indices: Sequence[int]) -> np.ndarray:
+        """Positions [B] in the time-sorted event arrays of examples `indices` of this split."""
+        index = np.asarray(indices, np.int64).reshape(-1)
+        index = np.where(index < 0, index + self._len, index)
+        bad = (index < 0) | (index >= self._len)
+        if bad.any():
+            i = np.asarray(indices).reshape(-1)[np.argmax(bad)]
+            raise IndexError(f"index {i} out of range for {self._len} examples")
+        return self._start + index
 
     def _history(
         self, timeline: _Timeline, start: np.ndarray, end: np.ndarray, ts: np.ndarray

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -34,42 +34,89 @@ def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
     raise ValueError(f"data.source = {cfg.source!r} has no loader")
 
 
+def bucket_length(longest: int, buckets: Sequence[int], max_len: int) -> int:
+    """The padded length for a stream whose longest history in the batch is `longest`: the
+    smallest bucket >= longest, or `max_len` (the stored length) when no smaller bucket fits."""
+    return min((b for b in buckets if longest <= b < max_len), default=max_len)
+
+
+def trim_to_buckets(
+    batch: Batch, buckets: Sequence[int], lengths: Mapping[str, np.ndarray] | None = None
+) -> Batch:
+    """`batch` with its history streams [B, T_s] cut to T = `bucket_length` of the longest
+    history over all streams (each stream to min(T, T_s)), so a run compiles at most
+    len(buckets) + 1 input shapes however many streams there are.
+
+    Histories are newest-first and padded at the end, so cutting drops padding only. lengths:
+    {stream: [N]} history lengths to size the bucket from (default: the batch's own); in
+    multi-host training they are the whole global batch's, so every host picks the same shape.
+    """
+    seqs = batch["seqs"]
+    lengths = lengths or {name: seq["length"] for name, seq in seqs.items()}
+    longest = max(int(np.max(n, initial=0)) for n in lengths.values())
+    stored = max(seq["item"].shape[1] for seq in seqs.values())
+    t = bucket_length(longest, buckets, stored)
+    cut = {
+        name: {k: v if k == "length" else v[:, :t] for k, v in seq.items()}
+        for name, seq in seqs.items()
+    }
+    return {**batch, "seqs": cut}
+
+
 def train_iterator(
-    source: Any, batch_size: int, *, seed: int, rows: slice | None = None, num_threads: int = 2
+    source: Any,
+    batch_size: int,
+    *,
+    seed: int,
+    rows: slice | None = None,
+    buckets: Sequence[int] = (),
+    num_threads: int = 2,
 ) -> grain.DatasetIterator:
     """Endless shuffled global batches (reshuffled every epoch) with get_state()/set_state().
 
     rows: the rows of every global batch this host reads (multi-host training; default all).
     The global batch order depends only on `seed`, never on the number of hosts, and a host
     materializes only its own rows (`source.batch(indices)`).
+    buckets: pad histories to bucketed lengths (`trim_to_buckets`) instead of the stored
+    maximum; a host reading part of each batch sizes them from `source.lengths(indices)` of
+    the whole global batch, so all hosts agree on the shapes.
     """
     if len(source) < batch_size:
         raise ValueError(
             f"train.batch_size ({batch_size}) exceeds the training set ({len(source)} examples)"
         )
+    partial = rows is not None and rows != slice(0, batch_size)
+
+    def load(indices: np.ndarray) -> Batch:
+        batch = source.batch(indices[rows] if partial else indices)
+        if not buckets:
+            return batch
+        return trim_to_buckets(batch, buckets, source.lengths(indices) if partial else None)
+
     ds = (
         grain.MapDataset.range(len(source))
         .shuffle(seed=seed)
         .repeat(None)
         .batch(batch_size, drop_remainder=True)
+        .map(load)
     )
-    if rows is not None and rows != slice(0, batch_size):
-        ds = ds.map(lambda indices: indices[rows])
-    ds = ds.map(source.batch)
     return iter(
         ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
     )
 
 
-def eval_batches(source: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:
+def eval_batches(
+    source: Any, batch_size: int, buckets: Sequence[int] = ()
+) -> Iterator[tuple[Batch, int]]:
     """Every example exactly once, in order, as (batch, n_real): the last batch is padded to
-    `batch_size` by repeating its last example (static shapes), n_real counts the real rows."""
+    `batch_size` by repeating its last example (static shapes), n_real counts the real rows.
+    buckets: as in `train_iterator`."""
     ds = grain.MapDataset.range(len(source)).batch(batch_size, drop_remainder=False)
     for batch in ds.map(source.batch):
         n = len(batch["label"])
         if n < batch_size:
             batch = _pad_rows(batch, batch_size)
-        yield batch, n
+        yield (trim_to_buckets(batch, buckets) if buckets else batch), n
 
 
 def _pad_rows(tree: Any, size: int) -> Any:

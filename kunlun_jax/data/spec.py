@@ -7,7 +7,8 @@ One example (a batch adds a leading `B` axis to every array):
       "dense":  float32 [n_dense]  finite dense features
       "label":  float32 []         click label in {0, 1}
       "seqs": {stream_name: {
-          "item":   int32 [T]      item ids, newest event first; 0 is padding
+          "item":   int32 [T]      item ids, newest event first; 0 is padding (T <= max_len:
+                                   the stored length, or a shorter bucket, data.length_buckets)
           "side":   int32 [T]      one categorical side feature per event (category, rating, ...)
           "dt":     float32 [T]    seconds between the event and the request (>= 0)
           "length": int32 []       number of real events; positions >= length are padding
@@ -117,13 +118,15 @@ def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
     for s in spec.streams:
         where = f"seqs.{s.name}"
         seq = {f"{where}.{k}": v for k, v in seqs[s.name].items()}
-        item = _check_array(seq, f"{where}.item", "iu", (b, s.max_len))
-        side = _check_array(seq, f"{where}.side", "iu", (b, s.max_len))
-        dt = _check_array(seq, f"{where}.dt", "f", (b, s.max_len))
+        shape = np.shape(seq.get(f"{where}.item"))  # bucketed batches: any padded T <= max_len
+        t = shape[1] if len(shape) == 2 and 0 < shape[1] <= s.max_len else s.max_len
+        item = _check_array(seq, f"{where}.item", "iu", (b, t))
+        side = _check_array(seq, f"{where}.side", "iu", (b, t))
+        dt = _check_array(seq, f"{where}.dt", "f", (b, t))
         length = _check_array(seq, f"{where}.length", "iu", (b,))
         _check(
-            bool(np.all((length >= 0) & (length <= s.max_len))),
-            f"{where}.length must be in [0, {s.max_len}]; truncate longer histories",
+            bool(np.all((length >= 0) & (length <= t))),
+            f"{where}.length must be in [0, {t}] (the padded length); truncate longer histories",
         )
         _check(
             bool(np.all((item >= 0) & (item < s.item_vocab_size))),
@@ -133,7 +136,7 @@ def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
             bool(np.all((side >= 0) & (side < s.side_vocab_size))),
             f"{where}.side has ids outside [0, {s.side_vocab_size})",
         )
-        real = np.arange(s.max_len)[None, :] < length[:, None]
+        real = np.arange(t)[None, :] < length[:, None]
         _check(bool(np.all(item[real] > 0)), f"{where}.item uses padding id 0 for a real event")
         _check(
             bool(np.all(np.isfinite(dt[real]) & (dt[real] >= 0))),

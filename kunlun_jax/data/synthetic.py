@@ -367,6 +367,25 @@ def _pick_items(world: World, taste: np.ndarray, strength: np.ndarray, u: np.nda
     return options[np.arange(len(options)), _softmax_pick(strength[:, None] * affinity, u[:, 0])]
 
 
+def _head_uniforms(keys: np.ndarray) -> np.ndarray:
+    """Request-level uniforms [B, C] (their slots are listed in `_sample_requests`)."""
+    return _uniforms(keys, 0, 12 + EVENT_CHOICES + 1)
+
+
+def _users(cfg: SyntheticConfig, head: np.ndarray) -> np.ndarray:
+    """User ids [B] drawn from the request uniforms."""
+    return np.minimum((head[:, 0] * cfg.num_users).astype(np.int64), cfg.num_users - 1)
+
+
+def _history_lengths(
+    cfg: SyntheticConfig, world: World, head: np.ndarray, user: np.ndarray
+) -> np.ndarray:
+    """Long-tailed history lengths [B, S] in [0, max_history]; 0 for cold-start requests."""
+    mean = cfg.mean_history * world.user_activity[user][:, None] * STREAM_RATES  # [B, S]
+    lengths = np.minimum((mean * -np.log1p(-head[:, 3:6])).astype(np.int64), cfg.max_history)
+    return lengths * (head[:, 6:7] >= COLD_START_PROB)
+
+
 def _sample_requests(
     cfg: SyntheticConfig, world: World, keys: np.ndarray
 ) -> tuple[Batch, _Inputs, np.ndarray]:
@@ -383,10 +402,10 @@ def _sample_requests(
     # Request-level uniforms: 0 user, 1 hour, 2 device, 3:6 lengths, 6 cold start, 7 drift phase,
     # 8 candidate kind, 9 popular candidate or retargeted event, 10 retargeted item, 11 label,
     # 12: taste-driven candidate.
-    head = _uniforms(keys, 0, 12 + EVENT_CHOICES + 1)
+    head = _head_uniforms(keys)
     z = _normals(_uniforms(keys, 1, 2 * (n_drift + n_dense)))  # request-level normals
 
-    user = np.minimum((head[:, 0] * cfg.num_users).astype(np.int64), cfg.num_users - 1)
+    user = _users(cfg, head)
     hour = np.searchsorted(world.hour_cdf, head[:, 1] * world.hour_cdf[-1], side="right")
     hour = np.minimum(hour, cfg.num_contexts - 1)
     device = np.searchsorted(world.device_cdf, head[:, 2] * world.device_cdf[-1], side="right")
@@ -395,9 +414,7 @@ def _sample_requests(
 
     # Long-tailed lengths, then the real events of all requests as one flat array [E], ordered
     # by (request, stream, position); position 0 is the newest event.
-    mean = cfg.mean_history * world.user_activity[user][:, None] * STREAM_RATES  # [B, S]
-    lengths = np.minimum((mean * -np.log1p(-head[:, 3:6])).astype(np.int64), t_max)
-    lengths *= head[:, 6:7] >= COLD_START_PROB
+    lengths = _history_lengths(cfg, world, head, user)
     real = np.arange(t_max) < lengths[..., None]  # [B, S, T]
     eb, es, et = np.nonzero(real)
     ue = _uniforms(keys[eb], 2 + es * t_max + et, EVENT_CHOICES + 4)  # [E, C + 4]
@@ -571,6 +588,13 @@ class SyntheticSource:
         batch["label"] = (u_label < p).astype(np.float32)
         batch["oracle_p"] = p.astype(np.float32)
         return batch
+
+    def lengths(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """{stream: int32 [B]} the history lengths of `batch(indices)`, without building it."""
+        index = np.array([self._check_index(i) for i in indices], np.int64)
+        head = _head_uniforms(_request_keys(self.seed, SPLITS[self.split], index))
+        lengths = _history_lengths(self.cfg, self.world, head, _users(self.cfg, head))
+        return {name: lengths[:, s].astype(np.int32) for s, name in enumerate(STREAMS)}
 
     def _check_index(self, index: int) -> int:
         i = int(index)

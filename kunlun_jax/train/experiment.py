@@ -148,7 +148,13 @@ def build_experiment(config: Config, devices: list[Any] | None = None) -> Experi
         init = jax.jit(_state_init(layout.model, layout.tx), out_shardings=layout.state_shardings)
         state = init(_init_key(tc.seed), example)
     rows = host_rows(layout.plan.batch_sharding(), tc.batch_size)
-    data_iter = train_iterator(train_source, tc.batch_size, seed=config.data.seed, rows=rows)
+    data_iter = train_iterator(
+        train_source,
+        tc.batch_size,
+        seed=config.data.seed,
+        rows=rows,
+        buckets=config.data.length_buckets,
+    )
     return Experiment(
         **{f.name: getattr(layout, f.name) for f in dataclasses.fields(Layout)},
         train_source=train_source,

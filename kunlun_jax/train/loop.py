@@ -6,7 +6,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,16 @@ def evaluate(
     *,
     put: Callable[[Batch], Batch] = lambda b: b,
     base_rate: float | None = None,
+    buckets: Sequence[int] = (),
 ) -> dict[str, float]:
     """NE, AUC, log loss, calibration (and the oracle NE on synthetic data) over `source`.
 
     predict: a jitted predict step, built once per run so evals reuse its compile.
     put: host batch -> device batch (e.g. `Experiment.global_batch` to shard it).
+    buckets: history length buckets (`data.length_buckets`).
     """
     metrics = StreamingMetrics(base_rate=base_rate)
-    for batch, n in eval_batches(source, batch_size):
+    for batch, n in eval_batches(source, batch_size, buckets):
         probs = to_host(predict(params, put(batch)))[:n]
         oracle = batch["oracle_p"][:n] if "oracle_p" in batch else None
         metrics.update(batch["label"][:n], probs, oracle)
@@ -123,6 +125,7 @@ def evaluate_run(
             config.train.batch_size,
             put=exp.global_batch,
             base_rate=base_rate,
+            buckets=config.data.length_buckets,
         )
     return {**metrics, "step": step}
 
@@ -221,6 +224,7 @@ def _evaluate(exp: Experiment, predict: Any, state: Any) -> dict[str, float]:
         exp.eval_source,
         exp.config.train.batch_size,
         put=exp.global_batch,
+        buckets=exp.config.data.length_buckets,
     )
 
 

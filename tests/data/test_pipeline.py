@@ -1,0 +1,107 @@
+"""grain pipelines: bucketed history padding (single- and multi-host) and sources' `lengths`."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kunlun_jax.config import ConfigError, SyntheticConfig, load_config
+from kunlun_jax.data import movielens as ml
+from kunlun_jax.data import synthetic as syn
+from kunlun_jax.data.pipeline import bucket_length, eval_batches, train_iterator
+from kunlun_jax.data.spec import validate_batch
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "ml-latest-small"
+SMALL_WORLD = SyntheticConfig(
+    num_users=40, num_items=60, num_categories=8, max_history=24, mean_history=3, num_dense=6
+)
+BUCKETS = (4, 8, 16)
+
+
+@pytest.mark.parametrize(
+    ("longest", "expected"), [(0, 4), (4, 4), (5, 8), (16, 16), (17, 24), (24, 24)]
+)
+def test_bucket_length_is_the_smallest_fitting_bucket_else_the_stored_length(longest, expected):
+    assert bucket_length(longest, BUCKETS, 24) == expected
+
+
+def test_a_bucket_at_or_above_the_stored_length_is_never_used():
+    assert bucket_length(3, (32,), 24) == 24
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> syn.SyntheticSource:
+    return syn.SyntheticSource(SMALL_WORLD, num_examples=2_000, seed=1, split="train")
+
+
+@pytest.fixture(scope="module")
+def movielens(tmp_path_factory: pytest.TempPathFactory) -> ml.MovieLensSource:
+    out = tmp_path_factory.mktemp("ml")
+    ml.prepare("movielens-latest-small", FIXTURE, out)
+    return ml.MovieLensSource(out, "train", max_len=24)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "movielens"])
+def test_lengths_match_the_batches(name, request):
+    source = request.getfixturevalue(name)
+    indices = np.random.default_rng(0).choice(len(source), 300, replace=False)
+    batch, lengths = source.batch(indices), source.lengths(indices)
+    assert lengths.keys() == batch["seqs"].keys()
+    for stream, seq in batch["seqs"].items():
+        assert lengths[stream].dtype == np.int32
+        np.testing.assert_array_equal(lengths[stream], seq["length"])
+
+
+@pytest.mark.parametrize("name", ["synthetic", "movielens"])
+def test_bucketed_batches_only_drop_padding(name, request):
+    source = request.getfixturevalue(name)
+    full = train_iterator(source, 2, seed=3)
+    bucketed = train_iterator(source, 2, seed=3, buckets=BUCKETS)
+    seen = set()
+    for a, b in itertools.islice(zip(full, bucketed, strict=True), 40):
+        validate_batch(b, source.spec)
+        np.testing.assert_array_equal(a["label"], b["label"])
+        longest = max(int(seq["length"].max()) for seq in b["seqs"].values())
+        t = bucket_length(longest, BUCKETS, max(s.max_len for s in source.spec.streams))
+        seen.add(t)
+        for stream, seq in b["seqs"].items():
+            assert seq["item"].shape[1] == min(t, a["seqs"][stream]["item"].shape[1])
+            for key in ("item", "side", "dt", "length"):
+                kept = a["seqs"][stream][key][:, :t] if key != "length" else seq["length"]
+                np.testing.assert_array_equal(seq[key], kept)
+            assert not np.any(a["seqs"][stream]["item"][:, t:])  # what was cut is padding
+    assert len(seen) > 1, f"only padded lengths {seen} occurred: the test checks too little"
+
+
+def test_hosts_reading_part_of_a_batch_pick_the_global_bucket(synthetic):
+    whole = train_iterator(synthetic, 32, seed=5, buckets=BUCKETS)
+    hosts = [
+        train_iterator(synthetic, 32, seed=5, rows=slice(r, r + 8), buckets=BUCKETS)
+        for r in range(0, 32, 8)
+    ]
+    for _ in range(8):
+        batch = next(whole)
+        parts = [next(h) for h in hosts]
+        for stream, seq in batch["seqs"].items():
+            for r, part in enumerate(parts):
+                np.testing.assert_array_equal(
+                    part["seqs"][stream]["item"], seq["item"][8 * r : 8 * r + 8]
+                )
+
+
+def test_eval_batches_bucket_too(synthetic):
+    shapes = {b["seqs"]["click"]["item"].shape[1] for b, _ in eval_batches(synthetic, 4, BUCKETS)}
+    assert shapes <= {*BUCKETS, SMALL_WORLD.max_history}
+    assert len(shapes) > 1
+
+
+@pytest.mark.parametrize(
+    ("buckets", "message"),
+    [("[8, 4]", "strictly increasing"), ("[4, 4]", "strictly increasing"), ("[1, 8]", "n_tok")],
+)
+def test_bad_buckets_name_the_field(buckets, message):
+    with pytest.raises(ConfigError, match=rf"data\.length_buckets.*{message}"):
+        load_config("tiny", [f"data.length_buckets={buckets}"])
