@@ -147,7 +147,8 @@ def _train(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from kunlun_jax.parallel.aot import compile_train_step, format_report
 
-    report = compile_train_step(load_config(args.config, args.overrides), args.topology)
+    config = load_config(args.config, args.overrides)
+    report = compile_train_step(config, args.topology, args.overrides or ())
     print(format_report(report))
     record = report.pop("bench_record")
     for path, payload in ((args.out, report), (args.record, record)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import shlex
 import sys
 from importlib import metadata
 
@@ -22,5 +23,5 @@ def environment() -> dict[str, object]:
         tokamax=metadata.version("tokamax"),
         python=sys.version.split()[0],
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        command=" ".join([sys.executable, *sys.argv]),
+        command=shlex.join([sys.executable, *sys.argv]),  # quoted: pastes back into a shell
     )

@@ -9,9 +9,10 @@ FLOPs count real (unpadded) tokens, per batch row and head: forward 4·q_len·kv
 for causal, kv_len → min(kv_len, 2w + 1) under a window; backward 2.5× forward. Softmax
 attention baselines are counted the same way at the same shapes. Backward is timed alone
 (the jitted VJP applied to saved residuals); fwd+bwd is one jitted grad. Baselines measured
-in the same run: a bf16 matmul (TFLOP/s: the practical tensor-core / MXU peak) and an
-elementwise device-to-device copy (GB/s); every result also reports its fraction of that
-matmul peak.
+in the same run (`kunlun_jax.bench.ceilings`): a bf16 matmul (TFLOP/s: the practical
+tensor-core / MXU peak; f32 on CPU) and an elementwise device-to-device copy (GB/s); every
+result also reports its fraction of that matmul and of the published bf16 peak
+(`kunlun_jax.bench.roofline.PEAKS`).
 
 Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_reference (plain jnp under
 XLA) and tokamax_<impl> softmax attention for impl in mosaic, triton, cudnn, xla, each named
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import tokamax
 
+from kunlun_jax.bench.ceilings import measure_ceilings, median_of_means
+from kunlun_jax.bench.roofline import table_peak
 from kunlun_jax.provenance import environment
 from pallas_kernels.gdpa import gdpa
 
@@ -107,18 +109,9 @@ def forward_flops(case: Case, q_lens: np.ndarray, kv_lens: np.ndarray) -> float:
     return flops / 2 if case.causal else flops
 
 
-def time_ms(fn: Callable, args: tuple, *, iters: int, warmup: int, repeats: int = 3) -> float:
-    """Median over `repeats` of the mean wall time (ms) of `iters` back-to-back calls."""
-    for _ in range(1 + warmup):  # the first call compiles
-        jax.block_until_ready(fn(*args))
-    means = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        means.append((time.perf_counter() - start) / iters * 1e3)
-    return float(np.median(means))
+def time_ms(fn: Callable, args: tuple, *, iters: int, warmup: int) -> float:
+    """`kunlun_jax.bench.ceilings.median_of_means` in milliseconds."""
+    return 1e3 * median_of_means(fn, args, iters=iters, warmup=warmup)
 
 
 def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | None) -> Callable:
@@ -223,19 +216,35 @@ def run_case(
     return result
 
 
-def baselines(smoke: bool, iters: int, warmup: int) -> dict:
-    """Same-run bf16 matmul TFLOP/s and elementwise copy GB/s (read + write)."""
-    n = 256 if smoke else 8192
-    a = jnp.ones((n, n), jnp.bfloat16)
-    mm_ms = time_ms(jax.jit(jnp.matmul), (a, a), iters=iters, warmup=warmup)
-    elems = (1 << 20) if smoke else (1 << 28)
-    x = jnp.ones((elems,), jnp.bfloat16)
-    copy_ms = time_ms(jax.jit(lambda x: x + 1), (x,), iters=iters, warmup=warmup)
+def baselines(smoke: bool, iters: int) -> dict:
+    """The device's ceilings measured in this run (`kunlun_jax.bench.ceilings`: a matmul in
+    bf16, f32 on CPU, and an elementwise copy) and its published bf16 peak (None on a CPU)."""
+    ceilings = measure_ceilings(
+        matmul_n=256 if smoke else None, copy_elements=(1 << 20) if smoke else None, iters=iters
+    )
+    peak = table_peak(jax.devices()[0].device_kind)
     return dict(
-        matmul_shape=[n, n, n],
-        matmul_bf16_tflops=2.0 * n**3 / mm_ms * 1e-9,
-        copy_bytes=2 * x.nbytes,
-        copy_gbps=2 * x.nbytes / copy_ms * 1e-6,
+        dataclasses.asdict(ceilings),
+        table_peak_bf16_tflops=peak.bf16_tflops if peak else None,
+        table_peak_source=peak.source if peak else None,
+    )
+
+
+def add_fractions(result: dict, ceilings: dict) -> None:
+    """Adds fwdbwd TFLOP/s as fractions of the same-run matmul and of the published peak."""
+    result["fwdbwd_fraction_of_matmul"] = result["fwdbwd_tflops"] / ceilings["matmul_tflops"]
+    table = ceilings["table_peak_bf16_tflops"]
+    result["fwdbwd_fraction_of_table_peak"] = result["fwdbwd_tflops"] / table if table else None
+
+
+def describe_baselines(report: dict) -> str:
+    """One line: device, same-run matmul and copy ceilings, published peak."""
+    b = report["baselines"]
+    table = b["table_peak_bf16_tflops"]
+    return (
+        f"{report['environment']['device_kind']}: {b['matmul_dtype']} matmul "
+        f"{b['matmul_tflops']:.3g} TFLOP/s, copy {b['copy_gbps']:.3g} GB/s, published bf16 peak "
+        + (f"{table} TFLOP/s" if table else "none")
     )
 
 
@@ -281,20 +290,16 @@ def main(argv: list[str] | None = None) -> dict:
     cases = smoke_cases() if args.smoke else default_cases(tuple(args.heads), args.head_dim)
     report = dict(
         environment=environment(),
-        baselines=baselines(args.smoke, args.iters, args.warmup),
+        baselines=baselines(args.smoke, args.iters),
         flops_convention="fwd 4·q·kv_eff·D per row·head on real tokens; bwd 2.5× fwd",
         results=[],
     )
-    peak = report["baselines"]["matmul_bf16_tflops"]
-    print(
-        f"{report['environment']['device_kind']}: bf16 matmul {peak:.1f} TFLOP/s, "
-        f"copy {report['baselines']['copy_gbps']:.1f} GB/s"
-    )
+    print(describe_baselines(report))
     for case in cases:
         for impl in args.impls:
             r = run_case(case, impl, args)
             if r["error"] is None:
-                r["fwdbwd_fraction_of_matmul"] = r["fwdbwd_tflops"] / peak
+                add_fractions(r, report["baselines"])
                 summary = " ".join(f"{k} {r[f'{k}_tflops']:8.3g}" for k in ("fwd", "bwd", "fwdbwd"))
             else:
                 summary = r["error"]

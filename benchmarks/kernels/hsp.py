@@ -18,8 +18,9 @@ kernel still does the tail's FLOPs; it only avoids the round trip), the measurem
 FLOPs count real (unpadded) tokens: pooling forward 4·S·Σ len·H·D, backward 2.5× forward;
 kv_gbps = bytes of the real K and V rows / pool_fwd time (HSP is memory-bound: S FLOPs per
 byte of K/V in bf16). examples_per_s = B / hsp_fwdbwd time. Baselines (bf16 matmul TFLOP/s,
-copy GB/s) are measured in the same run (`gdpa.baselines`). tokamax implementations are named
-explicitly; failures are recorded per implementation, not raised.
+copy GB/s, `kunlun_jax.bench.ceilings`) are measured in the same run (`gdpa.baselines`).
+tokamax implementations are named explicitly; failures are recorded per implementation, not
+raised.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from benchmarks.kernels.gdpa import (
     BWD_FLOPS_FACTOR,
     baselines,
     bench_parser,
+    describe_baselines,
     parse_bench_args,
     time_ms,
 )
@@ -221,11 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
     cases = smoke_cases() if args.smoke else default_cases(tuple(args.lengths))
     report = dict(
         environment=environment(),
-        baselines=baselines(args.smoke, args.iters, args.warmup),
+        baselines=baselines(args.smoke, args.iters),
         flops_convention="pool fwd 4·S·Σlen·H·D on real tokens; bwd 2.5× fwd",
         results=[],
     )
-    print(f"{report['environment']['device_kind']}: {report['baselines']}")
+    print(describe_baselines(report))
     for case in cases:
         r = run_case(case, args.impls, args)
         print(f"{case.name:24s} tail fwd+bwd {r['tail']['tail_fwdbwd_ms']:8.3f} ms")

@@ -29,8 +29,10 @@ from collections.abc import Callable
 from benchmarks.kernels.gdpa import (
     TOKENS_PER_BATCH,
     Case,
+    add_fractions,
     baselines,
     bench_parser,
+    describe_baselines,
     parse_bench_args,
     run_case,
 )
@@ -148,12 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     cases = smoke_cases() if args.smoke else default_cases(args.window, args.heads, args.head_dim)
     report = dict(
         environment=environment(),
-        baselines=baselines(args.smoke, args.iters, args.warmup),
+        baselines=baselines(args.smoke, args.iters),
         flops_convention="fwd 4·q·min(kv, 2w+1)·D per row·head on real tokens; bwd 2.5× fwd",
         results=[],
     )
-    env, peak = report["environment"], report["baselines"]["matmul_bf16_tflops"]
-    print(f"{env['device_kind']}: bf16 matmul {peak:.1f} TFLOP/s")
+    env = report["environment"]
+    print(describe_baselines(report))
     for case in cases:
         for impl in args.impls:
             if impl == "pallas_tpu" and env["platform"] != "tpu":
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 r = run_case(case, impl, args, make_attend=attention_fn)
             if r["error"] is None:
-                r["fwdbwd_fraction_of_matmul"] = r["fwdbwd_tflops"] / peak
+                add_fractions(r, report["baselines"])
                 summary = f"fwd {r['fwd_ms']:9.3f} ms  fwd+bwd {r['fwdbwd_ms']:9.3f} ms"
                 summary += f"  {r['fwdbwd_tflops']:8.3g} TFLOP/s"
             else:

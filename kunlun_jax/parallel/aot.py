@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -74,8 +75,11 @@ def _abstract(tree: Any, shardings: Any) -> Any:
     )
 
 
-def compile_train_step(config: Config, topology: str) -> dict[str, Any]:
-    """Compiles `config`'s sharded train step for `topology`; returns the report (JSON-able)."""
+def compile_train_step(
+    config: Config, topology: str, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Compiles `config`'s sharded train step for `topology`; returns the report (JSON-able).
+    overrides: the `--set` items `config` was loaded with (recorded in the compare record)."""
     devices = tpu_devices(topology)
     eval_source, spec = make_source(config.data, "eval")
     example = next(iter(eval_batches(eval_source, config.train.batch_size)))[0]
@@ -96,7 +100,9 @@ def compile_train_step(config: Config, topology: str) -> dict[str, Any]:
     memory = compiled.memory_analysis()
     # The same compile as a `kunlun-jax compare` record (with a roofline step-time bound);
     # it refuses a program XLA reports no FLOPs or bytes for.
-    record = estimate_record(compiled, config, spec, config_name=config.name, topology=topology)
+    record = estimate_record(
+        compiled, config, spec, config_name=config.name, topology=topology, overrides=overrides
+    )
     per_device_flops, per_device_bytes = xla_cost(compiled)
     analytic = model_flops(config.model, spec, batch_size=config.train.batch_size)
     n = len(mesh.devices.flat)

@@ -89,5 +89,6 @@ def run_benchmark_smoke(args: Sequence[str], out: Path, *, timeout: int) -> dict
     for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):
         assert env_info[key], key
     assert "--smoke" in env_info["command"]
-    assert report["baselines"]["matmul_bf16_tflops"] > 0
+    assert report["baselines"]["matmul_tflops"] > 0
+    assert report["baselines"]["copy_gbps"] > 0
     return report
