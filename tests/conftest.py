@@ -27,6 +27,23 @@ import pytest
 
 from kunlun_jax.data.spec import FeatureSpec, StreamSpec
 
+# `tiny` shrunk for training tests (one CompSkip pair, short histories, one device): tests that
+# train use these overrides so that the compile cache shares their programs.
+FAST_TINY = [
+    "data.num_train=2048",
+    "data.num_eval=512",
+    "data.synthetic.max_history=8",
+    "data.synthetic.mean_history=4",
+    "model.d_model=16",
+    "model.num_layers=2",
+    "model.n_seed=4",
+    "model.head_hidden=[16]",
+    "model.streams.impression.max_len=4",
+    "train.batch_size=64",
+    "train.steps=6",
+    "mesh.data=1",
+]
+
 
 @pytest.fixture
 def tiny_spec() -> FeatureSpec:

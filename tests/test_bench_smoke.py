@@ -10,25 +10,12 @@ from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
 from kunlun_jax.bench.train_bench import ablation_variants
 from kunlun_jax.cli import main
 from kunlun_jax.config import ConfigError, load_config
+from tests.conftest import FAST_TINY
 
-# One CompSkip pair, short histories: tests/test_train.py's FAST config, so the compile cache
-# shares programs with it. The optimizer schedule decays over max(steps, warmup_steps + 1) =
+# tests/test_train.py's config too, so the compile cache shares programs with it. The optimizer schedule decays over max(steps, warmup_steps + 1) =
 # 51 steps for any steps <= 50, so the bench and both sweep points (train.steps = 3 and 6)
 # run one and the same compiled train step.
-SMALL = [
-    "data.num_train=2048",
-    "data.num_eval=512",
-    "data.synthetic.max_history=8",
-    "data.synthetic.mean_history=4",
-    "model.d_model=16",
-    "model.num_layers=2",
-    "model.n_seed=4",
-    "model.head_hidden=[16]",
-    "model.streams.impression.max_len=4",
-    "train.batch_size=64",
-    "train.steps=6",
-    "mesh.data=1",
-]
+SMALL = FAST_TINY
 
 
 def _sets(overrides):

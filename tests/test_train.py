@@ -20,24 +20,10 @@ from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import build_experiment
 from kunlun_jax.train.loop import prepare_run_dir, train
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
+from tests.conftest import FAST_TINY
 
 # Small and fast: one CompSkip pair, short histories, a few steps.
-FAST = [
-    "data.num_train=2048",
-    "data.num_eval=512",
-    "data.synthetic.max_history=8",
-    "data.synthetic.mean_history=4",
-    "model.d_model=16",
-    "model.num_layers=2",
-    "model.n_seed=4",
-    "model.head_hidden=[16]",
-    "model.streams.impression.max_len=4",
-    "train.batch_size=64",
-    "train.steps=6",
-    "train.log_every=2",
-    "train.checkpoint_every=3",
-    "mesh.data=1",
-]
+FAST = [*FAST_TINY, "train.log_every=2", "train.checkpoint_every=3"]
 
 
 def _train_args(runs: Path, name: str, *extra: str) -> list[str]:

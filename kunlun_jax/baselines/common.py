@@ -33,6 +33,19 @@ def mean_summary(s: jax.Array, lengths: jax.Array, n_tok: int, name: str) -> jax
     )
 
 
+def tokens_with_mean_summaries(
+    cfg: ModelConfig, spec: FeatureSpec, batch: Batch, n_tok: int
+) -> jax.Array:
+    """[X ; mean summaries] [B, n_ns + n_tok · streams, d]: the non-sequence tokens followed by
+    each stream's `mean_summary` (modules `pool_<stream>` of the calling module)."""
+    x, seqs = embed(cfg, spec, batch)
+    pooled = [
+        mean_summary(seqs[s.name], batch["seqs"][s.name]["length"], n_tok, f"pool_{s.name}")
+        for s in spec.streams
+    ]
+    return jnp.concatenate([x, *pooled], axis=1)
+
+
 def candidate_query(spec: FeatureSpec, stream: StreamSpec, x: jax.Array) -> jax.Array | None:
     """The candidate's token [B, d] in a stream's terms: the sum of the non-sequence tokens of
     the sparse features whose tables embed the stream's items and sides (a history token is

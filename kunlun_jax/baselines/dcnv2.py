@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kunlun_jax.baselines.common import embed, mean_summary
+from kunlun_jax.baselines.common import tokens_with_mean_summaries
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
 from kunlun_jax.model.common import MLP, Dense
@@ -48,13 +48,8 @@ class DCNv2(nn.Module):
     @nn.compact
     def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
         c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-        x, seqs = embed(c, self.spec, batch)
-        b = x.shape[0]
-        pooled = [
-            mean_summary(seqs[s.name], batch["seqs"][s.name]["length"], 1, f"pool_{s.name}")
-            for s in self.spec.streams
-        ]
-        x0 = jnp.concatenate([x, *pooled], axis=1).reshape(b, -1)
+        z = tokens_with_mean_summaries(c, self.spec, batch, 1)
+        x0 = z.reshape(z.shape[0], -1)
         h = CrossNetwork(c.num_layers, dtype=dtype, name="cross")(x0)
         h = nn.Dropout(c.dropout, deterministic=not train)(h)
         return MLP(c.head_hidden, 1, dtype=dtype, name="deep")(h)[:, 0].astype(jnp.float32)

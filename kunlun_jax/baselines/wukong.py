@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kunlun_jax.baselines.common import embed, mean_summary
+from kunlun_jax.baselines.common import tokens_with_mean_summaries
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
 from kunlun_jax.model.common import MLP, LayerNorm
@@ -30,13 +30,8 @@ class WukongRanker(nn.Module):
     @nn.compact
     def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
         c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-        x, seqs = embed(c, self.spec, batch)
-        b = x.shape[0]
-        pooled = [
-            mean_summary(seqs[s.name], batch["seqs"][s.name]["length"], c.n_tok, f"pool_{s.name}")
-            for s in self.spec.streams
-        ]
-        z = jnp.concatenate([x, *pooled], axis=1)
+        z = tokens_with_mean_summaries(c, self.spec, batch, c.n_tok)
+        b = z.shape[0]
         for i in range(c.num_layers):
             layer = MixtureOfWukong(
                 z.shape[1],
