@@ -93,7 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a field of every config, e.g. --set data.path=/tmp/ml100k (repeatable)",
     )
     study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    study.add_argument("--runs-dir", type=Path, help="default: runs/study-<timestamp>")
+    study.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="default: runs/study-<timestamp>; finished runs of the same config found here are "
+        "read back, not trained again (a study resumes)",
+    )
     study.add_argument("--out", type=Path, help="write the study JSON here")
     study.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     study.add_argument(

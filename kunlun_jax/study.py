@@ -17,6 +17,7 @@ selects on, and the JSON says which split was used.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -95,11 +96,24 @@ def model_cost(config: Config) -> dict[str, Any]:
     }
 
 
+def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
+    """The final eval metrics of a finished training of exactly `config` in `run_dir`, or None
+    (no such run, unfinished, or another config): a study re-run reads such runs back."""
+    metrics, saved = run_dir / "metrics.json", run_dir / "config.json"
+    if not (metrics.is_file() and saved.is_file()):
+        return None
+    if json.loads(saved.read_text()) != json.loads(json.dumps(to_dict(config))):
+        return None
+    return json.loads(metrics.read_text())
+
+
 def run_config(
     config: Config, seeds: Sequence[int], runs_dir: Path, *, progress: bool = False
 ) -> dict[str, Any]:
     """Trains `config` once per seed under runs_dir/<name>-seed<s>/ and evaluates each final
-    checkpoint on the test split. Returns the config's study entry (see `run_study`)."""
+    checkpoint on the test split. A seed whose run directory already holds a finished run of
+    the same config is not trained again (its train_wall_s is then None). Returns the config's
+    study entry (see `run_study`)."""
     from kunlun_jax.train.loop import evaluate_run, prepare_run_dir, train
 
     split = test_split(config)
@@ -107,12 +121,13 @@ def run_config(
     runs = []
     for seed in seeds:
         cfg = seeded(config, seed)
-        run_dir = prepare_run_dir(
-            runs_dir, f"{config.name}-seed{seed}", overwrite=True, resume=False
-        )
-        start = time.perf_counter()
-        final_eval = train(cfg, run_dir, progress=progress)
-        wall = time.perf_counter() - start
+        run_dir = Path(runs_dir) / f"{config.name}-seed{seed}"
+        final_eval, wall = finished_run(run_dir, cfg), None
+        if final_eval is None:
+            run_dir = prepare_run_dir(runs_dir, run_dir.name, overwrite=True, resume=False)
+            start = time.perf_counter()
+            final_eval = train(cfg, run_dir, progress=progress)
+            wall = time.perf_counter() - start
         runs.append(
             {
                 "seed": seed,

@@ -12,9 +12,10 @@ from kunlun_jax.cli import main
 from kunlun_jax.config import ConfigError, load_config
 from tests.conftest import FAST_TINY
 
-# tests/test_train.py's config too, so the compile cache shares programs with it. The optimizer schedule decays over max(steps, warmup_steps + 1) =
-# 51 steps for any steps <= 50, so the bench and both sweep points (train.steps = 3 and 6)
-# run one and the same compiled train step.
+# tests/test_train.py's config too, so the compile cache shares programs with it. The
+# optimizer schedule decays over max(steps, warmup_steps + 1) = 51 steps for any steps <= 50,
+# so the bench and both sweep points (train.steps = 3 and 6) run one and the same compiled
+# train step.
 SMALL = FAST_TINY
 
 

@@ -110,3 +110,14 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     assert "| dcnv2 | `dcnv2` | eval | 2 | 3 |" in printed
     assert (tmp_path / "t.md").read_text().strip() in printed
     assert main(["study", "--render", str(out)]) == 0
+    assert all(r["train_wall_s"] > 0 for r in entry["runs"])
+
+    # Re-running the study reads the finished runs back instead of training them again ...
+    assert main(args) == 0
+    (again,) = json.loads(out.read_text())["entries"]
+    assert [r["train_wall_s"] for r in again["runs"]] == [None, None]
+    assert again["summary"] == entry["summary"]
+    # ... but a changed config trains again.
+    assert main([*args, "--set", "train.learning_rate=1e-2"]) == 0
+    (changed,) = json.loads(out.read_text())["entries"]
+    assert all(r["train_wall_s"] > 0 for r in changed["runs"])
