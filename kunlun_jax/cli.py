@@ -59,8 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--num-processes", type=int)
     dist.add_argument("--process-id", type=int)
 
-    ev = sub.add_parser("eval", help="evaluate the newest checkpoint of a run")
-    ev.add_argument("run_dir", type=Path, help="a run directory written by `train`")
+    ev = sub.add_parser("eval", help="evaluate the newest checkpoint of runs")
+    ev.add_argument(
+        "run_dirs", type=Path, nargs="+", help="run directories written by `train` (e.g. seeds)"
+    )
+    ev.add_argument(
+        "--split",
+        default="eval",
+        choices=["eval", "test"],
+        help="held-out split (test: real datasets only); NE is normalized by its base rate",
+    )
 
     data = sub.add_parser("data", help="prepare or download real datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -164,10 +172,15 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from kunlun_jax.study import METRICS, mean_std
     from kunlun_jax.train.loop import evaluate_run
 
-    metrics = evaluate_run(args.run_dir)
-    print(json.dumps(metrics, indent=2))
+    runs = [{"run_dir": str(d), **evaluate_run(d, args.split)} for d in args.run_dirs]
+    if len(runs) == 1:
+        print(json.dumps(runs[0], indent=2))
+        return 0
+    summary = {k: mean_std([m[k] for m in runs]) for k in METRICS if all(k in m for m in runs)}
+    print(json.dumps({"split": args.split, "runs": runs, "summary": summary}, indent=2))
     return 0
 
 

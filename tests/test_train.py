@@ -67,6 +67,12 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys):
     assert out["step"] == 6
     assert out["ne"] == pytest.approx(trained["ne"], rel=1e-6)
     assert out["auc"] == pytest.approx(trained["auc"], rel=1e-6)
+    # Several runs (e.g. seeds): each run's metrics and their mean ± std.
+    assert main(["eval", str(run_dir), str(run_dir)]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["summary"]["ne"]["mean"] == pytest.approx(out["ne"], rel=1e-9)
+    assert both["summary"]["ne"]["std"] == 0.0
+    assert both["summary"]["ne"]["n"] == 2
 
 
 def test_bad_config_on_the_command_line_is_a_clear_error(tmp_path, capsys):
