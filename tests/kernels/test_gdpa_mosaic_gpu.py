@@ -1,0 +1,70 @@
+"""The Mosaic GPU GDPA forward kernel in the Mosaic GPU interpreter (CPU) against the reference.
+
+The interpreter runs the kernel's TMA copies, barriers and wgmma calls on the host; it does
+not check Hopper's SMEM layout rules, so passing here does not show the kernel compiles for a
+GPU (see the module docstring). Tolerances and error normalization as in test_gdpa.py.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pallas_kernels.common.activations import ACTIVATIONS
+from pallas_kernels.gdpa import gdpa_reference
+from pallas_kernels.gdpa.mosaic_gpu import gdpa_forward_mosaic_gpu
+from tests.kernels.helpers import as_f32, assert_close, normal_inputs
+
+TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    tq=st.integers(1, 130),
+    tkv=st.integers(1, 100),
+    heads=st.integers(1, 2),
+    head_dim=st.sampled_from([32, 64, 128]),
+    activation=st.sampled_from(sorted(ACTIVATIONS)),
+    dtype=st.sampled_from(sorted(TOLERANCE)),
+    data=st.data(),
+)
+def test_forward_matches_the_reference(batch, tq, tkv, heads, head_dim, activation, dtype, data):
+    q_lens = np.array(data.draw(st.lists(st.integers(0, tq), min_size=batch, max_size=batch)))
+    kv_lens = np.array(data.draw(st.lists(st.integers(0, tkv), min_size=batch, max_size=batch)))
+    q, k, v = normal_inputs(
+        tq * 1000 + tkv, [(batch, tq, heads, head_dim), *[(batch, tkv, heads, head_dim)] * 2], dtype
+    )
+    # Masked keys and values hold large values: they must contribute exactly nothing.
+    real_kv = np.arange(tkv)[None, :, None, None] < kv_lens[:, None, None, None]
+    k = jnp.where(real_kv, k, 1e3).astype(dtype)
+    v = jnp.where(real_kv, v, 1e3).astype(dtype)
+    kwargs = dict(
+        activation=activation,
+        qk_scale=0.5,
+        out_scale=1.0 / max(tkv, 1),
+        q_lengths=jnp.asarray(q_lens, jnp.int32),
+        kv_lengths=jnp.asarray(kv_lens, jnp.int32),
+    )
+    got = gdpa_forward_mosaic_gpu(q, k, v, interpret=True, **kwargs)
+    assert got.shape == q.shape
+    assert got.dtype == q.dtype
+    want = gdpa_reference(*as_f32(q, k, v), **kwargs)
+    assert_close(got, want, dtype, f"O ({activation})", tolerance=TOLERANCE)
+    padded_rows = np.arange(tq)[None, :] >= q_lens[:, None]
+    assert not np.any(np.asarray(got, np.float32)[padded_rows]), "padded query rows must be 0"
+
+
+def test_kv_too_long_for_shared_memory_is_a_clear_error():
+    q, k, v = normal_inputs(0, [(1, 64, 1, 128), (1, 1024, 1, 128), (1, 1024, 1, 128)], "bfloat16")
+    with pytest.raises(ValueError, match=r"shared memory.*backend='triton'"):
+        gdpa_forward_mosaic_gpu(q, k, v, interpret=True)
+
+
+def test_fp32_inputs_are_refused():
+    q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "float32")
+    with pytest.raises(ValueError, match="bf16 or f16"):
+        gdpa_forward_mosaic_gpu(q, k, v, interpret=True)
