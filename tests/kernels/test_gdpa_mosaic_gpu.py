@@ -1,4 +1,4 @@
-"""The Mosaic GPU GDPA forward kernel in the Mosaic GPU interpreter (CPU) against the reference.
+"""Mosaic GPU GDPA kernels (forward, backward) in the Mosaic GPU interpreter vs the reference.
 
 The interpreter runs the kernel's TMA copies, barriers and wgmma calls on the host; it does
 not check Hopper's SMEM layout rules, so passing here does not show the kernel compiles for a
@@ -6,6 +6,8 @@ GPU (see the module docstring). Tolerances and error normalization as in test_gd
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +17,8 @@ from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.gdpa import gdpa_reference
-from pallas_kernels.gdpa.mosaic_gpu import gdpa_forward_mosaic_gpu
-from tests.kernels.helpers import as_f32, assert_close, normal_inputs
+from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
+from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
 
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 
@@ -32,11 +34,19 @@ TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
     dtype=st.sampled_from(sorted(TOLERANCE)),
     data=st.data(),
 )
-def test_forward_matches_the_reference(batch, tq, tkv, heads, head_dim, activation, dtype, data):
+def test_values_and_gradients_match_the_reference(
+    batch, tq, tkv, heads, head_dim, activation, dtype, data
+):
     q_lens = np.array(data.draw(st.lists(st.integers(0, tq), min_size=batch, max_size=batch)))
     kv_lens = np.array(data.draw(st.lists(st.integers(0, tkv), min_size=batch, max_size=batch)))
-    q, k, v = normal_inputs(
-        tq * 1000 + tkv, [(batch, tq, heads, head_dim), *[(batch, tkv, heads, head_dim)] * 2], dtype
+    q, k, v, do = normal_inputs(
+        tq * 1000 + tkv,
+        [
+            (batch, tq, heads, head_dim),
+            *[(batch, tkv, heads, head_dim)] * 2,
+            (batch, tq, heads, head_dim),
+        ],
+        dtype,
     )
     # Masked keys and values hold large values: they must contribute exactly nothing.
     real_kv = np.arange(tkv)[None, :, None, None] < kv_lens[:, None, None, None]
@@ -49,11 +59,16 @@ def test_forward_matches_the_reference(batch, tq, tkv, heads, head_dim, activati
         q_lengths=jnp.asarray(q_lens, jnp.int32),
         kv_lengths=jnp.asarray(kv_lens, jnp.int32),
     )
-    got = gdpa_forward_mosaic_gpu(q, k, v, interpret=True, **kwargs)
+    kernel = functools.partial(gdpa_mosaic_gpu, interpret=True, **kwargs)
+    got, got_grads = value_and_grads(kernel, q, k, v, do)
     assert got.shape == q.shape
     assert got.dtype == q.dtype
-    want = gdpa_reference(*as_f32(q, k, v), **kwargs)
+    want, want_grads = value_and_grads(
+        functools.partial(gdpa_reference, **kwargs), *as_f32(q, k, v), do.astype(jnp.float32)
+    )
     assert_close(got, want, dtype, f"O ({activation})", tolerance=TOLERANCE)
+    for name, g, w in zip(("dQ", "dK", "dV"), got_grads, want_grads, strict=True):
+        assert_close(g, w, dtype, f"{name} ({activation})", tolerance=TOLERANCE)
     padded_rows = np.arange(tq)[None, :] >= q_lens[:, None]
     assert not np.any(np.asarray(got, np.float32)[padded_rows]), "padded query rows must be 0"
 
@@ -61,10 +76,10 @@ def test_forward_matches_the_reference(batch, tq, tkv, heads, head_dim, activati
 def test_kv_too_long_for_shared_memory_is_a_clear_error():
     q, k, v = normal_inputs(0, [(1, 64, 1, 128), (1, 1024, 1, 128), (1, 1024, 1, 128)], "bfloat16")
     with pytest.raises(ValueError, match=r"shared memory.*backend='triton'"):
-        gdpa_forward_mosaic_gpu(q, k, v, interpret=True)
+        gdpa_mosaic_gpu(q, k, v, interpret=True)
 
 
 def test_fp32_inputs_are_refused():
     q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "float32")
     with pytest.raises(ValueError, match="bf16 or f16"):
-        gdpa_forward_mosaic_gpu(q, k, v, interpret=True)
+        gdpa_mosaic_gpu(q, k, v, interpret=True)
