@@ -14,10 +14,10 @@ tensor-core / MXU peak; f32 on CPU) and an elementwise device-to-device copy (GB
 result also reports its fraction of that matmul and of the published bf16 peak
 (`kunlun_jax.bench.roofline.PEAKS`).
 
-Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_reference (plain jnp under
-XLA) and tokamax_<impl> softmax attention for impl in mosaic, triton, cudnn, xla, each named
-explicitly (tokamax's default list silently falls back to XLA). Failures are recorded per
-implementation, not raised.
+Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_mosaic_gpu (the Hopper
+wgmma kernel for short K/V), gdpa_reference (plain jnp under XLA) and tokamax_<impl> softmax
+attention for impl in mosaic, triton, cudnn, xla, each named explicitly (tokamax's default
+list silently falls back to XLA). Failures are recorded per implementation, not raised.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ from kunlun_jax.provenance import environment
 from pallas_kernels.gdpa import gdpa
 
 TOKAMAX_IMPLS = ("mosaic", "triton", "cudnn", "xla")
-ALL_IMPLS = ("gdpa_pallas", "gdpa_reference", *(f"tokamax_{i}" for i in TOKAMAX_IMPLS))
+GDPA_BACKENDS = {
+    "gdpa_pallas": "pallas",
+    "gdpa_mosaic_gpu": "pallas_mosaic_gpu",  # short K/V only; errors are recorded per case
+    "gdpa_reference": "reference",
+}
+ALL_IMPLS = (*GDPA_BACKENDS, *(f"tokamax_{i}" for i in TOKAMAX_IMPLS))
 SMOKE_IMPLS = ("gdpa_reference", "tokamax_xla")
 BWD_FLOPS_FACTOR = 2.5
 TOKENS_PER_BATCH = 16384  # batch = TOKENS_PER_BATCH // Tq keeps the work per case similar
@@ -118,7 +123,7 @@ def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | Non
     """attend(q, k, v, q_lengths, kv_lengths) -> o for one implementation."""
     scale = case.head_dim**-0.5
     if impl.startswith("gdpa_"):
-        backend = "pallas" if impl == "gdpa_pallas" else "reference"
+        backend = GDPA_BACKENDS[impl]
         blocks = dict(block_q=block_q, block_kv=block_kv) if backend == "pallas" else {}
 
         def attend(q, k, v, q_lens, kv_lens):

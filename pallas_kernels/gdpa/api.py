@@ -4,6 +4,8 @@ Backends:
 - "reference": plain jnp (`reference.gdpa_reference`), differentiated by JAX autodiff.
 - "pallas_tpu": Mosaic-TPU-style kernels (`tpu.py`, `tpu_vjp.py`).
 - "pallas_triton": Triton-lowered GPU kernels (`triton.py`, `triton_vjp.py`).
+- "pallas_mosaic_gpu": Hopper wgmma kernels for short K/V (`mosaic_gpu.py`; bf16/f16, no
+  window or causal mask; untested on a GPU, so only by name, never chosen by "auto").
 - "pallas": the platform's Pallas kernel (TPU → pallas_tpu, GPU → pallas_triton; on CPU,
   pallas_tpu in interpret mode).
 - "auto": pallas_tpu on TPU, pallas_triton on GPU, the reference on CPU.
@@ -25,6 +27,7 @@ from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_i
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
 from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
 from pallas_kernels.gdpa.reference import gdpa_reference
 from pallas_kernels.gdpa.tpu import gdpa_fwd_tpu
 from pallas_kernels.gdpa.tpu_vjp import gdpa_bwd_tpu
@@ -32,7 +35,7 @@ from pallas_kernels.gdpa.triton import gdpa_fwd_triton
 from pallas_kernels.gdpa.triton_vjp import gdpa_bwd_triton
 from pallas_kernels.gdpa.tuning import default_block_sizes
 
-BACKENDS = ("auto", "pallas", "pallas_tpu", "pallas_triton", "reference")
+BACKENDS = ("auto", "pallas", "pallas_tpu", "pallas_triton", "pallas_mosaic_gpu", "reference")
 HEAD_DIM_RANGE = (32, 256)  # head dims the Pallas backends support (inclusive)
 
 
@@ -85,6 +88,23 @@ def gdpa(
             kv_lengths=kv_lengths,
             window=window,
             causal=causal,
+        )
+    if impl == "pallas_mosaic_gpu":
+        if window is not None or causal:
+            raise ValueError(
+                "backend='pallas_mosaic_gpu' has no window or causal mask; use 'pallas_triton'"
+            )
+        _check_head_dim(q.shape[-1])
+        return gdpa_mosaic_gpu(
+            q,
+            k,
+            v,
+            activation=activation,
+            qk_scale=qk_scale,
+            out_scale=out_scale,
+            q_lengths=q_lengths,
+            kv_lengths=kv_lengths,
+            interpret=target_platform() != "gpu",
         )
     device = target_device()
     return gdpa_pallas(

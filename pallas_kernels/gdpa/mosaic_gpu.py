@@ -1,11 +1,11 @@
 """GDPA forward as a Pallas Mosaic GPU (Hopper wgmma) kernel for the personalized-FFN regime.
 
 Status: **forward and backward checked in the Mosaic GPU interpreter on CPU, never run on a
-GPU** (no GPU was lent while it was written). It is not selected by `gdpa(backend="auto")`;
-the Triton-lowered kernel stays the GPU path until this one is compiled and measured. Known
-gaps before it can run on hardware: the SMEM operands of `wgmma` carry no
-tiling / swizzle transforms yet (Hopper needs them; the interpreter does not), and nothing
-overlaps the copies with compute (one TMA round per tile, no warp specialization).
+GPU** (no GPU was lent while it was written). It runs as `gdpa(backend="pallas_mosaic_gpu")`
+and is never chosen by "auto"; the Triton-lowered kernel stays the GPU path until this one is
+compiled and measured. Known gaps before it can run on hardware: the SMEM operands of `wgmma`
+carry no tiling / swizzle transforms yet (Hopper needs them; the interpreter does not), and
+nothing overlaps the copies with compute (one TMA round per tile, no warp specialization).
 
 Regime: cross-attention with short K/V (Kunlun's GDPA FFN: Tkv = n_sum, 8-256), so a tile's
 whole K and V live in shared memory. One program per (batch row, head, 64-row query tile):
@@ -82,13 +82,15 @@ def gdpa_mosaic_gpu(
         raise ValueError(f"the Mosaic GPU GDPA kernel takes bf16 or f16 inputs, got {q.dtype}")
     get_activation(activation)  # a clear error for an unknown name
     _, tq, _, d = q.shape
+    if tq == 0 or k.shape[1] == 0:  # nothing to attend: no grid to launch
+        return jnp.zeros_like(q)
     tq_pad, tkv_pad, d_pad = round_up(tq, BLOCK_Q), round_up(k.shape[1], ALIGN), round_up(d, ALIGN)
     need = smem_bytes(tkv_pad, d_pad, jnp.dtype(q.dtype).itemsize)
     if need > SMEM_BUDGET_BYTES:
         raise ValueError(
             f"k/v length {k.shape[1]} with head dim {d} needs {need} bytes of shared memory "
             f"(> {SMEM_BUDGET_BYTES}); this kernel keeps K/V whole, for short K/V: use "
-            "backend='triton' for long ones"
+            "backend='pallas_triton' for long ones"
         )
     padded = pad_attention_inputs(
         q, k, v, q_lengths, kv_lengths, tq_pad=tq_pad, tkv_pad=tkv_pad, d_pad=d_pad

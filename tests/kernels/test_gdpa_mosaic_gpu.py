@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
-from pallas_kernels.gdpa import gdpa_reference
+from pallas_kernels.gdpa import gdpa, gdpa_reference
 from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
 from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
 
@@ -75,7 +75,7 @@ def test_values_and_gradients_match_the_reference(
 
 def test_kv_too_long_for_shared_memory_is_a_clear_error():
     q, k, v = normal_inputs(0, [(1, 64, 1, 128), (1, 1024, 1, 128), (1, 1024, 1, 128)], "bfloat16")
-    with pytest.raises(ValueError, match=r"shared memory.*backend='triton'"):
+    with pytest.raises(ValueError, match=r"shared memory.*backend='pallas_triton'"):
         gdpa_mosaic_gpu(q, k, v, interpret=True)
 
 
@@ -83,3 +83,14 @@ def test_fp32_inputs_are_refused():
     q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "float32")
     with pytest.raises(ValueError, match="bf16 or f16"):
         gdpa_mosaic_gpu(q, k, v, interpret=True)
+
+
+def test_the_public_op_runs_it_by_name_only():
+    q, k, v = normal_inputs(1, [(2, 70, 2, 64), (2, 24, 2, 64), (2, 24, 2, 64)], "bfloat16")
+    lens = jnp.array([70, 9], jnp.int32), jnp.array([24, 5], jnp.int32)
+    kwargs = dict(activation="gelu_tanh", out_scale=0.25, q_lengths=lens[0], kv_lengths=lens[1])
+    got = gdpa(q, k, v, backend="pallas_mosaic_gpu", **kwargs)
+    want = gdpa_reference(*as_f32(q, k, v), **kwargs)
+    assert_close(got, want, "bfloat16", "O", tolerance=TOLERANCE)
+    with pytest.raises(ValueError, match="no window or causal mask"):
+        gdpa(q, k, v, backend="pallas_mosaic_gpu", window=4)
