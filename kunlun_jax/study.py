@@ -102,7 +102,7 @@ def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
     metrics, saved = run_dir / "metrics.json", run_dir / "config.json"
     if not (metrics.is_file() and saved.is_file()):
         return None
-    if json.loads(saved.read_text()) != json.loads(json.dumps(to_dict(config))):
+    if json.loads(saved.read_text()) != to_dict(config):  # to_dict is JSON-plain
         return None
     return json.loads(metrics.read_text())
 

@@ -154,9 +154,7 @@ def _build(shape: tuple[int, int, int, int], tkv: int, dtype, score, interpret: 
         plgpu.barrier_wait(barriers.at[1])
 
         s = _matmul(q_smem, k_smem.transpose((1, 0)), (BLOCK_Q, tkv))
-        row = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
-        col = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-        real = (row + qi * BLOCK_Q < ql_gmem[bi]) & (col < kvl_gmem[bi])
+        real = _real_scores(s.shape, qi, ql_gmem[bi], kvl_gmem[bi])
         p_smem[...] = jnp.where(real, score(s), 0.0).astype(dtype)  # masked: exactly 0
         plgpu.commit_smem()
         plgpu.barrier_wait(barriers.at[2])
@@ -213,9 +211,7 @@ def _build_backward(
                 plgpu.barrier_wait(barriers.at[3])
                 s = _matmul(q_smem, k_smem.transpose((1, 0)), (BLOCK_Q, tkv))
                 dp = _matmul(do_smem, v_smem.transpose((1, 0)), (BLOCK_Q, tkv))
-                row = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
-                col = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-                real = (row + qi * BLOCK_Q < q_len) & (col < kv_len)
+                real = _real_scores(s.shape, qi, q_len, kv_len)
                 p_smem[...] = jnp.where(real, score(s), 0.0).astype(dtype)
                 ds_smem[...] = jnp.where(real, derivative(s) * dp, 0.0).astype(dtype)
                 plgpu.commit_smem()
@@ -254,6 +250,14 @@ def _build_backward(
         grid_names=("b", "h"),
         interpret=plgpu.InterpretGPUParams() if interpret else False,
     )
+
+
+def _real_scores(shape: tuple[int, int], q_tile, q_len, kv_len) -> jax.Array:
+    """bool [64, Tkv] (WGMMA layout): score (i, j) of query tile `q_tile` is a real query row
+    (i < q_len) against a real key (j < kv_len)."""
+    row = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+    col = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
+    return (row + q_tile * BLOCK_Q < q_len) & (col < kv_len)
 
 
 def _matmul(a_smem, b_smem, shape: tuple[int, int]) -> jax.Array:
