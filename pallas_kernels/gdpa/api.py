@@ -4,8 +4,9 @@ Backends:
 - "reference": plain jnp (`reference.gdpa_reference`), differentiated by JAX autodiff.
 - "pallas_tpu": Mosaic-TPU-style kernels (`tpu.py`, `tpu_vjp.py`).
 - "pallas_triton": Triton-lowered GPU kernels (`triton.py`, `triton_vjp.py`).
-- "pallas_mosaic_gpu": Hopper wgmma kernels for short K/V (`mosaic_gpu.py`; bf16/f16, no
-  window or causal mask; untested on a GPU, so only by name, never chosen by "auto").
+- "pallas_mosaic_gpu": Hopper wgmma + TMA kernels (`mosaic_gpu.py`; bf16/f16, D <= 128,
+  block_q fixed at 64); lowered for sm_90 in CI but never run on a GPU, so only by name,
+  never chosen by "auto".
 - "pallas": the platform's Pallas kernel (TPU → pallas_tpu, GPU → pallas_triton; on CPU,
   pallas_tpu in interpret mode).
 - "auto": pallas_tpu on TPU, pallas_triton on GPU, the reference on CPU.
@@ -27,7 +28,7 @@ from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_i
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
 from pallas_kernels.gdpa.blockwise import GdpaSpec
-from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
+from pallas_kernels.gdpa.mosaic_gpu import BLOCK_Q, gdpa_mosaic_gpu
 from pallas_kernels.gdpa.reference import gdpa_reference
 from pallas_kernels.gdpa.tpu import gdpa_fwd_tpu
 from pallas_kernels.gdpa.tpu_vjp import gdpa_bwd_tpu
@@ -90,11 +91,9 @@ def gdpa(
             causal=causal,
         )
     if impl == "pallas_mosaic_gpu":
-        if window is not None or causal:
-            raise ValueError(
-                "backend='pallas_mosaic_gpu' has no window or causal mask; use 'pallas_triton'"
-            )
         _check_head_dim(q.shape[-1])
+        if block_q not in (None, BLOCK_Q):
+            raise ValueError(f"backend='pallas_mosaic_gpu' has block_q={BLOCK_Q}, got {block_q}")
         return gdpa_mosaic_gpu(
             q,
             k,
@@ -104,6 +103,9 @@ def gdpa(
             out_scale=out_scale,
             q_lengths=q_lengths,
             kv_lengths=kv_lengths,
+            window=window,
+            causal=causal,
+            block_kv=block_kv,
             interpret=target_platform() != "gpu",
         )
     device = target_device()

@@ -1,31 +1,31 @@
-"""GDPA forward as a Pallas Mosaic GPU (Hopper wgmma) kernel for the personalized-FFN regime.
+"""GDPA forward and backward as Pallas Mosaic GPU (Hopper wgmma + TMA) kernels.
 
-Status: **forward and backward checked in the Mosaic GPU interpreter on CPU, never run on a
-GPU** (no GPU was lent while it was written). It runs as `gdpa(backend="pallas_mosaic_gpu")`
-and is never chosen by "auto"; the Triton-lowered kernel stays the GPU path until this one is
-compiled and measured. Known gaps before it can run on hardware: the SMEM operands of `wgmma`
-carry no tiling / swizzle transforms yet (Hopper needs them; the interpreter does not), and
-nothing overlaps the copies with compute (one TMA round per tile, no warp specialization).
+Status: **never run on a GPU** (none was lent while this was written). Checked on CPU two ways:
+values and gradients against the reference in the Mosaic GPU interpreter, and a lowering for
+sm_90 (`tests/kernels/test_gdpa_mosaic_gpu_lowering.py`: layout and SMEM-transform inference
+and the lowering to wgmma / TMA instructions run in Python; only the final PTX compile needs
+the CUDA toolchain). It runs as `gdpa(backend="pallas_mosaic_gpu")` and "auto" never picks
+it until it has been measured on hardware.
 
-Regime: cross-attention with short K/V (Kunlun's GDPA FFN: Tkv = n_sum, 8-256), so a tile's
-whole K and V live in shared memory. One program per (batch row, head, 64-row query tile):
+Three kernels, each one warpgroup per program, the streamed operand double-buffered by TMA
+(block j + 1 is in flight while block j is computed) and only the blocks the mask lets
+through visited (`common.blocks` ranges from lengths, window, causality):
 
-    TMA  Q tile [64, D], K [Tkv, D], V [Tkv, D] -> SMEM
-    S  = wgmma(Q, Kᵀ)                              fp32 accumulator [64, Tkv]
-    P  = where(row < q_len & col < kv_len, out_scale · Act(qk_scale · S), 0)  -> SMEM (bf16/f16)
-    O  = wgmma(P, V)                               fp32 accumulator [64, D]  -> SMEM -> TMA out
+    forward  (b, h, q tile of 64):   S = Q Kᵀ, P = M ⊙ Act(α S) → SMEM, O += P V      (K, V stream)
+    dQ       (b, h, q tile of 64):   S, dP = dO Vᵀ, dS = M ⊙ Act'(α S) dP, dQ += dS K (K, V stream)
+    dK / dV  (b, h, kv block of 64): Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q (Q, dO stream)
 
-The backward (`_build_backward`) runs one program per (batch row, head) that walks the query
-tiles, recomputes S, writes dQ per tile and accumulates dK, dV in wgmma accumulators.
-
-Inputs are zero-padded to Tq, Tkv, D multiples of 64 (wgmma's M, and its K for bf16/f16 in
-whole 64-element swizzle rows); padding is masked, so padded query rows come out zero.
+β (O, dV) and αβ (dQ, dK) scale the fp32 accumulators once at the end (`blockwise.GdpaSpec`).
+Score tiles go through SMEM because both wgmma operands must be in SMEM for the interpreter.
+Inputs are zero-padded to Tq, Tkv multiples of the blocks and D to 64 or 128: the [64, D]
+fp32 accumulators (two in the dK/dV kernel) must fit a warpgroup's registers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,28 +33,26 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.common import blocks
 from pallas_kernels.common.activations import get_activation
-from pallas_kernels.common.blocks import round_up
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
+from pallas_kernels.gdpa.blockwise import GdpaSpec
 
-BLOCK_Q = 64  # one warpgroup's wgmma M
-ALIGN = 64  # Tkv and D padding: wgmma K/N granularity used here
-SMEM_BUDGET_BYTES = 200 * 1024  # H100/H200 allow 227 KiB per block; leave room for barriers
+BLOCK_Q = 64  # one warpgroup's wgmma M: query tiles, and the kv blocks of the dK/dV kernel
+BLOCK_KV_CHOICES = (64, 128)  # kv block of the forward and dQ kernels (the wgmma N)
+DEFAULT_BLOCK_KV = 64  # not tuned: no Hopper measurement yet
+MAX_HEAD_DIM = 128  # padded D: larger fp32 accumulators would spill out of registers
+DIM_ALIGN = 64  # D padding: one 128-byte swizzle row of bf16/f16
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-def smem_bytes(tkv: int, d: int, itemsize: int) -> int:
-    """Shared memory of one program: Q and O tiles [64, D], K and V [Tkv, D], P [64, Tkv]."""
-    return itemsize * (2 * BLOCK_Q * d + 2 * tkv * d + BLOCK_Q * tkv)
+SLOTS = 2  # buffers of the streamed operand
 
 
 @dataclasses.dataclass(frozen=True)
-class _Static:
+class _Config:
     """The custom_vjp's non-differentiable configuration."""
 
-    activation: str
-    qk_scale: float
-    out_scale: float
+    spec: GdpaSpec
+    block_kv: int
     interpret: bool
 
 
@@ -68,196 +66,299 @@ def gdpa_mosaic_gpu(
     out_scale: float = 1.0,
     q_lengths: jax.Array | None = None,
     kv_lengths: jax.Array | None = None,
+    window: int | None = None,
+    causal: bool = False,
+    block_kv: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
-    """GDPA (semantics of `reference.gdpa_reference`, no window / causal mask), forward and
-    backward as Mosaic GPU kernels behind a `custom_vjp`; lengths get no gradient.
+    """GDPA with the semantics of `reference.gdpa_reference`, forward and backward as Mosaic
+    GPU kernels behind a `custom_vjp`; lengths get no gradient.
 
-    q: [B, Tq, H, D]; k, v: [B, Tkv, H, D] in bf16 or f16; lengths int [B] (None = full).
-    Returns [B, Tq, H, D] in q's dtype. interpret: run in the Mosaic GPU interpreter (CPU).
-    Raises ValueError when K/V do not fit in shared memory (use the Triton kernel then).
+    q: [B, Tq, H, D]; k, v: [B, Tkv, H, D] in bf16 or f16, D <= 128; lengths int [B] (None =
+    full). block_kv: 64 or 128 (None: 64), the kv block of the forward and dQ kernels. Returns
+    [B, Tq, H, D] in q's dtype. interpret: run in the Mosaic GPU interpreter (CPU).
     """
-    check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, None)
+    check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window)
     if jnp.dtype(q.dtype) not in DTYPES:
-        raise ValueError(f"the Mosaic GPU GDPA kernel takes bf16 or f16 inputs, got {q.dtype}")
+        raise ValueError(f"the Mosaic GPU GDPA kernels take bf16 or f16 inputs, got {q.dtype}")
     get_activation(activation)  # a clear error for an unknown name
+    block_kv = DEFAULT_BLOCK_KV if block_kv is None else block_kv
+    if block_kv not in BLOCK_KV_CHOICES:
+        raise ValueError(f"block_kv must be one of {BLOCK_KV_CHOICES}, got {block_kv}")
     _, tq, _, d = q.shape
+    d_pad = blocks.round_up(d, DIM_ALIGN)
+    if d_pad > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head dim D={d} is above the Mosaic GPU kernels' {MAX_HEAD_DIM} (their fp32 "
+            "accumulators would spill out of registers); use backend='pallas_triton'"
+        )
     if tq == 0 or k.shape[1] == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
-    tq_pad, tkv_pad, d_pad = round_up(tq, BLOCK_Q), round_up(k.shape[1], ALIGN), round_up(d, ALIGN)
-    need = smem_bytes(tkv_pad, d_pad, jnp.dtype(q.dtype).itemsize)
-    if need > SMEM_BUDGET_BYTES:
-        raise ValueError(
-            f"k/v length {k.shape[1]} with head dim {d} needs {need} bytes of shared memory "
-            f"(> {SMEM_BUDGET_BYTES}); this kernel keeps K/V whole, for short K/V: use "
-            "backend='pallas_triton' for long ones"
-        )
     padded = pad_attention_inputs(
-        q, k, v, q_lengths, kv_lengths, tq_pad=tq_pad, tkv_pad=tkv_pad, d_pad=d_pad
+        q,
+        k,
+        v,
+        q_lengths,
+        kv_lengths,
+        tq_pad=blocks.round_up(tq, BLOCK_Q),
+        tkv_pad=blocks.round_up(k.shape[1], block_kv),
+        d_pad=d_pad,
     )
-    static = _Static(activation, float(qk_scale), float(out_scale), interpret)
-    return _gdpa(static, *padded)[:, :tq, :, :d]
+    spec = GdpaSpec(
+        activation,
+        float(qk_scale),
+        float(out_scale),
+        None if window is None else int(window),
+        bool(causal),
+        erf_free=True,  # Mosaic GPU has no erf lowering
+    )
+    return _gdpa(_Config(spec, block_kv, interpret), *padded)[:, :tq, :, :d]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gdpa(static: _Static, q, k, v, q_lens, kv_lens) -> jax.Array:
-    """Forward kernel on inputs padded to the kernel's multiples."""
-    act, _ = get_activation(static.activation)
-    score = functools.partial(_scaled_activation, act, static.qk_scale, static.out_scale)
-    kernel = _build(q.shape, k.shape[1], jnp.dtype(q.dtype), score, static.interpret)
-    return kernel(q, k, v, q_lens, kv_lens)
+def _gdpa(cfg: _Config, q, k, v, q_lens, kv_lens) -> jax.Array:
+    """Forward kernel on inputs padded to the kernels' multiples."""
+    return _forward_kernel(cfg, q.shape, jnp.dtype(q.dtype))(q, k, v, q_lens, kv_lens)
 
 
-def _gdpa_fwd(static: _Static, q, k, v, q_lens, kv_lens):
-    return _gdpa(static, q, k, v, q_lens, kv_lens), (q, k, v, q_lens, kv_lens)
+def _gdpa_fwd(cfg: _Config, q, k, v, q_lens, kv_lens):
+    return _gdpa(cfg, q, k, v, q_lens, kv_lens), (q, k, v, q_lens, kv_lens)
 
 
-def _gdpa_bwd(static: _Static, residuals, do):
+def _gdpa_bwd(cfg: _Config, residuals, do):
     q, k, v, q_lens, kv_lens = residuals
-    act, dact = get_activation(static.activation)
-    scales = (static.qk_scale, static.out_scale)
-    kernel = _build_backward(
-        q.shape,
-        k.shape[1],
-        jnp.dtype(q.dtype),
-        functools.partial(_scaled_activation, act, *scales),
-        functools.partial(_scaled_derivative, dact, *scales),
-        static.interpret,
-    )
-    dq, dk, dv = kernel(q, k, v, do.astype(q.dtype), q_lens, kv_lens)
+    do = do.astype(q.dtype)
+    dtype = jnp.dtype(q.dtype)
+    dq = _dq_kernel(cfg, q.shape, dtype)(q, k, v, do, q_lens, kv_lens)
+    dk, dv = _dkdv_kernel(cfg, q.shape, k.shape[1], dtype)(q, k, v, do, q_lens, kv_lens)
     return dq, dk, dv, None, None
 
 
 _gdpa.defvjp(_gdpa_fwd, _gdpa_bwd)
 
 
-def _scaled_activation(act, qk_scale: float, out_scale: float, s: jax.Array) -> jax.Array:
-    return out_scale * act(qk_scale * s)
-
-
-def _scaled_derivative(dact, qk_scale: float, out_scale: float, s: jax.Array) -> jax.Array:
-    """d(out_scale · Act(qk_scale · s)) / ds."""
-    return (out_scale * qk_scale) * dact(qk_scale * s)
-
-
-def _build(shape: tuple[int, int, int, int], tkv: int, dtype, score, interpret: bool):
+def _forward_kernel(cfg: _Config, shape, dtype):
+    """O [B, Tq, H, D]: grid (b, h, q tile); K and V stream through SLOTS buffers."""
     b, tq, h, d = shape
+    spec, bkv = cfg.spec, cfg.block_kv
 
     def body(q_gmem, k_gmem, v_gmem, ql_gmem, kvl_gmem, o_gmem, *scratch):
-        q_smem, k_smem, v_smem, p_smem, o_smem, barriers = scratch
+        q_smem, k_smem, v_smem, p_smem, q_bar, k_bar, v_bar = scratch
         bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
+        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
         rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
-        plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, barriers.at[0])
-        plgpu.copy_gmem_to_smem(k_gmem.at[bi, :, hi], k_smem, barriers.at[1])
-        plgpu.copy_gmem_to_smem(v_gmem.at[bi, :, hi], v_smem, barriers.at[2])
-        plgpu.barrier_wait(barriers.at[0])
-        plgpu.barrier_wait(barriers.at[1])
+        plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, q_bar.at[0])
+        plgpu.barrier_wait(q_bar.at[0])
+        lo, hi_kv = _kv_range(spec, qi, bkv, q_len, kv_len)
+        fetch = _fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
-        s = _matmul(q_smem, k_smem.transpose((1, 0)), (BLOCK_Q, tkv))
-        real = _real_scores(s.shape, qi, ql_gmem[bi], kvl_gmem[bi])
-        p_smem[...] = jnp.where(real, score(s), 0.0).astype(dtype)  # masked: exactly 0
-        plgpu.commit_smem()
-        plgpu.barrier_wait(barriers.at[2])
+        def step(j, slot, acc_ref):
+            plgpu.barrier_wait(k_bar.at[slot])
+            s = _matmul(q_smem, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, bkv))
+            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, rows_are_q=True)
+            p_smem[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: exactly 0
+            plgpu.commit_smem()
+            plgpu.barrier_wait(v_bar.at[slot])
+            plgpu.wgmma(acc_ref, p_smem, v_smem.at[slot])
 
-        o_smem[...] = _matmul(p_smem, v_smem, (BLOCK_Q, d)).astype(dtype)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[bi, rows, hi])
-        plgpu.wait_smem_to_gmem(0)
+        (acc,) = _pipelined(lo, hi_kv, fetch, step, [(BLOCK_Q, d)])
+        _store(q_smem, acc * spec.out_scale, o_gmem.at[bi, rows, hi])  # Q tile is free now
 
     return plgpu.kernel(
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
-            plgpu.SMEM((BLOCK_Q, d), dtype),  # Q tile
-            plgpu.SMEM((tkv, d), dtype),  # K
-            plgpu.SMEM((tkv, d), dtype),  # V
-            plgpu.SMEM((BLOCK_Q, tkv), dtype),  # P
-            plgpu.SMEM((BLOCK_Q, d), dtype),  # O tile
-            plgpu.Barrier(num_barriers=3),
+            plgpu.SMEM((BLOCK_Q, d), dtype),  # Q tile, then O tile
+            plgpu.SMEM((SLOTS, bkv, d), dtype),  # K blocks
+            plgpu.SMEM((SLOTS, bkv, d), dtype),  # V blocks
+            plgpu.SMEM((BLOCK_Q, bkv), dtype),  # P
+            plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(num_barriers=SLOTS),
         ],
         grid=(b, h, tq // BLOCK_Q),
         grid_names=("b", "h", "q"),
-        interpret=plgpu.InterpretGPUParams() if interpret else False,
+        interpret=_interpret(cfg),
     )
 
 
-def _build_backward(
-    shape: tuple[int, int, int, int], tkv: int, dtype, score, derivative, interpret
-):
-    """One program per (batch row, head): loops over the 64-row query tiles, writes each dQ
-    tile and accumulates dK, dV [Tkv, D] in two wgmma accumulators.
-
-        S = Q Kᵀ, dP = dO Vᵀ, P = mask · f(S), dS = mask · f'(S) · dP
-        dQ = dS K,  dK += dSᵀ Q,  dV += Pᵀ dO       (f = out_scale · Act(qk_scale · ))
-    """
+def _dq_kernel(cfg: _Config, shape, dtype):
+    """dQ [B, Tq, H, D]: the forward's loop with dP = dO Vᵀ and dQ += dS K."""
     b, tq, h, d = shape
+    spec, bkv = cfg.spec, cfg.block_kv
 
-    def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, dk_gmem, dv_gmem, *sc):
-        q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, out_smem, kv_out_smem, barriers = sc
-        bi, hi = lax.axis_index("b"), lax.axis_index("h")
-        plgpu.copy_gmem_to_smem(k_gmem.at[bi, :, hi], k_smem, barriers.at[0])
-        plgpu.copy_gmem_to_smem(v_gmem.at[bi, :, hi], v_smem, barriers.at[1])
-        plgpu.barrier_wait(barriers.at[0])
-        plgpu.barrier_wait(barriers.at[1])
+    def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, *scratch):
+        q_smem, do_smem, k_smem, v_smem, ds_smem, tile_bar, k_bar, v_bar = scratch
+        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
         q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
+        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, tile_bar.at[0])
+        plgpu.copy_gmem_to_smem(do_gmem.at[bi, rows, hi], do_smem, tile_bar.at[1])
+        plgpu.barrier_wait(tile_bar.at[0])
+        plgpu.barrier_wait(tile_bar.at[1])
+        lo, hi_kv = _kv_range(spec, qi, bkv, q_len, kv_len)
+        fetch = _fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
-        def accumulate(dk_acc, dv_acc):
-            @pl.loop(0, tq // BLOCK_Q)
-            def _(qi):
-                rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
-                plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, barriers.at[2])
-                plgpu.copy_gmem_to_smem(do_gmem.at[bi, rows, hi], do_smem, barriers.at[3])
-                plgpu.barrier_wait(barriers.at[2])
-                plgpu.barrier_wait(barriers.at[3])
-                s = _matmul(q_smem, k_smem.transpose((1, 0)), (BLOCK_Q, tkv))
-                dp = _matmul(do_smem, v_smem.transpose((1, 0)), (BLOCK_Q, tkv))
-                real = _real_scores(s.shape, qi, q_len, kv_len)
-                p_smem[...] = jnp.where(real, score(s), 0.0).astype(dtype)
-                ds_smem[...] = jnp.where(real, derivative(s) * dp, 0.0).astype(dtype)
-                plgpu.commit_smem()
-                out_smem[...] = _matmul(ds_smem, k_smem, (BLOCK_Q, d)).astype(dtype)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(out_smem, dq_gmem.at[bi, rows, hi])
-                plgpu.wgmma(dv_acc, p_smem.transpose((1, 0)), do_smem)
-                plgpu.wgmma(dk_acc, ds_smem.transpose((1, 0)), q_smem)
-                plgpu.wgmma_wait(0)  # P, dS, Q and dO tiles are overwritten next
-                plgpu.wait_smem_to_gmem(0)
-
-            return dk_acc[...], dv_acc[...]
-
-        acc = plgpu.ACC((tkv, d), jnp.float32)
-        dk, dv = pl.run_scoped(accumulate, acc, acc)
-        for grad, out in ((dk, dk_gmem), (dv, dv_gmem)):
-            kv_out_smem[...] = grad.astype(dtype)
+        def step(j, slot, acc_ref):
+            plgpu.barrier_wait(k_bar.at[slot])
+            s = _matmul(q_smem, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, bkv))
+            plgpu.barrier_wait(v_bar.at[slot])
+            dp = _matmul(do_smem, v_smem.at[slot].transpose((1, 0)), (BLOCK_Q, bkv))
+            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, rows_are_q=True)
+            ds_smem[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(kv_out_smem, out.at[bi, :, hi])
-            plgpu.wait_smem_to_gmem(0)
+            plgpu.wgmma(acc_ref, ds_smem, k_smem.at[slot])
 
-    q_tile, kv = plgpu.SMEM((BLOCK_Q, d), dtype), plgpu.SMEM((tkv, d), dtype)
-    score_tile = plgpu.SMEM((BLOCK_Q, tkv), dtype)
+        (acc,) = _pipelined(lo, hi_kv, fetch, step, [(BLOCK_Q, d)])
+        _store(q_smem, acc * spec.grad_scale, dq_gmem.at[bi, rows, hi])
+
+    q_tile = plgpu.SMEM((BLOCK_Q, d), dtype)
+    kv_blocks = plgpu.SMEM((SLOTS, bkv, d), dtype)
     return plgpu.kernel(
         body,
-        out_type=(
-            jax.ShapeDtypeStruct(shape, dtype),
-            jax.ShapeDtypeStruct((b, tkv, h, d), dtype),
-            jax.ShapeDtypeStruct((b, tkv, h, d), dtype),
-        ),
+        out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
-            *(q_tile, q_tile, kv, kv, score_tile, score_tile, q_tile, kv),
-            plgpu.Barrier(num_barriers=4),
+            q_tile,  # Q, then dQ
+            q_tile,  # dO
+            kv_blocks,  # K
+            kv_blocks,  # V
+            plgpu.SMEM((BLOCK_Q, bkv), dtype),  # dS
+            plgpu.Barrier(num_barriers=2),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(num_barriers=SLOTS),
         ],
-        grid=(b, h),
-        grid_names=("b", "h"),
-        interpret=plgpu.InterpretGPUParams() if interpret else False,
+        grid=(b, h, tq // BLOCK_Q),
+        grid_names=("b", "h", "q"),
+        interpret=_interpret(cfg),
     )
 
 
-def _real_scores(shape: tuple[int, int], q_tile, q_len, kv_len) -> jax.Array:
-    """bool [64, Tkv] (WGMMA layout): score (i, j) of query tile `q_tile` is a real query row
-    (i < q_len) against a real key (j < kv_len)."""
-    row = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
-    col = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
-    return (row + q_tile * BLOCK_Q < q_len) & (col < kv_len)
+def _dkdv_kernel(cfg: _Config, shape, tkv: int, dtype):
+    """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv block of 64); Q and dO stream, the transposed
+    score tiles [kv, q] make Pᵀ and dSᵀ direct wgmma left operands."""
+    b, _, h, d = shape
+    spec, block = cfg.spec, BLOCK_Q
+
+    def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
+        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar = scratch
+        bi, hi, ki = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("kv")
+        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
+        rows = pl.ds(ki * block, block)
+        plgpu.copy_gmem_to_smem(k_gmem.at[bi, rows, hi], k_smem, kv_bar.at[0])
+        plgpu.copy_gmem_to_smem(v_gmem.at[bi, rows, hi], v_smem, kv_bar.at[1])
+        plgpu.barrier_wait(kv_bar.at[0])
+        plgpu.barrier_wait(kv_bar.at[1])
+        lo, hi_q = blocks.q_block_range(
+            ki,
+            block_q=block,
+            block_kv=block,
+            q_len=q_len,
+            kv_len=kv_len,
+            window=spec.window,
+            causal=spec.causal,
+        )
+        fetch = _fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
+
+        def step(j, slot, dk_ref, dv_ref):
+            plgpu.barrier_wait(q_bar.at[slot])
+            st = _matmul(k_smem, q_smem.at[slot].transpose((1, 0)), (block, block))
+            plgpu.barrier_wait(do_bar.at[slot])
+            dpt = _matmul(v_smem, do_smem.at[slot].transpose((1, 0)), (block, block))
+            real = _visible(spec, ki * block, j * block, st.shape, q_len, kv_len, rows_are_q=False)
+            pt_smem[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)
+            dst_smem[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)
+            plgpu.commit_smem()
+            plgpu.wgmma(dk_ref, dst_smem, q_smem.at[slot])
+            plgpu.wgmma(dv_ref, pt_smem, do_smem.at[slot])
+
+        dk, dv = _pipelined(lo, hi_q, fetch, step, [(block, d)] * 2)
+        # K and V are not read any more: they stage the results.
+        _store(k_smem, dk * spec.grad_scale, dk_gmem.at[bi, rows, hi])
+        _store(v_smem, dv * spec.out_scale, dv_gmem.at[bi, rows, hi])
+
+    tile = plgpu.SMEM((block, d), dtype)
+    streamed = plgpu.SMEM((SLOTS, block, d), dtype)
+    score_t = plgpu.SMEM((block, block), dtype)
+    kv_shape = jax.ShapeDtypeStruct((b, tkv, h, d), dtype)
+    return plgpu.kernel(
+        body,
+        out_type=(kv_shape, kv_shape),
+        scratch_types=[
+            *(tile, tile, streamed, streamed, score_t, score_t),  # K, V, Q, dO, Pᵀ, dSᵀ
+            plgpu.Barrier(num_barriers=2),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(num_barriers=SLOTS),
+        ],
+        grid=(b, h, tkv // block),
+        grid_names=("b", "h", "kv"),
+        interpret=_interpret(cfg),
+    )
+
+
+def _interpret(cfg: _Config):
+    return plgpu.InterpretGPUParams() if cfg.interpret else False
+
+
+def _kv_range(spec: GdpaSpec, q_tile, block_kv: int, q_len, kv_len):
+    """KV blocks [lo, hi) query tile `q_tile` sees (empty past q_len)."""
+    return blocks.kv_block_range(
+        q_tile,
+        block_q=BLOCK_Q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        window=spec.window,
+        causal=spec.causal,
+    )
+
+
+def _fetcher(bi, hi, rows: int, *streams) -> Callable[[jax.Array, jax.Array], None]:
+    """fetch(j, slot): TMA block j ([rows, D] of head (bi, hi)) of every (gmem, smem, barrier)
+    stream into buffer `slot`; each stream signals its own barrier."""
+
+    def fetch(j, slot):
+        block = pl.ds(j * rows, rows)
+        for gmem, smem, barrier in streams:
+            plgpu.copy_gmem_to_smem(gmem.at[bi, block, hi], smem.at[slot], barrier.at[slot])
+
+    return fetch
+
+
+def _pipelined(lo, hi, fetch, step, acc_shapes) -> tuple[jax.Array, ...]:
+    """step(j, slot, *acc_refs) for j in [lo, hi) while block j + 1 is fetched into the other
+    buffer; returns the fp32 wgmma accumulators (zero-initialized, one per shape).
+
+    `step` waits for its block's barriers and issues wgmmas into the accumulators; all of
+    them are waited for before the next step refills the buffer they read.
+    """
+
+    def run(*acc_refs):
+        @pl.when(hi > lo)
+        def _():
+            fetch(lo, 0)
+
+        @pl.loop(lo, hi)
+        def _(j):
+            slot = lax.rem(j - lo, SLOTS)
+
+            @pl.when(j + 1 < hi)
+            def _():
+                fetch(j + 1, 1 - slot)
+
+            step(j, slot, *acc_refs)
+            plgpu.wgmma_wait(0)
+
+        return tuple(ref[...] for ref in acc_refs)
+
+    return pl.run_scoped(run, *(plgpu.ACC(shape, jnp.float32) for shape in acc_shapes))
+
+
+def _visible(spec: GdpaSpec, first_row, first_col, shape, q_len, kv_len, *, rows_are_q: bool):
+    """bool tile (WGMMA layout) of the mask; rows_are_q: [q, kv] tile, else [kv, q]."""
+    rows = first_row + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+    cols = first_col + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
+    q_idx, kv_idx = (rows, cols) if rows_are_q else (cols, rows)
+    return spec.visible(q_idx, kv_idx, q_len, kv_len)
 
 
 def _matmul(a_smem, b_smem, shape: tuple[int, int]) -> jax.Array:
@@ -268,3 +369,11 @@ def _matmul(a_smem, b_smem, shape: tuple[int, int]) -> jax.Array:
         return acc_ref[...]
 
     return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
+def _store(staging_smem, value: jax.Array, out_gmem) -> None:
+    """value (fp32) → staging SMEM in the output dtype → TMA to out_gmem, waited."""
+    staging_smem[...] = value.astype(staging_smem.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(staging_smem, out_gmem)
+    plgpu.wait_smem_to_gmem(0)

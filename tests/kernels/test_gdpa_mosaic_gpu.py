@@ -1,8 +1,8 @@
-"""Mosaic GPU GDPA kernels (forward, backward) in the Mosaic GPU interpreter vs the reference.
+"""Mosaic GPU GDPA kernels (forward, dQ, dK/dV) in the Mosaic GPU interpreter vs the reference.
 
-The interpreter runs the kernel's TMA copies, barriers and wgmma calls on the host; it does
-not check Hopper's SMEM layout rules, so passing here does not show the kernel compiles for a
-GPU (see the module docstring). Tolerances and error normalization as in test_gdpa.py.
+The interpreter runs the kernels' TMA copies, barriers, double-buffered loops and wgmma calls on
+the host; it does not check Hopper's layout rules (test_gdpa_mosaic_gpu_lowering.py lowers the
+same kernels for sm_90). Tolerances and error normalization as in test_gdpa.py.
 """
 
 from __future__ import annotations
@@ -26,16 +26,19 @@ TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 @settings(max_examples=10, deadline=None)
 @given(
     batch=st.integers(1, 2),
-    tq=st.integers(1, 130),
-    tkv=st.integers(1, 100),
+    tq=st.integers(1, 200),
+    tkv=st.integers(1, 200),
     heads=st.integers(1, 2),
-    head_dim=st.sampled_from([32, 64, 128]),
+    head_dim=st.sampled_from([32, 64, 96, 128]),
     activation=st.sampled_from(sorted(ACTIVATIONS)),
     dtype=st.sampled_from(sorted(TOLERANCE)),
+    window=st.sampled_from([None, 0, 5, 70, 300]),
+    causal=st.booleans(),
+    block_kv=st.sampled_from([64, 128]),
     data=st.data(),
 )
 def test_values_and_gradients_match_the_reference(
-    batch, tq, tkv, heads, head_dim, activation, dtype, data
+    batch, tq, tkv, heads, head_dim, activation, dtype, window, causal, block_kv, data
 ):
     q_lens = np.array(data.draw(st.lists(st.integers(0, tq), min_size=batch, max_size=batch)))
     kv_lens = np.array(data.draw(st.lists(st.integers(0, tkv), min_size=batch, max_size=batch)))
@@ -58,8 +61,10 @@ def test_values_and_gradients_match_the_reference(
         out_scale=1.0 / max(tkv, 1),
         q_lengths=jnp.asarray(q_lens, jnp.int32),
         kv_lengths=jnp.asarray(kv_lens, jnp.int32),
+        window=window,
+        causal=causal,
     )
-    kernel = functools.partial(gdpa_mosaic_gpu, interpret=True, **kwargs)
+    kernel = functools.partial(gdpa_mosaic_gpu, interpret=True, block_kv=block_kv, **kwargs)
     got, got_grads = value_and_grads(kernel, q, k, v, do)
     assert got.shape == q.shape
     assert got.dtype == q.dtype
@@ -73,10 +78,16 @@ def test_values_and_gradients_match_the_reference(
     assert not np.any(np.asarray(got, np.float32)[padded_rows]), "padded query rows must be 0"
 
 
-def test_kv_too_long_for_shared_memory_is_a_clear_error():
-    q, k, v = normal_inputs(0, [(1, 64, 1, 128), (1, 1024, 1, 128), (1, 1024, 1, 128)], "bfloat16")
-    with pytest.raises(ValueError, match=r"shared memory.*backend='pallas_triton'"):
+def test_head_dims_above_128_are_a_clear_error():
+    q, k, v = normal_inputs(0, [(1, 64, 1, 192)] * 3, "bfloat16")
+    with pytest.raises(ValueError, match=r"D=192.*backend='pallas_triton'"):
         gdpa_mosaic_gpu(q, k, v, interpret=True)
+
+
+def test_block_kv_outside_the_choices_is_a_clear_error():
+    q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "bfloat16")
+    with pytest.raises(ValueError, match="block_kv must be one of"):
+        gdpa_mosaic_gpu(q, k, v, block_kv=32, interpret=True)
 
 
 def test_fp32_inputs_are_refused():
@@ -88,9 +99,9 @@ def test_fp32_inputs_are_refused():
 def test_the_public_op_runs_it_by_name_only():
     q, k, v = normal_inputs(1, [(2, 70, 2, 64), (2, 24, 2, 64), (2, 24, 2, 64)], "bfloat16")
     lens = jnp.array([70, 9], jnp.int32), jnp.array([24, 5], jnp.int32)
-    kwargs = dict(activation="gelu_tanh", out_scale=0.25, q_lengths=lens[0], kv_lengths=lens[1])
+    kwargs = dict(
+        activation="gelu_tanh", out_scale=0.25, q_lengths=lens[0], kv_lengths=lens[1], window=9
+    )
     got = gdpa(q, k, v, backend="pallas_mosaic_gpu", **kwargs)
     want = gdpa_reference(*as_f32(q, k, v), **kwargs)
     assert_close(got, want, "bfloat16", "O", tolerance=TOLERANCE)
-    with pytest.raises(ValueError, match="no window or causal mask"):
-        gdpa(q, k, v, backend="pallas_mosaic_gpu", window=4)
