@@ -106,6 +106,34 @@ class GdpaSpec:
             q_idx, kv_idx, q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal
         )
 
+    def kv_block_range(
+        self, q_block: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
+    ) -> tuple[blocks.Int, blocks.Int]:
+        """KV blocks [lo, hi) query block `q_block` sees under this mask (`blocks`)."""
+        return blocks.kv_block_range(
+            q_block,
+            block_q=block_q,
+            block_kv=block_kv,
+            q_len=q_len,
+            kv_len=kv_len,
+            window=self.window,
+            causal=self.causal,
+        )
+
+    def q_block_range(
+        self, kv_block: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
+    ) -> tuple[blocks.Int, blocks.Int]:
+        """Query blocks [lo, hi) that see key block `kv_block` under this mask."""
+        return blocks.q_block_range(
+            kv_block,
+            block_q=block_q,
+            block_kv=block_kv,
+            q_len=q_len,
+            kv_len=kv_len,
+            window=self.window,
+            causal=self.causal,
+        )
+
     @property
     def grad_scale(self) -> float:
         """αβ: the factor applied to accumulated dQ and dK."""

@@ -149,7 +149,7 @@ def _forward_kernel(cfg: _Config, shape, dtype):
         rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
         plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, q_bar.at[0])
         plgpu.barrier_wait(q_bar.at[0])
-        lo, hi_kv = _kv_range(spec, qi, bkv, q_len, kv_len)
+        lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = _fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
         def step(j, slot, acc_ref):
@@ -196,7 +196,7 @@ def _dq_kernel(cfg: _Config, shape, dtype):
         plgpu.copy_gmem_to_smem(do_gmem.at[bi, rows, hi], do_smem, tile_bar.at[1])
         plgpu.barrier_wait(tile_bar.at[0])
         plgpu.barrier_wait(tile_bar.at[1])
-        lo, hi_kv = _kv_range(spec, qi, bkv, q_len, kv_len)
+        lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = _fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
         def step(j, slot, acc_ref):
@@ -248,15 +248,7 @@ def _dkdv_kernel(cfg: _Config, shape, tkv: int, dtype):
         plgpu.copy_gmem_to_smem(v_gmem.at[bi, rows, hi], v_smem, kv_bar.at[1])
         plgpu.barrier_wait(kv_bar.at[0])
         plgpu.barrier_wait(kv_bar.at[1])
-        lo, hi_q = blocks.q_block_range(
-            ki,
-            block_q=block,
-            block_kv=block,
-            q_len=q_len,
-            kv_len=kv_len,
-            window=spec.window,
-            causal=spec.causal,
-        )
+        lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
         fetch = _fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
 
         def step(j, slot, dk_ref, dv_ref):
@@ -297,19 +289,6 @@ def _dkdv_kernel(cfg: _Config, shape, tkv: int, dtype):
 
 def _interpret(cfg: _Config):
     return plgpu.InterpretGPUParams() if cfg.interpret else False
-
-
-def _kv_range(spec: GdpaSpec, q_tile, block_kv: int, q_len, kv_len):
-    """KV blocks [lo, hi) query tile `q_tile` sees (empty past q_len)."""
-    return blocks.kv_block_range(
-        q_tile,
-        block_q=BLOCK_Q,
-        block_kv=block_kv,
-        q_len=q_len,
-        kv_len=kv_len,
-        window=spec.window,
-        causal=spec.causal,
-    )
 
 
 def _fetcher(bi, hi, rows: int, *streams) -> Callable[[jax.Array, jax.Array], None]:

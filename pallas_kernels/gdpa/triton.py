@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.common import blocks
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.tuning import BlockSizes
 
@@ -91,15 +90,7 @@ def _fwd_kernel(
 ) -> None:
     qi = pl.program_id(0)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
-    lo, hi = blocks.kv_block_range(
-        qi,
-        block_q=block_q,
-        block_kv=block_kv,
-        q_len=q_len,
-        kv_len=kv_len,
-        window=spec.window,
-        causal=spec.causal,
-    )
+    lo, hi = spec.kv_block_range(qi, block_q, block_kv, q_len, kv_len)
     q = q_ref[...]
 
     def body(kj, acc):

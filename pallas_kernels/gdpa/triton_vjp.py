@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.common import blocks
 from pallas_kernels.gdpa.blockwise import GdpaSpec, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.triton import batch_lengths, call_triton, head_spec, tile_rows
 from pallas_kernels.gdpa.tuning import BlockSizes
@@ -39,15 +38,7 @@ def _dkdv_kernel(
 ) -> None:
     kj = pl.program_id(0)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
-    lo, hi = blocks.q_block_range(
-        kj,
-        block_q=block_q,
-        block_kv=block_kv,
-        q_len=q_len,
-        kv_len=kv_len,
-        window=spec.window,
-        causal=spec.causal,
-    )
+    lo, hi = spec.q_block_range(kj, block_q, block_kv, q_len, kv_len)
     k, v = k_ref[...], v_ref[...]
 
     def body(qi, carry):
@@ -83,15 +74,7 @@ def _dq_kernel(
 ) -> None:
     qi = pl.program_id(0)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
-    lo, hi = blocks.kv_block_range(
-        qi,
-        block_q=block_q,
-        block_kv=block_kv,
-        q_len=q_len,
-        kv_len=kv_len,
-        window=spec.window,
-        causal=spec.causal,
-    )
+    lo, hi = spec.kv_block_range(qi, block_q, block_kv, q_len, kv_len)
     q, do = q_ref[...], do_ref[...]
 
     def body(kj, dq):

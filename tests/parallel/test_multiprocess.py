@@ -21,6 +21,7 @@ SETS = [
     "data.synthetic.max_history=8",
     "data.synthetic.mean_history=4",
     "model.d_model=16",
+    "model.num_layers=2",
     "model.n_seed=4",
     "model.head_hidden=[16]",
     "model.streams.impression.max_len=4",
@@ -35,7 +36,9 @@ def _train(runs: Path, name: str, devices: int, *extra: str) -> subprocess.Popen
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        # Compile speed over code speed, as in conftest.py (three trainings compile here).
+        "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+        f"--xla_force_host_platform_device_count={devices}",
     }
     args = ["train", "--config", "tiny", "--no-progress", "--runs-dir", str(runs), "--name", name]
     args += [a for s in SETS for a in ("--set", s)]
