@@ -151,6 +151,12 @@ class MeshConfig:
     # Logical axis -> mesh axes, overriding kunlun_jax.parallel.sharding.DEFAULT_RULES entries,
     # e.g. {vocab = ["model"]} keeps embedding rows within a model-parallel group.
     rules: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Embedding lookup from row-sharded tables (kunlun_jax/parallel/lookup.py): "all_to_all"
+    # routes ids to their rows' owners (traffic independent of the table group's size) with
+    # `lookup_capacity` x ids / group slots per destination, falling back to "reduce_scatter"
+    # on a step where some destination would overflow.
+    lookup: Literal["reduce_scatter", "all_to_all"] = "reduce_scatter"
+    lookup_capacity: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +420,9 @@ def _validate_mesh(mesh: MeshConfig) -> None:
         _require(n == -1 or n >= 1, f"mesh.{axis} must be >= 1 or -1 (all remaining devices)")
     _require(
         sum(n == -1 for n in sizes.values()) <= 1, "at most one mesh axis may be -1 (the rest)"
+    )
+    _require(
+        mesh.lookup_capacity > 0, f"mesh.lookup_capacity must be > 0, got {mesh.lookup_capacity}"
     )
     for logical, axes in mesh.rules.items():
         bad = [a for a in axes if a not in MESH_AXES]

@@ -61,6 +61,51 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
+_BRANCHES = re.compile(
+    r"branch_computations=\{(?P<list>[^}]*)\}|(?:true|false)_computation=%?(?P<one>[\w.\-]+)"
+)
+_REFERENCE = re.compile(r"%([\w.\-]+)")
+
+
+def _computations(hlo_text: str) -> dict[str, str]:
+    """{computation name: its body text} of HLO module text."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in hlo_text.splitlines():
+        match = _COMPUTATION.match(line)
+        if current is None and match and not line.startswith(" "):
+            current = blocks.setdefault(match.group("name"), [])
+        elif current is not None and line.startswith("}"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in blocks.items()}
+
+
+def unconditional_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """`collectives` outside every conditional branch: what each step runs for sure.
+
+    A branch (with everything it calls) runs only on steps that take it, e.g. the extra
+    rounds of the all-to-all embedding lookup, so the static totals overstate those steps.
+    """
+    bodies = _computations(hlo_text)
+    pending = [
+        name.strip().lstrip("%")
+        for body in bodies.values()
+        for m in _BRANCHES.finditer(body)
+        for name in (m.group("list") or m.group("one")).split(",")
+    ]
+    conditional: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in conditional or name not in bodies:
+            continue
+        conditional.add(name)
+        pending.extend(r for r in _REFERENCE.findall(bodies[name]) if r in bodies)
+    return collectives("\n".join(body for name, body in bodies.items() if name not in conditional))
+
+
 def mosaic_kernels(hlo_text: str) -> dict[str, int]:
     """{kernel name: count} of the Pallas Mosaic TPU kernels in compiled HLO text."""
     names = re.findall(
@@ -127,12 +172,22 @@ def compile_train_step(
         "analytic_train_flops_per_step": analytic.total * config.train.batch_size,
         "xla_over_analytic": per_device_flops * n / (analytic.total * config.train.batch_size),
         "collectives_per_device": collectives(hlo),
+        "collectives_every_step_per_device": unconditional_collectives(hlo),
         "mosaic_kernels": mosaic_kernels(hlo),
         "params": analytic.params,
         "unsharded_params": list(layout.plan.unsharded),
         "environment": environment(),
         "bench_record": record,
     }
+
+
+def _format_collectives(ops: dict[str, dict[str, int]]) -> str:
+    return (
+        ", ".join(
+            f"{op} x{v['count']} ({v['bytes'] / 2**20:.2f} MiB)" for op, v in sorted(ops.items())
+        )
+        or "none"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -150,15 +205,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"model FLOPs per step: {report['analytic_train_flops_per_step']:.4g} "
         f"(XLA total / analytic = {report['xla_over_analytic']:.3f})",
         f"  bytes accessed per device (XLA): {report['xla_bytes_accessed_per_device']:.4g}",
-        "  collectives per device: "
-        + (
-            ", ".join(
-                f"{op} x{v['count']} ({v['bytes'] / 2**20:.2f} MiB)"
-                for op, v in sorted(report["collectives_per_device"].items())
-            )
-            or "none"
-        ),
+        "  collectives per device: " + _format_collectives(report["collectives_per_device"]),
     ]
+    every_step = report["collectives_every_step_per_device"]
+    if every_step != report["collectives_per_device"]:
+        lines.append(
+            "  outside conditional branches (every step): " + _format_collectives(every_step)
+        )
     kernels = report["mosaic_kernels"]
     lines.append(
         "  Pallas Mosaic kernels: "

@@ -2,21 +2,65 @@
 
 XLA's automatic partitioning of a gather from a row-sharded table sometimes all-gathers the
 whole table (it did for history lookups, where there are more ids than rows per shard).
-This lookup never does: inside `shard_map`, the ids of a vocab group are all-gathered (small),
-each device reads the rows it owns (others give zero), and a reduce-scatter returns each
-device's rows of the result. The backward pass is the transpose: a local scatter-add into
-the device's own rows. Communication: ids plus the [B, ..., D] activations, never V x D.
+These lookups never do. Two methods, chosen by `lookup_method` (config `mesh.lookup`):
+
+- "reduce_scatter" (default): inside `shard_map`, the ids of a vocab group are all-gathered
+  (small), each device reads the rows it owns (others give zero), and a reduce-scatter returns
+  each device's rows of the result. Per device that moves G x its [n, D] activations for a
+  group of G devices: the traffic grows with the group.
+- "all_to_all": each device deduplicates its ids, routes each unique id to the device owning
+  its row (an all-to-all of [G, C] ids, C = capacity x n / G slots per destination), the owners
+  read the rows and a second all-to-all brings them back: about capacity x n x D per device,
+  whatever G. A step where some device has more than C unique ids for one owner runs extra
+  rounds (exact for any ids; the round count is a mesh-wide maximum, so all devices agree).
+  Needs every vocab axis to also split the batch; otherwise the reduce-scatter method runs.
+
+The backward passes are the transposes (all-to-alls, local scatter-adds into owned rows).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import functools
 import math
+from collections.abc import Iterator
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from pallas_kernels.common.sharding import logical_mesh_axes
+
+Method = Literal["reduce_scatter", "all_to_all"]
+METHODS: tuple[str, ...] = ("reduce_scatter", "all_to_all")
+
+
+@dataclasses.dataclass(frozen=True)
+class LookupMethod:
+    method: Method = "reduce_scatter"
+    capacity: float = 2.0  # all_to_all: slots per destination = capacity x ids / group size
+
+
+_METHOD: contextvars.ContextVar[LookupMethod | None] = contextvars.ContextVar(
+    "lookup_method", default=None
+)
+
+
+@contextlib.contextmanager
+def lookup_method(method: Method, capacity: float = 2.0) -> Iterator[None]:
+    """Lookups traced inside use `method` (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown lookup method {method!r}; choose one of {list(METHODS)}")
+    if not capacity > 0:
+        raise ValueError(f"lookup capacity must be > 0, got {capacity}")
+    token = _METHOD.set(LookupMethod(method, float(capacity)))
+    try:
+        yield
+    finally:
+        _METHOD.reset(token)
 
 
 def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
@@ -33,24 +77,88 @@ def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
     batch_axes = logical_mesh_axes("batch")
     shared = tuple(a for a in vocab_axes if a in batch_axes)  # axes splitting both
     others = tuple(a for a in vocab_axes if a not in batch_axes)
-
-    def local(rows: jax.Array, idx: jax.Array) -> jax.Array:
-        if shared:  # every device of a vocab group needs the group's ids
-            idx = jax.lax.all_gather(idx, shared, axis=0, tiled=True)
-        offset = jax.lax.axis_index(vocab_axes) * rows.shape[0]
-        mine = idx - offset
-        owned = (mine >= 0) & (mine < rows.shape[0])
-        out = jnp.take(rows, jnp.clip(mine, 0, rows.shape[0] - 1), axis=0)
-        out = jnp.where(owned[..., None], out, jnp.zeros((), rows.dtype))
-        if others:
-            out = jax.lax.psum(out, others)
-        if shared:
-            out = jax.lax.psum_scatter(out, shared, scatter_dimension=0, tiled=True)
-        return out
-
+    config = _METHOD.get() or LookupMethod()
+    if config.method == "all_to_all" and shared and not others:
+        group = math.prod(mesh_shape[a] for a in shared)
+        local = all_to_all_body(shared, group, config.capacity, tuple(mesh_shape))
+    else:
+        local = reduce_scatter_body(vocab_axes, shared, others)
     return jax.shard_map(
         local,
         in_specs=(PartitionSpec(vocab_axes, None), PartitionSpec(batch_axes or None)),
         out_specs=PartitionSpec(batch_axes or None),
         check_vma=False,
     )(table, ids)
+
+
+def _owned_rows(rows: jax.Array, ids: jax.Array, first_row: jax.Array) -> jax.Array:
+    """rows[ids - first_row] [..., D] where this device owns the id, else 0 (ids < 0: none)."""
+    mine = ids - first_row
+    owned = (ids >= 0) & (mine >= 0) & (mine < rows.shape[0])
+    out = jnp.take(rows, jnp.clip(mine, 0, rows.shape[0] - 1), axis=0)
+    return jnp.where(owned[..., None], out, jnp.zeros((), rows.dtype))
+
+
+def reduce_scatter_body(vocab_axes, shared, others):
+    """Per-device body of the reduce-scatter method: rows [R, D], ids [n, ...] local."""
+
+    def local(rows: jax.Array, ids: jax.Array) -> jax.Array:
+        if shared:  # every device of a vocab group needs the group's ids
+            ids = jax.lax.all_gather(ids, shared, axis=0, tiled=True)
+        out = _owned_rows(rows, ids, jax.lax.axis_index(vocab_axes) * rows.shape[0])
+        if others:
+            out = jax.lax.psum(out, others)
+        if shared:
+            out = jax.lax.psum_scatter(out, shared, scatter_dimension=0, tiled=True)
+        return out
+
+    return local
+
+
+def all_to_all_body(axes, group: int, capacity: float, mesh_axes):
+    """Per-device body of the all-to-all method over the vocab group `axes` (G = group
+    devices, each owning R consecutive rows): rows [R, D], ids [n, ...] -> [n, ..., D].
+
+    Unique ids are sent in rounds of C = capacity x n / G slots per destination. Round 1
+    always runs; round r > 1 runs (a `lax.cond` on a mesh-wide maximum, so every device agrees)
+    only when some device has more than (r - 1) x C unique ids for one owner. The rounds are
+    unrolled up to the worst case (all n ids owned by one device), so any ids are exact.
+    """
+
+    def local(rows: jax.Array, ids: jax.Array) -> jax.Array:
+        flat = ids.reshape(-1).astype(jnp.int32)
+        n, num_rows, dim = flat.shape[0], rows.shape[0], rows.shape[1]
+        slots = min(n, max(1, math.ceil(capacity * n / group)))
+        # Unique ids, ascending, then -1 padding; `which` maps each id to its unique entry.
+        order = jnp.argsort(flat)
+        ordered = flat[order]
+        first = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+        unique_index = jnp.cumsum(first) - 1
+        which = jnp.zeros((n,), jnp.int32).at[order].set(unique_index)
+        unique = jnp.full((n,), -1, jnp.int32).at[unique_index].set(ordered)
+        # Owners are non-decreasing over the sorted unique ids: rank = position within owner.
+        owner = jnp.where(unique >= 0, unique // num_rows, group)
+        counts = jnp.zeros((group + 1,), jnp.int32).at[owner].add(1)[:group]
+        starts = jnp.cumsum(counts) - counts
+        rank = jnp.arange(n) - starts[jnp.minimum(owner, group - 1)]
+        rounds = (jax.lax.pmax(jnp.max(counts), mesh_axes) + slots - 1) // slots
+        first_row = jax.lax.axis_index(axes) * num_rows
+
+        def route(r: int, found: jax.Array) -> jax.Array:
+            """found [n, D] with the rows of the unique ids whose rank is in round r."""
+            in_round = (owner < group) & (rank >= r * slots) & (rank < (r + 1) * slots)
+            slot = jnp.where(in_round, owner * slots + rank - r * slots, group * slots)
+            send = jnp.full((group * slots,), -1, jnp.int32).at[slot].set(unique, mode="drop")
+            asked = jax.lax.all_to_all(send.reshape(group, slots), axes, 0, 0, tiled=True)
+            answers = jax.lax.all_to_all(
+                _owned_rows(rows, asked, first_row), axes, 0, 0, tiled=True
+            )  # [G, C, D]: the rows asked for, from their owners
+            got = jnp.take(answers.reshape(group * slots, dim), slot, axis=0, mode="clip")
+            return jnp.where(in_round[:, None], got, found)
+
+        found = route(0, jnp.zeros((n, dim), rows.dtype))
+        for r in range(1, -(-n // slots)):
+            found = jax.lax.cond(r < rounds, functools.partial(route, r), lambda f: f, found)
+        return found[which].reshape(*ids.shape, dim)
+
+    return local

@@ -24,6 +24,7 @@ from kunlun_jax.data.pipeline import eval_batches, make_source, train_iterator
 from kunlun_jax.data.spec import Batch, FeatureSpec, validate_batch
 from kunlun_jax.model.factory import build_model
 from kunlun_jax.parallel.distributed import host_rows
+from kunlun_jax.parallel.lookup import lookup_method
 from kunlun_jax.parallel.sharding import (
     ShardingPlan,
     axis_rules,
@@ -61,8 +62,14 @@ class Layout:
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
-        """The mesh and logical-axis rules every traced step (and kernel) must see."""
-        with jax.set_mesh(self.plan.mesh), nn.logical_axis_rules(self.plan.rules):
+        """The mesh, logical-axis rules and lookup method every traced step (and kernel)
+        must see."""
+        mesh = self.config.mesh
+        with (
+            jax.set_mesh(self.plan.mesh),
+            nn.logical_axis_rules(self.plan.rules),
+            lookup_method(mesh.lookup, mesh.lookup_capacity),
+        ):
             yield
 
     def train_step(self) -> Any:

@@ -15,8 +15,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kunlun_jax.config import ConfigError, MeshConfig, load_config
-from kunlun_jax.parallel.aot import collectives
-from kunlun_jax.parallel.lookup import embedding_lookup
+from kunlun_jax.parallel.aot import collectives, unconditional_collectives
+from kunlun_jax.parallel.lookup import embedding_lookup, lookup_method
 from kunlun_jax.parallel.sharding import DEFAULT_RULES, make_mesh, mesh_shape, spec_for
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import build_experiment, plan_training
@@ -75,23 +75,70 @@ def test_rules_split_tables_over_every_device_and_dense_weights_by_role():
     assert notes == ["t: dim 0 (12) not divisible by mesh axes ('data', 'fsdp', 'model')"]
 
 
-@pytest.mark.parametrize("vocab_axes", [("data", "fsdp", "model"), ("model",), ("data",)])
-def test_sharded_lookup_matches_take_in_values_and_gradients(vocab_axes):
+def _lookup_case(vocab_axes, ids, method, capacity=2.0):
+    """(got, want): value and table gradient of sum(lookup(table, ids) * w), sharded vs take."""
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, model=2))
     rules = [("batch", ("data", "fsdp")), ("vocab", vocab_axes)]
     table = jax.random.normal(jax.random.key(0), (64, 8))
-    ids = jax.random.randint(jax.random.key(1), (16, 5), 0, 64)
-    w = jax.random.normal(jax.random.key(2), (16, 5, 8))
+    w = jax.random.normal(jax.random.key(2), (*ids.shape, 8))
 
     def loss(lookup, t):
         return jnp.sum(lookup(t, ids) * w)
 
-    expected = jax.value_and_grad(lambda t: loss(lambda a, i: jnp.take(a, i, axis=0), t))(table)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    want = jax.value_and_grad(lambda t: loss(lambda a, i: jnp.take(a, i, axis=0), t))(table)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), lookup_method(method, capacity):
         sharded = jax.device_put(table, NamedSharding(mesh, PartitionSpec(vocab_axes, None)))
-        got = jax.jit(jax.value_and_grad(lambda t: loss(embedding_lookup, t)))(sharded)
-    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
-    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+        step = jax.jit(jax.value_and_grad(lambda t: loss(embedding_lookup, t)))
+        got = step(sharded)
+        hlo = step.lower(sharded).compile().as_text()
+    return got, want, hlo
+
+
+def _assert_lookup_close(got, want):
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["reduce_scatter", "all_to_all"])
+@pytest.mark.parametrize("vocab_axes", [("data", "fsdp", "model"), ("model",), ("data",)])
+def test_sharded_lookup_matches_take_in_values_and_gradients(vocab_axes, method):
+    ids = jax.random.randint(jax.random.key(1), (16, 5), 0, 64)
+    got, want, _ = _lookup_case(vocab_axes, ids, method)
+    _assert_lookup_close(got, want)
+
+
+def test_all_to_all_lookup_routes_ids_to_their_owners():
+    ids = jax.random.randint(jax.random.key(1), (16, 5), 0, 64)
+    got, want, hlo = _lookup_case(("data", "fsdp"), ids, "all_to_all")
+    _assert_lookup_close(got, want)
+    ops = collectives(hlo)
+    assert "all-to-all" in ops, ops
+    # No gathered ids, no reduce-scattered activations (the reduce_scatter method has both);
+    # what all-reduce remains is the table gradient's sum over `model` and scalars.
+    assert not {"all-gather", "reduce-scatter"} & set(ops), ops
+    _, _, dense_hlo = _lookup_case(("data", "fsdp"), ids, "reduce_scatter")
+    assert {"all-gather", "reduce-scatter"} <= set(collectives(dense_hlo))
+
+
+def test_all_to_all_lookup_takes_extra_rounds_when_one_owner_gets_too_many_ids():
+    """capacity 1: 5 slots per destination; hot ids (rows of owner 0 only, up to 16 unique
+    per device) need up to 4 rounds, repeated ids included."""
+    hot = jax.random.randint(jax.random.key(3), (16, 5), 0, 16)
+    got, want, hlo = _lookup_case(("data", "fsdp"), hot, "all_to_all", capacity=1.0)
+    _assert_lookup_close(got, want)
+    # 4 rounds compiled (20 ids / 5 slots), 3 all-to-alls each (ids, rows, rows' transpose);
+    # only round 1 is outside the conditionals.
+    assert collectives(hlo)["all-to-all"]["count"] == 12
+    assert unconditional_collectives(hlo)["all-to-all"]["count"] == 3
+
+
+def test_lookup_method_rejects_unknown_methods_and_bad_capacities():
+    with pytest.raises(ValueError, match="unknown lookup method 'gather'"), lookup_method("gather"):
+        pass
+    with pytest.raises(ValueError, match="capacity must be > 0"), lookup_method("all_to_all", 0):
+        pass
+    with pytest.raises(ConfigError, match=r"mesh\.lookup_capacity must be > 0"):
+        load_config("tiny", ["mesh.lookup_capacity=0"])
 
 
 def test_rowwise_adagrad_keeps_one_accumulator_per_row():
