@@ -115,6 +115,48 @@ def reduce_scatter_body(vocab_axes, shared, others):
     return local
 
 
+class _Routing:
+    """Where each of a device's ids goes in the all-to-all lookup (see `all_to_all_body`)."""
+
+    def __init__(self, flat: jax.Array, group: int, slots: int, num_rows: int, mesh_axes):
+        n = flat.shape[0]
+        self.group, self.slots = group, slots
+        # Unique ids, ascending, then -1 padding; `which` maps each id to its unique entry.
+        order = jnp.argsort(flat)
+        ordered = flat[order]
+        first = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+        unique_index = jnp.cumsum(first) - 1
+        self.which = jnp.zeros((n,), jnp.int32).at[order].set(unique_index)
+        self.unique = jnp.full((n,), -1, jnp.int32).at[unique_index].set(ordered)
+        # Owners are non-decreasing over the sorted unique ids: rank = position within owner.
+        self.owner = jnp.where(self.unique >= 0, self.unique // num_rows, group)
+        counts = jnp.zeros((group + 1,), jnp.int32).at[self.owner].add(1)[:group]
+        starts = jnp.cumsum(counts) - counts
+        self.rank = jnp.arange(n) - starts[jnp.minimum(self.owner, group - 1)]
+        self.rounds = (jax.lax.pmax(jnp.max(counts), mesh_axes) + slots - 1) // slots
+        self.max_rounds = -(-n // slots)  # all n ids unique and owned by one device
+
+    def slots_of(self, r: int) -> tuple[jax.Array, jax.Array]:
+        """(in_round [n] bool, slot [n] in [0, G x C], G x C = not sent) of round r."""
+        owned = (self.owner < self.group) & (self.rank >= r * self.slots)
+        in_round = owned & (self.rank < (r + 1) * self.slots)
+        slot = self.owner * self.slots + self.rank - r * self.slots
+        return in_round, jnp.where(in_round, slot, self.group * self.slots)
+
+    def scatter(self, values: jax.Array, slot: jax.Array, fill) -> jax.Array:
+        """values [n, ...] placed at `slot` of a [G, C, ...] send buffer (`fill` elsewhere)."""
+        shape = (self.group * self.slots, *values.shape[1:])
+        buffer = jnp.full(shape, fill, values.dtype).at[slot].set(values, mode="drop")
+        return buffer.reshape(self.group, self.slots, *values.shape[1:])
+
+    def over_rounds(self, step, state):
+        """state = step(r, state) for round 0, then under `lax.cond` for the rounds needed."""
+        state = step(0, state)
+        for r in range(1, self.max_rounds):
+            state = jax.lax.cond(r < self.rounds, functools.partial(step, r), lambda x: x, state)
+        return state
+
+
 def all_to_all_body(axes, group: int, capacity: float, mesh_axes):
     """Per-device body of the all-to-all method over the vocab group `axes` (G = group
     devices, each owning R consecutive rows): rows [R, D], ids [n, ...] -> [n, ..., D].
@@ -122,43 +164,54 @@ def all_to_all_body(axes, group: int, capacity: float, mesh_axes):
     Unique ids are sent in rounds of C = capacity x n / G slots per destination. Round 1
     always runs; round r > 1 runs (a `lax.cond` on a mesh-wide maximum, so every device agrees)
     only when some device has more than (r - 1) x C unique ids for one owner. The rounds are
-    unrolled up to the worst case (all n ids owned by one device), so any ids are exact.
+    unrolled up to the worst case (all n ids owned by one device), so any ids are exact. A
+    `custom_vjp` keeps no per-round residuals: the backward recomputes the routing from the ids
+    and sends each unique id's summed cotangent to its owner in the same rounds.
     """
 
     def local(rows: jax.Array, ids: jax.Array) -> jax.Array:
         flat = ids.reshape(-1).astype(jnp.int32)
-        n, num_rows, dim = flat.shape[0], rows.shape[0], rows.shape[1]
+        n, num_rows = flat.shape[0], rows.shape[0]
         slots = min(n, max(1, math.ceil(capacity * n / group)))
-        # Unique ids, ascending, then -1 padding; `which` maps each id to its unique entry.
-        order = jnp.argsort(flat)
-        ordered = flat[order]
-        first = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
-        unique_index = jnp.cumsum(first) - 1
-        which = jnp.zeros((n,), jnp.int32).at[order].set(unique_index)
-        unique = jnp.full((n,), -1, jnp.int32).at[unique_index].set(ordered)
-        # Owners are non-decreasing over the sorted unique ids: rank = position within owner.
-        owner = jnp.where(unique >= 0, unique // num_rows, group)
-        counts = jnp.zeros((group + 1,), jnp.int32).at[owner].add(1)[:group]
-        starts = jnp.cumsum(counts) - counts
-        rank = jnp.arange(n) - starts[jnp.minimum(owner, group - 1)]
-        rounds = (jax.lax.pmax(jnp.max(counts), mesh_axes) + slots - 1) // slots
-        first_row = jax.lax.axis_index(axes) * num_rows
 
-        def route(r: int, found: jax.Array) -> jax.Array:
-            """found [n, D] with the rows of the unique ids whose rank is in round r."""
-            in_round = (owner < group) & (rank >= r * slots) & (rank < (r + 1) * slots)
-            slot = jnp.where(in_round, owner * slots + rank - r * slots, group * slots)
-            send = jnp.full((group * slots,), -1, jnp.int32).at[slot].set(unique, mode="drop")
-            asked = jax.lax.all_to_all(send.reshape(group, slots), axes, 0, 0, tiled=True)
-            answers = jax.lax.all_to_all(
-                _owned_rows(rows, asked, first_row), axes, 0, 0, tiled=True
-            )  # [G, C, D]: the rows asked for, from their owners
-            got = jnp.take(answers.reshape(group * slots, dim), slot, axis=0, mode="clip")
-            return jnp.where(in_round[:, None], got, found)
+        def routing(flat):
+            return _Routing(flat, group, slots, num_rows, mesh_axes)
 
-        found = route(0, jnp.zeros((n, dim), rows.dtype))
-        for r in range(1, -(-n // slots)):
-            found = jax.lax.cond(r < rounds, functools.partial(route, r), lambda f: f, found)
-        return found[which].reshape(*ids.shape, dim)
+        def first_row():
+            return jax.lax.axis_index(axes) * num_rows
+
+        @jax.custom_vjp
+        def lookup(rows, flat):
+            plan = routing(flat)
+
+            def fetch(r, found):
+                in_round, slot = plan.slots_of(r)
+                asked = jax.lax.all_to_all(plan.scatter(plan.unique, slot, -1), axes, 0, 0)
+                answers = jax.lax.all_to_all(_owned_rows(rows, asked, first_row()), axes, 0, 0)
+                got = jnp.take(answers.reshape(group * slots, -1), slot, axis=0, mode="clip")
+                return jnp.where(in_round[:, None], got, found)
+
+            found = plan.over_rounds(fetch, jnp.zeros((n, rows.shape[1]), rows.dtype))
+            return found[plan.which]
+
+        def lookup_fwd(rows, flat):
+            return lookup(rows, flat), (rows, flat)
+
+        def lookup_bwd(residuals, grad):
+            rows, flat = residuals
+            plan = routing(flat)
+            grad_unique = jnp.zeros_like(grad).at[plan.which].add(grad)
+
+            def send(r, grad_rows):
+                _, slot = plan.slots_of(r)
+                asked = jax.lax.all_to_all(plan.scatter(plan.unique, slot, -1), axes, 0, 0)
+                sent = jax.lax.all_to_all(plan.scatter(grad_unique, slot, 0), axes, 0, 0)
+                local_row = jnp.where(asked >= 0, asked - first_row(), num_rows)
+                return grad_rows.at[local_row].add(sent, mode="drop")
+
+            return plan.over_rounds(send, jnp.zeros_like(rows)), None
+
+        lookup.defvjp(lookup_fwd, lookup_bwd)
+        return lookup(rows, flat).reshape(*ids.shape, rows.shape[1])
 
     return local
