@@ -92,6 +92,7 @@ def gdpa(
         )
     if impl == "pallas_mosaic_gpu":
         _check_head_dim(q.shape[-1])
+        _check_hopper(target_device())
         if block_q not in (None, BLOCK_Q):
             raise ValueError(f"backend='pallas_mosaic_gpu' has block_q={BLOCK_Q}, got {block_q}")
         return gdpa_mosaic_gpu(
@@ -258,6 +259,17 @@ def _resolve_backend(backend: str, head_dim: int) -> str:
 
 def _compiles_natively(impl: str) -> bool:
     return target_platform() == {"pallas_tpu": "tpu", "pallas_triton": "gpu"}[impl]
+
+
+def _check_hopper(device) -> None:
+    """The Mosaic GPU kernels issue wgmma, which only sm_90 (Hopper) has: Blackwell (sm_100)
+    replaced it with tcgen05, so a clear error there instead of a failed compile."""
+    capability = getattr(device, "compute_capability", None)
+    if device.platform in ("gpu", "cuda") and capability and not capability.startswith("9."):
+        raise ValueError(
+            f"backend='pallas_mosaic_gpu' needs a Hopper GPU (sm_90, wgmma); {device.device_kind} "
+            f"is sm_{capability.replace('.', '')}: use backend='pallas_triton'"
+        )
 
 
 def _check_head_dim(dim: int) -> None:

@@ -8,6 +8,7 @@ same kernels for sm_90). Tolerances and error normalization as in test_gdpa.py.
 from __future__ import annotations
 
 import functools
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
+from pallas_kernels.common.target import compile_target
 from pallas_kernels.gdpa import gdpa, gdpa_reference
 from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
 from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
@@ -105,3 +107,12 @@ def test_the_public_op_runs_it_by_name_only():
     got = gdpa(q, k, v, backend="pallas_mosaic_gpu", **kwargs)
     want = gdpa_reference(*as_f32(q, k, v), **kwargs)
     assert_close(got, want, "bfloat16", "O", tolerance=TOLERANCE)
+
+
+def test_gpus_other_than_hopper_are_a_clear_error():
+    q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "bfloat16")
+    b200 = types.SimpleNamespace(
+        platform="gpu", device_kind="NVIDIA B200", compute_capability="10.0"
+    )
+    with compile_target(b200), pytest.raises(ValueError, match=r"needs a Hopper GPU.*sm_100"):
+        gdpa(q, k, v, backend="pallas_mosaic_gpu")
