@@ -147,8 +147,7 @@ def _forward_kernel(cfg: _Config, shape, dtype):
         bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
         q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
         rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
-        plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, q_bar.at[0])
-        plgpu.barrier_wait(q_bar.at[0])
+        _load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = _fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
@@ -192,10 +191,8 @@ def _dq_kernel(cfg: _Config, shape, dtype):
         bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
         q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
         rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
-        plgpu.copy_gmem_to_smem(q_gmem.at[bi, rows, hi], q_smem, tile_bar.at[0])
-        plgpu.copy_gmem_to_smem(do_gmem.at[bi, rows, hi], do_smem, tile_bar.at[1])
-        plgpu.barrier_wait(tile_bar.at[0])
-        plgpu.barrier_wait(tile_bar.at[1])
+        tile = (bi, rows, hi)
+        _load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = _fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
@@ -244,10 +241,7 @@ def _dkdv_kernel(cfg: _Config, shape, tkv: int, dtype):
         bi, hi, ki = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("kv")
         q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
         rows = pl.ds(ki * block, block)
-        plgpu.copy_gmem_to_smem(k_gmem.at[bi, rows, hi], k_smem, kv_bar.at[0])
-        plgpu.copy_gmem_to_smem(v_gmem.at[bi, rows, hi], v_smem, kv_bar.at[1])
-        plgpu.barrier_wait(kv_bar.at[0])
-        plgpu.barrier_wait(kv_bar.at[1])
+        _load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
         lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
         fetch = _fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
 
@@ -289,6 +283,14 @@ def _dkdv_kernel(cfg: _Config, shape, tkv: int, dtype):
 
 def _interpret(cfg: _Config):
     return plgpu.InterpretGPUParams() if cfg.interpret else False
+
+
+def _load_tiles(barriers, *copies) -> None:
+    """TMA each (gmem window, smem) pair with its own barrier of `barriers`, then wait all."""
+    for i, (gmem, smem) in enumerate(copies):
+        plgpu.copy_gmem_to_smem(gmem, smem, barriers.at[i])
+    for i in range(len(copies)):
+        plgpu.barrier_wait(barriers.at[i])
 
 
 def _fetcher(bi, hi, rows: int, *streams) -> Callable[[jax.Array, jax.Array], None]:
