@@ -7,6 +7,11 @@ import tempfile
 
 # libtpu (installed for deviceless TPU compiles) would otherwise probe for a TPU at start-up.
 os.environ.setdefault("JAX_PLATFORMS", os.environ.get("KUNLUN_TEST_PLATFORMS", "cpu"))
+# On CPU the Triton-language kernels (gdpa backend "jax_triton") run in Triton's interpreter,
+# which `@triton.jit` picks when a kernel is defined: set before anything imports triton. The
+# cubin compile test runs in a subprocess without it.
+if os.environ["JAX_PLATFORMS"] == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # The suite's time is mostly XLA compiles of small programs: trade generated-code speed for
 # compile speed (about 2x), and share compiled programs between tests through a cache
 # (identical train steps are built many times, e.g. to check exact resume).

@@ -15,7 +15,8 @@ result also reports its fraction of that matmul and of the published bf16 peak
 (`kunlun_jax.bench.roofline.PEAKS`).
 
 Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_mosaic_gpu (the Hopper
-wgmma + TMA kernels, D <= 128), gdpa_reference (plain jnp under XLA) and tokamax_<impl> softmax
+wgmma + TMA kernels, D <= 128), gdpa_jax_triton (the Triton-language kernels through
+jax_triton.triton_call), gdpa_reference (plain jnp under XLA) and tokamax_<impl> softmax
 attention for impl in mosaic, triton, cudnn, xla, each named explicitly (tokamax's default
 list silently falls back to XLA). Failures are recorded per implementation, not raised.
 """
@@ -41,6 +42,7 @@ TOKAMAX_IMPLS = ("mosaic", "triton", "cudnn", "xla")
 GDPA_BACKENDS = {
     "gdpa_pallas": "pallas",
     "gdpa_mosaic_gpu": "pallas_mosaic_gpu",  # GPU only; errors are recorded per case
+    "gdpa_jax_triton": "jax_triton",  # GPU only (jax-triton); Triton-language kernels
     "gdpa_reference": "reference",
 }
 ALL_IMPLS = (*GDPA_BACKENDS, *(f"tokamax_{i}" for i in TOKAMAX_IMPLS))

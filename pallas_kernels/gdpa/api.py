@@ -7,6 +7,9 @@ Backends:
 - "pallas_mosaic_gpu": Hopper wgmma + TMA kernels (`mosaic_gpu.py`; bf16/f16, D <= 128,
   block_q fixed at 64); lowered for sm_90 in CI but never run on a GPU, so only by name,
   never chosen by "auto".
+- "jax_triton": Triton-language kernels (`triton_lang.py`) through `jax_triton.triton_call`
+  (`jax_triton_op.py`), the comparison point for the Pallas kernels; by name only. Needs the
+  `triton` package; off a GPU it runs in Triton's interpreter (TRITON_INTERPRET=1).
 - "pallas": the platform's Pallas kernel (TPU → pallas_tpu, GPU → pallas_triton; on CPU,
   pallas_tpu in interpret mode).
 - "auto": pallas_tpu on TPU, pallas_triton on GPU, the reference on CPU.
@@ -36,7 +39,15 @@ from pallas_kernels.gdpa.triton import gdpa_fwd_triton
 from pallas_kernels.gdpa.triton_vjp import gdpa_bwd_triton
 from pallas_kernels.gdpa.tuning import default_block_sizes
 
-BACKENDS = ("auto", "pallas", "pallas_tpu", "pallas_triton", "pallas_mosaic_gpu", "reference")
+BACKENDS = (
+    "auto",
+    "pallas",
+    "pallas_tpu",
+    "pallas_triton",
+    "pallas_mosaic_gpu",
+    "jax_triton",
+    "reference",
+)
 HEAD_DIM_RANGE = (32, 256)  # head dims the Pallas backends support (inclusive)
 
 
@@ -77,39 +88,39 @@ def gdpa(
     impl = _resolve_backend(backend, q.shape[-1])
     get_activation(activation)  # ValueError listing the valid names
     check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window)
+    op = dict(
+        activation=activation,
+        qk_scale=qk_scale,
+        out_scale=out_scale,
+        q_lengths=q_lengths,
+        kv_lengths=kv_lengths,
+        window=window,
+        causal=causal,
+    )
     if impl == "reference":
-        return gdpa_reference(
-            q,
-            k,
-            v,
-            activation=activation,
-            qk_scale=qk_scale,
-            out_scale=out_scale,
-            q_lengths=q_lengths,
-            kv_lengths=kv_lengths,
-            window=window,
-            causal=causal,
-        )
+        return gdpa_reference(q, k, v, **op)
+    _check_head_dim(q.shape[-1])
+    device = target_device()
+    on_gpu = target_platform() == "gpu"
     if impl == "pallas_mosaic_gpu":
-        _check_head_dim(q.shape[-1])
-        _check_hopper(target_device())
+        _check_hopper(device)
         if block_q not in (None, BLOCK_Q):
             raise ValueError(f"backend='pallas_mosaic_gpu' has block_q={BLOCK_Q}, got {block_q}")
-        return gdpa_mosaic_gpu(
+        return gdpa_mosaic_gpu(q, k, v, **op, block_kv=block_kv, interpret=not on_gpu)
+    if impl == "jax_triton":
+        # Imported here: triton is an optional dependency of the package.
+        from pallas_kernels.gdpa.jax_triton_op import gdpa_jax_triton
+
+        return gdpa_jax_triton(
             q,
             k,
             v,
-            activation=activation,
-            qk_scale=qk_scale,
-            out_scale=out_scale,
-            q_lengths=q_lengths,
-            kv_lengths=kv_lengths,
-            window=window,
-            causal=causal,
+            **op,
+            block_q=block_q,
             block_kv=block_kv,
-            interpret=target_platform() != "gpu",
+            device_kind=device.device_kind if on_gpu else "",
+            mode="jax_triton" if on_gpu else "interpret",
         )
-    device = target_device()
     return gdpa_pallas(
         q,
         k,
@@ -118,13 +129,7 @@ def gdpa(
         platform=device.platform,
         device_kind=device.device_kind,
         interpret=not _compiles_natively(impl),
-        activation=activation,
-        qk_scale=qk_scale,
-        out_scale=out_scale,
-        q_lengths=q_lengths,
-        kv_lengths=kv_lengths,
-        window=window,
-        causal=causal,
+        **op,
         block_q=block_q,
         block_kv=block_kv,
     )

@@ -31,11 +31,15 @@ _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     ("gpu", "NVIDIA H", 64, "long", BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=3)),
     ("gpu", "NVIDIA H", 128, "long", BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3)),
     ("gpu", "NVIDIA H", 256, "long", BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
-    # Any other GPU (Ampere and older, Blackwell through Triton): conservative tiles.
-    ("gpu", "", 128, "short", BlockSizes(64, 64, 64, 64, num_warps=4, num_stages=2)),
-    ("gpu", "", 256, "long", BlockSizes(64, 64, 32, 32, num_warps=4, num_stages=2)),
-    ("gpu", "", 256, "short", BlockSizes(64, 64, 32, 32, num_warps=4, num_stages=2)),
+    # Any other GPU (Ampere, Blackwell through Triton): conservative tiles, 8 warps (with 4 the
+    # D=128 backward and the D=256 kernels spill registers on sm_80 and sm_100).
+    ("gpu", "", 128, "short", BlockSizes(64, 64, 64, 64, num_warps=8, num_stages=2)),
+    ("gpu", "", 256, "long", BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
+    ("gpu", "", 256, "short", BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
 )
+# The GPU rows as (device-kind prefix, max head dim, regime, sizes): checked for spills and
+# shared memory by benchmarks/kernels/gdpa_cuda_resources.py.
+GPU_ROWS = tuple((prefix, d, reg, sizes) for plat, prefix, d, reg, sizes in _TABLE if plat == "gpu")
 # Interpret mode (CPU) and anything unmatched: small tiles keep the sequential grid short.
 _FALLBACK = BlockSizes(64, 64, 64, 64)
 

@@ -35,6 +35,7 @@ from tests.kernels.helpers import (
 )
 
 PALLAS = ("pallas_tpu", "pallas_triton")
+KERNELS = (*PALLAS, "jax_triton")  # + the Triton-language kernels, in Triton's interpreter
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
 BLOCK = 16
 
@@ -101,7 +102,7 @@ def _cases(draw):
     return (draw(st.integers(0, 2**16)), b, tq, tkv, h, d, dtype), kw
 
 
-@pytest.mark.parametrize("backend", PALLAS)
+@pytest.mark.parametrize("backend", KERNELS)
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(case=_cases())
 def test_matches_reference(backend, case):
@@ -114,7 +115,7 @@ def test_matches_reference(backend, case):
 
 @pytest.mark.parametrize(
     ("activation", "backend"),
-    [(a, PALLAS[i % 2]) for i, a in enumerate(sorted(ACTIVATIONS))],
+    [(a, KERNELS[i % len(KERNELS)]) for i, a in enumerate(sorted(ACTIVATIONS))],
 )
 def test_every_activation(activation, backend):
     """Ragged lengths (incl. 0), window and causal together, each activation once."""
@@ -137,16 +138,18 @@ def test_every_activation(activation, backend):
         ("pallas_triton", "float32", 128),
         ("pallas_tpu", "float16", 96),
         ("pallas_triton", "bfloat16", 96),
+        ("jax_triton", "float16", 96),
+        ("jax_triton", "bfloat16", 128),
     ],
 )
 def test_head_dims_and_dtypes(backend, dtype, d):
-    """D=128 (TPU: lane-dense reshape layout), D=96 (TPU: head-major layout; Triton: D padded
-    to 128), cross-attention shape, fp16."""
+    """D=128 (TPU: lane-dense reshape layout), D=96 (TPU: head-major layout; Pallas Triton: D
+    padded to 128; jax_triton: lanes past 96 masked), cross-attention shape, fp16."""
     kw = dict(activation="silu", qk_scale=d**-0.5, out_scale=1 / 24, kv_lengths=jnp.array([24, 5]))
     _check_against_reference(backend, _inputs(2, 2, 40, 24, 2, d, dtype), dtype, **kw)
 
 
-@pytest.mark.parametrize("backend", PALLAS)
+@pytest.mark.parametrize("backend", KERNELS)
 def test_masked_positions_contribute_nothing(backend):
     """Sigmoid(0) = 0.5, so any leak of a masked position would show. Huge values at masked
     keys inside visited tiles and NaN in fully padded tiles (which a kernel must never visit:
@@ -178,7 +181,7 @@ def test_masked_positions_contribute_nothing(backend):
     _assert_close(want[0], gdpa_reference(q, k, v, activation="sigmoid", **lengths), "float32", "O")
 
 
-@pytest.mark.parametrize("backend", PALLAS)
+@pytest.mark.parametrize("backend", KERNELS)
 def test_empty_sequences(backend):
     q, k, v, _ = _inputs(5, 2, 8, 0, 1, 32, "float32")
     out, grads = value_and_grads(lambda *a: gdpa(*a, backend=backend), q, k, v, jnp.ones_like(q))

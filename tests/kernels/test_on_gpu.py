@@ -56,7 +56,7 @@ def _inputs(tq: int, tkv: int, dim: int, dtype: str, kv_lens: jax.Array):
     return q, jnp.where(real, k, 1e3).astype(dtype), jnp.where(real, v, 1e3).astype(dtype), do
 
 
-@pytest.mark.parametrize("backend", ["pallas_triton", "pallas_mosaic_gpu"])
+@pytest.mark.parametrize("backend", ["pallas_triton", "pallas_mosaic_gpu", "jax_triton"])
 @pytest.mark.parametrize("case", GDPA_CASES)
 @pytest.mark.parametrize("dtype", sorted(TOLERANCE))
 def test_gdpa_kernels_match_the_reference(backend, case, dtype):

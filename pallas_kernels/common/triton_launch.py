@@ -1,0 +1,235 @@
+"""One launch of a Triton-language kernel, and the three ways this project runs one.
+
+A `TritonLaunch` names the kernel, its grid, its input arrays (the kernel's leading pointer
+parameters, in order), the outputs (the pointers after them) and its constexprs. The same
+description is
+- called on a CUDA GPU through `jax_triton.triton_call` (`launch(..., mode="jax_triton")`);
+- run on the host by Triton's interpreter inside a `jax.pure_callback` (`mode="interpret"`:
+  CPU tests; needs TRITON_INTERPRET=1 in the environment before triton is first imported,
+  because `@triton.jit` picks the interpreter when the kernel is defined);
+- compiled to cubin for a CUDA compute capability without a GPU (`compile_for_cuda`: Triton's
+  own compiler and its bundled ptxas), which checks shared memory and registers in CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+MODES = ("jax_triton", "interpret")
+
+# jnp dtype name -> Triton pointer element type.
+_TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int32": "i32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonLaunch:
+    """kernel[grid](*inputs, *outputs, **constexprs) with outputs of `out_types`."""
+
+    kernel: Any  # a triton JITFunction (or, under TRITON_INTERPRET=1, InterpretedFunction)
+    grid: tuple[int, ...]
+    inputs: tuple[jax.Array, ...]
+    out_types: tuple[jax.ShapeDtypeStruct, ...]
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 2
+    name: str = ""
+
+
+def launch(spec: TritonLaunch, mode: str) -> tuple[jax.Array, ...]:
+    """Run `spec`; mode: "jax_triton" (CUDA GPU) or "interpret" (host, see module docstring)."""
+    if mode == "jax_triton":
+        return tuple(_call_jax_triton(spec))
+    if mode == "interpret":
+        return _call_interpreter(spec)
+    raise ValueError(f"unknown Triton launch mode {mode!r}; choose one of {MODES}")
+
+
+def _call_jax_triton(spec: TritonLaunch):
+    try:
+        import jax_triton  # optional (the `gpu` extra); importable only with a CUDA jaxlib
+    except ImportError as e:
+        raise ImportError(
+            "the Triton-language kernels run on a GPU through jax-triton "
+            "(pip install 'kunlun-jax[gpu]'); on CPU they run in Triton's interpreter "
+            f"(TRITON_INTERPRET=1): {e}"
+        ) from e
+    return jax_triton.triton_call(
+        *spec.inputs,
+        kernel=spec.kernel,
+        out_type=list(spec.out_types),
+        grid=spec.grid,
+        name=spec.name,
+        num_warps=spec.num_warps,
+        num_stages=spec.num_stages,
+        **spec.constexprs,
+    )
+
+
+def _call_interpreter(spec: TritonLaunch) -> tuple[jax.Array, ...]:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(spec.kernel, InterpretedFunction):
+        raise RuntimeError(
+            f"Triton kernel {spec.name or spec.kernel} was not defined in interpreter mode: set "
+            "TRITON_INTERPRET=1 in the environment before triton is first imported"
+        )
+    _patch_interpreter_bf16_dot()
+
+    def host(*arrays):
+        outputs = [np.zeros(t.shape, t.dtype) for t in spec.out_types]
+        buffers = [_HostBuffer(np.ascontiguousarray(a)) for a in arrays] + [
+            _HostBuffer(o) for o in outputs
+        ]
+        spec.kernel[spec.grid](*buffers, **spec.constexprs)
+        return tuple(outputs)
+
+    return tuple(jax.pure_callback(host, spec.out_types, *spec.inputs))
+
+
+class _HostBuffer:
+    """A numpy array as the torch-like tensor Triton's interpreter reads and writes through
+    raw pointers: data_ptr / dtype / storage plumbing, all referring to the array itself."""
+
+    def __init__(self, array: np.ndarray):
+        import triton.language as tl
+
+        self.array = array
+        self.dtype = getattr(tl, array.dtype.name)  # tl.bfloat16, tl.float32, tl.int32, ...
+
+    def data_ptr(self) -> int:
+        return self.array.ctypes.data
+
+    def untyped_storage(self) -> _HostBuffer:
+        return self
+
+    def cpu(self) -> _HostBuffer:
+        return self
+
+    def new_empty(self, *args, **kwargs) -> _HostBuffer:
+        return _HostBuffer(self.array)
+
+    def set_(self, storage: _HostBuffer, *args) -> _HostBuffer:
+        self.array = storage.array
+        return self
+
+    def storage_offset(self) -> int:
+        return 0
+
+    def size(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def stride(self, *args) -> tuple[int, ...]:
+        return tuple(s // self.array.itemsize for s in self.array.strides)
+
+    def copy_(self, other: _HostBuffer) -> None:
+        if other.array is not self.array:
+            np.copyto(self.array, other.array)
+
+
+@functools.cache
+def _patch_interpreter_bf16_dot() -> None:
+    """Triton 3.9's interpreter keeps bf16 tiles as their uint16 bits and feeds those to
+    np.matmul, so a bf16 `tl.dot` returns garbage there (fp16 / fp32 are right). Widen bf16
+    operands to fp32 first: exact, and what the tensor cores do (fp32 accumulation)."""
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    create_dot = builder.create_dot
+
+    def widen(x):
+        if x.dtype.scalar != tl.bfloat16:
+            return x
+        data = interpreter._convert_float(x.data, tl.bfloat16, tl.float32, None)
+        return interpreter.TensorHandle(data.view(np.float32), tl.float32)
+
+    def dot(a, b, d, input_precision, max_num_imprecise_acc):
+        return create_dot(widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    builder.create_dot = dot
+
+
+@dataclasses.dataclass(frozen=True)
+class CudaBinary:
+    """What Triton's compiler and ptxas produced for one launch: the kernel's resources."""
+
+    name: str
+    capability: int
+    shared_bytes: int  # shared memory per program
+    tensor_memory_columns: int  # Blackwell tensor memory (TMEM) columns; 0 before sm_100
+    registers: int  # per thread
+    spill_bytes: int  # spill stores + spill loads per thread
+    cubin_bytes: int
+    num_warps: int
+
+
+def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
+    """Compile `spec`'s kernel to cubin for `capability` (90: Hopper, 100: Blackwell) with
+    Triton's compiler and bundled ptxas, no GPU needed, and read the registers and spills
+    from `ptxas -v`. The kernel must be a JITFunction (TRITON_INTERPRET unset). Raises
+    Triton's compile error (e.g. out of shared memory)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    names = spec.kernel.arg_names
+    arrays = [*spec.inputs, *spec.out_types]
+    pointers = [n for n in names if n not in spec.constexprs]
+    if len(pointers) != len(arrays):
+        raise ValueError(f"{spec.name}: {len(arrays)} arrays for pointer parameters {pointers}")
+    types = {n: "*" + _TRITON_TYPES[a.dtype.name] for n, a in zip(pointers, arrays, strict=True)}
+    signature = {n: types.get(n, "constexpr") for n in names}
+    # jax-triton passes every buffer 16-byte aligned (XLA allocations): same specialization.
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in pointers}
+    source = triton.compiler.ASTSource(spec.kernel, signature, spec.constexprs, attrs)
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", capability, 32),
+        options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
+    )
+    registers, spills = _ptxas_resources(compiled.asm["ptx"], capability)
+    return CudaBinary(
+        name=compiled.name,
+        capability=capability,
+        shared_bytes=compiled.metadata.shared,
+        tensor_memory_columns=compiled.metadata.tmem_size or 0,
+        registers=registers,
+        spill_bytes=spills,
+        cubin_bytes=len(compiled.asm["cubin"]),
+        num_warps=compiled.metadata.num_warps,
+    )
+
+
+def _ptxas_resources(ptx: str, capability: int) -> tuple[int, int]:
+    """(registers per thread, spill store + load bytes) from Triton's ptxas in verbose mode."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        log = subprocess.run(
+            [
+                get_ptxas(capability).path,
+                "-v",
+                f"--gpu-name={sm_arch_from_capability(capability)}",
+                str(src),
+                "-o",
+                str(src.with_suffix(".cubin")),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if registers is None or spills is None:
+        raise RuntimeError(f"unexpected ptxas -v output:\n{log}")
+    return int(registers[1]), int(spills[1]) + int(spills[2])

@@ -1,0 +1,167 @@
+"""GDPA through the Triton-language kernels (`triton_lang.py`) with a custom VJP.
+
+Reached as `gdpa(..., backend="jax_triton")` (never by "auto"): the comparison point for the
+Pallas kernels, the same op written directly in Triton. On a CUDA GPU each kernel is one
+`jax_triton.triton_call`; elsewhere the kernels run in Triton's interpreter on the host (CPU
+tests; TRITON_INTERPRET=1), see `common/triton_launch.py`. Because Triton generates the MMA
+code itself, the same source compiles for Hopper (wgmma) and Blackwell (tcgen05); CI compiles
+it to cubin for both (tests/kernels/test_gdpa_jax_triton_compile.py). Not run on a GPU yet.
+
+Tiles: the GPU rows of `tuning.py` (shared with the Pallas Triton kernels, same constraint:
+powers of two >= 16), shrunk to the sequence lengths. Inputs are never padded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.common.blocks import cdiv
+from pallas_kernels.common.inputs import clip_lengths
+from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
+from pallas_kernels.common.triton_launch import TritonLaunch, launch
+from pallas_kernels.gdpa import triton_lang
+from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.gdpa.tuning import default_block_sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxTritonConfig:
+    """Static configuration of one call (the custom_vjp's non-differentiable argument).
+    mode: `triton_launch.MODES` ("jax_triton" on a GPU, "interpret" on the host)."""
+
+    spec: GdpaSpec
+    sizes: BlockSizes
+    mode: str
+
+
+def gdpa_jax_triton(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    activation: str,
+    qk_scale: float,
+    out_scale: float,
+    q_lengths: jax.Array | None,
+    kv_lengths: jax.Array | None,
+    window: int | None,
+    causal: bool,
+    block_q: int | None,
+    block_kv: int | None,
+    device_kind: str,
+    mode: str,
+) -> jax.Array:
+    """`gdpa` (which validated the arguments) on the Triton-language kernels.
+
+    q: [B, Tq, H, D], k / v: [B, Tkv, H, D]; device_kind picks the tuned tiles (`tuning.py`,
+    GPU rows); block_q / block_kv override them. Returns [B, Tq, H, D] in q's dtype.
+    """
+    batch, tq, _, dim = q.shape
+    tkv = k.shape[1]
+    if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
+        return jnp.zeros_like(q)
+    sizes = default_block_sizes("gpu", device_kind, dim, tkv).with_overrides(block_q, block_kv)
+    sizes = fit_block_sizes(sizes, "pallas_triton", q.dtype, tq, tkv, block_q, block_kv)
+    spec = GdpaSpec(
+        activation,
+        float(qk_scale),
+        float(out_scale),
+        None if window is None else int(window),
+        bool(causal),
+    )
+    cfg = JaxTritonConfig(spec, sizes, mode)
+    return _gdpa(
+        cfg, q, k, v, clip_lengths(q_lengths, batch, tq), clip_lengths(kv_lengths, batch, tkv)
+    )
+
+
+def forward_launch(cfg: JaxTritonConfig, q, k, v, q_lens, kv_lens) -> TritonLaunch:
+    """O [B, Tq, H, D]; grid (q blocks, B·H). Arrays may be jax.ShapeDtypeStructs (compiles)."""
+    blocks = cdiv(q.shape[1], cfg.sizes.block_q)
+    inputs = (q, k, v, q_lens, kv_lens)
+    return _launch(cfg, triton_lang.gdpa_fwd_kernel, "fwd", blocks, inputs, (q,))
+
+
+def dkdv_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunch:
+    """(dK, dV) [B, Tkv, H, D]; grid (kv blocks, B·H)."""
+    blocks = cdiv(k.shape[1], cfg.sizes.block_kv_bwd)
+    inputs = (q, k, v, do, q_lens, kv_lens)
+    return _launch(cfg, triton_lang.gdpa_dkdv_kernel, "dkdv", blocks, inputs, (k, v))
+
+
+def dq_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunch:
+    """dQ [B, Tq, H, D]; grid (q blocks, B·H)."""
+    blocks = cdiv(q.shape[1], cfg.sizes.block_q_bwd)
+    return _launch(
+        cfg, triton_lang.gdpa_dq_kernel, "dq", blocks, (q, k, v, do, q_lens, kv_lens), (q,)
+    )
+
+
+def _launch(cfg: JaxTritonConfig, kernel, kind: str, num_blocks: int, inputs, outputs_like):
+    """Launch of GDPA kernel `kind` ("fwd" | "dkdv" | "dq") over (num_blocks, B·H) programs;
+    inputs start with q, k; one output per array of `outputs_like`, with its shape and dtype."""
+    q, k = inputs[0], inputs[1]
+    sizes = cfg.sizes
+    fwd = kind == "fwd"
+    return TritonLaunch(
+        kernel,
+        grid=(num_blocks, q.shape[0] * q.shape[2]),
+        inputs=tuple(inputs),
+        out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
+        constexprs=_constexprs(
+            cfg.spec,
+            q,
+            k,
+            sizes.block_q if fwd else sizes.block_q_bwd,
+            sizes.block_kv if fwd else sizes.block_kv_bwd,
+        ),
+        num_warps=sizes.num_warps,
+        num_stages=sizes.num_stages,
+        name=f"gdpa_{kind}_jax_triton",
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gdpa(cfg: JaxTritonConfig, q, k, v, q_lens, kv_lens) -> jax.Array:
+    (out,) = launch(forward_launch(cfg, q, k, v, q_lens, kv_lens), cfg.mode)
+    return out
+
+
+def _gdpa_fwd(cfg: JaxTritonConfig, q, k, v, q_lens, kv_lens):
+    return _gdpa(cfg, q, k, v, q_lens, kv_lens), (q, k, v, q_lens, kv_lens)
+
+
+def _gdpa_bwd(cfg: JaxTritonConfig, residuals, do):
+    q, k, v, q_lens, kv_lens = residuals
+    do = do.astype(q.dtype)
+    dk, dv = launch(dkdv_launch(cfg, q, k, v, do, q_lens, kv_lens), cfg.mode)
+    (dq,) = launch(dq_launch(cfg, q, k, v, do, q_lens, kv_lens), cfg.mode)
+    return dq, dk, dv, None, None
+
+
+_gdpa.defvjp(_gdpa_fwd, _gdpa_bwd)
+
+
+def _constexprs(spec: GdpaSpec, q, k, block_q: int, block_kv: int) -> dict:
+    """The kernels' shared constexpr parameters (see `triton_lang`)."""
+    _, tq, heads, dim = q.shape
+    return dict(
+        T_Q=tq,
+        T_KV=k.shape[1],
+        H=heads,
+        D=dim,
+        BLOCK_D=max(16, pow2_at_least(dim)),
+        BLOCK_Q=block_q,
+        BLOCK_KV=block_kv,
+        ACT=spec.activation,
+        QK_SCALE=spec.qk_scale,
+        OUT_SCALE=spec.out_scale,
+        WINDOW=-1 if spec.window is None else spec.window,
+        CAUSAL=spec.causal,
+        # fp32 inputs: true fp32 products (Triton would use TF32), as the reference computes.
+        PRECISION="ieee" if jnp.dtype(q.dtype) == jnp.float32 else "tf32",
+    )

@@ -1,0 +1,317 @@
+"""GDPA forward and backward as Triton-language kernels (`@triton.jit`).
+
+The comparison point for the Pallas kernels: the same op written directly in Triton and called
+through `jax_triton.triton_call` (`jax_triton_op.py`). On CPU the kernels run in Triton's
+interpreter (TRITON_INTERPRET=1 before triton is imported) and compile to cubin for sm_90 and
+sm_100 (tests/kernels/test_gdpa_jax_triton.py). Semantics: `reference.gdpa_reference`; the tile
+math is `blockwise.py`'s, block ranges are `common/blocks.py`'s, the activations and their
+derivatives are `common/activations.py`'s, each restated in Triton.
+
+Layout: q / o / dq / do [B, Tq, H, D] and k / v / dk / dv [B, Tkv, H, D], contiguous; lengths
+int32 [B] already clipped to [0, T]. Nothing is padded: rows past a length and head-dim lanes
+past D are masked loads (BLOCK_D is the next power of two >= D), so padded inputs are never
+read. Shapes, scales, mask kind (WINDOW < 0: no window) and the activation are constexprs:
+jax-triton specializes every scalar anyway.
+
+Grids: forward and dQ (cdiv(Tq, BLOCK_Q), B·H), dK/dV (cdiv(Tkv, BLOCK_KV), B·H); each program
+loops over exactly the blocks its mask can see, so padded / out-of-window blocks cost nothing.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+INV_SQRT_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+GELU_TANH_CUBIC = tl.constexpr(0.044715)
+LEAKY_SLOPE = tl.constexpr(0.01)  # common.activations.LEAKY_SLOPE
+# Tensors go first in products with these: Triton 3.9's interpreter cannot multiply
+# constexpr * tensor (the compiler can).
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def activation(x, ACT: tl.constexpr):
+    """Act(x) for an fp32 tile; ACT names an entry of `common.activations.ACTIVATIONS`."""
+    if ACT == "silu":
+        y = x * tl.sigmoid(x)
+    elif ACT == "gelu":
+        y = 0.5 * x * (1.0 + tl.erf(x * INV_SQRT_2))
+    elif ACT == "gelu_tanh":
+        y = 0.5 * x * (1.0 + _tanh((x + x * x * x * GELU_TANH_CUBIC) * SQRT_2_OVER_PI))
+    elif ACT == "relu":
+        y = tl.maximum(x, 0.0)
+    elif ACT == "relu2":
+        y = tl.maximum(x, 0.0) * tl.maximum(x, 0.0)
+    elif ACT == "sigmoid":
+        y = tl.sigmoid(x)
+    elif ACT == "identity":
+        y = x
+    else:
+        tl.static_assert(ACT == "leaky_relu", "unknown GDPA activation")
+        y = tl.where(x > 0, x, x * LEAKY_SLOPE)
+    return y
+
+
+@triton.jit
+def activation_grad(x, ACT: tl.constexpr):
+    """Act'(x) for an fp32 tile."""
+    if ACT == "silu":
+        s = tl.sigmoid(x)
+        y = s * (1.0 + x * (1.0 - s))
+    elif ACT == "gelu":
+        y = 0.5 * (1.0 + tl.erf(x * INV_SQRT_2)) + x * tl.exp(-0.5 * x * x) * INV_SQRT_2PI
+    elif ACT == "gelu_tanh":
+        t = _tanh((x + x * x * x * GELU_TANH_CUBIC) * SQRT_2_OVER_PI)
+        du = (1.0 + x * x * (3.0 * GELU_TANH_CUBIC)) * SQRT_2_OVER_PI
+        y = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+    elif ACT == "relu":
+        y = tl.where(x > 0, 1.0, 0.0)
+    elif ACT == "relu2":
+        y = 2.0 * tl.maximum(x, 0.0)
+    elif ACT == "sigmoid":
+        s = tl.sigmoid(x)
+        y = s * (1.0 - s)
+    elif ACT == "identity":
+        y = tl.full(x.shape, 1.0, tl.float32)
+    else:
+        tl.static_assert(ACT == "leaky_relu", "unknown GDPA activation")
+        y = tl.where(x > 0, 1.0, LEAKY_SLOPE)
+    return y
+
+
+@triton.jit
+def _block_range(lo_pos, hi_pos, empty, BLOCK: tl.constexpr):
+    """Blocks [lo, hi) covering positions [lo_pos, hi_pos); hi == lo when `empty`."""
+    lo_pos = tl.maximum(lo_pos, 0)
+    hi_pos = tl.maximum(hi_pos, lo_pos)
+    lo = lo_pos // BLOCK
+    hi = (hi_pos + BLOCK - 1) // BLOCK
+    return lo, tl.where(empty | (hi_pos == lo_pos), lo, hi)
+
+
+@triton.jit
+def kv_block_range(
+    qi,
+    q_len,
+    kv_len,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """KV blocks [lo, hi) query block `qi` sees (`common.blocks.kv_block_range`)."""
+    first_row = qi * BLOCK_Q
+    last_row = tl.minimum(first_row + BLOCK_Q, q_len) - 1
+    col_lo = first_row * 0
+    col_hi = kv_len
+    if WINDOW >= 0:
+        col_lo = first_row - WINDOW
+        col_hi = tl.minimum(col_hi, last_row + WINDOW + 1)
+    if CAUSAL:
+        col_hi = tl.minimum(col_hi, last_row + 1)
+    return _block_range(col_lo, col_hi, last_row < first_row, BLOCK_KV)
+
+
+@triton.jit
+def q_block_range(
+    kj,
+    q_len,
+    kv_len,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Query blocks [lo, hi) that key block `kj` gets gradient from (`blocks.q_block_range`)."""
+    first_col = kj * BLOCK_KV
+    last_col = tl.minimum(first_col + BLOCK_KV, kv_len) - 1
+    row_lo = first_col * 0
+    row_hi = q_len
+    if WINDOW >= 0:
+        row_lo = first_col - WINDOW
+        row_hi = tl.minimum(row_hi, last_col + WINDOW + 1)
+    if CAUSAL:
+        row_lo = tl.maximum(row_lo, first_col)
+    return _block_range(row_lo, row_hi, last_col < first_col, BLOCK_Q)
+
+
+@triton.jit
+def visible(q_idx, kv_idx, q_len, kv_len, WINDOW: tl.constexpr, CAUSAL: tl.constexpr):
+    """Mask predicate over broadcastable position tiles (`common.blocks.visible`)."""
+    ok = (q_idx < q_len) & (kv_idx < kv_len)
+    if WINDOW >= 0:
+        ok = ok & (tl.abs(q_idx - kv_idx) <= WINDOW)
+    if CAUSAL:
+        ok = ok & (kv_idx <= q_idx)
+    return ok
+
+
+@triton.jit
+def _offsets(b, h, rows, dims, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+    """Element offsets of rows `rows` × lanes `dims` of head (b, h) in a [B, T, H, D] array."""
+    return ((b.to(tl.int64) * T + rows[:, None]) * H + h) * D + dims[None, :]
+
+
+@triton.jit
+def load_rows(ptr, b, h, rows, dims, length, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+    """[rows, BLOCK_D] tile of head (b, h); rows >= length and lanes >= D read as 0."""
+    mask = (rows[:, None] < length) & (dims[None, :] < D)
+    return tl.load(ptr + _offsets(b, h, rows, dims, T, H, D), mask=mask, other=0.0)
+
+
+@triton.jit
+def store_rows(ptr, b, h, rows, dims, value, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+    """Write an fp32 tile to rows < T, lanes < D of head (b, h), in the array's dtype."""
+    mask = (rows[:, None] < T) & (dims[None, :] < D)
+    tl.store(ptr + _offsets(b, h, rows, dims, T, H, D), value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gdpa_fwd_kernel(
+    Q,
+    K,
+    V,
+    Q_LENS,
+    KV_LENS,
+    OUT,
+    T_Q: tl.constexpr,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    ACT: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    OUT_SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """O tile (q block, head): O = β Σ_j (M ⊙ Act(α Q K_jᵀ)) V_j over the visible kv blocks."""
+    qi = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    q_len = tl.load(Q_LENS + b)
+    kv_len = tl.load(KV_LENS + b)
+    rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, BLOCK_D)
+    q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
+    lo, hi = kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for kj in range(lo, hi):
+        cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
+        k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
+        v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
+        p = tl.where(real, activation(s * QK_SCALE, ACT), 0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    store_rows(OUT, b, h, rows, dims, acc * OUT_SCALE, T_Q, H, D)
+
+
+@triton.jit
+def gdpa_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    Q_LENS,
+    KV_LENS,
+    DK,
+    DV,
+    T_Q: tl.constexpr,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    ACT: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    OUT_SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dK, dV tiles (kv block, head) over the query blocks that see it, on transposed
+    [kv, q] score tiles: dV += Pᵀ dO, dK += dSᵀ Q."""
+    kj = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    q_len = tl.load(Q_LENS + b)
+    kv_len = tl.load(KV_LENS + b)
+    cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
+    dims = tl.arange(0, BLOCK_D)
+    k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
+    v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
+    lo, hi = q_block_range(kj, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    dk = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
+    for qi in range(lo, hi):
+        rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
+        do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
+        st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * QK_SCALE
+        real = visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL)
+        pt = tl.where(real, activation(st, ACT), 0.0)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dst = tl.where(real, dpt * activation_grad(st, ACT), 0.0)
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+    store_rows(DK, b, h, cols, dims, dk * (QK_SCALE * OUT_SCALE), T_KV, H, D)
+    store_rows(DV, b, h, cols, dims, dv * OUT_SCALE, T_KV, H, D)
+
+
+@triton.jit
+def gdpa_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    Q_LENS,
+    KV_LENS,
+    DQ,
+    T_Q: tl.constexpr,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    ACT: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    OUT_SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dQ tile (q block, head) over the forward's kv blocks: dQ += (M ⊙ dO Vᵀ ⊙ Act') K."""
+    qi = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    q_len = tl.load(Q_LENS + b)
+    kv_len = tl.load(KV_LENS + b)
+    rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, BLOCK_D)
+    q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
+    do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
+    lo, hi = kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    dq = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for kj in range(lo, hi):
+        cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
+        k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
+        v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * QK_SCALE
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
+        ds = tl.where(real, dp * activation_grad(s, ACT), 0.0)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    store_rows(DQ, b, h, rows, dims, dq * (QK_SCALE * OUT_SCALE), T_Q, H, D)
