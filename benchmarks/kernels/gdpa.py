@@ -1,6 +1,7 @@
 """GDPA kernel benchmark: forward, backward and fwd+bwd TFLOP/s with same-run baselines.
 
 GPU / TPU:  python benchmarks/kernels/gdpa.py --out benchmarks/results/gdpa_<device>.json
+            (--quick: seven production shapes and the main implementations, ~3 min)
 CPU smoke:  python benchmarks/kernels/gdpa.py --smoke --out /tmp/gdpa.json
             (tiny shapes; the reference under XLA and tokamax "xla" only: Pallas would need
             interpret mode, which measures nothing)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -88,6 +90,31 @@ def default_cases(heads: tuple[int, ...], head_dim: int) -> list[Case]:
         cases.append(Case("self_T4096_causal", b, h, 4096, 4096, head_dim, "full", causal=True))
         cases.append(Case("self_T4096_w100", b, h, 4096, 4096, head_dim, "full", window=100))
     return cases
+
+
+QUICK_IMPLS = (
+    "gdpa_pallas",
+    "gdpa_mosaic_gpu",
+    "gdpa_jax_triton",
+    "gdpa_reference",
+    "tokamax_cudnn",
+    "tokamax_mosaic",
+)
+
+
+def quick_cases(head_dim: int) -> list[Case]:
+    """Seven production shapes (H = 8) for one short GPU call: both regimes, each length
+    distribution, causal; the full grid is `default_cases`."""
+    h, b = 8, TOKENS_PER_BATCH // 4096
+    return [
+        Case("self_T1024", TOKENS_PER_BATCH // 1024, h, 1024, 1024, head_dim, "full"),
+        Case("self_T4096", b, h, 4096, 4096, head_dim, "full"),
+        Case("self_T4096", b, h, 4096, 4096, head_dim, "longtail"),
+        Case("self_T4096_causal", b, h, 4096, 4096, head_dim, "full", causal=True),
+        Case("cross_Tq4096_Tkv64", b, h, 4096, 64, head_dim, "full"),
+        Case("cross_Tq4096_Tkv256", b, h, 4096, 256, head_dim, "longtail"),
+        Case("cross_Tq1024_Tkv16", TOKENS_PER_BATCH // 1024, h, 1024, 16, head_dim, "uniform"),
+    ]
 
 
 def smoke_cases() -> list[Case]:
@@ -255,12 +282,25 @@ def describe_baselines(report: dict) -> str:
     )
 
 
+def write_report(path: str, report: dict) -> None:
+    """Write the JSON report atomically (a temporary file renamed over `path`); benchmarks call
+    it after every result, so a run stopped by a time limit keeps what it measured."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+
+
 def bench_parser(doc: str, all_impls: Sequence[str]) -> argparse.ArgumentParser:
-    """Parser with the arguments every kernel benchmark takes (--out, --smoke, --impls,
-    --iters, --warmup); `doc` is the benchmark module's docstring."""
+    """Parser with the arguments every kernel benchmark takes (--out, --smoke, --quick,
+    --impls, --iters, --warmup); `doc` is the benchmark module's docstring."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON output path")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
+    sizes.add_argument(
+        "--quick", action="store_true", help="a few production shapes: one short GPU call"
+    )
     parser.add_argument("--impls", nargs="+", choices=all_impls, help="subset to run")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -272,13 +312,16 @@ def parse_bench_args(
     argv: list[str] | None,
     smoke_impls: Sequence[str],
     all_impls: Sequence[str],
+    quick_impls: Sequence[str] | None = None,
 ) -> argparse.Namespace:
-    """Parse `argv`; --smoke means 2 iterations, 1 warmup and `smoke_impls` unless --impls is
-    given, otherwise every implementation runs by default."""
+    """Parse `argv`; --smoke means 2 iterations, 1 warmup and `smoke_impls`, --quick means
+    `quick_impls` (default: all), unless --impls is given; otherwise every implementation."""
     args = parser.parse_args(argv)
     if args.smoke:
         args.iters, args.warmup = 2, 1
         args.impls = args.impls or list(smoke_impls)
+    if args.quick:
+        args.impls = args.impls or list(quick_impls or all_impls)
     args.impls = args.impls or list(all_impls)
     return args
 
@@ -289,12 +332,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-q", type=int, help="override gdpa_pallas tiles (tuning)")
     parser.add_argument("--block-kv", type=int, help="override gdpa_pallas tiles (tuning)")
-    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS)
+    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS, QUICK_IMPLS)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cases = smoke_cases() if args.smoke else default_cases(tuple(args.heads), args.head_dim)
+    if args.smoke:
+        cases = smoke_cases()
+    elif args.quick:
+        cases = quick_cases(args.head_dim)
+    else:
+        cases = default_cases(tuple(args.heads), args.head_dim)
     report = dict(
         environment=environment(),
         baselines=baselines(args.smoke, args.iters),
@@ -312,8 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
                 summary = r["error"]
             print(f"{case.name:22s} H{case.heads} {case.lengths:8s} {impl:16s} {summary}")
             report["results"].append(r)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+            write_report(args.out, report)
+    write_report(args.out, report)
     return report
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -43,6 +42,7 @@ from benchmarks.kernels.gdpa import (
     describe_baselines,
     parse_bench_args,
     time_ms,
+    write_report,
 )
 from kunlun_jax.model.common import Dense
 from kunlun_jax.model.hsp import SumKronLinear
@@ -101,6 +101,11 @@ def default_cases(lengths: tuple[str, ...]) -> list[Case]:
         cases += [Case(512, t, lengths=kind) for t in (256, 512, 1024, 2048, 4096)]
         cases += [Case(b, 1024, lengths=kind) for b in (64, 128, 256, 1024, 2048)]
     return cases
+
+
+def quick_cases() -> list[Case]:
+    """`base`'s HSP at T ∈ {1024, 4096} (B = 512, long-tailed) and B = 2048 (T = 1024, full)."""
+    return [Case(512, 1024), Case(512, 4096), Case(2048, 1024, lengths="full")]
 
 
 def smoke_cases() -> list[Case]:
@@ -220,7 +225,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cases = smoke_cases() if args.smoke else default_cases(tuple(args.lengths))
+    if args.smoke:
+        cases = smoke_cases()
+    elif args.quick:
+        cases = quick_cases()
+    else:
+        cases = default_cases(tuple(args.lengths))
     report = dict(
         environment=environment(),
         baselines=baselines(args.smoke, args.iters),
@@ -239,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                 summary = e["error"]
             print(f"  {impl:16s} {summary}")
         report["results"].append(r)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+        write_report(args.out, report)
+    write_report(args.out, report)
     return report
 
 

@@ -23,7 +23,6 @@ head on real tokens (halved for causal), backward 2.5× forward.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 
 from benchmarks.kernels.gdpa import (
@@ -35,6 +34,7 @@ from benchmarks.kernels.gdpa import (
     describe_baselines,
     parse_bench_args,
     run_case,
+    write_report,
 )
 from kunlun_jax.provenance import environment
 from pallas_kernels.swa import swa_attention
@@ -63,6 +63,14 @@ def default_cases(window: int, heads: int, head_dim: int) -> list[Case]:
         Case(f"self_T4096_w{window}", b, heads, 4096, 4096, head_dim, "uniform", window),
         Case(f"self_T4096_w{window}", b, heads, 4096, 4096, head_dim, "full", window, True),
     ]
+
+
+QUICK_IMPLS = ("reference", "tokamax_mosaic", "tokamax_cudnn")
+
+
+def quick_cases(window: int, heads: int, head_dim: int) -> list[Case]:
+    """T ∈ {1024, 4096}, windowed and full: the 5× target at T = 4096 in one short call."""
+    return sweep_cases((1024, 4096), window, heads, head_dim)
 
 
 def smoke_cases() -> list[Case]:
@@ -142,12 +150,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-q", type=int, help="override pallas_tpu tiles (tuning)")
     parser.add_argument("--block-kv", type=int, help="override pallas_tpu tiles (tuning)")
-    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS)
+    return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS, QUICK_IMPLS)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cases = smoke_cases() if args.smoke else default_cases(args.window, args.heads, args.head_dim)
+    if args.smoke:
+        cases = smoke_cases()
+    elif args.quick:
+        cases = quick_cases(args.window, args.heads, args.head_dim)
+    else:
+        cases = default_cases(args.window, args.heads, args.head_dim)
     report = dict(
         environment=environment(),
         baselines=baselines(args.smoke, args.iters),
@@ -172,9 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{case.name:18s} {case.lengths:8s} causal={case.causal!s:5} {impl:20s} {summary}"
             )
             report["results"].append(r)
+            report["sweep"] = sweep_summary(report["results"])
+            write_report(args.out, report)
     report["sweep"] = sweep_summary(report["results"])
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    write_report(args.out, report)
     if args.plot:
         plot_sweep(report["sweep"], args.plot, env["device_kind"])
     return report

@@ -5,8 +5,11 @@ kv block covers the whole key sequence and a big query block amortizes the per-s
 Self-attention-shaped GDPA is the "long" regime and uses flash-attention-like square tiles.
 
 Provenance: hand-picked starting points from the FlashAttention conventions (Triton tutorial
-tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. Re-tune with
-`benchmarks/kernels/gdpa.py --block-q/--block-kv` on the target device and edit the table.
+tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. The GPU rows
+are checked statically: the Triton-language kernels compile with them for the generations they
+serve within shared memory and without register spills
+(benchmarks/kernels/gdpa_cuda_resources.py). Re-tune with `benchmarks/kernels/gdpa.py
+--block-q/--block-kv` on the target device and edit the table.
 Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and backward).
 """
 

@@ -1,0 +1,127 @@
+"""A whole GPU session in one device call: stages in priority order under a wall-clock budget.
+
+    python -m benchmarks.gpu_session --out OUT [--budget-s 480] [--stages tests gdpa ...]
+
+(`benchmarks/gpu_session.sh OUT` installs the carried wheels first, then runs this.)
+
+Stages, most important first: `tests` (the GPU kernel tests in bf16, so the timings that follow
+are of kernels known to be right on the hardware), `gdpa`, `swa`, `hsp` (the kernel benchmarks'
+--quick profiles) and `bench` (the `base` train step). Each stage is a subprocess, so a crash
+or hang ends only that stage, with a timeout of what is left of the budget, capped per stage.
+Its output goes to OUT/<stage>.log; the benchmarks rewrite their JSON after every result, so
+a stage cut off by its timeout keeps what it measured. A stage whose minimum no longer fits
+is recorded as skipped. OUT/session.json lists every stage's command, return code, seconds
+and files. The device allowance (15 minutes per session) also pays for the machine's start,
+so the default budget leaves time to rerun one stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage: `python` + the arguments in `args` (a shell-quoted line, "{out}" replaced by
+    the output directory), a time cap and the minimum worth starting with; `env` is added to
+    the environment."""
+
+    args: str
+    cap_s: float
+    min_s: float
+    env: tuple[tuple[str, str], ...] = ()
+
+    def command(self, out: Path) -> list[str]:
+        return [sys.executable, *shlex.split(self.args.format(out=shlex.quote(str(out))))]
+
+
+STAGES: dict[str, Stage] = {
+    "tests": Stage(
+        "-m pytest -m gpu -q -rA tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
+        cap_s=150,
+        min_s=60,
+        env=(("KUNLUN_TEST_PLATFORMS", "cuda"),),
+    ),
+    "gdpa": Stage("-m benchmarks.kernels.gdpa --quick --out {out}/gdpa.json", cap_s=210, min_s=60),
+    "swa": Stage(
+        "-m benchmarks.kernels.swa --quick --window 128 --out {out}/swa.json --plot {out}/swa.png",
+        cap_s=90,
+        min_s=40,
+    ),
+    "hsp": Stage("-m benchmarks.kernels.hsp --quick --out {out}/hsp.json", cap_s=90, min_s=40),
+    "bench": Stage(
+        "-m kunlun_jax.cli bench --config base --steps 10 --out {out}/bench_base.json",
+        cap_s=150,
+        min_s=90,
+    ),
+}
+
+
+def run_stage(name: str, stage: Stage, out: Path, timeout_s: float) -> dict:
+    """Run one stage with its output in OUT/<name>.log; the record of what happened."""
+    command = stage.command(out)
+    start = time.monotonic()
+    with open(out / f"{name}.log", "w") as log:
+        try:
+            rc = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **dict(stage.env)},
+                timeout=timeout_s,
+                check=False,
+            ).returncode
+            status = "ok" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            rc, status = None, "timed out"
+    return dict(
+        stage=name,
+        status=status,
+        returncode=rc,
+        seconds=round(time.monotonic() - start, 1),
+        timeout_s=round(timeout_s, 1),
+        command=command,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--budget-s", type=float, default=480, help="wall-clock budget")
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.budget_s
+    session = dict(
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        command=shlex.join(
+            [sys.executable, "-m", "benchmarks.gpu_session", *(argv or sys.argv[1:])]
+        ),
+        budget_s=args.budget_s,
+        stages=[],
+    )
+    for name in args.stages:
+        stage = STAGES[name]
+        left = deadline - time.monotonic()
+        if left < stage.min_s:
+            record = dict(stage=name, status="skipped", reason=f"{left:.0f} s left")
+        else:
+            record = run_stage(name, stage, args.out, min(stage.cap_s, left))
+        print(json.dumps(record), flush=True)
+        session["stages"].append(record)
+        session["files"] = sorted(p.name for p in args.out.iterdir())
+        (args.out / "session.json").write_text(json.dumps(session, indent=1))
+    return session
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The one-call GPU session driver (`benchmarks/gpu_session.py`) and the --quick profiles it
+runs, on CPU with stand-in stages: budgets, timeouts, skips, logs and the session record."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from benchmarks import gpu_session
+from benchmarks.gpu_session import Stage
+from benchmarks.kernels import gdpa, hsp, swa
+
+
+def _stage(code: str, cap_s: float = 30, min_s: float = 0) -> Stage:
+    return Stage(f"-c {shlex.quote(code)}", cap_s=cap_s, min_s=min_s)
+
+
+def test_stages_run_in_order_under_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        gpu_session,
+        "STAGES",
+        {
+            "ok": _stage("import os, sys; print('hello', os.environ['SEEN'])"),
+            "fails": _stage("raise SystemExit(3)"),
+            "hangs": _stage("import time; time.sleep(60)", cap_s=1.5),
+            "late": _stage("print('never')", min_s=1e6),
+        },
+    )
+    monkeypatch.setenv("SEEN", "env passed")
+    session = gpu_session.main(
+        ["--out", str(tmp_path), "--budget-s", "60", "--stages", "ok", "fails", "hangs", "late"]
+    )
+    status = {s["stage"]: s["status"] for s in session["stages"]}
+    assert status == {"ok": "ok", "fails": "failed", "hangs": "timed out", "late": "skipped"}
+    by_name = {s["stage"]: s for s in session["stages"]}
+    assert by_name["fails"]["returncode"] == 3
+    assert 1.5 <= by_name["hangs"]["seconds"] < 30
+    assert (tmp_path / "ok.log").read_text().strip() == "hello env passed"
+    assert not (tmp_path / "late.log").exists()
+    assert json.loads((tmp_path / "session.json").read_text()) == session
+
+
+def test_a_stage_gets_only_what_is_left_of_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        gpu_session, "STAGES", {"long": _stage("import time; time.sleep(60)", cap_s=100)}
+    )
+    session = gpu_session.main(["--out", str(tmp_path), "--budget-s", "2", "--stages", "long"])
+    (record,) = session["stages"]
+    assert record["status"] == "timed out"
+    assert record["timeout_s"] <= 2
+
+
+def test_real_stages_fit_the_default_budget_and_write_under_out(tmp_path):
+    assert list(gpu_session.STAGES)[:2] == ["tests", "gdpa"]  # correctness before timings
+    assert sum(s.min_s for s in gpu_session.STAGES.values()) <= 480
+    for stage in gpu_session.STAGES.values():
+        assert stage.min_s <= stage.cap_s
+        outputs = [a for a in stage.command(tmp_path) if a.endswith((".json", ".png"))]
+        assert all(a.startswith(str(tmp_path)) for a in outputs)
+
+
+def test_quick_profiles():
+    cases = gdpa.quick_cases(128)
+    assert {(c.heads, c.head_dim) for c in cases} == {(8, 128)}
+    assert {c.is_self for c in cases} == {True, False}
+    assert {c.lengths for c in cases} == {"full", "uniform", "longtail"}
+    assert any(c.causal for c in cases)
+    args = gdpa.parse_args(["--quick", "--out", "x.json"])
+    assert args.impls == list(gdpa.QUICK_IMPLS)
+    assert "gdpa_jax_triton" in args.impls
+    swa_cases = swa.quick_cases(128, 8, 128)
+    assert {(c.tq, c.window) for c in swa_cases} == {(1024, 128), (1024, None)} | {
+        (4096, 128),
+        (4096, None),
+    }
+    assert swa.parse_args(["--quick", "--out", "x.json"]).impls == list(swa.QUICK_IMPLS)
+    assert {c.t for c in hsp.quick_cases()} == {1024, 4096}
+    assert hsp.parse_args(["--quick", "--out", "x.json"]).impls == list(hsp.ALL_IMPLS)
