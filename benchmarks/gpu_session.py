@@ -6,7 +6,9 @@
 
 Stages, most important first: `tests` (the GPU kernel tests in bf16, so the timings that follow
 are of kernels known to be right on the hardware), `gdpa`, `swa`, `hsp` (the kernel benchmarks'
---quick profiles) and `bench` (the `base` train step). Each stage is a subprocess, so a crash
+--quick profiles), `bench` (the `base` train step) and `tune` (the GDPA tile search, which
+resumes from benchmarks/results/gdpa_autotune_pallas_triton.json when that is from the same
+device kind). Each stage is a subprocess, so a crash
 or hang ends only that stage, with a timeout of what is left of the budget, capped per stage.
 Its output goes to OUT/<stage>.log; the benchmarks rewrite their JSON after every result, so
 a stage cut off by its timeout keeps what it measured. A stage whose minimum no longer fits
@@ -62,6 +64,14 @@ STAGES: dict[str, Stage] = {
         "-m kunlun_jax.cli bench --config base --steps 10 --out {out}/bench_base.json",
         cap_s=150,
         min_s=90,
+    ),
+    # Resumes from the committed report of an earlier session on the same device kind.
+    "tune": Stage(
+        "-m benchmarks.kernels.gdpa_autotune --impl pallas_triton --budget-s 150"
+        " --resume-from benchmarks/results/gdpa_autotune_pallas_triton.json"
+        " --out {out}/gdpa_autotune_pallas_triton.json",
+        cap_s=200,
+        min_s=60,
     ),
 }
 

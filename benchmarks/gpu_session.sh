@@ -2,7 +2,7 @@
 # A GPU session in one device call, from the repo root on the device image (jax 0.11.2 + CUDA
 # preinstalled): installs the carried wheels (.device/wheels, see ../shared/notes/gpu-runs.md),
 # puts this checkout on PYTHONPATH (no build, nothing to download) and runs
-# benchmarks/gpu_session.py, which runs the stages tests, gdpa, swa, hsp, bench in that order
+# benchmarks/gpu_session.py, which runs the stages tests, gdpa, swa, hsp, bench, tune in that order
 # under a wall-clock budget and writes OUT/session.json, OUT/<stage>.log and the JSON results.
 #
 #   benchmarks/gpu_session.sh OUT [--budget-s 480] [--stages gdpa swa ...]

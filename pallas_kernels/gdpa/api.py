@@ -172,7 +172,8 @@ def gdpa_pallas(
         bool(causal),
         erf_free=impl == "pallas_triton",
     )
-    sizes = default_block_sizes(platform, device_kind, dim, tkv).with_overrides(block_q, block_kv)
+    sizes = default_block_sizes(platform, device_kind, dim, tkv, impl)
+    sizes = sizes.with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, impl, q.dtype, tq, tkv, block_q, block_kv)
     cfg = KernelConfig(impl, spec, sizes, interpret)
     d_pad = pow2_at_least(dim) if impl == "pallas_triton" else dim

@@ -64,7 +64,8 @@ def gdpa_jax_triton(
     tkv = k.shape[1]
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
-    sizes = default_block_sizes("gpu", device_kind, dim, tkv).with_overrides(block_q, block_kv)
+    sizes = default_block_sizes("gpu", device_kind, dim, tkv, "jax_triton")
+    sizes = sizes.with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, "pallas_triton", q.dtype, tq, tkv, block_q, block_kv)
     spec = GdpaSpec(
         activation,

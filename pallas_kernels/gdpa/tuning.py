@@ -15,6 +15,13 @@ Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
 from pallas_kernels.common.tiles import BlockSizes
 
 SHORT_KV_MAX = 256  # Tkv <= this is the "short" regime.
@@ -52,9 +59,64 @@ def kv_regime(kv_len: int) -> str:
     return "short" if kv_len <= SHORT_KV_MAX else "long"
 
 
-def default_block_sizes(platform: str, device_kind: str, head_dim: int, kv_len: int) -> BlockSizes:
-    """Table entry for a device; `platform` is jax's ("tpu", "gpu", "cpu")."""
+# Measured rows written by `benchmarks/kernels/gdpa_autotune.py --install`: exact device kind.
+TUNED_PATH = Path(__file__).with_name("tuned.json")
+_OVERRIDE: contextvars.ContextVar[BlockSizes | None] = contextvars.ContextVar(
+    "gdpa_block_sizes", default=None
+)
+
+
+@contextlib.contextmanager
+def override_block_sizes(sizes: BlockSizes) -> Iterator[None]:
+    """Every GDPA call traced inside uses `sizes` (still shrunk to short sequences): how the
+    autotuner times a candidate. Explicit block_q / block_kv arguments still win."""
+    token = _OVERRIDE.set(sizes)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+@functools.cache
+def tuned_rows(path: Path = TUNED_PATH) -> tuple[dict, ...]:
+    """The measured rows: dicts with impl, device_kind, head_dim (max), regime, sizes, ms."""
+    return tuple(json.loads(path.read_text())) if path.exists() else ()
+
+
+def tuned_block_sizes(
+    rows: tuple[dict, ...], impl: str, device_kind: str, head_dim: int, regime: str
+) -> BlockSizes | None:
+    """The measured row for (impl, exact device kind, regime) with the smallest head-dim bound
+    that covers `head_dim`, or None."""
+    fits = [
+        r
+        for r in rows
+        if (r["impl"], r["device_kind"], r["regime"]) == (impl, device_kind, regime)
+        and head_dim <= r["head_dim"]
+    ]
+    if not fits:
+        return None
+    return BlockSizes(**min(fits, key=lambda r: r["head_dim"])["sizes"])
+
+
+def default_block_sizes(
+    platform: str, device_kind: str, head_dim: int, kv_len: int, impl: str | None = None
+) -> BlockSizes:
+    """Tiles for a call: an `override_block_sizes` in effect, else the measured row of `impl`
+    ("pallas_tpu", "pallas_triton", "jax_triton") on this exact device kind (`tuned.json`),
+    else the hand-picked table row; `platform` is jax's ("tpu", "gpu", "cpu")."""
     regime = kv_regime(kv_len)
+    if (override := _OVERRIDE.get()) is not None:
+        return override
+    if impl is not None and (
+        tuned := tuned_block_sizes(tuned_rows(), impl, device_kind, head_dim, regime)
+    ):
+        return tuned
+    return table_block_sizes(platform, device_kind, head_dim, regime)
+
+
+def table_block_sizes(platform: str, device_kind: str, head_dim: int, regime: str) -> BlockSizes:
+    """The hand-picked table's row (see the module docstring)."""
     for plat, prefix, max_d, reg, sizes in _TABLE:
         matches_device = plat == platform and device_kind.startswith(prefix)
         if matches_device and reg == regime and head_dim <= max_d:
