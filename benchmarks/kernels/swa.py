@@ -13,7 +13,8 @@ jagged ("uniform" lengths) and causal windowed cases at T = 4096. The sweep sect
 attention time and the speedup full / SWA beside it.
 
 Implementations are `swa_attention` backends, each named explicitly: pallas_tpu (ours; TPU
-only, skipped elsewhere), reference (plain jnp under XLA, dense masked scores: O(T²)), and
+only, skipped elsewhere), jax_triton (ours, block-sparse Triton-language kernels; GPU),
+reference (plain jnp under XLA, dense masked scores: O(T²)), and
 tokamax_<impl> for impl in mosaic, triton, cudnn, xla, xla_chunked. Failures are recorded per
 implementation, not raised. FLOPs, timing and same-run baselines (bf16 matmul TFLOP/s, copy
 GB/s) follow benchmarks/kernels/gdpa.py: forward 4·q_len·min(kv_len, 2w + 1)·D per row and
@@ -40,7 +41,7 @@ from kunlun_jax.provenance import environment
 from pallas_kernels.swa import swa_attention
 from pallas_kernels.swa.api import TOKAMAX_BACKENDS
 
-ALL_IMPLS = ("pallas_tpu", "reference", *TOKAMAX_BACKENDS)
+ALL_IMPLS = ("pallas_tpu", "jax_triton", "reference", *TOKAMAX_BACKENDS)
 SMOKE_IMPLS = ("tokamax_xla",)
 SWEEP_T = (1024, 2048, 4096, 8192)
 
@@ -65,7 +66,7 @@ def default_cases(window: int, heads: int, head_dim: int) -> list[Case]:
     ]
 
 
-QUICK_IMPLS = ("reference", "tokamax_mosaic", "tokamax_cudnn")
+QUICK_IMPLS = ("jax_triton", "reference", "tokamax_mosaic", "tokamax_cudnn")
 
 
 def quick_cases(window: int, heads: int, head_dim: int) -> list[Case]:
@@ -80,7 +81,9 @@ def smoke_cases() -> list[Case]:
 
 def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | None) -> Callable:
     """attend(q, k, v, q_lengths, kv_lengths) -> o for one `swa_attention` backend."""
-    blocks = dict(block_q=block_q, block_kv=block_kv) if impl == "pallas_tpu" else {}
+    blocks = (
+        dict(block_q=block_q, block_kv=block_kv) if impl in ("pallas_tpu", "jax_triton") else {}
+    )
 
     def attend(q, k, v, q_lens, kv_lens):
         return swa_attention(
@@ -148,8 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--block-q", type=int, help="override pallas_tpu tiles (tuning)")
-    parser.add_argument("--block-kv", type=int, help="override pallas_tpu tiles (tuning)")
+    parser.add_argument("--block-q", type=int, help="override pallas_tpu / jax_triton tiles")
+    parser.add_argument("--block-kv", type=int, help="override pallas_tpu / jax_triton tiles")
     return parse_bench_args(parser, argv, SMOKE_IMPLS, ALL_IMPLS, QUICK_IMPLS)
 
 

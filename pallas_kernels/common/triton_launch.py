@@ -44,6 +44,55 @@ class TritonLaunch:
     name: str = ""
 
 
+def attention_launch(
+    kernel,
+    name: str,
+    *,
+    rows: str,
+    inputs: tuple,
+    outputs_like: tuple,
+    block_q: int,
+    block_kv: int,
+    num_warps: int,
+    num_stages: int,
+    window: int | None,
+    causal: bool,
+    **op_constexprs,
+) -> TritonLaunch:
+    """Launch of a blocked attention kernel over (row blocks, B·H) programs, rows "q" (grid over
+    query blocks) or "kv" (key blocks). inputs start with q [B, Tq, H, D], k [B, Tkv, H, D] (jax
+    arrays, or ShapeDtypeStructs for `compile_for_cuda`); one output per array of
+    `outputs_like`, with its shape and dtype. Fills the constexprs every attention kernel takes
+    (`common/triton_tiles.py`'s T_Q, T_KV, H, D, BLOCK_D, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL,
+    PRECISION) and adds `op_constexprs`."""
+    q, k = inputs[0], inputs[1]
+    batch, tq, heads, dim = q.shape
+    length, block = (tq, block_q) if rows == "q" else (k.shape[1], block_kv)
+    constexprs = dict(
+        T_Q=tq,
+        T_KV=k.shape[1],
+        H=heads,
+        D=dim,
+        BLOCK_D=max(16, 1 << max(dim - 1, 0).bit_length()),  # power of two >= D, >= 16
+        BLOCK_Q=block_q,
+        BLOCK_KV=block_kv,
+        WINDOW=-1 if window is None else window,
+        CAUSAL=causal,
+        # fp32 inputs: true fp32 products (Triton would use TF32), as the references compute.
+        PRECISION="ieee" if q.dtype.name == "float32" else "tf32",
+    )
+    return TritonLaunch(
+        kernel,
+        grid=(-(-length // block), batch * heads),
+        inputs=tuple(inputs),
+        out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
+        constexprs=constexprs | op_constexprs,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        name=name,
+    )
+
+
 def launch(spec: TritonLaunch, mode: str) -> tuple[jax.Array, ...]:
     """Run `spec`; mode: "jax_triton" (CUDA GPU) or "interpret" (host, see module docstring)."""
     if mode == "jax_triton":

@@ -5,7 +5,7 @@ Pallas kernels, the same op written directly in Triton. On a CUDA GPU each kerne
 `jax_triton.triton_call`; elsewhere the kernels run in Triton's interpreter on the host (CPU
 tests; TRITON_INTERPRET=1), see `common/triton_launch.py`. Because Triton generates the MMA
 code itself, the same source compiles for Hopper (wgmma) and Blackwell (tcgen05); CI compiles
-it to cubin for both (tests/kernels/test_gdpa_jax_triton_compile.py). Not run on a GPU yet.
+it to cubin for both (tests/kernels/test_jax_triton_compile.py). Not run on a GPU yet.
 
 Tiles: the GPU rows of `tuning.py` (shared with the Pallas Triton kernels, same constraint:
 powers of two >= 16), shrunk to the sequence lengths. Inputs are never padded.
@@ -19,10 +19,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.blocks import cdiv
 from pallas_kernels.common.inputs import clip_lengths
-from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
-from pallas_kernels.common.triton_launch import TritonLaunch, launch
+from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
+from pallas_kernels.common.triton_launch import TritonLaunch, attention_launch, launch
 from pallas_kernels.gdpa import triton_lang
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.tuning import default_block_sizes
@@ -82,47 +81,40 @@ def gdpa_jax_triton(
 
 def forward_launch(cfg: JaxTritonConfig, q, k, v, q_lens, kv_lens) -> TritonLaunch:
     """O [B, Tq, H, D]; grid (q blocks, B·H). Arrays may be jax.ShapeDtypeStructs (compiles)."""
-    blocks = cdiv(q.shape[1], cfg.sizes.block_q)
-    inputs = (q, k, v, q_lens, kv_lens)
-    return _launch(cfg, triton_lang.gdpa_fwd_kernel, "fwd", blocks, inputs, (q,))
+    return _launch(cfg, triton_lang.gdpa_fwd_kernel, "fwd", (q, k, v, q_lens, kv_lens), (q,))
 
 
 def dkdv_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunch:
     """(dK, dV) [B, Tkv, H, D]; grid (kv blocks, B·H)."""
-    blocks = cdiv(k.shape[1], cfg.sizes.block_kv_bwd)
     inputs = (q, k, v, do, q_lens, kv_lens)
-    return _launch(cfg, triton_lang.gdpa_dkdv_kernel, "dkdv", blocks, inputs, (k, v))
+    return _launch(cfg, triton_lang.gdpa_dkdv_kernel, "dkdv", inputs, (k, v))
 
 
 def dq_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunch:
     """dQ [B, Tq, H, D]; grid (q blocks, B·H)."""
-    blocks = cdiv(q.shape[1], cfg.sizes.block_q_bwd)
-    return _launch(
-        cfg, triton_lang.gdpa_dq_kernel, "dq", blocks, (q, k, v, do, q_lens, kv_lens), (q,)
-    )
+    inputs = (q, k, v, do, q_lens, kv_lens)
+    return _launch(cfg, triton_lang.gdpa_dq_kernel, "dq", inputs, (q,))
 
 
-def _launch(cfg: JaxTritonConfig, kernel, kind: str, num_blocks: int, inputs, outputs_like):
-    """Launch of GDPA kernel `kind` ("fwd" | "dkdv" | "dq") over (num_blocks, B·H) programs;
-    inputs start with q, k; one output per array of `outputs_like`, with its shape and dtype."""
-    q, k = inputs[0], inputs[1]
-    sizes = cfg.sizes
+def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like) -> TritonLaunch:
+    """GDPA kernel `kind` ("fwd" | "dkdv" | "dq"): forward tiles for "fwd", else backward."""
+    sizes, spec = cfg.sizes, cfg.spec
     fwd = kind == "fwd"
-    return TritonLaunch(
+    return attention_launch(
         kernel,
-        grid=(num_blocks, q.shape[0] * q.shape[2]),
-        inputs=tuple(inputs),
-        out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
-        constexprs=_constexprs(
-            cfg.spec,
-            q,
-            k,
-            sizes.block_q if fwd else sizes.block_q_bwd,
-            sizes.block_kv if fwd else sizes.block_kv_bwd,
-        ),
+        f"gdpa_{kind}_jax_triton",
+        rows="kv" if kind == "dkdv" else "q",
+        inputs=inputs,
+        outputs_like=outputs_like,
+        block_q=sizes.block_q if fwd else sizes.block_q_bwd,
+        block_kv=sizes.block_kv if fwd else sizes.block_kv_bwd,
         num_warps=sizes.num_warps,
         num_stages=sizes.num_stages,
-        name=f"gdpa_{kind}_jax_triton",
+        window=spec.window,
+        causal=spec.causal,
+        ACT=spec.activation,
+        QK_SCALE=spec.qk_scale,
+        OUT_SCALE=spec.out_scale,
     )
 
 
@@ -145,24 +137,3 @@ def _gdpa_bwd(cfg: JaxTritonConfig, residuals, do):
 
 
 _gdpa.defvjp(_gdpa_fwd, _gdpa_bwd)
-
-
-def _constexprs(spec: GdpaSpec, q, k, block_q: int, block_kv: int) -> dict:
-    """The kernels' shared constexpr parameters (see `triton_lang`)."""
-    _, tq, heads, dim = q.shape
-    return dict(
-        T_Q=tq,
-        T_KV=k.shape[1],
-        H=heads,
-        D=dim,
-        BLOCK_D=max(16, pow2_at_least(dim)),
-        BLOCK_Q=block_q,
-        BLOCK_KV=block_kv,
-        ACT=spec.activation,
-        QK_SCALE=spec.qk_scale,
-        OUT_SCALE=spec.out_scale,
-        WINDOW=-1 if spec.window is None else spec.window,
-        CAUSAL=spec.causal,
-        # fp32 inputs: true fp32 products (Triton would use TF32), as the reference computes.
-        PRECISION="ieee" if jnp.dtype(q.dtype) == jnp.float32 else "tf32",
-    )

@@ -3,14 +3,13 @@
 The comparison point for the Pallas kernels: the same op written directly in Triton and called
 through `jax_triton.triton_call` (`jax_triton_op.py`). On CPU the kernels run in Triton's
 interpreter (TRITON_INTERPRET=1 before triton is imported) and compile to cubin for sm_90 and
-sm_100 (tests/kernels/test_gdpa_jax_triton.py). Semantics: `reference.gdpa_reference`; the tile
-math is `blockwise.py`'s, block ranges are `common/blocks.py`'s, the activations and their
-derivatives are `common/activations.py`'s, each restated in Triton.
+sm_100 (tests/kernels/test_jax_triton_compile.py). Semantics: `reference.gdpa_reference`;
+the tile math is `blockwise.py`'s, the activations and their derivatives are
+`common/activations.py`'s, restated in Triton; block ranges, masks and row tiles come from
+`common/triton_tiles.py`.
 
-Layout: q / o / dq / do [B, Tq, H, D] and k / v / dk / dv [B, Tkv, H, D], contiguous; lengths
-int32 [B] already clipped to [0, T]. Nothing is padded: rows past a length and head-dim lanes
-past D are masked loads (BLOCK_D is the next power of two >= D), so padded inputs are never
-read. Shapes, scales, mask kind (WINDOW < 0: no window) and the activation are constexprs:
+Layout and conventions: `common/triton_tiles.py` (contiguous [B, T, H, D], nothing padded).
+Shapes, scales, mask kind (WINDOW < 0: no window) and the activation are constexprs:
 jax-triton specializes every scalar anyway.
 
 Grids: forward and dQ (cdiv(Tq, BLOCK_Q), B·H), dK/dV (cdiv(Tkv, BLOCK_KV), B·H); each program
@@ -21,6 +20,14 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from pallas_kernels.common.triton_tiles import (
+    kv_block_range,
+    load_rows,
+    q_block_range,
+    store_rows,
+    visible,
+)
 
 INV_SQRT_2 = tl.constexpr(0.7071067811865476)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -84,93 +91,6 @@ def activation_grad(x, ACT: tl.constexpr):
         tl.static_assert(ACT == "leaky_relu", "unknown GDPA activation")
         y = tl.where(x > 0, 1.0, LEAKY_SLOPE)
     return y
-
-
-@triton.jit
-def _block_range(lo_pos, hi_pos, empty, BLOCK: tl.constexpr):
-    """Blocks [lo, hi) covering positions [lo_pos, hi_pos); hi == lo when `empty`."""
-    lo_pos = tl.maximum(lo_pos, 0)
-    hi_pos = tl.maximum(hi_pos, lo_pos)
-    lo = lo_pos // BLOCK
-    hi = (hi_pos + BLOCK - 1) // BLOCK
-    return lo, tl.where(empty | (hi_pos == lo_pos), lo, hi)
-
-
-@triton.jit
-def kv_block_range(
-    qi,
-    q_len,
-    kv_len,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_KV: tl.constexpr,
-    WINDOW: tl.constexpr,
-    CAUSAL: tl.constexpr,
-):
-    """KV blocks [lo, hi) query block `qi` sees (`common.blocks.kv_block_range`)."""
-    first_row = qi * BLOCK_Q
-    last_row = tl.minimum(first_row + BLOCK_Q, q_len) - 1
-    col_lo = first_row * 0
-    col_hi = kv_len
-    if WINDOW >= 0:
-        col_lo = first_row - WINDOW
-        col_hi = tl.minimum(col_hi, last_row + WINDOW + 1)
-    if CAUSAL:
-        col_hi = tl.minimum(col_hi, last_row + 1)
-    return _block_range(col_lo, col_hi, last_row < first_row, BLOCK_KV)
-
-
-@triton.jit
-def q_block_range(
-    kj,
-    q_len,
-    kv_len,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_KV: tl.constexpr,
-    WINDOW: tl.constexpr,
-    CAUSAL: tl.constexpr,
-):
-    """Query blocks [lo, hi) that key block `kj` gets gradient from (`blocks.q_block_range`)."""
-    first_col = kj * BLOCK_KV
-    last_col = tl.minimum(first_col + BLOCK_KV, kv_len) - 1
-    row_lo = first_col * 0
-    row_hi = q_len
-    if WINDOW >= 0:
-        row_lo = first_col - WINDOW
-        row_hi = tl.minimum(row_hi, last_col + WINDOW + 1)
-    if CAUSAL:
-        row_lo = tl.maximum(row_lo, first_col)
-    return _block_range(row_lo, row_hi, last_col < first_col, BLOCK_Q)
-
-
-@triton.jit
-def visible(q_idx, kv_idx, q_len, kv_len, WINDOW: tl.constexpr, CAUSAL: tl.constexpr):
-    """Mask predicate over broadcastable position tiles (`common.blocks.visible`)."""
-    ok = (q_idx < q_len) & (kv_idx < kv_len)
-    if WINDOW >= 0:
-        ok = ok & (tl.abs(q_idx - kv_idx) <= WINDOW)
-    if CAUSAL:
-        ok = ok & (kv_idx <= q_idx)
-    return ok
-
-
-@triton.jit
-def _offsets(b, h, rows, dims, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
-    """Element offsets of rows `rows` × lanes `dims` of head (b, h) in a [B, T, H, D] array."""
-    return ((b.to(tl.int64) * T + rows[:, None]) * H + h) * D + dims[None, :]
-
-
-@triton.jit
-def load_rows(ptr, b, h, rows, dims, length, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
-    """[rows, BLOCK_D] tile of head (b, h); rows >= length and lanes >= D read as 0."""
-    mask = (rows[:, None] < length) & (dims[None, :] < D)
-    return tl.load(ptr + _offsets(b, h, rows, dims, T, H, D), mask=mask, other=0.0)
-
-
-@triton.jit
-def store_rows(ptr, b, h, rows, dims, value, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
-    """Write an fp32 tile to rows < T, lanes < D of head (b, h), in the array's dtype."""
-    mask = (rows[:, None] < T) & (dims[None, :] < D)
-    tl.store(ptr + _offsets(b, h, rows, dims, T, H, D), value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -8,7 +8,7 @@ Provenance: hand-picked starting points from the FlashAttention conventions (Tri
 tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. The GPU rows
 are checked statically: the Triton-language kernels compile with them for the generations they
 serve within shared memory and without register spills
-(benchmarks/kernels/gdpa_cuda_resources.py). Re-tune with `benchmarks/kernels/gdpa.py
+(benchmarks/kernels/triton_cuda_resources.py). Re-tune with `benchmarks/kernels/gdpa.py
 --block-q/--block-kv` on the target device and edit the table.
 Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and backward).
 """
@@ -48,7 +48,7 @@ _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     ("gpu", "", 256, "short", BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
 )
 # The GPU rows as (device-kind prefix, max head dim, regime, sizes): checked for spills and
-# shared memory by benchmarks/kernels/gdpa_cuda_resources.py.
+# shared memory by benchmarks/kernels/triton_cuda_resources.py.
 GPU_ROWS = tuple((prefix, d, reg, sizes) for plat, prefix, d, reg, sizes in _TABLE if plat == "gpu")
 # Interpret mode (CPU) and anything unmatched: small tiles keep the sequential grid short.
 _FALLBACK = BlockSizes(64, 64, 64, 64)

@@ -13,9 +13,12 @@ Backends (`backend=`):
 - "auto": TPU → pallas_tpu, GPU → tokamax, each only for head dims in HEAD_DIM_RANGE; an
   auto-chosen tokamax kernel that raises NotImplementedError for the case falls back to the
   reference, as does everything else (CPU included).
+- "jax_triton": our block-sparse Triton-language kernels (`triton_lang.py`) through
+  `jax_triton.triton_call` (`jax_triton_op.py`), by name only until measured against tokamax;
+  off a GPU they run in Triton's interpreter (TRITON_INTERPRET=1). Needs `triton`.
 Which platform is asked is `common.target.target_platform()` (the attached device, or an AOT
-compile target). There is no Pallas Triton SWA kernel of our own yet: on GPU tokamax's kernels
-are the ones used (untested here: no GPU was attached).
+compile target). On GPU "auto" and "pallas" use tokamax's kernels (untested here: no GPU was
+attached).
 """
 
 from __future__ import annotations
@@ -39,7 +42,15 @@ from pallas_kernels.swa.tpu_vjp import swa_bwd_tpu
 from pallas_kernels.swa.tuning import default_block_sizes
 
 TOKAMAX_BACKENDS = tuple(f"tokamax_{impl}" for impl in IMPLEMENTATIONS)
-BACKENDS = ("auto", "pallas", "pallas_tpu", "tokamax", *TOKAMAX_BACKENDS, "reference")
+BACKENDS = (
+    "auto",
+    "pallas",
+    "pallas_tpu",
+    "tokamax",
+    *TOKAMAX_BACKENDS,
+    "jax_triton",
+    "reference",
+)
 HEAD_DIM_RANGE = (32, 256)  # head dims "auto" sends to a kernel (inclusive); else reference
 
 
@@ -76,7 +87,8 @@ def swa_attention(
     A query row that sees no key outputs exactly 0 (and passes no gradient). Returns
     [B, Tq, H, D] in q's dtype. window, causal, scale, backend and blocks are static.
     interpret: run pallas_tpu in Pallas interpret mode (None = exactly when the target is not
-    a TPU). block_q / block_kv override the tuned tiles of pallas_tpu (`tuning.py`).
+    a TPU). block_q / block_kv override the tuned tiles of pallas_tpu and jax_triton
+    (`tuning.py`).
     """
     check_attention_inputs("SWA", q, k, v, q_lengths, kv_lengths, window)
     window = None if window is None else int(window)
@@ -96,6 +108,22 @@ def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv) -> jax.Array:
         return attention_reference(q, k, v, scale=scale, **kw)
     if impl in TOKAMAX_BACKENDS:
         return swa_tokamax(q, k, v, scale=scale, implementation=impl.removeprefix("tokamax_"), **kw)
+    if impl == "jax_triton":
+        # Imported here: triton is an optional dependency of the package.
+        from pallas_kernels.swa.jax_triton_op import swa_jax_triton
+
+        on_gpu = target_platform() == "gpu"
+        return swa_jax_triton(
+            q,
+            k,
+            v,
+            scale=scale,
+            block_q=block_q,
+            block_kv=block_kv,
+            device_kind=target_device().device_kind if on_gpu else "",
+            mode="jax_triton" if on_gpu else "interpret",
+            **kw,
+        )
     if interpret is None:
         interpret = target_platform() != "tpu"
     return swa_pallas_tpu(

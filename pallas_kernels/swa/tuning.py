@@ -1,4 +1,5 @@
-"""Default SWA tiles for our Pallas kernels, keyed by (platform, device kind, head dim, window).
+"""Default SWA tiles for our kernels (Pallas TPU; Triton-language GPU), keyed by (platform,
+device kind, head dim, window).
 
 A q block visits about (block_q + 2w) / block_kv + 1 kv blocks, so the work wasted on masked
 positions grows with block / w: small windows want small tiles, full attention wants large ones.
@@ -23,7 +24,17 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),
     ("tpu", "", 128, None, BlockSizes(512, 512, 256, 256)),
     ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
+    # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
+    # checked for spills and shared memory by benchmarks/kernels/triton_cuda_resources.py.
+    ("gpu", "NVIDIA H", 64, None, BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=3)),
+    ("gpu", "NVIDIA H", 128, None, BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3)),
+    ("gpu", "NVIDIA H", 256, None, BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
+    # 3 stages: with 2, the D=128 dK/dV kernel spills on sm_100.
+    ("gpu", "", 128, None, BlockSizes(64, 64, 64, 64, num_warps=8, num_stages=3)),
+    ("gpu", "", 256, None, BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
 )
+# The GPU rows as (device-kind prefix, max head dim, sizes).
+GPU_ROWS = tuple((prefix, d, sizes) for plat, prefix, d, _, sizes in _TABLE if plat == "gpu")
 # Interpret mode (CPU) and anything unmatched: small tiles keep the sequential grid short.
 _FALLBACK = BlockSizes(64, 64, 64, 64)
 

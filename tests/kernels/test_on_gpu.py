@@ -81,7 +81,7 @@ def test_gdpa_kernels_match_the_reference(backend, case, dtype):
         assert_close(g, w, dtype, name, tolerance=TOLERANCE)
 
 
-@pytest.mark.parametrize("backend", ["tokamax_mosaic", "tokamax_triton"])
+@pytest.mark.parametrize("backend", ["tokamax_mosaic", "tokamax_triton", "jax_triton"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_swa_kernels_match_the_reference(backend, causal):
     t, dim, window = 1024, 128, 128

@@ -1,5 +1,6 @@
-"""SWA: the pallas_tpu kernels (interpret mode on CPU) and tokamax's XLA path against the
-reference, `jax.nn.dot_product_attention`, the block-skipping grids and the dispatch.
+"""SWA: our kernels (pallas_tpu in Pallas interpret mode, jax_triton in Triton's interpreter on
+CPU) and tokamax's XLA path against the reference, `jax.nn.dot_product_attention`, the
+block-skipping grids and the dispatch.
 
 Ground truth is `attention_reference` in fp32 on the same (dtype-rounded) inputs. Errors are
 normalized per output (O, dQ, dK, dV): max|x - ref| / max(max|ref|, 1e-2). Tolerances per
@@ -41,6 +42,7 @@ from tests.kernels.helpers import (
 
 TOLERANCE = {"float32": 5e-4, "bfloat16": 2e-2, "float16": 5e-3}
 BLOCK = 16
+KERNELS = ("pallas_tpu", "jax_triton")
 
 
 def _inputs(seed: int, b: int, tq: int, tkv: int, h: int, d: int, dtype: str):
@@ -56,7 +58,7 @@ _assert_close = functools.partial(assert_close, tolerance=TOLERANCE)
 def _check_against_reference(backend: str, inputs, dtype: str, **kw) -> tuple:
     """Backend vs fp32 reference for O, dQ, dK, dV; returns the backend's (O, grads)."""
     q, k, v, do = inputs
-    blocks_kw = dict(block_q=BLOCK, block_kv=BLOCK) if backend == "pallas_tpu" else {}
+    blocks_kw = dict(block_q=BLOCK, block_kv=BLOCK) if backend in KERNELS else {}
     got = value_and_grads(
         lambda q, k, v: swa_attention(q, k, v, backend=backend, **blocks_kw, **kw), q, k, v, do
     )
@@ -106,13 +108,12 @@ def _cases(draw, max_t: int = 40):
 _LENGTHS = ("q_lengths", "kv_lengths")
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(case=_cases())
-def test_pallas_tpu_matches_reference(case):
+def test_kernels_match_reference(backend, case):
     (seed, b, tq, tkv, h, d, dtype), kw = case
-    got = _check_against_reference(
-        "pallas_tpu", _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw
-    )
+    got = _check_against_reference(backend, _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw)
     _assert_empty_rows_exactly_zero(got, kw["q_lengths"], kw["kv_lengths"], kw["window"])
 
 
@@ -129,13 +130,15 @@ def test_tokamax_xla_matches_reference(case):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "d", "h", "window", "causal"),
+    ("backend", "dtype", "d", "h", "window", "causal"),
     [
-        ("bfloat16", 128, 2, 5, False),  # D = 128: lane-dense [B, T, H·D] layout
-        ("float16", 32, 1, None, True),  # H = 1: the reshape layout at D < 128
+        ("pallas_tpu", "bfloat16", 128, 2, 5, False),  # D = 128: lane-dense [B, T, H·D] layout
+        ("pallas_tpu", "float16", 32, 1, None, True),  # H = 1: the reshape layout at D < 128
+        ("jax_triton", "bfloat16", 96, 2, 5, True),  # D = 96: lanes past D masked
+        ("jax_triton", "float16", 64, 1, None, False),
     ],
 )
-def test_pallas_tpu_matches_jax_nn(dtype, d, h, window, causal):
+def test_kernels_match_jax_nn(backend, dtype, d, h, window, causal):
     """Against `jax.nn.dot_product_attention` on self-attention with shared ragged lengths
     (the model's use), compared on real query rows; padded rows get zero cotangent."""
     q, k, v, do = _inputs(7, 2, 37, 37, h, d, dtype)
@@ -144,7 +147,7 @@ def test_pallas_tpu_matches_jax_nn(dtype, d, h, window, causal):
     do = jnp.where(real, do, 0)
     kw = dict(q_lengths=lengths, kv_lengths=lengths, window=window, causal=causal)
     got = value_and_grads(
-        lambda q, k, v: swa_attention(q, k, v, backend="pallas_tpu", block_q=16, block_kv=16, **kw),
+        lambda q, k, v: swa_attention(q, k, v, backend=backend, block_q=16, block_kv=16, **kw),
         q,
         k,
         v,
@@ -168,7 +171,8 @@ def test_pallas_tpu_matches_jax_nn(dtype, d, h, window, causal):
         _assert_close(g, w, dtype, name)
 
 
-def test_masked_positions_contribute_nothing():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_masked_positions_contribute_nothing(backend):
     """Huge values at masked keys inside visited tiles and NaN in tiles past the lengths (which
     the kernels must never visit: NaN would reach every output) leave O and all gradients
     bitwise unchanged; rows that see no key and padded keys get exactly zero."""
@@ -177,7 +181,7 @@ def test_masked_positions_contribute_nothing():
         q_lengths=jnp.asarray(q_lengths, jnp.int32),
         kv_lengths=jnp.asarray(kv_lengths, jnp.int32),
         window=6,
-        backend="pallas_tpu",
+        backend=backend,
         block_q=BLOCK,
         block_kv=BLOCK,
     )

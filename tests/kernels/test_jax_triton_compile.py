@@ -1,12 +1,13 @@
-"""The Triton-language GDPA kernels compiled to cubin for Ampere, Hopper and Blackwell on CPU.
+"""Our Triton-language kernels (GDPA, SWA) compiled to cubin for Ampere, Hopper and Blackwell on
+CPU.
 
-Triton's compiler and its bundled ptxas need no GPU: `benchmarks.kernels.gdpa_cuda_resources`
-builds the forward, dK/dV and dQ kernels for every GPU row of the tile table (`tuning.py`) at
+Triton's compiler and its bundled ptxas need no GPU: `benchmarks.kernels.triton_cuda_resources`
+builds the forward, dK/dV and dQ kernels for every GPU row of the GDPA and SWA tile tables at
 the row's largest head dim, for the generations the row serves, and reads registers and spills
 from ptxas. A row fits when nothing spills and shared memory is within the generation's limit;
-this test found that the generic rows spilled with 4 warps (now 8). It runs in a subprocess:
-the suite's conftest sets TRITON_INTERPRET=1, under which `@triton.jit` defines interpreter
-functions, which cannot be compiled.
+this test found that the generic GDPA rows spilled with 4 warps (now 8). It runs in a
+subprocess: the suite's conftest sets TRITON_INTERPRET=1, under which `@triton.jit` defines
+interpreter functions, which cannot be compiled.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import os
 import subprocess
 import sys
 
-from benchmarks.kernels.gdpa_cuda_resources import ROW_CAPABILITIES, SHARED_LIMIT_BYTES
-from pallas_kernels.gdpa.tuning import GPU_ROWS
+from benchmarks.kernels.triton_cuda_resources import (
+    ROW_CAPABILITIES,
+    SHARED_LIMIT_BYTES,
+    gpu_rows,
+)
 from tests.kernels.helpers import REPO
 
 KERNELS = ("fwd", "dkdv", "dq")
@@ -27,7 +31,7 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp
     out = tmp_path / "resources.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env |= {"JAX_PLATFORMS": "cpu", "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
-    command = ["-m", "benchmarks.kernels.gdpa_cuda_resources", "--out", str(out)]
+    command = ["-m", "benchmarks.kernels.triton_cuda_resources", "--out", str(out)]
     proc = subprocess.run(
         [sys.executable, *command, "--activations", "silu"],
         cwd=REPO,
@@ -40,19 +44,20 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
     expected = {
-        (prefix, dim, regime, capability, kernel)
-        for prefix, dim, regime, _ in GPU_ROWS
-        for capability in ROW_CAPABILITIES[prefix]
+        (row.op, row.prefix, row.head_dim, row.regime, capability, kernel)
+        for row in gpu_rows()
+        for capability in ROW_CAPABILITIES[row.prefix]
         for kernel in KERNELS
     }
     got = {
-        (r["device_prefix"], r["head_dim"], r["regime"], r["capability"], r["kernel"])
+        (r["op"], r["device_prefix"], r["head_dim"], r["regime"], r["capability"], r["kernel"])
         for r in results
     }
     assert got == expected
+    assert {r["op"] for r in results} == {"gdpa", "swa"}
     assert {r["capability"] for r in results} == {80, 90, 100}
     for r in results:
-        row = f"{r['device_prefix'] or 'any GPU'} D={r['head_dim']} {r['regime']}"
+        row = f"{r['op']} {r['device_prefix'] or 'any GPU'} D={r['head_dim']} {r['regime']}"
         what = f"{row} sm_{r['capability']} {r['kernel']}"
         assert r["cubin_bytes"] > 0, what
         assert 0 < r["registers"] <= 255, what

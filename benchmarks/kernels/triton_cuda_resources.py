@@ -1,0 +1,149 @@
+"""Static GPU resources of our Triton-language kernels (GDPA, SWA) for every GPU tile row.
+
+    python -m benchmarks.kernels.triton_cuda_resources \
+        --out benchmarks/results/triton_cuda_resources.json
+
+No GPU needed: Triton's compiler and bundled ptxas build each kernel (forward, dK/dV, dQ) to
+cubin for the GPU generations a row serves ("NVIDIA H" rows: sm_90; the generic rows: sm_80
+and sm_100) at that row's largest head dim, and ptxas reports registers and spills. A launch
+fits when it spills nothing and its shared memory is within the generation's per-block limit;
+a row that does not fit fails at launch (shared memory) or runs slowly (spills). The rows are
+`gdpa.tuning`'s (GDPA, both Tkv regimes) and `swa.tuning`'s GPU rows (SWA at w = 128, causal).
+These are the `jax_triton` kernels' numbers; the Pallas Triton GDPA kernels share the GDPA
+tiles but are compiled by jaxlib's own Triton, which needs a GPU. Run with TRITON_INTERPRET
+unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+
+from kunlun_jax.provenance import environment
+from pallas_kernels.common.tiles import BlockSizes
+from pallas_kernels.common.triton_launch import TritonLaunch, compile_for_cuda
+from pallas_kernels.gdpa import jax_triton_op as gdpa_op
+from pallas_kernels.gdpa import tuning as gdpa_tuning
+from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.swa import jax_triton_op as swa_op
+from pallas_kernels.swa import tuning as swa_tuning
+
+# Opt-in shared memory per thread block (CUDA programming guide, compute capabilities table).
+SHARED_LIMIT_BYTES = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
+ROW_CAPABILITIES = {"NVIDIA H": (90,), "": (80, 100)}  # device-kind prefix -> generations
+BATCH, HEADS, TQ, SWA_WINDOW = 4, 8, 4096, 128
+TKV = {"short": 64, "long": 4096}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One GPU tile row: which op, device-kind prefix, largest head dim, regime, tiles."""
+
+    op: str  # "gdpa" | "swa"
+    prefix: str
+    head_dim: int
+    regime: str  # "short" | "long" (Tkv); SWA rows are "long"
+    sizes: BlockSizes
+
+
+def gpu_rows() -> list[Row]:
+    """Every GPU row of the GDPA and SWA tile tables."""
+    rows = [Row("gdpa", p, d, reg, s) for p, d, reg, s in gdpa_tuning.GPU_ROWS]
+    return rows + [Row("swa", p, d, "long", s) for p, d, s in swa_tuning.GPU_ROWS]
+
+
+def row_launches(row: Row, activation: str) -> dict[str, TritonLaunch]:
+    """The row's forward, dK/dV and dQ launches at its production shape, bf16."""
+    q = jax.ShapeDtypeStruct((BATCH, TQ, HEADS, row.head_dim), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((BATCH, TKV[row.regime], HEADS, row.head_dim), jnp.bfloat16)
+    lens = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
+    if row.op == "gdpa":
+        spec = GdpaSpec(activation, row.head_dim**-0.5, 1 / kv.shape[1], None, row.regime == "long")
+        cfg = gdpa_op.JaxTritonConfig(spec, row.sizes, "jax_triton")
+        return {
+            "fwd": gdpa_op.forward_launch(cfg, q, kv, kv, lens, lens),
+            "dkdv": gdpa_op.dkdv_launch(cfg, q, kv, kv, q, lens, lens),
+            "dq": gdpa_op.dq_launch(cfg, q, kv, kv, q, lens, lens),
+        }
+    cfg = swa_op.SwaTritonConfig(row.head_dim**-0.5, SWA_WINDOW, True, row.sizes, "jax_triton")
+    stats = jax.ShapeDtypeStruct((BATCH, HEADS, TQ), jnp.float32)
+    args = (q, kv, kv, q, stats, stats, lens, lens)
+    return {
+        "fwd": swa_op.forward_launch(cfg, q, kv, kv, lens, lens),
+        "dkdv": swa_op.dkdv_launch(cfg, *args),
+        "dq": swa_op.dq_launch(cfg, *args),
+    }
+
+
+def row_resources(row: Row, activation: str) -> list[dict]:
+    """One record per (generation, kernel) of a row."""
+    records = []
+    launches = row_launches(row, activation)
+    for capability in ROW_CAPABILITIES[row.prefix]:
+        for kernel, launch in launches.items():
+            binary = compile_for_cuda(launch, capability)
+            limit = SHARED_LIMIT_BYTES[capability]
+            records.append(
+                dict(
+                    op=row.op,
+                    device_prefix=row.prefix,
+                    regime=row.regime,
+                    head_dim=row.head_dim,
+                    sizes=dataclasses.asdict(row.sizes),
+                    activation=activation if row.op == "gdpa" else None,
+                    kernel=kernel,
+                    **dataclasses.asdict(binary),
+                    shared_limit_bytes=limit,
+                    fits=binary.spill_bytes == 0 and binary.shared_bytes <= limit,
+                )
+            )
+    return records
+
+
+def compiler_versions() -> dict:
+    """Triton and the ptxas it bundles (per generation: Blackwell uses its own ptxas)."""
+    import triton
+    from triton.backends.nvidia.compiler import get_ptxas_version
+
+    ptxas = {f"sm_{c}": get_ptxas_version(c).strip().splitlines()[-1] for c in SHARED_LIMIT_BYTES}
+    return dict(triton=triton.__version__, ptxas=ptxas)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON output path")
+    parser.add_argument(
+        "--activations", nargs="+", default=["silu", "gelu"], help="GDPA activations"
+    )
+    args = parser.parse_args(argv)
+    records = []
+    for row in gpu_rows():
+        for activation in args.activations if row.op == "gdpa" else args.activations[:1]:
+            for r in row_resources(row, activation):
+                records.append(r)
+                print(
+                    f"{r['op']:4s} {row.prefix or 'any GPU':9s} D{row.head_dim:<4d} {row.regime} "
+                    f"{r['activation'] or '':5s} sm_{r['capability']} {r['kernel']:4s} shared "
+                    f"{r['shared_bytes'] // 1024:4d} KiB regs {r['registers']:3d} spills "
+                    f"{r['spill_bytes']:5d} {'ok' if r['fits'] else 'DOES NOT FIT'}"
+                )
+    report = dict(
+        environment=environment(),
+        compiler=compiler_versions(),
+        kind="compiled_static",
+        shapes=dict(
+            batch=BATCH, heads=HEADS, tq=TQ, tkv=TKV, swa_window=SWA_WINDOW, dtype="bfloat16"
+        ),
+        results=records,
+    )
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

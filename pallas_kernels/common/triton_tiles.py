@@ -1,0 +1,100 @@
+"""Triton-language tile helpers shared by the `jax_triton` kernels (GDPA, SWA).
+
+Layout: [B, T, H, D] arrays, contiguous; lengths int32 [B] already clipped to [0, T]. Nothing
+is padded: rows past a length and head-dim lanes past D are masked loads (BLOCK_D is the next
+power of two >= D), so padded inputs are never read. Block ranges and the mask predicate
+restate `common/blocks.py` (tight ranges: padded, out-of-window and non-causal blocks are
+never visited); WINDOW < 0 means no window.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _block_range(lo_pos, hi_pos, empty, BLOCK: tl.constexpr):
+    """Blocks [lo, hi) covering positions [lo_pos, hi_pos); hi == lo when `empty`."""
+    lo_pos = tl.maximum(lo_pos, 0)
+    hi_pos = tl.maximum(hi_pos, lo_pos)
+    lo = lo_pos // BLOCK
+    hi = (hi_pos + BLOCK - 1) // BLOCK
+    return lo, tl.where(empty | (hi_pos == lo_pos), lo, hi)
+
+
+@triton.jit
+def kv_block_range(
+    qi,
+    q_len,
+    kv_len,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """KV blocks [lo, hi) query block `qi` sees (`common.blocks.kv_block_range`)."""
+    first_row = qi * BLOCK_Q
+    last_row = tl.minimum(first_row + BLOCK_Q, q_len) - 1
+    col_lo = first_row * 0
+    col_hi = kv_len
+    if WINDOW >= 0:
+        col_lo = first_row - WINDOW
+        col_hi = tl.minimum(col_hi, last_row + WINDOW + 1)
+    if CAUSAL:
+        col_hi = tl.minimum(col_hi, last_row + 1)
+    return _block_range(col_lo, col_hi, last_row < first_row, BLOCK_KV)
+
+
+@triton.jit
+def q_block_range(
+    kj,
+    q_len,
+    kv_len,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Query blocks [lo, hi) that key block `kj` gets gradient from (`blocks.q_block_range`)."""
+    first_col = kj * BLOCK_KV
+    last_col = tl.minimum(first_col + BLOCK_KV, kv_len) - 1
+    row_lo = first_col * 0
+    row_hi = q_len
+    if WINDOW >= 0:
+        row_lo = first_col - WINDOW
+        row_hi = tl.minimum(row_hi, last_col + WINDOW + 1)
+    if CAUSAL:
+        row_lo = tl.maximum(row_lo, first_col)
+    return _block_range(row_lo, row_hi, last_col < first_col, BLOCK_Q)
+
+
+@triton.jit
+def visible(q_idx, kv_idx, q_len, kv_len, WINDOW: tl.constexpr, CAUSAL: tl.constexpr):
+    """Mask predicate over broadcastable position tiles (`common.blocks.visible`)."""
+    ok = (q_idx < q_len) & (kv_idx < kv_len)
+    if WINDOW >= 0:
+        ok = ok & (tl.abs(q_idx - kv_idx) <= WINDOW)
+    if CAUSAL:
+        ok = ok & (kv_idx <= q_idx)
+    return ok
+
+
+@triton.jit
+def _offsets(b, h, rows, dims, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+    """Element offsets of rows `rows` × lanes `dims` of head (b, h) in a [B, T, H, D] array."""
+    return ((b.to(tl.int64) * T + rows[:, None]) * H + h) * D + dims[None, :]
+
+
+@triton.jit
+def load_rows(ptr, b, h, rows, dims, length, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+    """[rows, BLOCK_D] tile of head (b, h); rows >= length and lanes >= D read as 0."""
+    mask = (rows[:, None] < length) & (dims[None, :] < D)
+    return tl.load(ptr + _offsets(b, h, rows, dims, T, H, D), mask=mask, other=0.0)
+
+
+@triton.jit
+def store_rows(ptr, b, h, rows, dims, value, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+    """Write an fp32 tile to rows < T, lanes < D of head (b, h), in the array's dtype."""
+    mask = (rows[:, None] < T) & (dims[None, :] < D)
+    tl.store(ptr + _offsets(b, h, rows, dims, T, H, D), value.to(ptr.dtype.element_ty), mask=mask)
