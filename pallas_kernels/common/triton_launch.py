@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from pallas_kernels.common.tiles import BlockSizes, pow2_at_least
+
 MODES = ("jax_triton", "interpret")
 
 # jnp dtype name -> Triton pointer element type.
@@ -46,34 +48,35 @@ class TritonLaunch:
 
 def attention_launch(
     kernel,
-    name: str,
+    op: str,
+    kind: str,
     *,
-    rows: str,
     inputs: tuple,
     outputs_like: tuple,
-    block_q: int,
-    block_kv: int,
-    num_warps: int,
-    num_stages: int,
+    sizes: BlockSizes,
     window: int | None,
     causal: bool,
     **op_constexprs,
 ) -> TritonLaunch:
-    """Launch of a blocked attention kernel over (row blocks, B·H) programs, rows "q" (grid over
-    query blocks) or "kv" (key blocks). inputs start with q [B, Tq, H, D], k [B, Tkv, H, D] (jax
-    arrays, or ShapeDtypeStructs for `compile_for_cuda`); one output per array of
-    `outputs_like`, with its shape and dtype. Fills the constexprs every attention kernel takes
-    (`common/triton_tiles.py`'s T_Q, T_KV, H, D, BLOCK_D, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL,
-    PRECISION) and adds `op_constexprs`."""
+    """Launch of blocked attention kernel `kind` of `op` ("gdpa", "swa"): "fwd" and "dq" run
+    over (query blocks, B·H) programs, "dkdv" over (key blocks, B·H); "fwd" takes the forward
+    tiles of `sizes`, the others the backward ones. inputs start with q [B, Tq, H, D], k
+    [B, Tkv, H, D] (jax arrays, or ShapeDtypeStructs for `compile_for_cuda`); one output per
+    array of `outputs_like`, with its shape and dtype. Fills the constexprs every attention
+    kernel takes (`common/triton_tiles.py`: T_Q, T_KV, H, D, BLOCK_D, BLOCK_Q, BLOCK_KV, WINDOW,
+    CAUSAL, PRECISION) and adds `op_constexprs`."""
     q, k = inputs[0], inputs[1]
     batch, tq, heads, dim = q.shape
-    length, block = (tq, block_q) if rows == "q" else (k.shape[1], block_kv)
+    fwd = kind == "fwd"
+    block_q = sizes.block_q if fwd else sizes.block_q_bwd
+    block_kv = sizes.block_kv if fwd else sizes.block_kv_bwd
+    length, block = (k.shape[1], block_kv) if kind == "dkdv" else (tq, block_q)
     constexprs = dict(
         T_Q=tq,
         T_KV=k.shape[1],
         H=heads,
         D=dim,
-        BLOCK_D=max(16, 1 << max(dim - 1, 0).bit_length()),  # power of two >= D, >= 16
+        BLOCK_D=max(16, pow2_at_least(dim)),
         BLOCK_Q=block_q,
         BLOCK_KV=block_kv,
         WINDOW=-1 if window is None else window,
@@ -87,9 +90,9 @@ def attention_launch(
         inputs=tuple(inputs),
         out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
         constexprs=constexprs | op_constexprs,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        name=name,
+        num_warps=sizes.num_warps,
+        num_stages=sizes.num_stages,
+        name=f"{op}_{kind}_jax_triton",
     )
 
 

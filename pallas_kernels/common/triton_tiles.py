@@ -98,3 +98,10 @@ def store_rows(ptr, b, h, rows, dims, value, T: tl.constexpr, H: tl.constexpr, D
     """Write an fp32 tile to rows < T, lanes < D of head (b, h), in the array's dtype."""
     mask = (rows[:, None] < T) & (dims[None, :] < D)
     tl.store(ptr + _offsets(b, h, rows, dims, T, H, D), value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def program_head(Q_LENS, KV_LENS, H: tl.constexpr):
+    """(row-block index, b, h, q_len, kv_len) of this program on a (row blocks, B·H) grid."""
+    b = tl.program_id(1) // H
+    return tl.program_id(0), b, tl.program_id(1) % H, tl.load(Q_LENS + b), tl.load(KV_LENS + b)

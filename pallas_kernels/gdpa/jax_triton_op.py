@@ -97,19 +97,14 @@ def dq_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunc
 
 
 def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like) -> TritonLaunch:
-    """GDPA kernel `kind` ("fwd" | "dkdv" | "dq"): forward tiles for "fwd", else backward."""
-    sizes, spec = cfg.sizes, cfg.spec
-    fwd = kind == "fwd"
+    spec = cfg.spec
     return attention_launch(
         kernel,
-        f"gdpa_{kind}_jax_triton",
-        rows="kv" if kind == "dkdv" else "q",
+        "gdpa",
+        kind,
         inputs=inputs,
         outputs_like=outputs_like,
-        block_q=sizes.block_q if fwd else sizes.block_q_bwd,
-        block_kv=sizes.block_kv if fwd else sizes.block_kv_bwd,
-        num_warps=sizes.num_warps,
-        num_stages=sizes.num_stages,
+        sizes=cfg.sizes,
         window=spec.window,
         causal=spec.causal,
         ACT=spec.activation,

@@ -24,6 +24,7 @@ import triton.language as tl
 from pallas_kernels.common.triton_tiles import (
     kv_block_range,
     load_rows,
+    program_head,
     q_block_range,
     store_rows,
     visible,
@@ -116,11 +117,7 @@ def gdpa_fwd_kernel(
     PRECISION: tl.constexpr,
 ):
     """O tile (q block, head): O = β Σ_j (M ⊙ Act(α Q K_jᵀ)) V_j over the visible kv blocks."""
-    qi = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_len = tl.load(Q_LENS + b)
-    kv_len = tl.load(KV_LENS + b)
+    qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
@@ -163,11 +160,7 @@ def gdpa_dkdv_kernel(
 ):
     """dK, dV tiles (kv block, head) over the query blocks that see it, on transposed
     [kv, q] score tiles: dV += Pᵀ dO, dK += dSᵀ Q."""
-    kj = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_len = tl.load(Q_LENS + b)
-    kv_len = tl.load(KV_LENS + b)
+    kj, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
     dims = tl.arange(0, BLOCK_D)
     k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
@@ -214,11 +207,7 @@ def gdpa_dq_kernel(
     PRECISION: tl.constexpr,
 ):
     """dQ tile (q block, head) over the forward's kv blocks: dQ += (M ⊙ dO Vᵀ ⊙ Act') K."""
-    qi = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_len = tl.load(Q_LENS + b)
-    kv_len = tl.load(KV_LENS + b)
+    qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)

@@ -91,19 +91,13 @@ def dq_launch(cfg: SwaTritonConfig, q, k, v, do, lse, delta, q_lens, kv_lens) ->
 
 
 def _launch(cfg: SwaTritonConfig, kernel, kind: str, inputs, outputs_like) -> TritonLaunch:
-    """SWA kernel `kind` ("fwd" | "dkdv" | "dq"): forward tiles for "fwd", else backward."""
-    sizes = cfg.sizes
-    fwd = kind == "fwd"
     return attention_launch(
         kernel,
-        f"swa_{kind}_jax_triton",
-        rows="kv" if kind == "dkdv" else "q",
+        "swa",
+        kind,
         inputs=inputs,
         outputs_like=outputs_like,
-        block_q=sizes.block_q if fwd else sizes.block_q_bwd,
-        block_kv=sizes.block_kv if fwd else sizes.block_kv_bwd,
-        num_warps=sizes.num_warps,
-        num_stages=sizes.num_stages,
+        sizes=cfg.sizes,
         window=cfg.window,
         causal=cfg.causal,
         SCALE=cfg.scale,

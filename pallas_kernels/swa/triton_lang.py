@@ -23,6 +23,7 @@ import triton.language as tl
 from pallas_kernels.common.triton_tiles import (
     kv_block_range,
     load_rows,
+    program_head,
     q_block_range,
     store_rows,
     visible,
@@ -60,11 +61,7 @@ def swa_fwd_kernel(
     PRECISION: tl.constexpr,
 ):
     """O and lse of a (q block, head) by online softmax over the visible kv blocks."""
-    qi = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_len = tl.load(Q_LENS + b)
-    kv_len = tl.load(KV_LENS + b)
+    qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
@@ -119,11 +116,7 @@ def swa_dkdv_kernel(
     PRECISION: tl.constexpr,
 ):
     """dK, dV of a (kv block, head) over the query blocks that see it ([kv, q] tiles)."""
-    kj = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_len = tl.load(Q_LENS + b)
-    kv_len = tl.load(KV_LENS + b)
+    kj, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
     dims = tl.arange(0, BLOCK_D)
     k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
@@ -173,11 +166,7 @@ def swa_dq_kernel(
     PRECISION: tl.constexpr,
 ):
     """dQ of a (q block, head) over the forward's kv blocks."""
-    qi = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_len = tl.load(Q_LENS + b)
-    kv_len = tl.load(KV_LENS + b)
+    qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
