@@ -4,7 +4,8 @@
 
 (`benchmarks/gpu_session.sh OUT` installs the carried wheels first, then runs this.)
 
-Stages, most important first: `tests` (the GPU kernel tests in bf16, so the timings that follow
+Stages, most important first: `preflight` (device and package versions, which imports fail),
+`tests` (the GPU kernel tests in bf16, so the timings that follow
 are of kernels known to be right on the hardware), `gdpa`, `swa`, `hsp` (the kernel benchmarks'
 --quick profiles), `bench` (the `base` train step) and `tune` (the GDPA tile search, which
 resumes from benchmarks/results/gdpa_autotune_pallas_triton.json when that is from the same
@@ -47,6 +48,7 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
+    "preflight": Stage("-m benchmarks.gpu_session --preflight --out {out}", cap_s=60, min_s=10),
     "tests": Stage(
         "-m pytest -m gpu -q -rA tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
         cap_s=150,
@@ -103,13 +105,45 @@ def run_stage(name: str, stage: Stage, out: Path, timeout_s: float) -> dict:
     )
 
 
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "grain", "tokamax", "triton")
+
+
+def preflight(out: Path) -> dict:
+    """OUT/preflight.json: the device and the versions of what the stages import (a package
+    that fails to import is recorded with its error, e.g. jax_triton against the image's
+    triton), so a failed stage can be told apart from a missing dependency."""
+    import importlib
+
+    import jax
+
+    versions = {}
+    for name in (*PACKAGES, "jax_triton"):
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except Exception as e:  # recorded, not raised: the point is to see all of them
+            versions[name] = f"import failed: {type(e).__name__}: {str(e)[:200]}"
+    device = jax.devices()[0]
+    report = dict(
+        device_kind=device.device_kind,
+        platform=device.platform,
+        compute_capability=getattr(device, "compute_capability", None),
+        device_count=jax.device_count(),
+        versions=versions,
+    )
+    (out / "preflight.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--preflight", action="store_true", help="only write OUT/preflight.json")
     parser.add_argument("--budget-s", type=float, default=480, help="wall-clock budget")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.preflight:
+        return preflight(args.out)
     deadline = time.monotonic() + args.budget_s
     session = dict(
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -52,7 +52,8 @@ def test_a_stage_gets_only_what_is_left_of_the_budget(tmp_path, monkeypatch):
 
 
 def test_real_stages_fit_the_default_budget_and_write_under_out(tmp_path):
-    assert list(gpu_session.STAGES)[:2] == ["tests", "gdpa"]  # correctness before timings
+    # correctness before timings
+    assert list(gpu_session.STAGES)[:3] == ["preflight", "tests", "gdpa"]
     assert sum(s.min_s for s in gpu_session.STAGES.values()) <= 480
     for stage in gpu_session.STAGES.values():
         assert stage.min_s <= stage.cap_s
@@ -78,3 +79,13 @@ def test_quick_profiles():
     assert swa.parse_args(["--quick", "--out", "x.json"]).impls == list(swa.QUICK_IMPLS)
     assert {c.t for c in hsp.quick_cases()} == {1024, 4096}
     assert hsp.parse_args(["--quick", "--out", "x.json"]).impls == list(hsp.ALL_IMPLS)
+
+
+def test_preflight_records_devices_and_versions(tmp_path):
+    report = gpu_session.main(["--out", str(tmp_path), "--preflight"])
+    assert json.loads((tmp_path / "preflight.json").read_text()) == report
+    assert report["platform"] == "cpu"
+    assert report["versions"]["jax"] == "0.11.2"
+    assert report["versions"]["triton"] == "3.9.0"
+    # jax-triton is not installed on CPU (and needs a CUDA jaxlib): recorded, not raised.
+    assert report["versions"]["jax_triton"].startswith("import failed")
