@@ -15,11 +15,12 @@ tensor-core / MXU peak; f32 on CPU) and an elementwise device-to-device copy (GB
 result also reports its fraction of that matmul and of the published bf16 peak
 (`kunlun_jax.bench.roofline.PEAKS`).
 
-Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_mosaic_gpu (the Hopper
-wgmma + TMA kernels, D <= 128), gdpa_jax_triton (the Triton-language kernels through
-jax_triton.triton_call), gdpa_reference (plain jnp under XLA) and tokamax_<impl> softmax
-attention for impl in mosaic, triton, cudnn, xla, each named explicitly (tokamax's default
-list silently falls back to XLA). Failures are recorded per implementation, not raised.
+Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_mosaic_gpu (the Mosaic GPU
+kernels of the device's architecture, Hopper wgmma or Blackwell tcgen05, D <= 128),
+gdpa_jax_triton (the Triton-language kernels through jax_triton.triton_call), gdpa_reference
+(plain jnp under XLA) and tokamax_<impl> softmax attention for impl in mosaic, triton, cudnn,
+xla, each named explicitly (tokamax's default list silently falls back to XLA). Failures are
+recorded per implementation, not raised.
 """
 
 from __future__ import annotations

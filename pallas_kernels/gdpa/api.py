@@ -4,9 +4,10 @@ Backends:
 - "reference": plain jnp (`reference.gdpa_reference`), differentiated by JAX autodiff.
 - "pallas_tpu": Mosaic-TPU-style kernels (`tpu.py`, `tpu_vjp.py`).
 - "pallas_triton": Triton-lowered GPU kernels (`triton.py`, `triton_vjp.py`).
-- "pallas_mosaic_gpu": Hopper wgmma + TMA kernels (`mosaic_gpu.py`; bf16/f16, D <= 128,
-  block_q fixed at 64); lowered for sm_90 in CI but never run on a GPU, so only by name,
-  never chosen by "auto".
+- "pallas_mosaic_gpu": Mosaic GPU kernels (`mosaic_gpu.py`; bf16/f16, D <= 128): Hopper's
+  wgmma + TMA or Blackwell's tcgen05 + TMEM, picked by the device's compute capability (query
+  tile fixed at 64 / 128); lowered for sm_90 and sm_100 in CI but never run on a GPU, so only
+  by name, never chosen by "auto".
 - "jax_triton": Triton-language kernels (`triton_lang.py`) through `jax_triton.triton_call`
   (`jax_triton_op.py`), the comparison point for the Pallas kernels; by name only. Needs the
   `triton` package; off a GPU it runs in Triton's interpreter (TRITON_INTERPRET=1).
@@ -31,7 +32,7 @@ from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_i
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
 from pallas_kernels.gdpa.blockwise import GdpaSpec
-from pallas_kernels.gdpa.mosaic_gpu import BLOCK_Q, gdpa_mosaic_gpu
+from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from pallas_kernels.gdpa.reference import gdpa_reference
 from pallas_kernels.gdpa.tpu import gdpa_fwd_tpu
 from pallas_kernels.gdpa.tpu_vjp import gdpa_bwd_tpu
@@ -103,10 +104,13 @@ def gdpa(
     device = target_device()
     on_gpu = target_platform() == "gpu"
     if impl == "pallas_mosaic_gpu":
-        _check_hopper(device)
-        if block_q not in (None, BLOCK_Q):
-            raise ValueError(f"backend='pallas_mosaic_gpu' has block_q={BLOCK_Q}, got {block_q}")
-        return gdpa_mosaic_gpu(q, k, v, **op, block_kv=block_kv, interpret=not on_gpu)
+        arch = arch_for(device)
+        tile = ARCHS[arch].BLOCK_Q
+        if block_q not in (None, tile):
+            raise ValueError(
+                f"backend='pallas_mosaic_gpu' on {arch} has block_q={tile}, got {block_q}"
+            )
+        return gdpa_mosaic_gpu(q, k, v, **op, block_kv=block_kv, arch=arch, interpret=not on_gpu)
     if impl == "jax_triton":
         # Imported here: triton is an optional dependency of the package.
         from pallas_kernels.gdpa.jax_triton_op import gdpa_jax_triton
@@ -265,17 +269,6 @@ def _resolve_backend(backend: str, head_dim: int) -> str:
 
 def _compiles_natively(impl: str) -> bool:
     return target_platform() == {"pallas_tpu": "tpu", "pallas_triton": "gpu"}[impl]
-
-
-def _check_hopper(device) -> None:
-    """The Mosaic GPU kernels issue wgmma, which only sm_90 (Hopper) has: Blackwell (sm_100)
-    replaced it with tcgen05, so a clear error there instead of a failed compile."""
-    capability = getattr(device, "compute_capability", None)
-    if device.platform in ("gpu", "cuda") and capability and not capability.startswith("9."):
-        raise ValueError(
-            f"backend='pallas_mosaic_gpu' needs a Hopper GPU (sm_90, wgmma); {device.device_kind} "
-            f"is sm_{capability.replace('.', '')}: use backend='pallas_triton'"
-        )
 
 
 def _check_head_dim(dim: int) -> None:

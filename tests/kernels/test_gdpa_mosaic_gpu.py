@@ -1,8 +1,10 @@
-"""Mosaic GPU GDPA kernels (forward, dQ, dK/dV) in the Mosaic GPU interpreter vs the reference.
+"""Mosaic GPU GDPA kernels (forward, dQ, dK/dV; Hopper and Blackwell) in the Mosaic GPU
+interpreter vs the reference.
 
-The interpreter runs the kernels' TMA copies, barriers, double-buffered loops and wgmma calls on
-the host; it does not check Hopper's layout rules (test_gdpa_mosaic_gpu_lowering.py lowers the
-same kernels for sm_90). Tolerances and error normalization as in test_gdpa.py.
+The interpreter runs the kernels' TMA copies, barriers, double-buffered loops, wgmma calls
+(Hopper) and tcgen05 MMAs with TMEM loads and stores (Blackwell) on the host; it does not check
+the hardware's layout rules (test_gdpa_mosaic_gpu_lowering.py lowers the same kernels for
+sm_90 and sm_100). Tolerances and error normalization as in test_gdpa.py.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from hypothesis import strategies as st
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.common.target import compile_target
 from pallas_kernels.gdpa import gdpa, gdpa_reference
-from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
+from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
 
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 
 
-@settings(max_examples=10, deadline=None)
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@settings(max_examples=8, deadline=None)
 @given(
     batch=st.integers(1, 2),
     tq=st.integers(1, 200),
@@ -40,7 +43,7 @@ TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
     data=st.data(),
 )
 def test_values_and_gradients_match_the_reference(
-    batch, tq, tkv, heads, head_dim, activation, dtype, window, causal, block_kv, data
+    arch, batch, tq, tkv, heads, head_dim, activation, dtype, window, causal, block_kv, data
 ):
     q_lens = np.array(data.draw(st.lists(st.integers(0, tq), min_size=batch, max_size=batch)))
     kv_lens = np.array(data.draw(st.lists(st.integers(0, tkv), min_size=batch, max_size=batch)))
@@ -66,7 +69,9 @@ def test_values_and_gradients_match_the_reference(
         window=window,
         causal=causal,
     )
-    kernel = functools.partial(gdpa_mosaic_gpu, interpret=True, block_kv=block_kv, **kwargs)
+    kernel = functools.partial(
+        gdpa_mosaic_gpu, interpret=True, arch=arch, block_kv=block_kv, **kwargs
+    )
     got, got_grads = value_and_grads(kernel, q, k, v, do)
     assert got.shape == q.shape
     assert got.dtype == q.dtype
@@ -109,10 +114,18 @@ def test_the_public_op_runs_it_by_name_only():
     assert_close(got, want, "bfloat16", "O", tolerance=TOLERANCE)
 
 
-def test_gpus_other_than_hopper_are_a_clear_error():
+def _gpu(kind: str, capability: str):
+    return types.SimpleNamespace(platform="gpu", device_kind=kind, compute_capability=capability)
+
+
+def test_the_device_kind_picks_the_kernels():
+    assert arch_for(_gpu("NVIDIA H100 80GB HBM3", "9.0")) == "hopper"
+    assert arch_for(_gpu("NVIDIA B200", "10.0")) == "blackwell"
+    assert arch_for(types.SimpleNamespace(platform="cpu", device_kind="cpu")) == "hopper"
+    with pytest.raises(ValueError, match=r"NVIDIA A100.*sm_80.*backend='pallas_triton'"):
+        arch_for(_gpu("NVIDIA A100-SXM4-80GB", "8.0"))
     q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "bfloat16")
-    b200 = types.SimpleNamespace(
-        platform="gpu", device_kind="NVIDIA B200", compute_capability="10.0"
-    )
-    with compile_target(b200), pytest.raises(ValueError, match=r"needs a Hopper GPU.*sm_100"):
-        gdpa(q, k, v, backend="pallas_mosaic_gpu")
+    with compile_target(_gpu("NVIDIA B200", "10.0")), pytest.raises(ValueError, match="128"):
+        gdpa(q, k, v, backend="pallas_mosaic_gpu", block_q=64)  # Blackwell's query tile is 128
+    with pytest.raises(ValueError, match="unknown Mosaic GPU architecture"):
+        gdpa_mosaic_gpu(q, k, v, arch="ampere", interpret=True)

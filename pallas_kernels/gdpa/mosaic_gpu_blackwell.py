@@ -1,0 +1,237 @@
+"""GDPA forward and backward kernels for Blackwell (sm_100): tcgen05 MMAs into tensor memory.
+
+Status: **never run on a GPU** (no Blackwell GPU is lent to this project). Checked on CPU in
+the Mosaic GPU interpreter (which executes tcgen05 MMAs, TMEM loads and stores, TMA and
+barriers) and by a lowering for sm_100 (see `mosaic_gpu.py`). Same three kernels as Hopper's
+(`mosaic_gpu_hopper.py`), one warpgroup per program, the streamed operand double-buffered by
+TMA, only the blocks the mask leaves visited; what changes is where the accumulators live:
+
+    forward  (b, h, q tile of 128):   S = Q Kᵀ → TMEM → P = M ⊙ Act(α S) → SMEM, O_tmem += P V
+    dQ       (b, h, q tile of 128):   S, dP = dO Vᵀ → TMEM, dS → SMEM, dQ_tmem += dS K
+    dK / dV  (b, h, kv block of 128): Sᵀ, dPᵀ → TMEM, Pᵀ → SMEM, dV_tmem += Pᵀ dO, then
+                                      dSᵀ → the same SMEM, dK_tmem += dSᵀ Q
+
+The MMA M is 128 (one CTA's tcgen05 tile), so query tiles and dK/dV kv blocks are 128 rows;
+fp32 accumulators and score tiles take at most 512 TMEM columns (dK/dV at D = 128). Every MMA
+is waited for before its result is read or its operands are refilled; the forward keeps the
+MMAs strictly in order (no warp specialization yet).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.gdpa.mosaic_gpu_common import (
+    SLOTS,
+    MosaicConfig,
+    fetcher,
+    interpret_params,
+    load_tiles,
+    store_tile,
+    stream_blocks,
+    visible_tile,
+)
+
+BLOCK_Q = 128  # tcgen05 M on one CTA: query tiles
+DKDV_BLOCK = 128  # kv rows of the dK/dV kernel, and the query blocks it streams
+_LAYOUT = plgpu.Layout.TCGEN05  # registers of a TMEM load
+
+
+def forward_kernel(cfg: MosaicConfig, shape, dtype):
+    """O [B, Tq, H, D]: grid (b, h, q tile); K and V stream through SLOTS buffers."""
+    b, tq, h, d = shape
+    spec, bkv = cfg.spec, cfg.block_kv
+
+    def body(q_gmem, k_gmem, v_gmem, ql_gmem, kvl_gmem, o_gmem, *scratch):
+        q_smem, k_smem, v_smem, p_smem, s_tmem, o_tmem, q_bar, k_bar, v_bar, mma_bar = scratch
+        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
+        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
+        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
+        lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
+        _zero(o_tmem)
+
+        def step(j, slot):
+            plgpu.barrier_wait(k_bar.at[slot])
+            s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
+            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True)
+            p_smem[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: exactly 0
+            plgpu.commit_smem()
+            plgpu.barrier_wait(v_bar.at[slot])
+            _mma(o_tmem, p_smem, v_smem.at[slot], mma_bar)
+
+        fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
+        stream_blocks(lo, hi_kv, fetch, step)
+        store_tile(q_smem, _load(o_tmem) * spec.out_scale, o_gmem.at[bi, rows, hi])
+
+    return plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct(shape, dtype),
+        scratch_types=[
+            plgpu.SMEM((BLOCK_Q, d), dtype),  # Q tile, then O tile
+            plgpu.SMEM((SLOTS, bkv, d), dtype),  # K blocks
+            plgpu.SMEM((SLOTS, bkv, d), dtype),  # V blocks
+            plgpu.SMEM((BLOCK_Q, bkv), dtype),  # P
+            plgpu.TMEM((BLOCK_Q, bkv), jnp.float32),  # S
+            plgpu.TMEM((BLOCK_Q, d), jnp.float32),  # O accumulator
+            plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(orders_tensor_core=True),
+        ],
+        grid=(b, h, tq // BLOCK_Q),
+        grid_names=("b", "h", "q"),
+        interpret=interpret_params(cfg),
+    )
+
+
+def dq_kernel(cfg: MosaicConfig, shape, dtype):
+    """dQ [B, Tq, H, D]: the forward's loop with dP = dO Vᵀ and dQ += dS K."""
+    b, tq, h, d = shape
+    spec, bkv = cfg.spec, cfg.block_kv
+
+    def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, *scratch):
+        (q_smem, do_smem, k_smem, v_smem, ds_smem, s_tmem, dp_tmem, dq_tmem) = scratch[:8]
+        tile_bar, k_bar, v_bar, mma_bar = scratch[8:]
+        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
+        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
+        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        tile = (bi, rows, hi)
+        load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
+        lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
+        _zero(dq_tmem)
+
+        def step(j, slot):
+            plgpu.barrier_wait(k_bar.at[slot])
+            s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
+            plgpu.barrier_wait(v_bar.at[slot])
+            dp = _mma_load(dp_tmem, do_smem, v_smem.at[slot].T, mma_bar)
+            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True)
+            ds_smem[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
+            plgpu.commit_smem()
+            _mma(dq_tmem, ds_smem, k_smem.at[slot], mma_bar)
+
+        fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
+        stream_blocks(lo, hi_kv, fetch, step)
+        store_tile(q_smem, _load(dq_tmem) * spec.grad_scale, dq_gmem.at[bi, rows, hi])
+
+    q_tile = plgpu.SMEM((BLOCK_Q, d), dtype)
+    kv_blocks = plgpu.SMEM((SLOTS, bkv, d), dtype)
+    scores = plgpu.TMEM((BLOCK_Q, bkv), jnp.float32)
+    return plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct(shape, dtype),
+        scratch_types=[
+            q_tile,  # Q, then dQ
+            q_tile,  # dO
+            kv_blocks,  # K
+            kv_blocks,  # V
+            plgpu.SMEM((BLOCK_Q, bkv), dtype),  # dS
+            scores,  # S
+            scores,  # dP
+            plgpu.TMEM((BLOCK_Q, d), jnp.float32),  # dQ accumulator
+            plgpu.Barrier(num_barriers=2),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(orders_tensor_core=True),
+        ],
+        grid=(b, h, tq // BLOCK_Q),
+        grid_names=("b", "h", "q"),
+        interpret=interpret_params(cfg),
+    )
+
+
+def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
+    """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv block of 128); Q and dO stream, the transposed
+    score tiles [kv, q] make Pᵀ and dSᵀ direct MMA left operands (one SMEM buffer, in turn)."""
+    b, _, h, d = shape
+    spec, block = cfg.spec, DKDV_BLOCK
+
+    def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
+        (k_smem, v_smem, q_smem, do_smem, score_smem, st_tmem, dpt_tmem) = scratch[:7]
+        dk_tmem, dv_tmem, kv_bar, q_bar, do_bar, mma_bar = scratch[7:]
+        bi, hi, ki = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("kv")
+        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
+        rows = pl.ds(ki * block, block)
+        load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
+        lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
+        _zero(dk_tmem)
+        _zero(dv_tmem)
+
+        def step(j, slot):
+            plgpu.barrier_wait(q_bar.at[slot])
+            st = _mma_load(st_tmem, k_smem, q_smem.at[slot].T, mma_bar)
+            plgpu.barrier_wait(do_bar.at[slot])
+            dpt = _mma_load(dpt_tmem, v_smem, do_smem.at[slot].T, mma_bar)
+            real = _visible(spec, ki * block, j * block, st.shape, q_len, kv_len, False)
+            score_smem[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)  # Pᵀ
+            plgpu.commit_smem()
+            _mma(dv_tmem, score_smem, do_smem.at[slot], mma_bar)
+            score_smem[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)  # dSᵀ
+            plgpu.commit_smem()
+            _mma(dk_tmem, score_smem, q_smem.at[slot], mma_bar)
+
+        fetch = fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
+        stream_blocks(lo, hi_q, fetch, step)
+        # K and V are not read any more: they stage the results.
+        store_tile(k_smem, _load(dk_tmem) * spec.grad_scale, dk_gmem.at[bi, rows, hi])
+        store_tile(v_smem, _load(dv_tmem) * spec.out_scale, dv_gmem.at[bi, rows, hi])
+
+    tile = plgpu.SMEM((block, d), dtype)
+    streamed = plgpu.SMEM((SLOTS, block, d), dtype)
+    scores = plgpu.TMEM((block, block), jnp.float32)
+    acc = plgpu.TMEM((block, d), jnp.float32)
+    kv_shape = jax.ShapeDtypeStruct((b, tkv, h, d), dtype)
+    return plgpu.kernel(
+        body,
+        out_type=(kv_shape, kv_shape),
+        scratch_types=[
+            *(tile, tile, streamed, streamed),  # K, V, Q, dO
+            plgpu.SMEM((block, block), dtype),  # Pᵀ, then dSᵀ
+            *(scores, scores, acc, acc),  # Sᵀ, dPᵀ, dK, dV in TMEM
+            plgpu.Barrier(num_barriers=2),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.Barrier(orders_tensor_core=True),
+        ],
+        grid=(b, h, tkv // block),
+        grid_names=("b", "h", "kv"),
+        interpret=interpret_params(cfg),
+    )
+
+
+def _mma(acc_tmem, a_smem, b_smem, barrier) -> None:
+    """acc_tmem += a @ b on the tensor core, waited for (its operands are free after)."""
+    plgpu.tcgen05_mma(acc_tmem, a_smem, b_smem, barrier, accumulate=True)
+    plgpu.barrier_wait(barrier)
+
+
+def _mma_load(out_tmem, a_smem, b_smem, barrier) -> jax.Array:
+    """a @ b through `out_tmem` (overwritten), loaded into registers."""
+    plgpu.tcgen05_mma(out_tmem, a_smem, b_smem, barrier, accumulate=False)
+    plgpu.barrier_wait(barrier)
+    return _load(out_tmem)
+
+
+def _load(tmem) -> jax.Array:
+    """TMEM → registers, waited (the TMEM may be overwritten after)."""
+    value = plgpu.async_load_tmem(tmem, layout=_LAYOUT)
+    plgpu.wait_load_tmem()
+    return value
+
+
+def _zero(tmem) -> None:
+    """Zero an fp32 TMEM accumulator (a row that sees no key keeps these zeros)."""
+    plgpu.async_store_tmem(tmem, plgpu.layout_cast(jnp.zeros(tmem.shape, jnp.float32), _LAYOUT))
+    plgpu.commit_tmem()
+
+
+def _visible(spec: GdpaSpec, first_row, first_col, shape, q_len, kv_len, rows_are_q: bool):
+    return visible_tile(
+        spec, first_row, first_col, shape, q_len, kv_len, rows_are_q=rows_are_q, layout=_LAYOUT
+    )

@@ -1,0 +1,97 @@
+"""Pieces shared by the Mosaic GPU GDPA kernels of every architecture (Hopper, Blackwell).
+
+The kernels are `plgpu.kernel` programs over a (b, h, row tile) grid with one warpgroup: TMA
+copies of a program's fixed tiles, a double-buffered stream of the other operand's blocks over
+exactly the blocks the mask leaves (`stream_blocks`), and TMA stores of the fp32 results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.gdpa.blockwise import GdpaSpec
+
+SLOTS = 2  # buffers of the streamed operand
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+    """The custom_vjp's non-differentiable configuration. arch: "hopper" | "blackwell"."""
+
+    spec: GdpaSpec
+    block_kv: int
+    interpret: bool
+    arch: str
+
+
+def interpret_params(cfg: MosaicConfig):
+    """`plgpu.kernel`'s interpret argument: the Mosaic GPU interpreter on the host, or off."""
+    return plgpu.InterpretGPUParams() if cfg.interpret else False
+
+
+def load_tiles(barriers, *copies) -> None:
+    """TMA each (gmem window, smem) pair with its own barrier of `barriers`, then wait all."""
+    for i, (gmem, smem) in enumerate(copies):
+        plgpu.copy_gmem_to_smem(gmem, smem, barriers.at[i])
+    for i in range(len(copies)):
+        plgpu.barrier_wait(barriers.at[i])
+
+
+def fetcher(bi, hi, rows: int, *streams) -> Callable[[jax.Array, jax.Array], None]:
+    """fetch(j, slot): TMA block j ([rows, D] of head (bi, hi)) of every (gmem, smem, barrier)
+    stream into buffer `slot`; each stream signals its own barrier."""
+
+    def fetch(j, slot):
+        block = pl.ds(j * rows, rows)
+        for gmem, smem, barrier in streams:
+            plgpu.copy_gmem_to_smem(gmem.at[bi, block, hi], smem.at[slot], barrier.at[slot])
+
+    return fetch
+
+
+def stream_blocks(lo, hi, fetch, step) -> None:
+    """step(j, slot) for j in [lo, hi) while block j + 1 is fetched into the other buffer.
+
+    `step` waits for its block's barriers and must finish every MMA that reads buffer `slot`
+    before it returns: the next step refills the other buffer, the one after refills this one.
+    """
+
+    @pl.when(hi > lo)
+    def _():
+        fetch(lo, 0)
+
+    @pl.loop(lo, hi)
+    def _(j):
+        slot = lax.rem(j - lo, SLOTS)
+
+        @pl.when(j + 1 < hi)
+        def _():
+            fetch(j + 1, 1 - slot)
+
+        step(j, slot)
+
+
+def visible_tile(
+    spec: GdpaSpec, first_row, first_col, shape, q_len, kv_len, *, rows_are_q: bool, layout
+):
+    """bool tile of the mask in register `layout` (the MMA results'); rows_are_q: [q, kv]
+    tile, else [kv, q]."""
+    rows = first_row + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=layout)
+    cols = first_col + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=layout)
+    q_idx, kv_idx = (rows, cols) if rows_are_q else (cols, rows)
+    return spec.visible(q_idx, kv_idx, q_len, kv_len)
+
+
+def store_tile(staging_smem, value: jax.Array, out_gmem) -> None:
+    """value (fp32) → staging SMEM in the output dtype → TMA to out_gmem, waited."""
+    staging_smem[...] = value.astype(staging_smem.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(staging_smem, out_gmem)
+    plgpu.wait_smem_to_gmem(0)
