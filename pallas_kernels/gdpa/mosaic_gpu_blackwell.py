@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.gdpa.blockwise import GdpaSpec
@@ -30,8 +28,9 @@ from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
     MosaicConfig,
     fetcher,
-    interpret_params,
     load_tiles,
+    mosaic_kernel,
+    program_tile,
     store_tile,
     stream_blocks,
     visible_tile,
@@ -49,9 +48,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
 
     def body(q_gmem, k_gmem, v_gmem, ql_gmem, kvl_gmem, o_gmem, *scratch):
         q_smem, k_smem, v_smem, p_smem, s_tmem, o_tmem, q_bar, k_bar, v_bar, mma_bar = scratch
-        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
-        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
-        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         _zero(o_tmem)
@@ -69,7 +66,8 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
         stream_blocks(lo, hi_kv, fetch, step)
         store_tile(q_smem, _load(o_tmem) * spec.out_scale, o_gmem.at[bi, rows, hi])
 
-    return plgpu.kernel(
+    return mosaic_kernel(
+        cfg,
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
@@ -85,8 +83,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             plgpu.Barrier(orders_tensor_core=True),
         ],
         grid=(b, h, tq // BLOCK_Q),
-        grid_names=("b", "h", "q"),
-        interpret=interpret_params(cfg),
+        row_axis="q",
     )
 
 
@@ -98,9 +95,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, *scratch):
         (q_smem, do_smem, k_smem, v_smem, ds_smem, s_tmem, dp_tmem, dq_tmem) = scratch[:8]
         tile_bar, k_bar, v_bar, mma_bar = scratch[8:]
-        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
-        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
-        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         tile = (bi, rows, hi)
         load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
@@ -123,7 +118,8 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     q_tile = plgpu.SMEM((BLOCK_Q, d), dtype)
     kv_blocks = plgpu.SMEM((SLOTS, bkv, d), dtype)
     scores = plgpu.TMEM((BLOCK_Q, bkv), jnp.float32)
-    return plgpu.kernel(
+    return mosaic_kernel(
+        cfg,
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
@@ -141,8 +137,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             plgpu.Barrier(orders_tensor_core=True),
         ],
         grid=(b, h, tq // BLOCK_Q),
-        grid_names=("b", "h", "q"),
-        interpret=interpret_params(cfg),
+        row_axis="q",
     )
 
 
@@ -155,9 +150,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
         (k_smem, v_smem, q_smem, do_smem, score_smem, st_tmem, dpt_tmem) = scratch[:7]
         dk_tmem, dv_tmem, kv_bar, q_bar, do_bar, mma_bar = scratch[7:]
-        bi, hi, ki = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("kv")
-        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
-        rows = pl.ds(ki * block, block)
+        bi, hi, ki, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "kv", block)
         load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
         lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
         _zero(dk_tmem)
@@ -187,7 +180,8 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
     scores = plgpu.TMEM((block, block), jnp.float32)
     acc = plgpu.TMEM((block, d), jnp.float32)
     kv_shape = jax.ShapeDtypeStruct((b, tkv, h, d), dtype)
-    return plgpu.kernel(
+    return mosaic_kernel(
+        cfg,
         body,
         out_type=(kv_shape, kv_shape),
         scratch_types=[
@@ -200,8 +194,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
             plgpu.Barrier(orders_tensor_core=True),
         ],
         grid=(b, h, tkv // block),
-        grid_names=("b", "h", "kv"),
-        interpret=interpret_params(cfg),
+        row_axis="kv",
     )
 
 

@@ -31,9 +31,23 @@ class MosaicConfig:
     arch: str
 
 
-def interpret_params(cfg: MosaicConfig):
-    """`plgpu.kernel`'s interpret argument: the Mosaic GPU interpreter on the host, or off."""
-    return plgpu.InterpretGPUParams() if cfg.interpret else False
+def mosaic_kernel(cfg: MosaicConfig, body, *, out_type, scratch_types, grid, row_axis: str):
+    """`plgpu.kernel` over grid (b, h, row tiles) named ("b", "h", row_axis), in the Mosaic GPU
+    interpreter when `cfg.interpret`."""
+    return plgpu.kernel(
+        body,
+        out_type=out_type,
+        scratch_types=scratch_types,
+        grid=grid,
+        grid_names=("b", "h", row_axis),
+        interpret=plgpu.InterpretGPUParams() if cfg.interpret else False,
+    )
+
+
+def program_tile(ql_gmem, kvl_gmem, row_axis: str, block: int):
+    """(b, h, row tile index, q_len, kv_len, rows of the tile) of this program."""
+    bi, hi, ri = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index(row_axis)
+    return bi, hi, ri, ql_gmem[bi], kvl_gmem[bi], pl.ds(ri * block, block)
 
 
 def load_tiles(barriers, *copies) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
@@ -25,8 +24,9 @@ from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
     MosaicConfig,
     fetcher,
-    interpret_params,
     load_tiles,
+    mosaic_kernel,
+    program_tile,
     store_tile,
     stream_blocks,
     visible_tile,
@@ -43,9 +43,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
 
     def body(q_gmem, k_gmem, v_gmem, ql_gmem, kvl_gmem, o_gmem, *scratch):
         q_smem, k_smem, v_smem, p_smem, q_bar, k_bar, v_bar = scratch
-        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
-        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
-        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
@@ -62,7 +60,8 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
         (acc,) = _pipelined(lo, hi_kv, fetch, step, [(BLOCK_Q, d)])
         store_tile(q_smem, acc * spec.out_scale, o_gmem.at[bi, rows, hi])  # Q tile is free now
 
-    return plgpu.kernel(
+    return mosaic_kernel(
+        cfg,
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
@@ -75,8 +74,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             plgpu.Barrier(num_barriers=SLOTS),
         ],
         grid=(b, h, tq // BLOCK_Q),
-        grid_names=("b", "h", "q"),
-        interpret=interpret_params(cfg),
+        row_axis="q",
     )
 
 
@@ -87,9 +85,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, *scratch):
         q_smem, do_smem, k_smem, v_smem, ds_smem, tile_bar, k_bar, v_bar = scratch
-        bi, hi, qi = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("q")
-        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
-        rows = pl.ds(qi * BLOCK_Q, BLOCK_Q)
+        bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         tile = (bi, rows, hi)
         load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
@@ -110,7 +106,8 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
 
     q_tile = plgpu.SMEM((BLOCK_Q, d), dtype)
     kv_blocks = plgpu.SMEM((SLOTS, bkv, d), dtype)
-    return plgpu.kernel(
+    return mosaic_kernel(
+        cfg,
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
@@ -124,8 +121,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             plgpu.Barrier(num_barriers=SLOTS),
         ],
         grid=(b, h, tq // BLOCK_Q),
-        grid_names=("b", "h", "q"),
-        interpret=interpret_params(cfg),
+        row_axis="q",
     )
 
 
@@ -137,9 +133,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
         k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar = scratch
-        bi, hi, ki = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("kv")
-        q_len, kv_len = ql_gmem[bi], kvl_gmem[bi]
-        rows = pl.ds(ki * block, block)
+        bi, hi, ki, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "kv", block)
         load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
         lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
         fetch = fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
@@ -165,7 +159,8 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
     streamed = plgpu.SMEM((SLOTS, block, d), dtype)
     score_t = plgpu.SMEM((block, block), dtype)
     kv_shape = jax.ShapeDtypeStruct((b, tkv, h, d), dtype)
-    return plgpu.kernel(
+    return mosaic_kernel(
+        cfg,
         body,
         out_type=(kv_shape, kv_shape),
         scratch_types=[
@@ -175,8 +170,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
             plgpu.Barrier(num_barriers=SLOTS),
         ],
         grid=(b, h, tkv // block),
-        grid_names=("b", "h", "kv"),
-        interpret=interpret_params(cfg),
+        row_axis="kv",
     )
 
 
