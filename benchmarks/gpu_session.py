@@ -55,7 +55,7 @@ STAGES: dict[str, Stage] = {
         min_s=60,
         env=(("KUNLUN_TEST_PLATFORMS", "cuda"),),
     ),
-    "gdpa": Stage("-m benchmarks.kernels.gdpa --quick --out {out}/gdpa.json", cap_s=210, min_s=60),
+    "gdpa": Stage("-m benchmarks.kernels.gdpa --quick --out {out}/gdpa.json", cap_s=240, min_s=60),
     "swa": Stage(
         "-m benchmarks.kernels.swa --quick --window 128 --out {out}/swa.json --plot {out}/swa.png",
         cap_s=90,

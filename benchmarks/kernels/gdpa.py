@@ -19,8 +19,11 @@ Implementations: gdpa_pallas (this platform's Pallas kernel), gdpa_mosaic_gpu (t
 kernels of the device's architecture, Hopper wgmma or Blackwell tcgen05, D <= 128),
 gdpa_jax_triton (the Triton-language kernels through jax_triton.triton_call), gdpa_reference
 (plain jnp under XLA) and tokamax_<impl> softmax attention for impl in mosaic, triton, cudnn,
-xla, each named explicitly (tokamax's default list silently falls back to XLA). Failures are
-recorded per implementation, not raised.
+xla, each named explicitly (tokamax's default list silently falls back to XLA), plus
+tokamax_cudnn_padded (cuDNN on the padded batch, lengths ignored; jagged cases only). Memory
+traffic: the minimal bytes on real tokens (`minimal_bytes`) per second, as a fraction of the
+same-run copy; short-K/V GDPA is memory-bound. Failures are recorded per implementation, not
+raised.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ GDPA_BACKENDS = {
     "gdpa_jax_triton": "jax_triton",  # GPU only (jax-triton); Triton-language kernels
     "gdpa_reference": "reference",
 }
-ALL_IMPLS = (*GDPA_BACKENDS, *(f"tokamax_{i}" for i in TOKAMAX_IMPLS))
+# tokamax_cudnn_padded: cuDNN on the padded batch (no lengths), the issue's jagged yardstick;
+# run on jagged cases only (on full lengths it is tokamax_cudnn).
+PADDED_IMPL = "tokamax_cudnn_padded"
+ALL_IMPLS = (*GDPA_BACKENDS, *(f"tokamax_{i}" for i in TOKAMAX_IMPLS), PADDED_IMPL)
 SMOKE_IMPLS = ("gdpa_reference", "tokamax_xla")
 BWD_FLOPS_FACTOR = 2.5
 TOKENS_PER_BATCH = 16384  # batch = TOKENS_PER_BATCH // Tq keeps the work per case similar
@@ -99,6 +105,7 @@ QUICK_IMPLS = (
     "gdpa_jax_triton",
     "gdpa_reference",
     "tokamax_cudnn",
+    PADDED_IMPL,
     "tokamax_mosaic",
 )
 
@@ -144,6 +151,15 @@ def forward_flops(case: Case, q_lens: np.ndarray, kv_lens: np.ndarray) -> float:
     return flops / 2 if case.causal else flops
 
 
+def minimal_bytes(case: Case, q_lens: np.ndarray, kv_lens: np.ndarray) -> tuple[float, float]:
+    """(forward, backward) bytes a kernel must move at least on real tokens, bf16: forward
+    reads Q, K, V and writes O; backward reads Q, K, V, dO and writes dQ, dK, dV (counted like
+    the copy ceiling: bytes read + written). Short-K/V GDPA is bound by these, not by FLOPs."""
+    row = 2.0 * case.heads * case.head_dim  # bytes of one token's [H, D] in bf16
+    q, kv = float(np.sum(q_lens)), float(np.sum(kv_lens))
+    return row * (2 * q + 2 * kv), row * (3 * q + 4 * kv)
+
+
 def time_ms(fn: Callable, args: tuple, *, iters: int, warmup: int) -> float:
     """`kunlun_jax.bench.ceilings.median_of_means` in milliseconds."""
     return 1e3 * median_of_means(fn, args, iters=iters, warmup=warmup)
@@ -174,7 +190,8 @@ def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | Non
 
         return attend
     window = None if case.window is None else (case.window, case.window)
-    tokamax_impl = impl.removeprefix("tokamax_")
+    tokamax_impl = impl.removeprefix("tokamax_").removesuffix("_padded")
+    padded = impl.endswith("_padded")  # lengths ignored: the whole padded batch is computed
 
     def attend(q, k, v, q_lens, kv_lens):
         return tokamax.dot_product_attention(
@@ -183,8 +200,8 @@ def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | Non
             v,
             scale=scale,
             is_causal=case.causal,
-            query_seq_lengths=q_lens,
-            key_value_seq_lengths=kv_lens,
+            query_seq_lengths=None if padded else q_lens,
+            key_value_seq_lengths=None if padded else kv_lens,
             local_window_size=window,
             implementation=tokamax_impl,
         )
@@ -240,6 +257,7 @@ def run_case(
         result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         return result
     bwd_flops = BWD_FLOPS_FACTOR * fwd_flops
+    fwd_bytes, bwd_bytes = minimal_bytes(case, q_np, kv_np)
     result.update(
         fwd_ms=fwd_ms,
         bwd_ms=bwd_ms,
@@ -247,6 +265,10 @@ def run_case(
         fwd_tflops=fwd_flops / fwd_ms * 1e-9,
         bwd_tflops=bwd_flops / bwd_ms * 1e-9,
         fwdbwd_tflops=(fwd_flops + bwd_flops) / fwdbwd_ms * 1e-9,
+        fwd_bytes=fwd_bytes,
+        bwd_bytes=bwd_bytes,
+        fwd_gbps=fwd_bytes / fwd_ms * 1e-6,
+        bwd_gbps=bwd_bytes / bwd_ms * 1e-6,
     )
     return result
 
@@ -266,10 +288,16 @@ def baselines(smoke: bool, iters: int) -> dict:
 
 
 def add_fractions(result: dict, ceilings: dict) -> None:
-    """Adds fwdbwd TFLOP/s as fractions of the same-run matmul and of the published peak."""
-    result["fwdbwd_fraction_of_matmul"] = result["fwdbwd_tflops"] / ceilings["matmul_tflops"]
+    """Adds TFLOP/s as fractions of the same-run matmul and of the published peak (fwd, bwd,
+    fwd+bwd), and the minimal traffic's GB/s as fractions of the same-run copy (fwd, bwd)."""
     table = ceilings["table_peak_bf16_tflops"]
-    result["fwdbwd_fraction_of_table_peak"] = result["fwdbwd_tflops"] / table if table else None
+    for kind in ("fwd", "bwd", "fwdbwd"):
+        tflops = result[f"{kind}_tflops"]
+        result[f"{kind}_fraction_of_matmul"] = tflops / ceilings["matmul_tflops"]
+        result[f"{kind}_fraction_of_table_peak"] = tflops / table if table else None
+    for kind in ("fwd", "bwd"):
+        if f"{kind}_gbps" in result:
+            result[f"{kind}_fraction_of_copy"] = result[f"{kind}_gbps"] / ceilings["copy_gbps"]
 
 
 def describe_baselines(report: dict) -> str:
@@ -353,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(describe_baselines(report))
     for case in cases:
         for impl in args.impls:
+            if impl == PADDED_IMPL and case.lengths == "full":
+                continue
             r = run_case(case, impl, args)
             if r["error"] is None:
                 add_fractions(r, report["baselines"])

@@ -1,8 +1,13 @@
-"""Smoke test of the GDPA benchmark script: runs on CPU with --smoke, writes the JSON schema."""
+"""Smoke test of the GDPA benchmark script: runs on CPU with --smoke, writes the JSON schema;
+and the padded-cuDNN yardstick ignores lengths."""
 
 from __future__ import annotations
 
-from tests.kernels.helpers import REPO, run_benchmark_smoke
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.kernels.gdpa import Case, attention_fn
+from tests.kernels.helpers import REPO, normal_inputs, run_benchmark_smoke
 
 SCRIPT = REPO / "benchmarks" / "kernels" / "gdpa.py"
 TIMING_KEYS = ("fwd_ms", "bwd_ms", "fwdbwd_ms", "fwd_tflops", "bwd_tflops", "fwdbwd_tflops")
@@ -28,3 +33,27 @@ def test_benchmark_smoke_writes_report(tmp_path):
         assert r["fwd_flops"] == 4 * real * r["head_dim"] * r["heads"]
         assert max(r["q_lengths"]) <= r["tq"]
         assert min(r["q_lengths"]) >= 1
+        # Minimal traffic on real tokens (bf16): fwd Q, O, K, V; bwd Q, dO, dQ, K, V, dK, dV.
+        row = 2 * r["heads"] * r["head_dim"]
+        q_sum, kv_sum = sum(r["q_lengths"]), sum(r["kv_lengths"])
+        assert r["fwd_bytes"] == row * (2 * q_sum + 2 * kv_sum)
+        assert r["bwd_bytes"] == row * (3 * q_sum + 4 * kv_sum)
+        for kind in ("fwd", "bwd"):
+            gbps = r[f"{kind}_bytes"] / r[f"{kind}_ms"] * 1e-6
+            assert np.isclose(r[f"{kind}_gbps"], gbps)
+            assert np.isclose(
+                r[f"{kind}_fraction_of_copy"], gbps / report["baselines"]["copy_gbps"]
+            )
+            assert r[f"{kind}_fraction_of_matmul"] > 0
+
+
+def test_padded_yardstick_computes_the_whole_padded_batch():
+    case = Case("cross_Tq8_Tkv8", 2, 1, 8, 8, 32, "uniform")
+    q, k, v = normal_inputs(0, [(2, 8, 1, 32)] * 3, "float32")
+    lens = jnp.array([8, 3], jnp.int32)
+    jagged = attention_fn("tokamax_xla", case, None, None)(q, k, v, lens, lens)
+    padded = attention_fn("tokamax_xla_padded", case, None, None)(q, k, v, lens, lens)
+    unmasked = attention_fn("tokamax_xla", case, None, None)(q, k, v, None, None)
+    np.testing.assert_array_equal(np.asarray(padded), np.asarray(unmasked))
+    np.testing.assert_allclose(np.asarray(padded[0]), np.asarray(jagged[0]), rtol=1e-6)
+    assert not np.allclose(np.asarray(padded[1, :3]), np.asarray(jagged[1, :3]))
