@@ -96,6 +96,19 @@ def attention_launch(
     )
 
 
+def require_triton(backend: str) -> None:
+    """ImportError naming the fix when the `triton` package is missing (an optional
+    dependency: the `gpu` extra on GPU machines, the `test` extra on CPU)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"backend={backend!r} runs Triton-language kernels and needs the triton package: "
+            "pip install 'kunlun-jax[gpu]' on a GPU machine (jax-triton + triton), or "
+            "triton==3.9.0 on CPU (Triton's interpreter, TRITON_INTERPRET=1)"
+        ) from e
+
+
 def launch(spec: TritonLaunch, mode: str) -> tuple[jax.Array, ...]:
     """Run `spec`; mode: "jax_triton" (CUDA GPU) or "interpret" (host, see module docstring)."""
     if mode == "jax_triton":

@@ -31,6 +31,7 @@ from pallas_kernels.common.activations import get_activation
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
+from pallas_kernels.common.triton_launch import require_triton
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from pallas_kernels.gdpa.reference import gdpa_reference
@@ -112,7 +113,7 @@ def gdpa(
             )
         return gdpa_mosaic_gpu(q, k, v, **op, block_kv=block_kv, arch=arch, interpret=not on_gpu)
     if impl == "jax_triton":
-        # Imported here: triton is an optional dependency of the package.
+        require_triton("jax_triton")  # an optional dependency: imported only here
         from pallas_kernels.gdpa.jax_triton_op import gdpa_jax_triton
 
         return gdpa_jax_triton(

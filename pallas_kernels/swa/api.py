@@ -34,6 +34,7 @@ from pallas_kernels.common.softmax import row_delta
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.tpu import TPU_LANES
+from pallas_kernels.common.triton_launch import require_triton
 from pallas_kernels.swa.blockwise import SwaSpec
 from pallas_kernels.swa.reference import attention_reference
 from pallas_kernels.swa.tokamax_gpu import IMPLEMENTATIONS, gpu_implementation, swa_tokamax
@@ -109,7 +110,7 @@ def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv) -> jax.Array:
     if impl in TOKAMAX_BACKENDS:
         return swa_tokamax(q, k, v, scale=scale, implementation=impl.removeprefix("tokamax_"), **kw)
     if impl == "jax_triton":
-        # Imported here: triton is an optional dependency of the package.
+        require_triton("jax_triton")  # an optional dependency: imported only here
         from pallas_kernels.swa.jax_triton_op import swa_jax_triton
 
         on_gpu = target_platform() == "gpu"

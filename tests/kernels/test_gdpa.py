@@ -15,6 +15,7 @@ Tiles of 16 rows make every test shape multi-block, so skipping and ragged edges
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -239,3 +240,10 @@ def test_tuning_table():
     assert default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64, 4096).num_warps == 4
     assert default_block_sizes("cpu", "cpu", 64, 64) == BlockSizes(64, 64, 64, 64)
     assert short.with_overrides(256, None) == BlockSizes(256, 256, 256, 256)
+
+
+def test_jax_triton_without_triton_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    q, k, v, _ = _inputs(0, 1, 8, 8, 1, 32, "float32")
+    with pytest.raises(ImportError, match=r"backend='jax_triton'.*needs the triton package"):
+        gdpa(q, k, v, backend="jax_triton")
