@@ -72,7 +72,7 @@ def statically_fits(impl: str, shape: Shape, sizes: BlockSizes) -> str | None:
     if impl != "jax_triton" or target_platform() != "gpu":
         return None
     from benchmarks.kernels.triton_cuda_resources import SHARED_LIMIT_BYTES
-    from pallas_kernels.common.triton_launch import compile_for_cuda
+    from pallas_kernels.common.triton_compile import compile_for_cuda
     from pallas_kernels.gdpa.blockwise import GdpaSpec
     from pallas_kernels.gdpa.jax_triton_op import (
         JaxTritonConfig,

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from kunlun_jax.provenance import environment
 from pallas_kernels.common.tiles import BlockSizes
-from pallas_kernels.common.triton_launch import TritonLaunch, compile_for_cuda
+from pallas_kernels.common.triton_compile import compile_for_cuda
+from pallas_kernels.common.triton_launch import TritonLaunch
 from pallas_kernels.gdpa import jax_triton_op as gdpa_op
 from pallas_kernels.gdpa import tuning as gdpa_tuning
 from pallas_kernels.gdpa.blockwise import GdpaSpec

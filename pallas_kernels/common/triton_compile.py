@@ -1,0 +1,98 @@
+"""A `TritonLaunch` compiled to cubin for a CUDA GPU generation on a machine without a GPU.
+
+Triton's own compiler and its bundled ptxas build the kernel for the launch's constexprs and
+pointer dtypes, with the 16-byte alignment jax-triton specializes on; `ptxas -v` then reports
+registers and spills. CI uses it to check that every tile-table row fits the shared memory of
+the generations it serves and spills nothing (benchmarks/kernels/triton_cuda_resources.py).
+The kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pallas_kernels.common.triton_launch import TritonLaunch
+
+# jnp dtype name -> Triton pointer element type.
+_TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int32": "i32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CudaBinary:
+    """What Triton's compiler and ptxas produced for one launch: the kernel's resources."""
+
+    name: str
+    capability: int
+    shared_bytes: int  # shared memory per program
+    tensor_memory_columns: int  # Blackwell tensor memory (TMEM) columns; 0 before sm_100
+    registers: int  # per thread
+    spill_bytes: int  # spill stores + spill loads per thread
+    cubin_bytes: int
+    num_warps: int
+
+
+def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
+    """Compile `spec`'s kernel to cubin for `capability` (90: Hopper, 100: Blackwell) with
+    Triton's compiler and bundled ptxas, no GPU needed, and read the registers and spills
+    from `ptxas -v`. The kernel must be a JITFunction (TRITON_INTERPRET unset). Raises
+    Triton's compile error (e.g. out of shared memory)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    names = spec.kernel.arg_names
+    arrays = [*spec.inputs, *spec.out_types]
+    pointers = [n for n in names if n not in spec.constexprs]
+    if len(pointers) != len(arrays):
+        raise ValueError(f"{spec.name}: {len(arrays)} arrays for pointer parameters {pointers}")
+    types = {n: "*" + _TRITON_TYPES[a.dtype.name] for n, a in zip(pointers, arrays, strict=True)}
+    signature = {n: types.get(n, "constexpr") for n in names}
+    # jax-triton passes every buffer 16-byte aligned (XLA allocations): same specialization.
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in pointers}
+    source = triton.compiler.ASTSource(spec.kernel, signature, spec.constexprs, attrs)
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", capability, 32),
+        options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
+    )
+    registers, spills = _ptxas_resources(compiled.asm["ptx"], capability)
+    return CudaBinary(
+        name=compiled.name,
+        capability=capability,
+        shared_bytes=compiled.metadata.shared,
+        tensor_memory_columns=compiled.metadata.tmem_size or 0,
+        registers=registers,
+        spill_bytes=spills,
+        cubin_bytes=len(compiled.asm["cubin"]),
+        num_warps=compiled.metadata.num_warps,
+    )
+
+
+def _ptxas_resources(ptx: str, capability: int) -> tuple[int, int]:
+    """(registers per thread, spill store + load bytes) from Triton's ptxas in verbose mode."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        log = subprocess.run(
+            [
+                get_ptxas(capability).path,
+                "-v",
+                f"--gpu-name={sm_arch_from_capability(capability)}",
+                str(src),
+                "-o",
+                str(src.with_suffix(".cubin")),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if registers is None or spills is None:
+        raise RuntimeError(f"unexpected ptxas -v output:\n{log}")
+    return int(registers[1]), int(spills[1]) + int(spills[2])
