@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             report["keys"].append(key)
         print(f"{args.impl} D={head_dim} {regime}: {len(pool)} candidates")
-        if "table_ms" not in key:
+        if "table_ms" not in key and time.monotonic() < deadline:
             platform = "gpu" if args.impl == "jax_triton" else target_platform()
             key["table_sizes"] = dataclasses.asdict(
                 table_block_sizes(platform, device_kind, head_dim, regime)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         tune_key(
             args.impl, shape, pool, key, args, deadline, lambda: write_report(str(args.out), report)
         )
-        if key.get("best"):
+        if key.get("best") and key.get("table_ms"):
             key["speedup_vs_table"] = key["table_ms"] / key["best"]["ms"]
     write_report(str(args.out), report)
     if args.install:
