@@ -15,7 +15,8 @@ Its output goes to OUT/<stage>.log; the benchmarks rewrite their JSON after ever
 a stage cut off by its timeout keeps what it measured. A stage whose minimum no longer fits
 is recorded as skipped. OUT/session.json lists every stage's command, return code, seconds
 and files. The device allowance (15 minutes per session) also pays for the machine's start,
-so the default budget leaves time to rerun one stage.
+so the default budget leaves time to rerun one stage. `--smoke` runs every stage's CPU-sized
+twin (benchmarks --smoke, tests collected only, `tiny` step): a dry run of the command lines.
 """
 
 from __future__ import annotations
@@ -41,46 +42,71 @@ class Stage:
     args: str
     cap_s: float
     min_s: float
+    smoke: str  # the same stage at CPU-sized shapes (`--smoke`: a dry run of the commands)
     env: tuple[tuple[str, str], ...] = ()
 
-    def command(self, out: Path) -> list[str]:
-        return [sys.executable, *shlex.split(self.args.format(out=shlex.quote(str(out))))]
+    def command(self, out: Path, *, smoke: bool = False) -> list[str]:
+        line = (self.smoke if smoke else self.args).format(out=shlex.quote(str(out)))
+        return [sys.executable, *shlex.split(line)]
 
 
+_TUNE = (
+    "-m benchmarks.kernels.gdpa_autotune --impl pallas_triton"
+    " --resume-from benchmarks/results/gdpa_autotune_pallas_triton.json"
+    " --out {out}/gdpa_autotune_pallas_triton.json"
+)
 STAGES: dict[str, Stage] = {
-    "preflight": Stage("-m benchmarks.gpu_session --preflight --out {out}", cap_s=60, min_s=10),
+    "preflight": Stage(
+        "-m benchmarks.gpu_session --preflight --out {out}",
+        cap_s=60,
+        min_s=10,
+        smoke="-m benchmarks.gpu_session --preflight --out {out}",
+    ),
     "tests": Stage(
         "-m pytest -m gpu -q -rA tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
         cap_s=150,
         min_s=60,
+        smoke="-m pytest -m gpu -q --co tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
         env=(("KUNLUN_TEST_PLATFORMS", "cuda"),),
     ),
-    "gdpa": Stage("-m benchmarks.kernels.gdpa --quick --out {out}/gdpa.json", cap_s=240, min_s=60),
+    "gdpa": Stage(
+        "-m benchmarks.kernels.gdpa --quick --out {out}/gdpa.json",
+        cap_s=240,
+        min_s=60,
+        smoke="-m benchmarks.kernels.gdpa --smoke --out {out}/gdpa.json",
+    ),
     "swa": Stage(
         "-m benchmarks.kernels.swa --quick --window 128 --out {out}/swa.json --plot {out}/swa.png",
         cap_s=90,
         min_s=40,
+        smoke="-m benchmarks.kernels.swa --smoke --out {out}/swa.json --plot {out}/swa.png",
     ),
-    "hsp": Stage("-m benchmarks.kernels.hsp --quick --out {out}/hsp.json", cap_s=90, min_s=40),
+    "hsp": Stage(
+        "-m benchmarks.kernels.hsp --quick --out {out}/hsp.json",
+        cap_s=90,
+        min_s=40,
+        smoke="-m benchmarks.kernels.hsp --smoke --out {out}/hsp.json",
+    ),
     "bench": Stage(
         "-m kunlun_jax.cli bench --config base --steps 10 --out {out}/bench_base.json",
         cap_s=150,
         min_s=90,
+        smoke="-m kunlun_jax.cli bench --config tiny --set mesh.data=1 --steps 2 --warmup 1"
+        " --out {out}/bench_base.json",
     ),
     # Resumes from the committed report of an earlier session on the same device kind.
     "tune": Stage(
-        "-m benchmarks.kernels.gdpa_autotune --impl pallas_triton --budget-s 150"
-        " --resume-from benchmarks/results/gdpa_autotune_pallas_triton.json"
-        " --out {out}/gdpa_autotune_pallas_triton.json",
+        _TUNE + " --budget-s 150",
         cap_s=200,
         min_s=60,
+        smoke=_TUNE + " --smoke --iters 1 --warmup 1 --budget-s 60",
     ),
 }
 
 
-def run_stage(name: str, stage: Stage, out: Path, timeout_s: float) -> dict:
+def run_stage(name: str, stage: Stage, out: Path, timeout_s: float, *, smoke: bool) -> dict:
     """Run one stage with its output in OUT/<name>.log; the record of what happened."""
-    command = stage.command(out)
+    command = stage.command(out, smoke=smoke)
     start = time.monotonic()
     with open(out / f"{name}.log", "w") as log:
         try:
@@ -88,7 +114,7 @@ def run_stage(name: str, stage: Stage, out: Path, timeout_s: float) -> dict:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **dict(stage.env)},
+                env={**os.environ, **({} if smoke else dict(stage.env))},
                 timeout=timeout_s,
                 check=False,
             ).returncode
@@ -138,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--preflight", action="store_true", help="only write OUT/preflight.json")
+    parser.add_argument(
+        "--smoke", action="store_true", help="dry run of every stage at CPU-sized shapes"
+    )
     parser.add_argument("--budget-s", type=float, default=480, help="wall-clock budget")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     args = parser.parse_args(argv)
@@ -159,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         if left < stage.min_s:
             record = dict(stage=name, status="skipped", reason=f"{left:.0f} s left")
         else:
-            record = run_stage(name, stage, args.out, min(stage.cap_s, left))
+            record = run_stage(name, stage, args.out, min(stage.cap_s, left), smoke=args.smoke)
         print(json.dumps(record), flush=True)
         session["stages"].append(record)
         session["files"] = sorted(p.name for p in args.out.iterdir())

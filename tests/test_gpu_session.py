@@ -13,7 +13,8 @@ from benchmarks.kernels import gdpa, hsp, swa
 
 
 def _stage(code: str, cap_s: float = 30, min_s: float = 0) -> Stage:
-    return Stage(f"-c {shlex.quote(code)}", cap_s=cap_s, min_s=min_s)
+    line = f"-c {shlex.quote(code)}"
+    return Stage(line, cap_s=cap_s, min_s=min_s, smoke=line)
 
 
 def test_stages_run_in_order_under_the_budget(tmp_path, monkeypatch):
@@ -89,3 +90,16 @@ def test_preflight_records_devices_and_versions(tmp_path):
     assert report["versions"]["triton"] == "3.9.0"
     # jax-triton is not installed on CPU (and needs a CUDA jaxlib): recorded, not raised.
     assert report["versions"]["jax_triton"].startswith("import failed")
+
+
+def test_every_real_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
+    """`--smoke`: the same modules and flags at CPU shapes, so a typo in a stage's command line
+    is found here, not in a GPU session."""
+    session = gpu_session.main(["--out", str(tmp_path), "--smoke", "--budget-s", "900"])
+    status = {s["stage"]: s["status"] for s in session["stages"]}
+    logs = {name: (tmp_path / f"{name}.log").read_text()[-2000:] for name in status}
+    assert status == dict.fromkeys(gpu_session.STAGES, "ok"), logs
+    for name in ("preflight", "gdpa", "swa", "hsp", "bench_base", "gdpa_autotune_pallas_triton"):
+        assert json.loads((tmp_path / f"{name}.json").read_text()), name
+    assert (tmp_path / "swa.png").stat().st_size > 0
+    assert "collected" in logs["tests"] or "tests collected" in logs["tests"]
