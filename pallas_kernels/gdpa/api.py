@@ -170,12 +170,7 @@ def gdpa_pallas(
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
     spec = GdpaSpec(
-        activation,
-        float(qk_scale),
-        float(out_scale),
-        None if window is None else int(window),
-        bool(causal),
-        erf_free=impl == "pallas_triton",
+        activation, qk_scale, out_scale, window, causal, erf_free=impl == "pallas_triton"
     )
     sizes = default_block_sizes(platform, device_kind, dim, tkv, impl)
     sizes = sizes.with_overrides(block_q, block_kv)

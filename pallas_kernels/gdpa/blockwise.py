@@ -88,6 +88,14 @@ class GdpaSpec:
     causal: bool
     erf_free: bool = False
 
+    def __post_init__(self) -> None:
+        # Plain Python scalars (numpy ints, jnp floats from callers): hashable, equal specs
+        # compare equal, and the kernels trace with literal constants.
+        object.__setattr__(self, "qk_scale", float(self.qk_scale))
+        object.__setattr__(self, "out_scale", float(self.out_scale))
+        object.__setattr__(self, "window", None if self.window is None else int(self.window))
+        object.__setattr__(self, "causal", bool(self.causal))
+
     def probs(self, s: jax.Array) -> jax.Array:
         """Act(α·S) for an fp32 score tile (P / β, before masking)."""
         act, _ = _activation(self.activation, self.erf_free)

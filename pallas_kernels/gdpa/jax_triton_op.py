@@ -66,13 +66,7 @@ def gdpa_jax_triton(
     sizes = default_block_sizes("gpu", device_kind, dim, tkv, "jax_triton")
     sizes = sizes.with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, "pallas_triton", q.dtype, tq, tkv, block_q, block_kv)
-    spec = GdpaSpec(
-        activation,
-        float(qk_scale),
-        float(out_scale),
-        None if window is None else int(window),
-        bool(causal),
-    )
+    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal)
     cfg = JaxTritonConfig(spec, sizes, mode)
     return _gdpa(
         cfg, q, k, v, clip_lengths(q_lengths, batch, tq), clip_lengths(kv_lengths, batch, tkv)
