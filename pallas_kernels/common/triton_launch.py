@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, pow2_at_least
 
 MODES = ("jax_triton", "interpret")
@@ -88,9 +89,11 @@ def attention_launch(
     )
 
 
-def require_triton(backend: str) -> None:
-    """ImportError naming the fix when the `triton` package is missing (an optional
-    dependency: the `gpu` extra on GPU machines, the `test` extra on CPU)."""
+def triton_target(backend: str) -> tuple[str, str]:
+    """(device kind for the tile lookup, launch mode) of the kernel target (`common.target`):
+    a GPU's kind and "jax_triton", else "" and "interpret". First an ImportError naming the fix
+    when the `triton` package is missing (an optional dependency: the `gpu` extra on GPU
+    machines, the `test` extra on CPU)."""
     try:
         import triton  # noqa: F401
     except ImportError as e:
@@ -99,6 +102,9 @@ def require_triton(backend: str) -> None:
             "pip install 'kunlun-jax[gpu]' on a GPU machine (jax-triton + triton), or "
             "triton==3.9.0 on CPU (Triton's interpreter, TRITON_INTERPRET=1)"
         ) from e
+    if target_platform() == "gpu":
+        return target_device().device_kind, "jax_triton"
+    return "", "interpret"
 
 
 def launch(spec: TritonLaunch, mode: str) -> tuple[jax.Array, ...]:

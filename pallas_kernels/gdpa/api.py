@@ -31,7 +31,7 @@ from pallas_kernels.common.activations import get_activation
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
-from pallas_kernels.common.triton_launch import require_triton
+from pallas_kernels.common.triton_launch import triton_target
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from pallas_kernels.gdpa.reference import gdpa_reference
@@ -113,18 +113,11 @@ def gdpa(
             )
         return gdpa_mosaic_gpu(q, k, v, **op, block_kv=block_kv, arch=arch, interpret=not on_gpu)
     if impl == "jax_triton":
-        require_triton("jax_triton")  # an optional dependency: imported only here
+        device_kind, mode = triton_target(impl)  # triton is optional: imported only here
         from pallas_kernels.gdpa.jax_triton_op import gdpa_jax_triton
 
         return gdpa_jax_triton(
-            q,
-            k,
-            v,
-            **op,
-            block_q=block_q,
-            block_kv=block_kv,
-            device_kind=device.device_kind if on_gpu else "",
-            mode="jax_triton" if on_gpu else "interpret",
+            q, k, v, **op, block_q=block_q, block_kv=block_kv, device_kind=device_kind, mode=mode
         )
     return gdpa_pallas(
         q,

@@ -34,7 +34,7 @@ from pallas_kernels.common.softmax import row_delta
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.tpu import TPU_LANES
-from pallas_kernels.common.triton_launch import require_triton
+from pallas_kernels.common.triton_launch import triton_target
 from pallas_kernels.swa.blockwise import SwaSpec
 from pallas_kernels.swa.reference import attention_reference
 from pallas_kernels.swa.tokamax_gpu import IMPLEMENTATIONS, gpu_implementation, swa_tokamax
@@ -110,10 +110,9 @@ def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv) -> jax.Array:
     if impl in TOKAMAX_BACKENDS:
         return swa_tokamax(q, k, v, scale=scale, implementation=impl.removeprefix("tokamax_"), **kw)
     if impl == "jax_triton":
-        require_triton("jax_triton")  # an optional dependency: imported only here
+        device_kind, mode = triton_target(impl)  # triton is optional: imported only here
         from pallas_kernels.swa.jax_triton_op import swa_jax_triton
 
-        on_gpu = target_platform() == "gpu"
         return swa_jax_triton(
             q,
             k,
@@ -121,8 +120,8 @@ def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv) -> jax.Array:
             scale=scale,
             block_q=block_q,
             block_kv=block_kv,
-            device_kind=target_device().device_kind if on_gpu else "",
-            mode="jax_triton" if on_gpu else "interpret",
+            device_kind=device_kind,
+            mode=mode,
             **kw,
         )
     if interpret is None:
