@@ -68,35 +68,21 @@ def candidates(impl: str) -> list[BlockSizes]:
 
 
 def statically_fits(impl: str, shape: Shape, sizes: BlockSizes) -> str | None:
-    """None if `sizes` may run; else why not (jax_triton on a GPU: spills or shared memory)."""
+    """None if `sizes` may run; else why not (jax_triton on a GPU: spills or shared memory,
+    `triton_cuda_resources.why_not_fit`)."""
     if impl != "jax_triton" or target_platform() != "gpu":
         return None
-    from benchmarks.kernels.triton_cuda_resources import SHARED_LIMIT_BYTES
+    from benchmarks.kernels.triton_cuda_resources import gdpa_launches, why_not_fit
     from pallas_kernels.common.triton_compile import compile_for_cuda
     from pallas_kernels.gdpa.blockwise import GdpaSpec
-    from pallas_kernels.gdpa.jax_triton_op import (
-        JaxTritonConfig,
-        dkdv_launch,
-        dq_launch,
-        forward_launch,
-    )
 
     major, minor = target_device().compute_capability.split(".")
     capability = 10 * int(major) + int(minor)
-    cfg = JaxTritonConfig(GdpaSpec("silu", 1.0, 1.0, None, False), sizes, "jax_triton")
-    q = jax.ShapeDtypeStruct((shape.batch, shape.tq, shape.heads, shape.head_dim), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct((shape.batch, shape.tkv, shape.heads, shape.head_dim), jnp.bfloat16)
-    lens = jax.ShapeDtypeStruct((shape.batch,), jnp.int32)
-    for launch in (
-        forward_launch(cfg, q, kv, kv, lens, lens),
-        dkdv_launch(cfg, q, kv, kv, q, lens, lens),
-        dq_launch(cfg, q, kv, kv, q, lens, lens),
-    ):
-        binary = compile_for_cuda(launch, capability)
-        if binary.spill_bytes:
-            return f"{launch.name} spills {binary.spill_bytes} bytes"
-        if binary.shared_bytes > SHARED_LIMIT_BYTES.get(capability, binary.shared_bytes):
-            return f"{launch.name} needs {binary.shared_bytes} bytes of shared memory"
+    spec = GdpaSpec("silu", 1.0, 1.0, None, False)
+    dims = (shape.batch, shape.heads, shape.tq, shape.tkv, shape.head_dim)
+    for launch in gdpa_launches(spec, sizes, *dims).values():
+        if reason := why_not_fit(compile_for_cuda(launch, capability)):
+            return reason
     return None
 
 

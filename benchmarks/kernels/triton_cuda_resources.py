@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from kunlun_jax.provenance import environment
 from pallas_kernels.common.tiles import BlockSizes
-from pallas_kernels.common.triton_compile import compile_for_cuda
+from pallas_kernels.common.triton_compile import CudaBinary, compile_for_cuda
 from pallas_kernels.common.triton_launch import TritonLaunch
 from pallas_kernels.gdpa import jax_triton_op as gdpa_op
 from pallas_kernels.gdpa import tuning as gdpa_tuning
@@ -57,19 +57,41 @@ def gpu_rows() -> list[Row]:
     return rows + [Row("swa", p, d, "long", s) for p, d, s in swa_tuning.GPU_ROWS]
 
 
+def gdpa_launches(
+    spec: GdpaSpec, sizes: BlockSizes, batch: int, heads: int, tq: int, tkv: int, head_dim: int
+) -> dict[str, TritonLaunch]:
+    """The GDPA forward, dK/dV and dQ launches for bf16 q [B, Tq, H, D], k / v [B, Tkv, H, D]."""
+    q = jax.ShapeDtypeStruct((batch, tq, heads, head_dim), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((batch, tkv, heads, head_dim), jnp.bfloat16)
+    lens = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    cfg = gdpa_op.JaxTritonConfig(spec, sizes, "jax_triton")
+    return {
+        "fwd": gdpa_op.forward_launch(cfg, q, kv, kv, lens, lens),
+        "dkdv": gdpa_op.dkdv_launch(cfg, q, kv, kv, q, lens, lens),
+        "dq": gdpa_op.dq_launch(cfg, q, kv, kv, q, lens, lens),
+    }
+
+
+def why_not_fit(binary: CudaBinary) -> str | None:
+    """None if a compiled launch fits its generation (no spills, shared memory within the
+    per-block limit; generations outside SHARED_LIMIT_BYTES are not checked for it), else why."""
+    if binary.spill_bytes:
+        return f"{binary.name} spills {binary.spill_bytes} bytes"
+    limit = SHARED_LIMIT_BYTES.get(binary.capability)
+    if limit is not None and binary.shared_bytes > limit:
+        return f"{binary.name} needs {binary.shared_bytes} > {limit} bytes of shared memory"
+    return None
+
+
 def row_launches(row: Row, activation: str) -> dict[str, TritonLaunch]:
     """The row's forward, dK/dV and dQ launches at its production shape, bf16."""
-    q = jax.ShapeDtypeStruct((BATCH, TQ, HEADS, row.head_dim), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct((BATCH, TKV[row.regime], HEADS, row.head_dim), jnp.bfloat16)
-    lens = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
+    tkv = TKV[row.regime]
     if row.op == "gdpa":
-        spec = GdpaSpec(activation, row.head_dim**-0.5, 1 / kv.shape[1], None, row.regime == "long")
-        cfg = gdpa_op.JaxTritonConfig(spec, row.sizes, "jax_triton")
-        return {
-            "fwd": gdpa_op.forward_launch(cfg, q, kv, kv, lens, lens),
-            "dkdv": gdpa_op.dkdv_launch(cfg, q, kv, kv, q, lens, lens),
-            "dq": gdpa_op.dq_launch(cfg, q, kv, kv, q, lens, lens),
-        }
+        spec = GdpaSpec(activation, row.head_dim**-0.5, 1 / tkv, None, row.regime == "long")
+        return gdpa_launches(spec, row.sizes, BATCH, HEADS, TQ, tkv, row.head_dim)
+    q = jax.ShapeDtypeStruct((BATCH, TQ, HEADS, row.head_dim), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((BATCH, tkv, HEADS, row.head_dim), jnp.bfloat16)
+    lens = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
     cfg = swa_op.SwaTritonConfig(row.head_dim**-0.5, SWA_WINDOW, True, row.sizes, "jax_triton")
     stats = jax.ShapeDtypeStruct((BATCH, HEADS, TQ), jnp.float32)
     args = (q, kv, kv, q, stats, stats, lens, lens)
@@ -99,7 +121,7 @@ def row_resources(row: Row, activation: str) -> list[dict]:
                     kernel=kernel,
                     **dataclasses.asdict(binary),
                     shared_limit_bytes=limit,
-                    fits=binary.spill_bytes == 0 and binary.shared_bytes <= limit,
+                    fits=why_not_fit(binary) is None,
                 )
             )
     return records
