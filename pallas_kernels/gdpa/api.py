@@ -5,9 +5,9 @@ Backends:
 - "pallas_tpu": Mosaic-TPU-style kernels (`tpu.py`, `tpu_vjp.py`).
 - "pallas_triton": Triton-lowered GPU kernels (`triton.py`, `triton_vjp.py`).
 - "pallas_mosaic_gpu": Mosaic GPU kernels (`mosaic_gpu.py`; bf16/f16, D <= 128): Hopper's
-  wgmma + TMA or Blackwell's tcgen05 + TMEM, picked by the device's compute capability (query
-  tile fixed at 64 / 128); lowered for sm_90 and sm_100 in CI but never run on a GPU, so only
-  by name, never chosen by "auto".
+  warp-specialized wgmma + TMA or Blackwell's tcgen05 + TMEM, picked by the device's compute
+  capability (query tile fixed at 128); lowered for sm_90 and sm_100 in CI but never run on
+  a GPU, so only by name, never chosen by "auto".
 - "jax_triton": Triton-language kernels (`triton_lang.py`) through `jax_triton.triton_call`
   (`jax_triton_op.py`), the comparison point for the Pallas kernels; by name only. Needs the
   `triton` package; off a GPU it runs in Triton's interpreter (TRITON_INTERPRET=1).

@@ -10,10 +10,13 @@ picks the architecture from the device's compute capability; "auto" never picks 
 been measured on hardware.
 
 Per architecture (`mosaic_gpu_hopper.py`, `mosaic_gpu_blackwell.py`) three kernels: forward
-(grid b, h, q tile; K, V stream), dQ (same grid) and dK/dV (grid b, h, kv block; Q, dO
-stream), one warpgroup per program, the streamed operand double-buffered by TMA (block j + 1
-is in flight while block j is computed) and only the blocks the mask lets through visited
-(`common.blocks` ranges from lengths, window, causality). β (O, dV) and αβ (dQ, dK) scale the
+(grid b, h, q tile of 128; K, V stream), dQ (same grid) and dK/dV (grid b, h, kv tile of 128;
+Q, dO stream), the streamed operand double-buffered by TMA (block j + 1 is in flight while
+block j is computed) and only the blocks the mask lets through visited (`common.blocks` ranges
+from lengths, window, causality). Hopper's programs are warp-specialized (a TMA producer
+warpgroup, two compute warpgroups of 64 rows); Blackwell's are one warpgroup.
+`tests/kernels/test_gdpa_mosaic_gpu_races.py` runs every kernel under the interpreter's race
+detector. β (O, dV) and αβ (dQ, dK) scale the
 fp32 accumulators once at the end (`blockwise.GdpaSpec`). Inputs are zero-padded to Tq, Tkv
 multiples of the blocks and D to 64 or 128 (Hopper: the fp32 accumulators must fit a
 warpgroup's registers; Blackwell: the dK/dV kernel's four fp32 tiles fill the 512 TMEM
@@ -28,6 +31,7 @@ from types import ModuleType
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.common import blocks
 from pallas_kernels.common.activations import get_activation
@@ -75,7 +79,7 @@ def gdpa_mosaic_gpu(
     causal: bool = False,
     block_kv: int | None = None,
     arch: str = "hopper",
-    interpret: bool = False,
+    interpret: bool | plgpu.InterpretGPUParams = False,
 ) -> jax.Array:
     """GDPA with the semantics of `reference.gdpa_reference`, forward and backward as Mosaic
     GPU kernels behind a `custom_vjp`; lengths get no gradient.
@@ -83,7 +87,8 @@ def gdpa_mosaic_gpu(
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D] in bf16 or f16, D <= 128; lengths int [B] (None =
     full). block_kv: 64 or 128 (None: 64), the kv block of the forward and dQ kernels. arch:
     "hopper" or "blackwell" (`arch_for`). Returns [B, Tq, H, D] in q's dtype. interpret: run
-    in the Mosaic GPU interpreter (CPU).
+    in the Mosaic GPU interpreter (CPU), or in it with these parameters (e.g. its race
+    detector: `plgpu.InterpretGPUParams(detect_races=True)`).
     """
     check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window)
     if jnp.dtype(q.dtype) not in DTYPES:

@@ -1,8 +1,11 @@
 """Pieces shared by the Mosaic GPU GDPA kernels of every architecture (Hopper, Blackwell).
 
-The kernels are `plgpu.kernel` programs over a (b, h, row tile) grid with one warpgroup: TMA
-copies of a program's fixed tiles, a double-buffered stream of the other operand's blocks over
-exactly the blocks the mask leaves (`stream_blocks`), and TMA stores of the fp32 results.
+The kernels are `plgpu.kernel` programs over a (b, h, row tile) grid: TMA copies of a
+program's fixed tiles, a double-buffered stream of the other operand's blocks over exactly the
+blocks the mask leaves, and TMA stores of the fp32 results. The stream is either issued by the
+computing warpgroup itself (`stream_blocks`) or, warp-specialized, by a producer warpgroup that
+refills a buffer once every compute warpgroup has released it (`produce_blocks` /
+`consume_blocks`).
 """
 
 from __future__ import annotations
@@ -27,20 +30,26 @@ class MosaicConfig:
 
     spec: GdpaSpec
     block_kv: int
-    interpret: bool
+    interpret: bool | plgpu.InterpretGPUParams  # True: the interpreter's defaults
     arch: str
 
 
-def mosaic_kernel(cfg: MosaicConfig, body, *, out_type, scratch_types, grid, row_axis: str):
-    """`plgpu.kernel` over grid (b, h, row tiles) named ("b", "h", row_axis), in the Mosaic GPU
-    interpreter when `cfg.interpret`."""
+def mosaic_kernel(
+    cfg: MosaicConfig, body, *, out_type, scratch_types, grid, row_axis: str, warpgroups: int = 1
+):
+    """`plgpu.kernel` over grid (b, h, row tiles) named ("b", "h", row_axis) with `warpgroups`
+    warpgroups per program (index `lax.axis_index("wg")`; scratch is shared by all of them), in
+    the Mosaic GPU interpreter when `cfg.interpret` is True or its parameters."""
+    threads = {} if warpgroups == 1 else dict(num_threads=warpgroups, thread_name="wg")
+    interpret = plgpu.InterpretGPUParams() if cfg.interpret is True else cfg.interpret
     return plgpu.kernel(
         body,
         out_type=out_type,
         scratch_types=scratch_types,
         grid=grid,
         grid_names=("b", "h", row_axis),
-        interpret=plgpu.InterpretGPUParams() if cfg.interpret else False,
+        interpret=interpret,
+        **threads,
     )
 
 
@@ -50,12 +59,14 @@ def program_tile(ql_gmem, kvl_gmem, row_axis: str, block: int):
     return bi, hi, ri, ql_gmem[bi], kvl_gmem[bi], pl.ds(ri * block, block)
 
 
-def load_tiles(barriers, *copies) -> None:
-    """TMA each (gmem window, smem) pair with its own barrier of `barriers`, then wait all."""
+def load_tiles(barriers, *copies, group=0) -> None:
+    """TMA each (gmem window, smem) pair with its own barrier of `barriers`, then wait all.
+    group: which run of len(copies) barriers to use (a warpgroup loading its own tiles)."""
+    first = group * len(copies)
     for i, (gmem, smem) in enumerate(copies):
-        plgpu.copy_gmem_to_smem(gmem, smem, barriers.at[i])
+        plgpu.copy_gmem_to_smem(gmem, smem, barriers.at[first + i])
     for i in range(len(copies)):
-        plgpu.barrier_wait(barriers.at[i])
+        plgpu.barrier_wait(barriers.at[first + i])
 
 
 def fetcher(bi, hi, rows: int, *streams) -> Callable[[jax.Array, jax.Array], None]:
@@ -90,6 +101,39 @@ def stream_blocks(lo, hi, fetch, step) -> None:
             fetch(j + 1, 1 - slot)
 
         step(j, slot)
+
+
+def produce_blocks(lo, hi, fetch, released) -> None:
+    """The producer warpgroup: fetch(j, slot) for j in [lo, hi), SLOTS blocks ahead; a buffer is
+    refilled only after `released[slot]` completes (every compute warpgroup arrived on it).
+    It then waits for the last releases too, so it has seen every phase of `released` before
+    the program ends (the interpreter checks that of every barrier a thread waits on)."""
+
+    @pl.loop(lo, hi)
+    def _(j):
+        slot = lax.rem(j - lo, SLOTS)
+
+        @pl.when(j - lo >= SLOTS)
+        def _():
+            plgpu.barrier_wait(released.at[slot])
+
+        fetch(j, slot)
+
+    @pl.loop(jnp.maximum(lo, hi - SLOTS), hi)
+    def _(j):
+        plgpu.barrier_wait(released.at[lax.rem(j - lo, SLOTS)])
+
+
+def consume_blocks(lo, hi, released, step) -> None:
+    """A compute warpgroup's side of `produce_blocks`: step(j, slot) for j in [lo, hi), then
+    arrive on `released[slot]`. `step` waits for its block's barriers and must finish every MMA
+    that reads buffer `slot` before it returns."""
+
+    @pl.loop(lo, hi)
+    def _(j):
+        slot = lax.rem(j - lo, SLOTS)
+        step(j, slot)
+        plgpu.barrier_arrive(released.at[slot])
 
 
 def visible_tile(

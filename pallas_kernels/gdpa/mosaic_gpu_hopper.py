@@ -1,21 +1,28 @@
-"""GDPA forward and backward kernels for Hopper (sm_90): wgmma + TMA, Pallas Mosaic GPU.
+"""GDPA forward and backward kernels for Hopper (sm_90): wgmma + TMA, warp-specialized.
 
 Status: **never run on a GPU** (none was lent while this was written); checked on CPU in the
 Mosaic GPU interpreter and by a lowering for sm_90 (see `mosaic_gpu.py`). Three kernels, each
-one warpgroup per program, the streamed operand double-buffered by TMA:
+program three warpgroups as in FlashAttention-3: two compute warpgroups own 64 rows each of
+the program's 128-row tile, and a producer warpgroup streams the other operand's blocks by TMA
+into SLOTS shared buffers, refilling one once both compute warpgroups have released it; every
+streamed block is loaded once for 128 rows.
 
-    forward  (b, h, q tile of 64):   S = Q Kᵀ, P = M ⊙ Act(α S) → SMEM, O += P V      (K, V stream)
-    dQ       (b, h, q tile of 64):   S, dP = dO Vᵀ, dS = M ⊙ Act'(α S) dP, dQ += dS K (K, V stream)
-    dK / dV  (b, h, kv block of 64): Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q (Q, dO stream)
+    forward  (b, h, q tile of 128):   S = Q Kᵀ, P = M ⊙ Act(α S) → SMEM, O += P V      (K, V stream)
+    dQ       (b, h, q tile of 128):   S, dP = dO Vᵀ, dS = M ⊙ Act'(α S) dP, dQ += dS K (K, V stream)
+    dK / dV  (b, h, kv tile of 128):  Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q (Q, dO stream
+                                      in blocks of 64)
 
-Accumulators live in registers (wgmma ACC refs); score tiles go through SMEM because both
-wgmma operands must be in SMEM for the interpreter.
+Accumulators live in registers (wgmma ACC refs; compute warpgroups get 232 registers a
+thread, the producer 40); score tiles go through SMEM because both wgmma operands must be in
+SMEM for the interpreter. Each compute warpgroup waits for its MMAs before it releases a
+buffer (no intra-warpgroup MMA overlap, no ping-pong schedule between the two yet).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
@@ -23,17 +30,22 @@ from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
     MosaicConfig,
+    consume_blocks,
     fetcher,
     load_tiles,
     mosaic_kernel,
+    produce_blocks,
     program_tile,
     store_tile,
-    stream_blocks,
     visible_tile,
 )
 
-BLOCK_Q = 64  # one warpgroup's wgmma M: query tiles
-DKDV_BLOCK = 64  # kv rows of the dK/dV kernel, and the query blocks it streams
+WG_ROWS = 64  # one warpgroup's wgmma M
+COMPUTE_WGS = 2  # compute warpgroups per program; warpgroup COMPUTE_WGS is the producer
+BLOCK_Q = COMPUTE_WGS * WG_ROWS  # query tiles of the forward and dQ programs
+DKDV_BLOCK = COMPUTE_WGS * WG_ROWS  # kv tile of a dK/dV program
+DKDV_Q_BLOCK = 64  # query blocks the dK/dV kernel streams
+COMPUTE_REGISTERS, PRODUCER_REGISTERS = 232, 40  # per thread: 2·128·232 + 128·40 <= 64 Ki
 
 
 def forward_kernel(cfg: MosaicConfig, shape, dtype):
@@ -42,39 +54,45 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
     spec, bkv = cfg.spec, cfg.block_kv
 
     def body(q_gmem, k_gmem, v_gmem, ql_gmem, kvl_gmem, o_gmem, *scratch):
-        q_smem, k_smem, v_smem, p_smem, q_bar, k_bar, v_bar = scratch
-        bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
-        load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
+        q_smem, k_smem, v_smem, p_smem, q_bar, k_bar, v_bar, released = scratch
+        bi, hi, qi, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
-        def step(j, slot, acc_ref):
-            plgpu.barrier_wait(k_bar.at[slot])
-            s = _matmul(q_smem, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, bkv))
-            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True)
-            p_smem[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: exactly 0
-            plgpu.commit_smem()
-            plgpu.barrier_wait(v_bar.at[slot])
-            plgpu.wgmma(acc_ref, p_smem, v_smem.at[slot])
+        def compute(wg):
+            first = qi * BLOCK_Q + wg * WG_ROWS
+            rows, q_tile, p_tile = pl.ds(first, WG_ROWS), q_smem.at[wg], p_smem.at[wg]
+            load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_tile), group=wg)
 
-        (acc,) = _pipelined(lo, hi_kv, fetch, step, [(BLOCK_Q, d)])
-        store_tile(q_smem, acc * spec.out_scale, o_gmem.at[bi, rows, hi])  # Q tile is free now
+            def step(j, slot, acc_ref):
+                plgpu.barrier_wait(k_bar.at[slot])
+                s = _matmul(q_tile, k_smem.at[slot].transpose((1, 0)), (WG_ROWS, bkv))
+                real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
+                p_tile[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: 0
+                plgpu.commit_smem()
+                plgpu.barrier_wait(v_bar.at[slot])
+                plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
+
+            (acc,) = _consume(lo, hi_kv, released, step, [(WG_ROWS, d)])
+            store_tile(q_tile, acc * spec.out_scale, o_gmem.at[bi, rows, hi])  # Q is free now
+
+        _specialize(lo, hi_kv, fetch, released, compute)
 
     return mosaic_kernel(
         cfg,
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
-            plgpu.SMEM((BLOCK_Q, d), dtype),  # Q tile, then O tile
+            plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), dtype),  # Q tiles, then O tiles
             plgpu.SMEM((SLOTS, bkv, d), dtype),  # K blocks
             plgpu.SMEM((SLOTS, bkv, d), dtype),  # V blocks
-            plgpu.SMEM((BLOCK_Q, bkv), dtype),  # P
-            plgpu.Barrier(num_barriers=1),
-            plgpu.Barrier(num_barriers=SLOTS),
-            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bkv), dtype),  # P
+            plgpu.Barrier(num_barriers=COMPUTE_WGS),
+            *_stream_barriers(),
         ],
         grid=(b, h, tq // BLOCK_Q),
         row_axis="q",
+        warpgroups=COMPUTE_WGS + 1,
     )
 
 
@@ -84,106 +102,153 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     spec, bkv = cfg.spec, cfg.block_kv
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, *scratch):
-        q_smem, do_smem, k_smem, v_smem, ds_smem, tile_bar, k_bar, v_bar = scratch
-        bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
-        tile = (bi, rows, hi)
-        load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
+        q_smem, do_smem, k_smem, v_smem, ds_smem, tile_bar, k_bar, v_bar, released = scratch
+        bi, hi, qi, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
 
-        def step(j, slot, acc_ref):
-            plgpu.barrier_wait(k_bar.at[slot])
-            s = _matmul(q_smem, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, bkv))
-            plgpu.barrier_wait(v_bar.at[slot])
-            dp = _matmul(do_smem, v_smem.at[slot].transpose((1, 0)), (BLOCK_Q, bkv))
-            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True)
-            ds_smem[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
-            plgpu.commit_smem()
-            plgpu.wgmma(acc_ref, ds_smem, k_smem.at[slot])
+        def compute(wg):
+            first = qi * BLOCK_Q + wg * WG_ROWS
+            tile = (bi, pl.ds(first, WG_ROWS), hi)
+            q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
+            load_tiles(tile_bar, (q_gmem.at[tile], q_tile), (do_gmem.at[tile], do_tile), group=wg)
 
-        (acc,) = _pipelined(lo, hi_kv, fetch, step, [(BLOCK_Q, d)])
-        store_tile(q_smem, acc * spec.grad_scale, dq_gmem.at[bi, rows, hi])
+            def step(j, slot, acc_ref):
+                plgpu.barrier_wait(k_bar.at[slot])
+                s = _matmul(q_tile, k_smem.at[slot].transpose((1, 0)), (WG_ROWS, bkv))
+                plgpu.barrier_wait(v_bar.at[slot])
+                dp = _matmul(do_tile, v_smem.at[slot].transpose((1, 0)), (WG_ROWS, bkv))
+                real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
+                ds_tile[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
+                plgpu.commit_smem()
+                plgpu.wgmma(acc_ref, ds_tile, k_smem.at[slot])
 
-    q_tile = plgpu.SMEM((BLOCK_Q, d), dtype)
+            (acc,) = _consume(lo, hi_kv, released, step, [(WG_ROWS, d)])
+            store_tile(q_tile, acc * spec.grad_scale, dq_gmem.at[tile])
+
+        _specialize(lo, hi_kv, fetch, released, compute)
+
+    q_tiles = plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), dtype)
     kv_blocks = plgpu.SMEM((SLOTS, bkv, d), dtype)
     return mosaic_kernel(
         cfg,
         body,
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
-            q_tile,  # Q, then dQ
-            q_tile,  # dO
+            q_tiles,  # Q, then dQ
+            q_tiles,  # dO
             kv_blocks,  # K
             kv_blocks,  # V
-            plgpu.SMEM((BLOCK_Q, bkv), dtype),  # dS
-            plgpu.Barrier(num_barriers=2),
-            plgpu.Barrier(num_barriers=SLOTS),
-            plgpu.Barrier(num_barriers=SLOTS),
+            plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bkv), dtype),  # dS
+            plgpu.Barrier(num_barriers=2 * COMPUTE_WGS),
+            *_stream_barriers(),
         ],
         grid=(b, h, tq // BLOCK_Q),
         row_axis="q",
+        warpgroups=COMPUTE_WGS + 1,
     )
 
 
 def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
-    """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv block of 64); Q and dO stream, the transposed
-    score tiles [kv, q] make Pᵀ and dSᵀ direct wgmma left operands."""
+    """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv tile of 128); Q and dO stream in blocks of 64,
+    the transposed score tiles [kv, q] make Pᵀ and dSᵀ direct wgmma left operands."""
     b, _, h, d = shape
-    spec, block = cfg.spec, DKDV_BLOCK
+    spec, bq = cfg.spec, DKDV_Q_BLOCK
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
-        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar = scratch
-        bi, hi, ki, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "kv", block)
-        load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
-        lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
-        fetch = fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
+        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar, released = (
+            scratch
+        )
+        bi, hi, ki, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "kv", DKDV_BLOCK)
+        lo, hi_q = spec.q_block_range(ki, bq, DKDV_BLOCK, q_len, kv_len)
+        fetch = fetcher(bi, hi, bq, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
 
-        def step(j, slot, dk_ref, dv_ref):
-            plgpu.barrier_wait(q_bar.at[slot])
-            st = _matmul(k_smem, q_smem.at[slot].transpose((1, 0)), (block, block))
-            plgpu.barrier_wait(do_bar.at[slot])
-            dpt = _matmul(v_smem, do_smem.at[slot].transpose((1, 0)), (block, block))
-            real = _visible(spec, ki * block, j * block, st.shape, q_len, kv_len, False)
-            pt_smem[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)
-            dst_smem[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)
-            plgpu.commit_smem()
-            plgpu.wgmma(dk_ref, dst_smem, q_smem.at[slot])
-            plgpu.wgmma(dv_ref, pt_smem, do_smem.at[slot])
+        def compute(wg):
+            first = ki * DKDV_BLOCK + wg * WG_ROWS
+            tile = (bi, pl.ds(first, WG_ROWS), hi)
+            k_tile, v_tile, pt_tile, dst_tile = (
+                k_smem.at[wg],
+                v_smem.at[wg],
+                pt_smem.at[wg],
+                dst_smem.at[wg],
+            )
+            load_tiles(kv_bar, (k_gmem.at[tile], k_tile), (v_gmem.at[tile], v_tile), group=wg)
 
-        dk, dv = _pipelined(lo, hi_q, fetch, step, [(block, d)] * 2)
-        # K and V are not read any more: they stage the results.
-        store_tile(k_smem, dk * spec.grad_scale, dk_gmem.at[bi, rows, hi])
-        store_tile(v_smem, dv * spec.out_scale, dv_gmem.at[bi, rows, hi])
+            def step(j, slot, dk_ref, dv_ref):
+                plgpu.barrier_wait(q_bar.at[slot])
+                st = _matmul(k_tile, q_smem.at[slot].transpose((1, 0)), (WG_ROWS, bq))
+                plgpu.barrier_wait(do_bar.at[slot])
+                dpt = _matmul(v_tile, do_smem.at[slot].transpose((1, 0)), (WG_ROWS, bq))
+                real = _visible(spec, first, j * bq, st.shape, q_len, kv_len, False)
+                pt_tile[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)
+                dst_tile[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)
+                plgpu.commit_smem()
+                plgpu.wgmma(dk_ref, dst_tile, q_smem.at[slot])
+                plgpu.wgmma(dv_ref, pt_tile, do_smem.at[slot])
 
-    tile = plgpu.SMEM((block, d), dtype)
-    streamed = plgpu.SMEM((SLOTS, block, d), dtype)
-    score_t = plgpu.SMEM((block, block), dtype)
+            dk, dv = _consume(lo, hi_q, released, step, [(WG_ROWS, d)] * 2)
+            # K and V are not read any more: they stage the results.
+            store_tile(k_tile, dk * spec.grad_scale, dk_gmem.at[tile])
+            store_tile(v_tile, dv * spec.out_scale, dv_gmem.at[tile])
+
+        _specialize(lo, hi_q, fetch, released, compute)
+
+    tiles = plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), dtype)
+    streamed = plgpu.SMEM((SLOTS, bq, d), dtype)
+    score_t = plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bq), dtype)
     kv_shape = jax.ShapeDtypeStruct((b, tkv, h, d), dtype)
     return mosaic_kernel(
         cfg,
         body,
         out_type=(kv_shape, kv_shape),
         scratch_types=[
-            *(tile, tile, streamed, streamed, score_t, score_t),  # K, V, Q, dO, Pᵀ, dSᵀ
-            plgpu.Barrier(num_barriers=2),
-            plgpu.Barrier(num_barriers=SLOTS),
-            plgpu.Barrier(num_barriers=SLOTS),
+            *(tiles, tiles, streamed, streamed, score_t, score_t),  # K, V, Q, dO, Pᵀ, dSᵀ
+            plgpu.Barrier(num_barriers=2 * COMPUTE_WGS),
+            *_stream_barriers(),
         ],
-        grid=(b, h, tkv // block),
+        grid=(b, h, tkv // DKDV_BLOCK),
         row_axis="kv",
+        warpgroups=COMPUTE_WGS + 1,
     )
 
 
-def _pipelined(lo, hi, fetch, step, acc_shapes) -> tuple[jax.Array, ...]:
-    """`stream_blocks` with zero-initialized fp32 wgmma accumulators (one per shape) passed to
-    step(j, slot, *acc_refs); each step's wgmmas are waited for. Returns the accumulators."""
+def _stream_barriers() -> list:
+    """TMA barriers of the two streamed operands (one per buffer) and the buffers' release
+    barriers, which complete when every compute warpgroup has arrived."""
+    return [
+        plgpu.Barrier(num_barriers=SLOTS),
+        plgpu.Barrier(num_barriers=SLOTS),
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=SLOTS),
+    ]
+
+
+def _specialize(lo, hi, fetch, released, compute) -> None:
+    """Warpgroup COMPUTE_WGS streams blocks [lo, hi) (`produce_blocks`); warpgroups
+    0..COMPUTE_WGS-1 run compute(wg)."""
+    wg = lax.axis_index("wg")
+
+    @pl.when(wg == COMPUTE_WGS)
+    def _():
+        plgpu.set_max_registers(PRODUCER_REGISTERS, action="decrease")
+        produce_blocks(lo, hi, fetch, released)
+
+    @pl.when(wg < COMPUTE_WGS)
+    def _():
+        plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
+        compute(wg)
+
+
+def _consume(lo, hi, released, step, acc_shapes) -> tuple[jax.Array, ...]:
+    """`consume_blocks` with zero-initialized fp32 wgmma accumulators (one per shape) passed to
+    step(j, slot, *acc_refs); each step's wgmmas are waited for before its buffer is released.
+    Returns the accumulators."""
 
     def run(*acc_refs):
         def waited_step(j, slot):
             step(j, slot, *acc_refs)
             plgpu.wgmma_wait(0)
 
-        stream_blocks(lo, hi, fetch, waited_step)
+        consume_blocks(lo, hi, released, waited_step)
         return tuple(ref[...] for ref in acc_refs)
 
     return pl.run_scoped(run, *(plgpu.ACC(shape, jnp.float32) for shape in acc_shapes))
