@@ -120,6 +120,21 @@ def _abstract(tree: Any, shardings: Any) -> Any:
     )
 
 
+def lower_train_step(layout: Any, example: Any, **lower_kwargs: Any) -> Any:
+    """`layout`'s sharded train step lowered for abstract arguments: its state, a batch shaped
+    like `example` (split over the batch axes) and a key. Call inside `layout.activate()` (and
+    a `compile_target`); lower_kwargs go to `Traced.lower` (e.g. lowering_platforms)."""
+    mesh = layout.plan.mesh
+    state = _abstract(layout.abstract_state, layout.state_shardings)
+    batch_sharding = layout.plan.batch_sharding()
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding), example
+    )
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+    return layout.train_step().trace(state, batch, key).lower(**lower_kwargs)
+
+
 def compile_train_step(
     config: Config, topology: str, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -131,16 +146,7 @@ def compile_train_step(
     layout = plan_training(config, spec, example, devices)
     mesh = layout.plan.mesh
     with compile_target(devices[0]), layout.activate():
-        state = _abstract(layout.abstract_state, layout.state_shardings)
-        batch_sharding = layout.plan.batch_sharding()
-        batch = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding), example
-        )
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        key = jax.ShapeDtypeStruct(
-            key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec())
-        )
-        compiled = layout.train_step().lower(state, batch, key).compile()
+        compiled = lower_train_step(layout, example).compile()
     hlo = compiled.as_text()
     memory = compiled.memory_analysis()
     # The same compile as a `kunlun-jax compare` record (with a roofline step-time bound);

@@ -3,11 +3,16 @@
 Window mapping (checked against tokamax 0.0.17's `api.py` / `base.CausalMask`):
 `local_window_size=(pre, post)` lets query i see keys j with i - pre <= j <= i + post, so our
 |i - j| <= w is (w, w) and the causal variant j in [i - w, i] is (w, 0) with is_causal=True.
-Lengths map to `query_seq_lengths` / `key_value_seq_lengths`.
+KV lengths map to `key_value_seq_lengths` (the Mosaic GPU kernel turns them into per-row key
+ranges and skips the blocks past them). Query lengths are not passed: tokamax 0.0.17's Mosaic
+GPU forward kernel fails to lower a `query_seq_lengths` mask under jax 0.11.2 (an
+AssertionError in Pallas' Mosaic GPU lowering, found by lowering for an H100 on CPU,
+`tests/kernels/test_swa_tokamax_lowering.py`), and it would only have become a dense mask.
 
 tokamax leaves a query row that sees no key (padded rows, empty histories, rows whose window
 lies past kv_len) with a uniform average of masked values, not zero, so the output is masked
-with `common.masks.rows_with_keys` (O(B·Tq)); those rows then get zero gradient as well.
+with `common.masks.rows_with_keys` (O(B·Tq)), which also zeroes the rows past q_len; those
+rows then get zero gradient and, their dO being 0, add nothing to dK or dV.
 
 Implementations: "mosaic" (Mosaic GPU, sm90 / sm100; folds window and lengths into per-row
 key ranges and skips out-of-window blocks), "triton" (any CUDA GPU; tokamax 0.0.17 turns a
@@ -66,7 +71,6 @@ def swa_tokamax(
         v,
         scale=scale,
         is_causal=causal,
-        query_seq_lengths=q_lengths,
         key_value_seq_lengths=kv_lengths,
         local_window_size=local_window(window, causal),
         implementation=implementation,

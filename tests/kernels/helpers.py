@@ -1,5 +1,5 @@
 """Helpers shared by the kernel tests: random inputs, one-jit value-and-VJP, normalized errors,
-and running a kernel benchmark's CPU smoke mode.
+running a kernel benchmark's CPU smoke mode, and lowering for a GPU that is not attached.
 
 Errors are normalized per output: max|got - want| / max(max|want|, ERROR_SCALE_FLOOR); the
 floor keeps outputs that cancel to ~0 from turning rounding into large relative errors.
@@ -7,16 +7,24 @@ floor keeps outputs that cancel to ~0 from turning rounding into large relative 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from unittest import mock
 
 import jax
+import jax.extend.backend
 import jax.numpy as jnp
 import numpy as np
+import tokamax.config
+from jax.sharding import AbstractMesh
+
+from pallas_kernels.common.target import compile_target
 
 ERROR_SCALE_FLOOR = 1e-2
 REPO = Path(__file__).resolve().parents[2]
@@ -92,3 +100,45 @@ def run_benchmark_smoke(args: Sequence[str], out: Path, *, timeout: int) -> dict
     assert report["baselines"]["matmul_tflops"] > 0
     assert report["baselines"]["copy_gbps"] > 0
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuTarget:
+    """A CUDA GPU that is not attached, with what the lowerings read of a device (hashable, as
+    an AbstractMesh device must be)."""
+
+    device_kind: str
+    compute_capability: str
+    num_cores: int
+    platform: str = "gpu"
+
+    @property
+    def core_count(self) -> int:  # tokamax's name for the SM count
+        return self.num_cores
+
+    def _repr(self) -> str:
+        return self.device_kind
+
+
+H100 = GpuTarget("NVIDIA H100 80GB HBM3", "9.0", 132)
+B200 = GpuTarget("NVIDIA B200", "10.0", 148)
+
+
+@contextlib.contextmanager
+def lowering_for_gpu(device: GpuTarget, mesh: jax.sharding.Mesh | None = None) -> Iterator[None]:
+    """Code traced inside lowers (`.lower(lowering_platforms=("cuda",))`) as for `device`.
+
+    Each reader of the device is pointed at it: Pallas Triton and Mosaic GPU read the abstract
+    mesh's device (one matching `mesh`'s axes, else a 1-device mesh), our backend choice reads
+    `compile_target`, and tokamax its default device (patched for the duration) once its
+    cross-compile mode lets it past the attached-hardware checks.
+    """
+    axes = (mesh.axis_sizes, mesh.axis_names, mesh.axis_types) if mesh else ((1,), ("x",), None)
+    abstract = AbstractMesh(axes[0], axes[1], axis_types=axes[2], abstract_device=device)
+    with (
+        compile_target(device),
+        jax.sharding.use_abstract_mesh(abstract),
+        tokamax.config.cross_compile(True),
+        mock.patch.object(jax.extend.backend, "get_default_device", return_value=device),
+    ):
+        yield

@@ -12,16 +12,13 @@ that the exact-erf GELU had no Mosaic GPU lowering (the kernels now use the rati
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.sharding import AbstractMesh
 
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, gdpa_mosaic_gpu
+from tests.kernels.helpers import B200, H100, lowering_for_gpu
 
 B, H = 2, 4
 CASES = [  # (Tq, Tkv, D, window, causal, block_kv, dtype): FFN and self-attention shapes
@@ -31,25 +28,7 @@ CASES = [  # (Tq, Tkv, D, window, causal, block_kv, dtype): FFN and self-attenti
     (130, 100, 32, None, False, 64, jnp.float16),
     (1024, 1024, 64, 100, False, 64, jnp.bfloat16),
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class _B200:
-    """What Mosaic GPU reads of a device to pick the arch (hashable, as AbstractMesh needs)."""
-
-    device_kind: str = "NVIDIA B200"
-    compute_capability: str = "10.0"
-    platform: str = "gpu"
-    num_cores: int = 148
-
-    def _repr(self) -> str:
-        return self.device_kind
-
-
-def _arch_context(arch: str):
-    if arch == "hopper":
-        return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=_B200()))
+TARGETS = {"hopper": H100, "blackwell": B200}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -84,7 +63,7 @@ def test_forward_and_backward_lower(arch, activation, case):
         jax.ShapeDtypeStruct((B,), jnp.int32),
         jax.ShapeDtypeStruct((B,), jnp.int32),
     )
-    with _arch_context(arch):
+    with lowering_for_gpu(TARGETS[arch]):
         lowered = (
             jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
             .trace(*args)
@@ -97,5 +76,5 @@ def test_the_blackwell_context_sets_the_arch_mosaic_gpu_lowers_for():
     from jax.experimental.mosaic.gpu import utils as mgpu_utils  # where the lowering reads it
 
     assert mgpu_utils._infer_arch() == (9, 0)  # no GPU attached: Hopper
-    with _arch_context("blackwell"):
+    with lowering_for_gpu(B200):
         assert mgpu_utils._infer_arch() == (10, 0)

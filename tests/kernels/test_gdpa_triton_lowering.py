@@ -11,17 +11,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.gdpa.api import gdpa_pallas
+from tests.kernels.helpers import H100, lowering_for_gpu
 
 # jax 0.11 deprecates the Pallas Triton backend (in favour of Mosaic GPU); it still lowers.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The Pallas Triton backend is deprecated:DeprecationWarning"
 )
 B, H, D = 2, 4, 128
-H100 = AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
 SHAPES = [  # (Tq, Tkv, window, causal)
     (1024, 1024, None, False),
     (1024, 64, None, False),
@@ -65,8 +64,7 @@ def test_fwd_and_bwd_lower_to_triton(activation, shape):
         jax.ShapeDtypeStruct((B,), jnp.int32),
         jax.ShapeDtypeStruct((B,), jnp.int32),
     )
-    mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Auto,), abstract_device=H100)
-    with jax.sharding.use_abstract_mesh(mesh):
+    with lowering_for_gpu(H100):
         lowered = (
             jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
             .trace(*args)
