@@ -192,6 +192,9 @@ def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | Non
     window = None if case.window is None else (case.window, case.window)
     tokamax_impl = impl.removeprefix("tokamax_").removesuffix("_padded")
     padded = impl.endswith("_padded")  # lengths ignored: the whole padded batch is computed
+    # tokamax 0.0.17's Mosaic GPU kernel cannot lower query lengths (see
+    # pallas_kernels/swa/tokamax_gpu.py) and would only mask with them: it gets kv lengths.
+    pass_q_lens = not padded and tokamax_impl != "mosaic"
 
     def attend(q, k, v, q_lens, kv_lens):
         return tokamax.dot_product_attention(
@@ -200,7 +203,7 @@ def attention_fn(impl: str, case: Case, block_q: int | None, block_kv: int | Non
             v,
             scale=scale,
             is_causal=case.causal,
-            query_seq_lengths=None if padded else q_lens,
+            query_seq_lengths=q_lens if pass_q_lens else None,
             key_value_seq_lengths=None if padded else kv_lens,
             local_window_size=window,
             implementation=tokamax_impl,
