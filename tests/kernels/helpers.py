@@ -7,10 +7,12 @@ floor keeps outputs that cancel to ~0 from turning rounding into large relative 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -142,3 +144,25 @@ def lowering_for_gpu(device: GpuTarget, mesh: jax.sharding.Mesh | None = None) -
         mock.patch.object(jax.extend.backend, "get_default_device", return_value=device),
     ):
         yield
+
+
+# Custom call targets of a Mosaic GPU and a Triton kernel in a program lowered for CUDA. In a
+# forward + backward, our GDPA runs three kernels (forward, dQ, dK/dV), tokamax's Mosaic GPU
+# attention three (forward and two backward), its Triton attention and our seed pooling two.
+MOSAIC_GPU_CALL, TRITON_CALL = "mosaic_gpu_v2", "__gpu$xla.gpu.triton"
+
+
+def gpu_kernel_calls(fn: Callable, *args: jax.ShapeDtypeStruct, device: GpuTarget = H100):
+    """{custom call target: count} of value_and_grad(sum(fn)) w.r.t. the first three args,
+    lowered for CUDA as for `device` (`lowering_for_gpu`)."""
+
+    def loss(*a):
+        return fn(*a).astype(jnp.float32).sum()
+
+    with lowering_for_gpu(device):
+        lowered = (
+            jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+            .trace(*args)
+            .lower(lowering_platforms=("cuda",))
+        )
+    return collections.Counter(re.findall(r"custom_call @([\w$.]+)", lowered.as_text()))

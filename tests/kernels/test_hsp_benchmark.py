@@ -1,10 +1,20 @@
-"""Smoke test of the HSP benchmark: runs on CPU with --smoke, writes the JSON schema."""
+"""Smoke test of the HSP benchmark: runs on CPU with --smoke, writes the JSON schema; and the
+quick profile's GPU kernels lower for an H100 at its shapes."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from tests.kernels.helpers import run_benchmark_smoke
+from benchmarks.kernels.hsp import pool_fn, quick_cases
+from tests.kernels.helpers import (
+    MOSAIC_GPU_CALL,
+    TRITON_CALL,
+    gpu_kernel_calls,
+    run_benchmark_smoke,
+)
 
 RATES = ("pool_fwd_tflops", "pool_fwdbwd_tflops", "kv_gbps", "examples_per_s")
 
@@ -34,3 +44,21 @@ def test_benchmark_smoke_writes_report(tmp_path):
         assert e["examples_per_s"] == r["batch"] / e["hsp_fwdbwd_ms"] * 1e3
         assert e["hsp_speedup_vs_reference"] > 0
     assert r["impls"]["hsp_reference"]["hsp_speedup_vs_reference"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    ("impl", "target", "count"),
+    [
+        ("hsp_pallas", TRITON_CALL, 2),
+        ("tokamax_mosaic", MOSAIC_GPU_CALL, 3),
+        ("tokamax_triton", TRITON_CALL, 2),
+    ],
+)
+def test_quick_profile_lowers_for_an_h100(impl, target, count):
+    for case in quick_cases():
+        seeds = jax.ShapeDtypeStruct((case.seeds, case.heads, case.head_dim), jnp.bfloat16)
+        kv = jax.ShapeDtypeStruct((case.batch, case.t, case.heads, case.head_dim), seeds.dtype)
+        lengths = jax.ShapeDtypeStruct((case.batch,), jnp.int32)
+        calls = gpu_kernel_calls(pool_fn(impl, None), seeds, kv, kv, lengths)
+        assert calls == {target: count}, (impl, case, calls)

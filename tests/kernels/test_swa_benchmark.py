@@ -1,9 +1,20 @@
 """Smoke test of the SWA benchmark script: runs on CPU with --smoke, writes the JSON schema
-(per-case results, the time-vs-T sweep with full attention beside SWA) and the plot."""
+(per-case results, the time-vs-T sweep with full attention beside SWA) and the plot; and the
+quick profile's tokamax kernels lower for an H100 at its shapes."""
 
 from __future__ import annotations
 
-from tests.kernels.helpers import run_benchmark_smoke
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks.kernels.swa import attention_fn, quick_cases
+from tests.kernels.helpers import (
+    MOSAIC_GPU_CALL,
+    TRITON_CALL,
+    gpu_kernel_calls,
+    run_benchmark_smoke,
+)
 
 TIMING_KEYS = ("fwd_ms", "bwd_ms", "fwdbwd_ms", "fwd_tflops", "bwd_tflops", "fwdbwd_tflops")
 
@@ -41,3 +52,16 @@ def test_benchmark_smoke_writes_report(tmp_path):
         assert series["speedup_vs_full"] == [
             f / s for s, f in zip(series["swa_fwdbwd_ms"], series["full_fwdbwd_ms"], strict=True)
         ]
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    ("impl", "target", "count"),
+    [("tokamax_mosaic", MOSAIC_GPU_CALL, 3), ("tokamax_triton", TRITON_CALL, 2)],
+)
+def test_quick_profile_lowers_for_an_h100(impl, target, count):
+    for case in quick_cases(window=128, heads=8, head_dim=128):
+        x = jax.ShapeDtypeStruct((case.batch, case.tq, case.heads, case.head_dim), jnp.bfloat16)
+        lengths = jax.ShapeDtypeStruct((case.batch,), jnp.int32)
+        calls = gpu_kernel_calls(attention_fn(impl, case, None, None), x, x, x, lengths, lengths)
+        assert calls == {target: count}, (impl, case, calls)

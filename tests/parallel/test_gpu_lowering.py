@@ -1,8 +1,9 @@
 """The sharded train step, every GPU kernel in it, lowered for H100s that are not attached.
 
-The mesh is 4 of the simulated CPU devices (data=2 x fsdp=2); the program is lowered for CUDA
-with the model's kernels chosen as on an H100 (`lowering_for_gpu`): GDPA and seed pooling as
-Pallas Triton kernels, sliding-window attention as tokamax's Mosaic GPU kernel. This is the
+The mesh is 4 of the simulated CPU devices (data=2 x fsdp=2), or one for `base`; the program
+is lowered for CUDA with the model's kernels chosen as on an H100 (`lowering_for_gpu`): GDPA
+and seed pooling as Pallas Triton kernels, sliding-window attention as tokamax's Mosaic GPU
+kernel. This is the
 whole step a GPU run compiles (sharding, shard_map around each kernel, the backward kernels),
 short of XLA:GPU and ptxas, checked without device time.
 """
@@ -19,7 +20,7 @@ from kunlun_jax.config import load_config
 from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.parallel.aot import lower_train_step
 from kunlun_jax.train.experiment import plan_training
-from tests.kernels.helpers import H100, lowering_for_gpu
+from tests.kernels.helpers import H100, MOSAIC_GPU_CALL, TRITON_CALL, lowering_for_gpu
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The Pallas Triton backend is deprecated:DeprecationWarning"
@@ -49,12 +50,13 @@ TRITON_KERNELS = (
 )
 
 
-def _kernels_in_step(kernels: str) -> tuple[collections.Counter, collections.Counter]:
-    """(custom call targets, Triton kernel names) of the step lowered for H100s."""
-    config = load_config("tiny", [*GPU_SHAPED, f"model.kernels={kernels}"])
+def _kernels_in_step(name: str, overrides: list[str], n_devices: int):
+    """(custom call targets, Triton kernel names) of config `name`'s step on n_devices,
+    lowered for H100s."""
+    config = load_config(name, overrides)
     source, spec = make_source(config.data, "eval")
     example = next(iter(eval_batches(source, config.train.batch_size)))[0]
-    layout = plan_training(config, spec, example, jax.devices()[:4])
+    layout = plan_training(config, spec, example, jax.devices()[:n_devices])
     with layout.activate(), lowering_for_gpu(H100, layout.plan.mesh):
         text = lower_train_step(layout, example, lowering_platforms=("cuda",)).as_text()
     targets = collections.Counter(re.findall(r"custom_call @([\w$.]+)", text))
@@ -62,14 +64,21 @@ def _kernels_in_step(kernels: str) -> tuple[collections.Counter, collections.Cou
     return targets, names
 
 
-@pytest.mark.parametrize("kernels", ["auto", "pallas"])
-def test_the_sharded_step_lowers_with_every_gpu_kernel(kernels):
-    targets, names = _kernels_in_step(kernels)
+@pytest.mark.parametrize(
+    ("name", "overrides", "n_devices"),
+    [
+        ("tiny", [*GPU_SHAPED, "model.kernels=auto"], 4),
+        ("tiny", [*GPU_SHAPED, "model.kernels=pallas"], 4),
+        ("base", ["mesh.data=1"], 1),  # what the GPU session's bench stage runs on one GPU
+    ],
+)
+def test_the_step_lowers_with_every_gpu_kernel(name, overrides, n_devices):
+    targets, names = _kernels_in_step(name, overrides, n_devices)
     for name in TRITON_KERNELS:
         assert names[name] > 0, (name, names)
     # Every GDPA layer runs its three kernels; the softmax attention is tokamax's Mosaic GPU
     # kernel (forward + two backward kernels per layer), not the XLA reference.
     assert names["gdpa_fwd_triton"] == names["gdpa_dq_triton"] == names["gdpa_dkdv_triton"]
-    assert targets["mosaic_gpu_v2"] > 0, targets
-    assert targets["mosaic_gpu_v2"] % 3 == 0, targets
-    assert targets["__gpu$xla.gpu.triton"] == sum(names.values())
+    assert targets[MOSAIC_GPU_CALL] > 0, targets
+    assert targets[MOSAIC_GPU_CALL] % 3 == 0, targets
+    assert targets[TRITON_CALL] == sum(names.values())
