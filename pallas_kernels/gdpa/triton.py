@@ -25,10 +25,10 @@ LENGTHS_SPEC = pl.BlockSpec(memory_space=pl.ANY)
 
 
 def head_spec(rows: int, dim: int, num_heads: int, *, tiled: bool) -> pl.BlockSpec:
-    """BlockSpec over [B, T, H, D] for grid (i, b·H + h): the [rows, D] tile i of head (b, h)
-    (tiled) or that head's whole [T, D] sequence (rows = T) for in-kernel loops."""
+    """BlockSpec over [B, T, H, D] for grid (i, b·H + h, ...): the [rows, D] tile i of head
+    (b, h) (tiled) or that head's whole [T, D] sequence (rows = T) for in-kernel loops."""
 
-    def index_map(i, bh):
+    def index_map(i, bh, *_):
         b, h = jax.lax.div(bh, num_heads), jax.lax.rem(bh, num_heads)
         return b, i if tiled else 0, h, 0
 
@@ -49,7 +49,7 @@ def tile_rows(block: int, size: int) -> pl.Slice:
 def call_triton(
     kernel,
     *,
-    grid: tuple[int, int],
+    grid: tuple[int, ...],
     in_specs: Sequence[pl.BlockSpec],
     out_specs: Sequence[pl.BlockSpec],
     out_like: Sequence[jax.Array],

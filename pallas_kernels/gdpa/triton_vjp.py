@@ -1,9 +1,13 @@
 """GDPA backward as two Pallas Triton (GPU) kernels (runs on CPU with interpret mode).
 
 No softmax statistics: S = Q Kᵀ is recomputed per tile, nothing T×T is stored.
-- dK/dV kernel, grid (kv-blocks, B·H): one [block_kv, D] K/V tile per program, fori_loop over
-  the tight range of query blocks that see it (`common.blocks.q_block_range`):
+- dK/dV kernel, grid (kv-blocks, B·H, query splits): one [block_kv, D] K/V tile per program,
+  fori_loop over the tight range of query blocks that see it (`common.blocks.q_block_range`),
+  cut to the program's split:
       dV += Pᵀ dO,   dK += dSᵀ Q      (tiles computed transposed, [kv, q]).
+  Short-K/V GDPA (the FFN: Tkv = 8–256, one or a few kv blocks) has only B·H·(kv blocks)
+  programs, too few to fill a GPU, each streaming all of Q and dO; splitting the query loop
+  (`dkdv_q_splits`) gives more programs, whose fp32 partial dK/dV are summed after.
 - dQ kernel, grid (q-blocks, B·H), fori_loop over the forward's kv range:  dQ += dS K.
 Both accumulate in fp32 registers and never visit padded blocks.
 """
@@ -20,6 +24,21 @@ from pallas_kernels.gdpa.blockwise import GdpaSpec, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.triton import batch_lengths, call_triton, head_spec, tile_rows
 from pallas_kernels.gdpa.tuning import BlockSizes
 
+# Query splits of the dK/dV grid: enough programs for about two waves on a 132-SM H100 (a
+# heuristic from the SM count, not measured), each split at least MIN_Q_BLOCKS_PER_SPLIT query
+# blocks long, which keeps the fp32 partials' extra traffic (written and summed, 16·block_kv·D
+# bytes a split) at most half the Q/dO traffic they stream (4·block_q·D bytes a block) when
+# block_kv = block_q.
+DKDV_TARGET_PROGRAMS = 264
+MIN_Q_BLOCKS_PER_SPLIT = 8
+
+
+def dkdv_q_splits(kv_programs: int, q_blocks: int) -> int:
+    """How many query ranges each dK/dV program's loop is split into: 1 when the kv tiles
+    (`kv_programs` = B·H·kv blocks) already fill the target, else up to the target."""
+    wanted = -(-DKDV_TARGET_PROGRAMS // kv_programs)
+    return max(1, min(wanted, q_blocks // MIN_Q_BLOCKS_PER_SPLIT))
+
 
 def _dkdv_kernel(
     q_lens_ref,
@@ -35,10 +54,15 @@ def _dkdv_kernel(
     block_q: int,
     block_kv: int,
     num_heads: int,
+    split_blocks: int,
 ) -> None:
-    kj = pl.program_id(0)
+    """One kv tile's dK, dV over query blocks [lo, hi) ∩ split program_id(2)'s
+    [s·split_blocks, (s + 1)·split_blocks)."""
+    kj, split = pl.program_id(0), pl.program_id(2)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
     lo, hi = spec.q_block_range(kj, block_q, block_kv, q_len, kv_len)
+    lo = jnp.maximum(lo, split * split_blocks)
+    hi = jnp.minimum(hi, (split + 1) * split_blocks)
     k, v = k_ref[...], v_ref[...]
 
     def body(qi, carry):
@@ -101,8 +125,10 @@ def gdpa_bwd_triton(
     spec: GdpaSpec,
     sizes: BlockSizes,
     interpret: bool,
+    q_splits: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_triton`, do like q."""
+    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_triton`, do like q.
+    q_splits: query splits of the dK/dV grid (None: `dkdv_q_splits`)."""
     batch, tq, heads, dim = q.shape
     tkv = k.shape[1]
     bq, bkv = sizes.block_q_bwd, sizes.block_kv_bwd
@@ -113,15 +139,25 @@ def gdpa_bwd_triton(
     q_tile = head_spec(bq, dim, heads, tiled=True)
     kv_tile = head_spec(bkv, dim, heads, tiled=True)
 
+    kv_blocks, q_blocks = tkv // bkv, tq // bq
+    splits = dkdv_q_splits(kv_blocks * batch * heads, q_blocks) if q_splits is None else q_splits
+    split_blocks = -(-q_blocks // splits)
+    if splits == 1:  # each program writes its tile of dK, dV
+        out_specs, out_like = [kv_tile, kv_tile], [k, v]
+    else:  # fp32 partials [splits, B, Tkv, H, D], summed below
+        out_specs = [_split_spec(bkv, dim, heads)] * 2
+        out_like = [jax.ShapeDtypeStruct((splits, *k.shape), jnp.float32)] * 2
     dk, dv = call_triton(
-        functools.partial(_dkdv_kernel, **kernel_kw),
-        grid=(tkv // bkv, batch * heads),
+        functools.partial(_dkdv_kernel, **kernel_kw, split_blocks=split_blocks),
+        grid=(kv_blocks, batch * heads, splits),
         in_specs=[q_whole, kv_tile, kv_tile, q_whole],
-        out_specs=[kv_tile, kv_tile],
-        out_like=[k, v],
+        out_specs=out_specs,
+        out_like=out_like,
         kind="dkdv",
         **call_kw,
     )(q_lens, kv_lens, q, k, v, do)
+    if splits > 1:
+        dk, dv = dk.sum(0).astype(k.dtype), dv.sum(0).astype(v.dtype)
     (dq,) = call_triton(
         functools.partial(_dq_kernel, **kernel_kw),
         grid=(tq // bq, batch * heads),
@@ -132,3 +168,14 @@ def gdpa_bwd_triton(
         **call_kw,
     )(q_lens, kv_lens, q, k, v, do)
     return dq, dk, dv
+
+
+def _split_spec(rows: int, dim: int, num_heads: int) -> pl.BlockSpec:
+    """BlockSpec over partials [splits, B, T, H, D] for grid (i, b·H + h, split): the [rows, D]
+    tile i of head (b, h) in split `split`."""
+
+    def index_map(i, bh, split):
+        b, h = jax.lax.div(bh, num_heads), jax.lax.rem(bh, num_heads)
+        return split, b, i, h, 0
+
+    return pl.BlockSpec((None, None, rows, None, dim), index_map)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
-from pallas_kernels.gdpa import gdpa, gdpa_reference
+from pallas_kernels.gdpa import gdpa, gdpa_reference, triton_vjp
 from pallas_kernels.gdpa.tuning import SHORT_KV_MAX, BlockSizes, default_block_sizes
 from tests.kernels.helpers import (
     as_f32,
@@ -81,9 +82,9 @@ def _assert_padding_exactly_zero(got, q_lengths, kv_lengths) -> None:
 
 
 @st.composite
-def _cases(draw):
+def _cases(draw, max_tq: int = 40):
     b, h = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    tq = draw(st.integers(1, 40))
+    tq = draw(st.integers(1, max_tq))
     tkv = tq if draw(st.booleans()) else draw(st.integers(1, 40))
 
     def lengths(t):
@@ -112,6 +113,31 @@ def test_matches_reference(backend, case):
     kw.update({n: None if x is None else jnp.asarray(x, jnp.int32) for n, x in lengths.items()})
     got = _check_against_reference(backend, _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw)
     _assert_padding_exactly_zero(got, **lengths)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(case=_cases(max_tq=130), splits=st.integers(2, 4))
+def test_triton_dkdv_query_splits(case, splits):
+    """The Triton dK/dV grid split over query ranges (fp32 partials summed after) gives the
+    reference's gradients: splits of several query blocks (up to 9 blocks of 16 here), and
+    more splits than blocks (empty splits). Real shapes only split at >= 8 query blocks a
+    split (`dkdv_q_splits`), so the count is forced here."""
+    (seed, b, tq, tkv, h, d, dtype), kw = case
+    lengths = {n: kw[n] for n in ("q_lengths", "kv_lengths")}
+    kw.update({n: None if x is None else jnp.asarray(x, jnp.int32) for n, x in lengths.items()})
+    with mock.patch.object(triton_vjp, "dkdv_q_splits", return_value=splits):
+        got = _check_against_reference(
+            "pallas_triton", _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw
+        )
+    _assert_padding_exactly_zero(got, **lengths)
+
+
+def test_dkdv_query_splits_fill_the_gpu_only_when_the_kv_tiles_do_not():
+    # Short-K/V GDPA on 4 x 8 heads: one kv tile each, 64 query blocks -> 8 splits (>= 8 blocks).
+    assert triton_vjp.dkdv_q_splits(kv_programs=32, q_blocks=64) == 8
+    assert triton_vjp.dkdv_q_splits(kv_programs=32, q_blocks=1024) == 9  # ceil(264 / 32)
+    assert triton_vjp.dkdv_q_splits(kv_programs=32, q_blocks=15) == 1  # too short to split
+    assert triton_vjp.dkdv_q_splits(kv_programs=512, q_blocks=64) == 1  # enough kv tiles
 
 
 @pytest.mark.parametrize(
