@@ -49,6 +49,7 @@ def attention_launch(
     sizes: BlockSizes,
     window: int | None,
     causal: bool,
+    splits: int = 1,
     **op_constexprs,
 ) -> TritonLaunch:
     """Launch of blocked attention kernel `kind` of `op` ("gdpa", "swa"): "fwd" and "dq" run
@@ -57,7 +58,8 @@ def attention_launch(
     [B, Tkv, H, D] (jax arrays, or ShapeDtypeStructs for `compile_for_cuda`); one output per
     array of `outputs_like`, with its shape and dtype. Fills the constexprs every attention
     kernel takes (`common/triton_tiles.py`: T_Q, T_KV, H, D, BLOCK_D, BLOCK_Q, BLOCK_KV, WINDOW,
-    CAUSAL, PRECISION) and adds `op_constexprs`."""
+    CAUSAL, PRECISION) and adds `op_constexprs`. splits > 1 adds a third grid axis of that size
+    (a "dkdv" kernel's query splits, `tuning.dkdv_q_splits`)."""
     q, k = inputs[0], inputs[1]
     batch, tq, heads, dim = q.shape
     fwd = kind == "fwd"
@@ -79,7 +81,7 @@ def attention_launch(
     )
     return TritonLaunch(
         kernel,
-        grid=(-(-length // block), batch * heads),
+        grid=(-(-length // block), batch * heads, *([splits] if splits > 1 else [])),
         inputs=tuple(inputs),
         out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
         constexprs=constexprs | op_constexprs,

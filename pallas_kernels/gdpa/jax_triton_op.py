@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.triton_launch import TritonLaunch, attention_launch, launch
 from pallas_kernels.gdpa import triton_lang
 from pallas_kernels.gdpa.blockwise import GdpaSpec
-from pallas_kernels.gdpa.tuning import default_block_sizes
+from pallas_kernels.gdpa.tuning import default_block_sizes, dkdv_q_splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +80,26 @@ def forward_launch(cfg: JaxTritonConfig, q, k, v, q_lens, kv_lens) -> TritonLaun
 
 
 def dkdv_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunch:
-    """(dK, dV) [B, Tkv, H, D]; grid (kv blocks, B·H)."""
+    """(dK, dV) [B, Tkv, H, D], or with several query splits (`tuning.dkdv_q_splits`) fp32
+    partials [splits, B, Tkv, H, D] to sum; grid (kv blocks, B·H[, splits])."""
+    batch, tq, heads, _ = q.shape
+    bq, bkv = cfg.sizes.block_q_bwd, cfg.sizes.block_kv_bwd
+    q_blocks, kv_blocks = -(-tq // bq), -(-k.shape[1] // bkv)
+    splits = dkdv_q_splits(kv_blocks * batch * heads, q_blocks)
+    outputs = (k, v)
+    if splits > 1:
+        outputs = (jax.ShapeDtypeStruct((splits, *k.shape), jnp.float32),) * 2
     inputs = (q, k, v, do, q_lens, kv_lens)
-    return _launch(cfg, triton_lang.gdpa_dkdv_kernel, "dkdv", inputs, (k, v))
+    return _launch(
+        cfg,
+        triton_lang.gdpa_dkdv_kernel,
+        "dkdv",
+        inputs,
+        outputs,
+        splits=splits,
+        SPLIT_BLOCKS=-(-q_blocks // splits),
+        SPLIT_STRIDE=0 if splits == 1 else math.prod(k.shape),
+    )
 
 
 def dq_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunch:
@@ -90,7 +108,7 @@ def dq_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLaunc
     return _launch(cfg, triton_lang.gdpa_dq_kernel, "dq", inputs, (q,))
 
 
-def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like) -> TritonLaunch:
+def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like, **extra) -> TritonLaunch:
     spec = cfg.spec
     return attention_launch(
         kernel,
@@ -104,6 +122,7 @@ def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like) -> Tr
         ACT=spec.activation,
         QK_SCALE=spec.qk_scale,
         OUT_SCALE=spec.out_scale,
+        **extra,
     )
 
 
@@ -121,6 +140,8 @@ def _gdpa_bwd(cfg: JaxTritonConfig, residuals, do):
     q, k, v, q_lens, kv_lens = residuals
     do = do.astype(q.dtype)
     dk, dv = launch(dkdv_launch(cfg, q, k, v, do, q_lens, kv_lens), cfg.mode)
+    if dk.ndim == 5:  # per-split fp32 partials
+        dk, dv = dk.sum(0).astype(k.dtype), dv.sum(0).astype(v.dtype)
     (dq,) = launch(dq_launch(cfg, q, k, v, do, q_lens, kv_lens), cfg.mode)
     return dq, dk, dv, None, None
 

@@ -157,15 +157,22 @@ def gdpa_dkdv_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr,
+    SPLIT_STRIDE: tl.constexpr,
 ):
     """dK, dV tiles (kv block, head) over the query blocks that see it, on transposed
-    [kv, q] score tiles: dV += Pᵀ dO, dK += dSᵀ Q."""
+    [kv, q] score tiles: dV += Pᵀ dO, dK += dSᵀ Q. Split s = program_id(2) covers query blocks
+    [s·SPLIT_BLOCKS, (s + 1)·SPLIT_BLOCKS) and writes at DK / DV + s·SPLIT_STRIDE (fp32
+    partials [splits, B, Tkv, H, D] when there are several splits)."""
     kj, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
+    split = tl.program_id(2)
     cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
     dims = tl.arange(0, BLOCK_D)
     k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
     v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
     lo, hi = q_block_range(kj, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    lo = tl.maximum(lo, split * SPLIT_BLOCKS)
+    hi = tl.minimum(hi, (split + 1) * SPLIT_BLOCKS)
     dk = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
     for qi in range(lo, hi):
@@ -179,8 +186,9 @@ def gdpa_dkdv_kernel(
         dst = tl.where(real, dpt * activation_grad(st, ACT), 0.0)
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-    store_rows(DK, b, h, cols, dims, dk * (QK_SCALE * OUT_SCALE), T_KV, H, D)
-    store_rows(DV, b, h, cols, dims, dv * OUT_SCALE, T_KV, H, D)
+    offset = split * SPLIT_STRIDE
+    store_rows(DK + offset, b, h, cols, dims, dk * (QK_SCALE * OUT_SCALE), T_KV, H, D)
+    store_rows(DV + offset, b, h, cols, dims, dv * OUT_SCALE, T_KV, H, D)
 
 
 @triton.jit

@@ -22,22 +22,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.gdpa.blockwise import GdpaSpec, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.triton import batch_lengths, call_triton, head_spec, tile_rows
-from pallas_kernels.gdpa.tuning import BlockSizes
-
-# Query splits of the dK/dV grid: enough programs for about two waves on a 132-SM H100 (a
-# heuristic from the SM count, not measured), each split at least MIN_Q_BLOCKS_PER_SPLIT query
-# blocks long, which keeps the fp32 partials' extra traffic (written and summed, 16·block_kv·D
-# bytes a split) at most half the Q/dO traffic they stream (4·block_q·D bytes a block) when
-# block_kv = block_q.
-DKDV_TARGET_PROGRAMS = 264
-MIN_Q_BLOCKS_PER_SPLIT = 8
-
-
-def dkdv_q_splits(kv_programs: int, q_blocks: int) -> int:
-    """How many query ranges each dK/dV program's loop is split into: 1 when the kv tiles
-    (`kv_programs` = B·H·kv blocks) already fill the target, else up to the target."""
-    wanted = -(-DKDV_TARGET_PROGRAMS // kv_programs)
-    return max(1, min(wanted, q_blocks // MIN_Q_BLOCKS_PER_SPLIT))
+from pallas_kernels.gdpa.tuning import BlockSizes, dkdv_q_splits
 
 
 def _dkdv_kernel(
@@ -125,10 +110,8 @@ def gdpa_bwd_triton(
     spec: GdpaSpec,
     sizes: BlockSizes,
     interpret: bool,
-    q_splits: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_triton`, do like q.
-    q_splits: query splits of the dK/dV grid (None: `dkdv_q_splits`)."""
+    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_triton`, do like q."""
     batch, tq, heads, dim = q.shape
     tkv = k.shape[1]
     bq, bkv = sizes.block_q_bwd, sizes.block_kv_bwd
@@ -140,7 +123,7 @@ def gdpa_bwd_triton(
     kv_tile = head_spec(bkv, dim, heads, tiled=True)
 
     kv_blocks, q_blocks = tkv // bkv, tq // bq
-    splits = dkdv_q_splits(kv_blocks * batch * heads, q_blocks) if q_splits is None else q_splits
+    splits = dkdv_q_splits(kv_blocks * batch * heads, q_blocks)
     split_blocks = -(-q_blocks // splits)
     if splits == 1:  # each program writes its tile of dK, dV
         out_specs, out_like = [kv_tile, kv_tile], [k, v]

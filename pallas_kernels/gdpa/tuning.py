@@ -122,3 +122,20 @@ def table_block_sizes(platform: str, device_kind: str, head_dim: int, regime: st
         if matches_device and reg == regime and head_dim <= max_d:
             return sizes
     return _FALLBACK
+
+
+# Query splits of the dK/dV grid: enough programs for about two waves on a 132-SM H100 (a
+# heuristic from the SM count, not measured), each split at least MIN_Q_BLOCKS_PER_SPLIT query
+# blocks long, which keeps the fp32 partials' extra traffic (written and summed, 16·block_kv·D
+# bytes a split) at most half the Q/dO traffic they stream (4·block_q·D bytes a block) when
+# block_kv = block_q.
+DKDV_TARGET_PROGRAMS = 264
+MIN_Q_BLOCKS_PER_SPLIT = 8
+
+
+def dkdv_q_splits(kv_programs: int, q_blocks: int) -> int:
+    """How many query ranges each GPU dK/dV program's loop is split into (the Triton kernels,
+    Pallas and Triton-language): 1 when the kv tiles (`kv_programs` = B·H·kv blocks) already
+    fill the target, else up to the target."""
+    wanted = -(-DKDV_TARGET_PROGRAMS // kv_programs)
+    return max(1, min(wanted, q_blocks // MIN_Q_BLOCKS_PER_SPLIT))

@@ -21,12 +21,12 @@ from unittest import mock
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
-from pallas_kernels.gdpa import gdpa, gdpa_reference, triton_vjp
-from pallas_kernels.gdpa.tuning import SHORT_KV_MAX, BlockSizes, default_block_sizes
+from pallas_kernels.gdpa import gdpa, gdpa_reference, jax_triton_op, triton_vjp
+from pallas_kernels.gdpa.tuning import SHORT_KV_MAX, BlockSizes, default_block_sizes, dkdv_q_splits
 from tests.kernels.helpers import (
     as_f32,
     assert_close,
@@ -115,29 +115,45 @@ def test_matches_reference(backend, case):
     _assert_padding_exactly_zero(got, **lengths)
 
 
+# 9 query blocks in 2 splits of 5, a full and a jagged row, causal.
+_SPLIT_EXAMPLE = (
+    (7, 2, 130, 20, 1, 32, "float32"),
+    dict(
+        activation="silu",
+        qk_scale=1.0,
+        out_scale=0.05,
+        q_lengths=[130, 70],
+        kv_lengths=None,
+        window=None,
+        causal=True,
+    ),
+)
+
+
+@pytest.mark.parametrize("backend", ["pallas_triton", "jax_triton"])
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(case=_cases(max_tq=130), splits=st.integers(2, 4))
-def test_triton_dkdv_query_splits(case, splits):
-    """The Triton dK/dV grid split over query ranges (fp32 partials summed after) gives the
+@example(case=_SPLIT_EXAMPLE, splits=2)
+def test_triton_dkdv_query_splits(backend, case, splits):
+    """The Triton dK/dV grids split over query ranges (fp32 partials summed after) give the
     reference's gradients: splits of several query blocks (up to 9 blocks of 16 here), and
     more splits than blocks (empty splits). Real shapes only split at >= 8 query blocks a
     split (`dkdv_q_splits`), so the count is forced here."""
-    (seed, b, tq, tkv, h, d, dtype), kw = case
+    (seed, b, tq, tkv, h, d, dtype), kw = case[0], dict(case[1])
     lengths = {n: kw[n] for n in ("q_lengths", "kv_lengths")}
     kw.update({n: None if x is None else jnp.asarray(x, jnp.int32) for n, x in lengths.items()})
-    with mock.patch.object(triton_vjp, "dkdv_q_splits", return_value=splits):
-        got = _check_against_reference(
-            "pallas_triton", _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw
-        )
+    module = triton_vjp if backend == "pallas_triton" else jax_triton_op
+    with mock.patch.object(module, "dkdv_q_splits", return_value=splits):
+        got = _check_against_reference(backend, _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw)
     _assert_padding_exactly_zero(got, **lengths)
 
 
 def test_dkdv_query_splits_fill_the_gpu_only_when_the_kv_tiles_do_not():
     # Short-K/V GDPA on 4 x 8 heads: one kv tile each, 64 query blocks -> 8 splits (>= 8 blocks).
-    assert triton_vjp.dkdv_q_splits(kv_programs=32, q_blocks=64) == 8
-    assert triton_vjp.dkdv_q_splits(kv_programs=32, q_blocks=1024) == 9  # ceil(264 / 32)
-    assert triton_vjp.dkdv_q_splits(kv_programs=32, q_blocks=15) == 1  # too short to split
-    assert triton_vjp.dkdv_q_splits(kv_programs=512, q_blocks=64) == 1  # enough kv tiles
+    assert dkdv_q_splits(kv_programs=32, q_blocks=64) == 8
+    assert dkdv_q_splits(kv_programs=32, q_blocks=1024) == 9  # ceil(264 / 32)
+    assert dkdv_q_splits(kv_programs=32, q_blocks=15) == 1  # too short to split
+    assert dkdv_q_splits(kv_programs=512, q_blocks=64) == 1  # enough kv tiles
 
 
 @pytest.mark.parametrize(
