@@ -39,6 +39,7 @@ from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_i
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import MosaicConfig
+from pallas_kernels.gdpa.tuning import dkdv_q_splits
 
 ARCHS: dict[str, ModuleType] = {"hopper": mosaic_gpu_hopper, "blackwell": mosaic_gpu_blackwell}
 CAPABILITY_ARCH = {"9": "hopper", "10": "blackwell"}  # compute capability major -> kernels
@@ -141,8 +142,24 @@ def _gdpa_bwd(cfg: MosaicConfig, residuals, do):
     dtype = jnp.dtype(q.dtype)
     kernels = ARCHS[cfg.arch]
     dq = kernels.dq_kernel(cfg, q.shape, dtype)(q, k, v, do, q_lens, kv_lens)
-    dk, dv = kernels.dkdv_kernel(cfg, q.shape, k.shape[1], dtype)(q, k, v, do, q_lens, kv_lens)
+    dk, dv = _dkdv(cfg, q, k, v, do, q_lens, kv_lens)
     return dq, dk, dv, None, None
+
+
+def _dkdv(cfg: MosaicConfig, q, k, v, do, q_lens, kv_lens) -> tuple[jax.Array, jax.Array]:
+    """(dK, dV). Hopper splits the kernel's query loop when its kv tiles are too few to fill
+    the GPU (`tuning.dkdv_q_splits`; the kernel returns fp32 partials, summed here). Blackwell's
+    dK/dV kernel does not: its SMEM is full at D = 128 (no room for an fp32 staging tile)."""
+    (batch, tq, heads, _), tkv = q.shape, k.shape[1]
+    kernels, args = ARCHS[cfg.arch], (q, k, v, do, q_lens, kv_lens)
+    if cfg.arch != "hopper":
+        return kernels.dkdv_kernel(cfg, q.shape, tkv, jnp.dtype(q.dtype))(*args)
+    kv_programs = batch * heads * (tkv // kernels.DKDV_BLOCK)
+    splits = dkdv_q_splits(kv_programs, tq // kernels.DKDV_Q_BLOCK)
+    dk, dv = kernels.dkdv_kernel(cfg, q.shape, tkv, jnp.dtype(q.dtype), splits)(*args)
+    if splits > 1:
+        dk, dv = dk.sum(0).astype(k.dtype), dv.sum(0).astype(v.dtype)
+    return dk, dv
 
 
 _gdpa.defvjp(_gdpa_fwd, _gdpa_bwd)

@@ -35,11 +35,20 @@ class MosaicConfig:
 
 
 def mosaic_kernel(
-    cfg: MosaicConfig, body, *, out_type, scratch_types, grid, row_axis: str, warpgroups: int = 1
+    cfg: MosaicConfig,
+    body,
+    *,
+    out_type,
+    scratch_types,
+    grid,
+    row_axis: str,
+    warpgroups: int = 1,
+    extra_axes: tuple[str, ...] = (),
 ):
-    """`plgpu.kernel` over grid (b, h, row tiles) named ("b", "h", row_axis) with `warpgroups`
-    warpgroups per program (index `lax.axis_index("wg")`; scratch is shared by all of them), in
-    the Mosaic GPU interpreter when `cfg.interpret` is True or its parameters."""
+    """`plgpu.kernel` over grid (b, h, row tiles, *extra) named ("b", "h", row_axis,
+    *extra_axes) with `warpgroups` warpgroups per program (index `lax.axis_index("wg")`;
+    scratch is shared by all of them), in the Mosaic GPU interpreter when `cfg.interpret` is
+    True or its parameters."""
     threads = {} if warpgroups == 1 else dict(num_threads=warpgroups, thread_name="wg")
     interpret = plgpu.InterpretGPUParams() if cfg.interpret is True else cfg.interpret
     return plgpu.kernel(
@@ -47,7 +56,7 @@ def mosaic_kernel(
         out_type=out_type,
         scratch_types=scratch_types,
         grid=grid,
-        grid_names=("b", "h", row_axis),
+        grid_names=("b", "h", row_axis, *extra_axes),
         interpret=interpret,
         **threads,
     )

@@ -9,8 +9,10 @@ streamed block is loaded once for 128 rows.
 
     forward  (b, h, q tile of 128):   S = Q Kᵀ, P = M ⊙ Act(α S) → SMEM, O += P V      (K, V stream)
     dQ       (b, h, q tile of 128):   S, dP = dO Vᵀ, dS = M ⊙ Act'(α S) dP, dQ += dS K (K, V stream)
-    dK / dV  (b, h, kv tile of 128):  Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q (Q, dO stream
-                                      in blocks of 64)
+    dK / dV  (b, h, kv tile of 128,   Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q (Q, dO stream
+              query split):           in blocks of 64; several splits when the kv tiles are too
+                                      few to fill the GPU, as in the short-K/V FFN: fp32
+                                      partials, summed by the caller)
 
 Accumulators live in registers (wgmma ACC refs; compute warpgroups get 232 registers a
 thread, the producer 40); score tiles go through SMEM because both wgmma operands must be in
@@ -149,18 +151,24 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     )
 
 
-def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
-    """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv tile of 128); Q and dO stream in blocks of 64,
-    the transposed score tiles [kv, q] make Pᵀ and dSᵀ direct wgmma left operands."""
-    b, _, h, d = shape
+def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
+    """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv tile of 128, query split); Q and dO stream in
+    blocks of 64, the transposed score tiles [kv, q] make Pᵀ and dSᵀ direct wgmma left
+    operands. With splits > 1 each program covers 1/splits of the query blocks and writes fp32
+    partials [splits, B, Tkv, H, D] (staged through an fp32 tile) for the caller to sum."""
+    b, tq, h, d = shape
     spec, bq = cfg.spec, DKDV_Q_BLOCK
+    split_blocks = -(-(tq // bq) // splits)
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
         k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar, released = (
-            scratch
+            scratch[:10]
         )
         bi, hi, ki, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "kv", DKDV_BLOCK)
+        split = lax.axis_index("split")
         lo, hi_q = spec.q_block_range(ki, bq, DKDV_BLOCK, q_len, kv_len)
+        lo = jnp.maximum(lo, split * split_blocks)
+        hi_q = jnp.minimum(hi_q, (split + 1) * split_blocks)
         fetch = fetcher(bi, hi, bq, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
 
         def compute(wg):
@@ -187,28 +195,39 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
                 plgpu.wgmma(dv_ref, pt_tile, do_smem.at[slot])
 
             dk, dv = _consume(lo, hi_q, released, step, [(WG_ROWS, d)] * 2)
-            # K and V are not read any more: they stage the results.
-            store_tile(k_tile, dk * spec.grad_scale, dk_gmem.at[tile])
-            store_tile(v_tile, dv * spec.out_scale, dv_gmem.at[tile])
+            if splits == 1:  # K and V are not read any more: they stage the results
+                store_tile(k_tile, dk * spec.grad_scale, dk_gmem.at[tile])
+                store_tile(v_tile, dv * spec.out_scale, dv_gmem.at[tile])
+            else:  # fp32 partials of this split, one after the other through the fp32 tile
+                staging = scratch[10].at[wg]
+                store_tile(staging, dk * spec.grad_scale, dk_gmem.at[(split, *tile)])
+                store_tile(staging, dv * spec.out_scale, dv_gmem.at[(split, *tile)])
 
         _specialize(lo, hi_q, fetch, released, compute)
 
     tiles = plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), dtype)
     streamed = plgpu.SMEM((SLOTS, bq, d), dtype)
     score_t = plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bq), dtype)
-    kv_shape = jax.ShapeDtypeStruct((b, tkv, h, d), dtype)
+    if splits == 1:
+        out_type = (jax.ShapeDtypeStruct((b, tkv, h, d), dtype),) * 2
+        staging = []
+    else:
+        out_type = (jax.ShapeDtypeStruct((splits, b, tkv, h, d), jnp.float32),) * 2
+        staging = [plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), jnp.float32)]
     return mosaic_kernel(
         cfg,
         body,
-        out_type=(kv_shape, kv_shape),
+        out_type=out_type,
         scratch_types=[
             *(tiles, tiles, streamed, streamed, score_t, score_t),  # K, V, Q, dO, Pᵀ, dSᵀ
             plgpu.Barrier(num_barriers=2 * COMPUTE_WGS),
             *_stream_barriers(),
+            *staging,
         ],
-        grid=(b, h, tkv // DKDV_BLOCK),
+        grid=(b, h, tkv // DKDV_BLOCK, splits),
         row_axis="kv",
         warpgroups=COMPUTE_WGS + 1,
+        extra_axes=("split",),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import types
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.common.target import compile_target
-from pallas_kernels.gdpa import gdpa, gdpa_reference
+from pallas_kernels.gdpa import gdpa, gdpa_reference, mosaic_gpu
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
 
@@ -83,6 +84,37 @@ def test_values_and_gradients_match_the_reference(
         assert_close(g, w, dtype, f"{name} ({activation})", tolerance=TOLERANCE)
     padded_rows = np.arange(tq)[None, :] >= q_lens[:, None]
     assert not np.any(np.asarray(got, np.float32)[padded_rows]), "padded query rows must be 0"
+
+
+@pytest.mark.parametrize(
+    ("tq", "tkv", "window", "causal", "splits"),
+    [(600, 40, None, False, 3), (520, 300, 70, True, 2), (300, 64, None, True, 8)],
+)
+def test_hopper_dkdv_query_splits(tq, tkv, window, causal, splits):
+    """Hopper's dK/dV grid split over query ranges (fp32 partials summed after) gives the
+    reference's gradients, also with empty splits (8 splits of 6 query blocks). Real shapes
+    split only at >= 8 query blocks a split (`tuning.dkdv_q_splits`): forced here."""
+    q, k, v, do = normal_inputs(
+        tq + tkv, [(2, tq, 2, 64), *[(2, tkv, 2, 64)] * 2, (2, tq, 2, 64)], "bfloat16"
+    )
+    kwargs = dict(
+        activation="gelu_tanh",
+        qk_scale=0.5,
+        out_scale=1.0 / tkv,
+        q_lengths=jnp.array([tq, tq // 3], jnp.int32),
+        kv_lengths=jnp.array([tkv, tkv - 7], jnp.int32),
+        window=window,
+        causal=causal,
+    )
+    with mock.patch.object(mosaic_gpu, "dkdv_q_splits", return_value=splits):
+        _, got = value_and_grads(
+            functools.partial(gdpa_mosaic_gpu, interpret=True, arch="hopper", **kwargs), q, k, v, do
+        )
+    _, want = value_and_grads(
+        functools.partial(gdpa_reference, **kwargs), *as_f32(q, k, v), do.astype(jnp.float32)
+    )
+    for name, g, w in zip(("dQ", "dK", "dV"), got, want, strict=True):
+        assert_close(g, w, "bfloat16", name, tolerance=TOLERANCE)
 
 
 def test_head_dims_above_128_are_a_clear_error():

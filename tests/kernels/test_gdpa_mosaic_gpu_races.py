@@ -26,10 +26,11 @@ from pallas_kernels.gdpa.mosaic_gpu_common import MosaicConfig
 from tests.kernels.helpers import normal_inputs
 
 DETECT = plgpu.InterpretGPUParams(detect_races=True)
-# Two batch rows (one jagged), several blocks per program in every kernel, so each stream
-# refills its buffers; the window and causal mask give programs different block ranges.
-B, TQ, TKV, H, D, BLOCK_KV = 2, 256, 512, 1, 64, 64
-Q_LENS, KV_LENS = (256, 150), (512, 300)
+# Two batch rows (one jagged), several blocks per program in every kernel (also per query
+# split of Hopper's dK/dV), so each stream refills its buffers; the window and causal mask
+# give programs different block ranges.
+B, TQ, TKV, H, D, BLOCK_KV = 2, 512, 512, 1, 64, 64
+Q_LENS, KV_LENS = (512, 300), (512, 300)
 MASKS = {"full": (None, False), "window": (100, True)}
 
 
@@ -38,20 +39,26 @@ def _kernel_runs(arch: str, spec: GdpaSpec):
     kernels, dtype = ARCHS[arch], jnp.dtype(jnp.bfloat16)
     q, k, v, do = normal_inputs(0, [(B, TQ, H, D), *[(B, TKV, H, D)] * 2, (B, TQ, H, D)], dtype)
     lens = jnp.asarray(Q_LENS, jnp.int32), jnp.asarray(KV_LENS, jnp.int32)
-    return {
+    runs = {
         "forward": lambda: kernels.forward_kernel(cfg, q.shape, dtype)(q, k, v, *lens),
         "dq": lambda: kernels.dq_kernel(cfg, q.shape, dtype)(q, k, v, do, *lens),
         "dkdv": lambda: kernels.dkdv_kernel(cfg, q.shape, TKV, dtype)(q, k, v, do, *lens),
     }
+    if arch == "hopper":  # its dK/dV grid can split the query loop (fp32 partials)
+        split = kernels.dkdv_kernel(cfg, q.shape, TKV, dtype, splits=2)
+        runs["dkdv_split"] = lambda: split(q, k, v, do, *lens)
+    return runs
 
 
 def _races_found() -> bool:
     return gpu_callbacks.get_races().races_found
 
 
+KERNELS = [(arch, kernel) for arch in sorted(ARCHS) for kernel in ("forward", "dq", "dkdv")]
+
+
 @pytest.mark.parametrize("mask", sorted(MASKS))
-@pytest.mark.parametrize("kernel", ["forward", "dq", "dkdv"])
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize(("arch", "kernel"), [*KERNELS, ("hopper", "dkdv_split")])
 def test_kernels_have_no_data_races(arch, kernel, mask):
     window, causal = MASKS[mask]
     spec = GdpaSpec("silu", 0.5, 0.1, window, causal, erf_free=True)
