@@ -16,8 +16,10 @@ streamed block is loaded once for 128 rows.
 
 Accumulators live in registers (wgmma ACC refs; compute warpgroups get 232 registers a
 thread, the producer 40); score tiles go through SMEM because both wgmma operands must be in
-SMEM for the interpreter. Each compute warpgroup waits for its MMAs before it releases a
-buffer (no intra-warpgroup MMA overlap, no ping-pong schedule between the two yet).
+SMEM for the interpreter. The two compute warpgroups ping-pong (`_PingPong`, as in
+FlashAttention-3 and jax's `attention_mgpu.py`): one issues its MMAs while the other computes
+its activation tile. Each waits for its own MMAs before it releases a buffer (no
+intra-warpgroup MMA overlap).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
     spec, bkv = cfg.spec, cfg.block_kv
 
     def body(q_gmem, k_gmem, v_gmem, ql_gmem, kvl_gmem, o_gmem, *scratch):
-        q_smem, k_smem, v_smem, p_smem, q_bar, k_bar, v_bar, released = scratch
+        q_smem, k_smem, v_smem, p_smem, q_bar, k_bar, v_bar, released, turn = scratch
         bi, hi, qi, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
@@ -65,17 +67,23 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             first = qi * BLOCK_Q + wg * WG_ROWS
             rows, q_tile, p_tile = pl.ds(first, WG_ROWS), q_smem.at[wg], p_smem.at[wg]
             load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_tile), group=wg)
+            pingpong = _PingPong(turn, wg)
 
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
-                s = _matmul(q_tile, k_smem.at[slot].transpose((1, 0)), (WG_ROWS, bkv))
+                (s,) = _matmuls(
+                    (q_tile, k_smem.at[slot].transpose((1, 0))), shape=(WG_ROWS, bkv),
+                    after_issue=pingpong.pass_turn,
+                )  # fmt: skip
                 real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
                 p_tile[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: 0
                 plgpu.commit_smem()
+                pingpong.elementwise_done()
                 plgpu.barrier_wait(v_bar.at[slot])
+                pingpong.wait_turn()
                 plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
 
-            (acc,) = _consume(lo, hi_kv, released, step, [(WG_ROWS, d)])
+            (acc,) = pingpong.around(lambda: _consume(lo, hi_kv, released, step, [(WG_ROWS, d)]))
             store_tile(q_tile, acc * spec.out_scale, o_gmem.at[bi, rows, hi])  # Q is free now
 
         _specialize(lo, hi_kv, fetch, released, compute)
@@ -91,6 +99,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bkv), dtype),  # P
             plgpu.Barrier(num_barriers=COMPUTE_WGS),
             *_stream_barriers(),
+            _PingPong.scratch(),
         ],
         grid=(b, h, tq // BLOCK_Q),
         row_axis="q",
@@ -104,7 +113,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     spec, bkv = cfg.spec, cfg.block_kv
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dq_gmem, *scratch):
-        q_smem, do_smem, k_smem, v_smem, ds_smem, tile_bar, k_bar, v_bar, released = scratch
+        q_smem, do_smem, k_smem, v_smem, ds_smem, tile_bar, k_bar, v_bar, released, turn = scratch
         bi, hi, qi, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
@@ -114,18 +123,25 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             tile = (bi, pl.ds(first, WG_ROWS), hi)
             q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
             load_tiles(tile_bar, (q_gmem.at[tile], q_tile), (do_gmem.at[tile], do_tile), group=wg)
+            pingpong = _PingPong(turn, wg)
 
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
-                s = _matmul(q_tile, k_smem.at[slot].transpose((1, 0)), (WG_ROWS, bkv))
                 plgpu.barrier_wait(v_bar.at[slot])
-                dp = _matmul(do_tile, v_smem.at[slot].transpose((1, 0)), (WG_ROWS, bkv))
+                s, dp = _matmuls(
+                    (q_tile, k_smem.at[slot].transpose((1, 0))),
+                    (do_tile, v_smem.at[slot].transpose((1, 0))),
+                    shape=(WG_ROWS, bkv),
+                    after_issue=pingpong.pass_turn,
+                )
                 real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
                 ds_tile[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
                 plgpu.commit_smem()
+                pingpong.elementwise_done()
+                pingpong.wait_turn()
                 plgpu.wgmma(acc_ref, ds_tile, k_smem.at[slot])
 
-            (acc,) = _consume(lo, hi_kv, released, step, [(WG_ROWS, d)])
+            (acc,) = pingpong.around(lambda: _consume(lo, hi_kv, released, step, [(WG_ROWS, d)]))
             store_tile(q_tile, acc * spec.grad_scale, dq_gmem.at[tile])
 
         _specialize(lo, hi_kv, fetch, released, compute)
@@ -144,6 +160,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bkv), dtype),  # dS
             plgpu.Barrier(num_barriers=2 * COMPUTE_WGS),
             *_stream_barriers(),
+            _PingPong.scratch(),
         ],
         grid=(b, h, tq // BLOCK_Q),
         row_axis="q",
@@ -161,9 +178,8 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
     split_blocks = -(-(tq // bq) // splits)
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
-        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar, released = (
-            scratch[:10]
-        )
+        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar = scratch[:9]
+        released, turn = scratch[9:11]
         bi, hi, ki, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "kv", DKDV_BLOCK)
         split = lax.axis_index("split")
         lo, hi_q = spec.q_block_range(ki, bq, DKDV_BLOCK, q_len, kv_len)
@@ -181,25 +197,32 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
                 dst_smem.at[wg],
             )
             load_tiles(kv_bar, (k_gmem.at[tile], k_tile), (v_gmem.at[tile], v_tile), group=wg)
+            pingpong = _PingPong(turn, wg)
 
             def step(j, slot, dk_ref, dv_ref):
                 plgpu.barrier_wait(q_bar.at[slot])
-                st = _matmul(k_tile, q_smem.at[slot].transpose((1, 0)), (WG_ROWS, bq))
                 plgpu.barrier_wait(do_bar.at[slot])
-                dpt = _matmul(v_tile, do_smem.at[slot].transpose((1, 0)), (WG_ROWS, bq))
+                st, dpt = _matmuls(
+                    (k_tile, q_smem.at[slot].transpose((1, 0))),
+                    (v_tile, do_smem.at[slot].transpose((1, 0))),
+                    shape=(WG_ROWS, bq),
+                    after_issue=pingpong.pass_turn,
+                )
                 real = _visible(spec, first, j * bq, st.shape, q_len, kv_len, False)
                 pt_tile[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)
                 dst_tile[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)
                 plgpu.commit_smem()
+                pingpong.elementwise_done()
+                pingpong.wait_turn()
                 plgpu.wgmma(dk_ref, dst_tile, q_smem.at[slot])
                 plgpu.wgmma(dv_ref, pt_tile, do_smem.at[slot])
 
-            dk, dv = _consume(lo, hi_q, released, step, [(WG_ROWS, d)] * 2)
+            dk, dv = pingpong.around(lambda: _consume(lo, hi_q, released, step, [(WG_ROWS, d)] * 2))
             if splits == 1:  # K and V are not read any more: they stage the results
                 store_tile(k_tile, dk * spec.grad_scale, dk_gmem.at[tile])
                 store_tile(v_tile, dv * spec.out_scale, dv_gmem.at[tile])
             else:  # fp32 partials of this split, one after the other through the fp32 tile
-                staging = scratch[10].at[wg]
+                staging = scratch[11].at[wg]
                 store_tile(staging, dk * spec.grad_scale, dk_gmem.at[(split, *tile)])
                 store_tile(staging, dv * spec.out_scale, dv_gmem.at[(split, *tile)])
 
@@ -222,6 +245,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
             *(tiles, tiles, streamed, streamed, score_t, score_t),  # K, V, Q, dO, Pᵀ, dSᵀ
             plgpu.Barrier(num_barriers=2 * COMPUTE_WGS),
             *_stream_barriers(),
+            _PingPong.scratch(),
             *staging,
         ],
         grid=(b, h, tkv // DKDV_BLOCK, splits),
@@ -280,11 +304,52 @@ def _visible(spec: GdpaSpec, first_row, first_col, shape, q_len, kv_len, rows_ar
     )
 
 
-def _matmul(a_smem, b_smem, shape: tuple[int, int]) -> jax.Array:
-    """a @ b of two SMEM operands through a scoped fp32 wgmma accumulator of `shape`."""
+def _matmuls(*operands, shape: tuple[int, int], after_issue) -> tuple[jax.Array, ...]:
+    """a @ b for each (a_smem, b_smem) of `operands`, through scoped fp32 wgmma accumulators of
+    `shape`: every MMA is issued, then after_issue() runs, then the results are read."""
 
-    def run(acc_ref):
-        plgpu.wgmma(acc_ref, a_smem, b_smem)
-        return acc_ref[...]
+    def run(*acc_refs):
+        for acc_ref, (a_smem, b_smem) in zip(acc_refs, operands, strict=True):
+            plgpu.wgmma(acc_ref, a_smem, b_smem)
+        after_issue()
+        return tuple(acc_ref[...] for acc_ref in acc_refs)
 
-    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+    return pl.run_scoped(run, *(plgpu.ACC(shape, jnp.float32) for _ in operands))
+
+
+class _PingPong:
+    """FlashAttention-3's ping-pong between the two compute warpgroups: the tensor core takes
+    one warpgroup's MMAs while the other computes its elementwise tile (activation, mask).
+
+    One barrier of COMPUTE_WGS arrivals; every meeting point is a phase both pass. Per step a
+    warpgroup passes the turn once its score MMAs are issued (`pass_turn`: arrive + wait),
+    arrives when its elementwise tile is done and waits for that phase before issuing its
+    update MMAs (`elementwise_done`, `wait_turn`). Warpgroup 1 starts one meeting late and
+    warpgroup 0 ends one late (`around`), so both arrive equally often: with equal step counts
+    (both loop over the program's block range) neither can wait forever.
+    """
+
+    def __init__(self, barrier, wg):
+        self.barrier, self.wg = barrier, wg
+
+    @staticmethod
+    def scratch():
+        """The barrier to allocate for it."""
+        return plgpu.Barrier(num_arrivals=COMPUTE_WGS)
+
+    def pass_turn(self) -> None:
+        plgpu.barrier_arrive(self.barrier)
+        plgpu.barrier_wait(self.barrier)
+
+    def elementwise_done(self) -> None:
+        plgpu.barrier_arrive(self.barrier)
+
+    def wait_turn(self) -> None:
+        plgpu.barrier_wait(self.barrier)
+
+    def around(self, loop):
+        """loop() between warpgroup 1's opening meeting and warpgroup 0's closing one."""
+        pl.when(self.wg == 1)(self.pass_turn)
+        result = loop()
+        pl.when(self.wg == 0)(self.pass_turn)
+        return result

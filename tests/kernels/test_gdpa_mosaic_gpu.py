@@ -26,6 +26,9 @@ from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
 
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
+# A barrier protocol error (e.g. unbalanced ping-pong meetings) deadlocks the interpreter: fail
+# the test, not CI's time limit. Each test takes well under a minute.
+pytestmark = pytest.mark.timeout(600, method="thread")
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

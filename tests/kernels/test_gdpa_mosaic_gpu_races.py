@@ -26,6 +26,9 @@ from pallas_kernels.gdpa.mosaic_gpu_common import MosaicConfig
 from tests.kernels.helpers import normal_inputs
 
 DETECT = plgpu.InterpretGPUParams(detect_races=True)
+# A barrier protocol error (e.g. unbalanced ping-pong meetings) deadlocks the interpreter: fail
+# the test, not CI's time limit. Each test takes well under a minute.
+pytestmark = pytest.mark.timeout(600, method="thread")
 # Two batch rows (one jagged), several blocks per program in every kernel (also per query
 # split of Hopper's dK/dV), so each stream refills its buffers; the window and causal mask
 # give programs different block ranges.
