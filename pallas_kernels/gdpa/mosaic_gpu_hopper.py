@@ -72,9 +72,10 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
                 (s,) = _matmuls(
-                    (q_tile, k_smem.at[slot].transpose((1, 0))), shape=(WG_ROWS, bkv),
+                    (q_tile, k_smem.at[slot].transpose((1, 0))),
+                    shape=(WG_ROWS, bkv),
                     after_issue=pingpong.pass_turn,
-                )  # fmt: skip
+                )
                 real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
                 p_tile[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: 0
                 plgpu.commit_smem()
