@@ -25,6 +25,12 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def split_range(lo: Int, hi: Int, split: Int, per_split: int) -> tuple[Int, Int]:
+    """[lo, hi) ∩ [split·per_split, (split + 1)·per_split): a block range cut to one of the
+    splits of a loop (possibly empty: lo >= hi)."""
+    return jnp.maximum(lo, split * per_split), jnp.minimum(hi, (split + 1) * per_split)
+
+
 def round_up(x: int, multiple: int) -> int:
     """Smallest multiple of `multiple` that is >= x."""
     return cdiv(x, multiple) * multiple

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from pallas_kernels.common.blocks import cdiv
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, pow2_at_least
 
@@ -58,8 +59,8 @@ def attention_launch(
     [B, Tkv, H, D] (jax arrays, or ShapeDtypeStructs for `compile_for_cuda`); one output per
     array of `outputs_like`, with its shape and dtype. Fills the constexprs every attention
     kernel takes (`common/triton_tiles.py`: T_Q, T_KV, H, D, BLOCK_D, BLOCK_Q, BLOCK_KV, WINDOW,
-    CAUSAL, PRECISION) and adds `op_constexprs`. splits > 1 adds a third grid axis of that size
-    (a "dkdv" kernel's query splits, `tuning.dkdv_q_splits`)."""
+    CAUSAL, PRECISION) and adds `op_constexprs`. The third grid axis has `splits` programs (a
+    "dkdv" kernel's query splits, `tuning.dkdv_q_splits`; 1 for every other kernel)."""
     q, k = inputs[0], inputs[1]
     batch, tq, heads, dim = q.shape
     fwd = kind == "fwd"
@@ -81,7 +82,7 @@ def attention_launch(
     )
     return TritonLaunch(
         kernel,
-        grid=(-(-length // block), batch * heads, *([splits] if splits > 1 else [])),
+        grid=(cdiv(length, block), batch * heads, splits),
         inputs=tuple(inputs),
         out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
         constexprs=constexprs | op_constexprs,

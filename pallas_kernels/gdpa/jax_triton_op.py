@@ -20,12 +20,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common.blocks import cdiv
 from pallas_kernels.common.inputs import clip_lengths
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.triton_launch import TritonLaunch, attention_launch, launch
 from pallas_kernels.gdpa import triton_lang
 from pallas_kernels.gdpa.blockwise import GdpaSpec
-from pallas_kernels.gdpa.tuning import default_block_sizes, dkdv_q_splits
+from pallas_kernels.gdpa.tuning import default_block_sizes, dkdv_q_splits, sum_query_splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ def dkdv_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLau
     partials [splits, B, Tkv, H, D] to sum; grid (kv blocks, B·H[, splits])."""
     batch, tq, heads, _ = q.shape
     bq, bkv = cfg.sizes.block_q_bwd, cfg.sizes.block_kv_bwd
-    q_blocks, kv_blocks = -(-tq // bq), -(-k.shape[1] // bkv)
+    q_blocks, kv_blocks = cdiv(tq, bq), cdiv(k.shape[1], bkv)
     splits = dkdv_q_splits(kv_blocks * batch * heads, q_blocks)
     outputs = (k, v)
     if splits > 1:
@@ -97,7 +98,7 @@ def dkdv_launch(cfg: JaxTritonConfig, q, k, v, do, q_lens, kv_lens) -> TritonLau
         inputs,
         outputs,
         splits=splits,
-        SPLIT_BLOCKS=-(-q_blocks // splits),
+        SPLIT_BLOCKS=cdiv(q_blocks, splits),
         SPLIT_STRIDE=0 if splits == 1 else math.prod(k.shape),
     )
 
@@ -140,8 +141,7 @@ def _gdpa_bwd(cfg: JaxTritonConfig, residuals, do):
     q, k, v, q_lens, kv_lens = residuals
     do = do.astype(q.dtype)
     dk, dv = launch(dkdv_launch(cfg, q, k, v, do, q_lens, kv_lens), cfg.mode)
-    if dk.ndim == 5:  # per-split fp32 partials
-        dk, dv = dk.sum(0).astype(k.dtype), dv.sum(0).astype(v.dtype)
+    dk, dv = sum_query_splits(dk, dv, k.dtype)
     (dq,) = launch(dq_launch(cfg, q, k, v, do, q_lens, kv_lens), cfg.mode)
     return dq, dk, dv, None, None
 

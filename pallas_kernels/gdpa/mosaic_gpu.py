@@ -39,7 +39,7 @@ from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_i
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import MosaicConfig
-from pallas_kernels.gdpa.tuning import dkdv_q_splits
+from pallas_kernels.gdpa.tuning import dkdv_q_splits, sum_query_splits
 
 ARCHS: dict[str, ModuleType] = {"hopper": mosaic_gpu_hopper, "blackwell": mosaic_gpu_blackwell}
 CAPABILITY_ARCH = {"9": "hopper", "10": "blackwell"}  # compute capability major -> kernels
@@ -157,9 +157,7 @@ def _dkdv(cfg: MosaicConfig, q, k, v, do, q_lens, kv_lens) -> tuple[jax.Array, j
     kv_programs = batch * heads * (tkv // kernels.DKDV_BLOCK)
     splits = dkdv_q_splits(kv_programs, tq // kernels.DKDV_Q_BLOCK)
     dk, dv = kernels.dkdv_kernel(cfg, q.shape, tkv, jnp.dtype(q.dtype), splits)(*args)
-    if splits > 1:
-        dk, dv = dk.sum(0).astype(k.dtype), dv.sum(0).astype(v.dtype)
-    return dk, dv
+    return sum_query_splits(dk, dv, k.dtype)
 
 
 _gdpa.defvjp(_gdpa_fwd, _gdpa_bwd)

@@ -30,6 +30,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.common import blocks
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
@@ -176,16 +177,16 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
     partials [splits, B, Tkv, H, D] (staged through an fp32 tile) for the caller to sum."""
     b, tq, h, d = shape
     spec, bq = cfg.spec, DKDV_Q_BLOCK
-    split_blocks = -(-(tq // bq) // splits)
+    split_blocks = blocks.cdiv(tq // bq, splits)
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):
-        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, kv_bar, q_bar, do_bar = scratch[:9]
-        released, turn = scratch[9:11]
+        k_smem, v_smem, q_smem, do_smem, pt_smem, dst_smem, *barriers = scratch
+        kv_bar, q_bar, do_bar, released, turn, *staging_smem = barriers  # staging: splits > 1
         bi, hi, ki, q_len, kv_len, _ = program_tile(ql_gmem, kvl_gmem, "kv", DKDV_BLOCK)
         split = lax.axis_index("split")
-        lo, hi_q = spec.q_block_range(ki, bq, DKDV_BLOCK, q_len, kv_len)
-        lo = jnp.maximum(lo, split * split_blocks)
-        hi_q = jnp.minimum(hi_q, (split + 1) * split_blocks)
+        lo, hi_q = blocks.split_range(
+            *spec.q_block_range(ki, bq, DKDV_BLOCK, q_len, kv_len), split, split_blocks
+        )
         fetch = fetcher(bi, hi, bq, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
 
         def compute(wg):
@@ -223,7 +224,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
                 store_tile(k_tile, dk * spec.grad_scale, dk_gmem.at[tile])
                 store_tile(v_tile, dv * spec.out_scale, dv_gmem.at[tile])
             else:  # fp32 partials of this split, one after the other through the fp32 tile
-                staging = scratch[11].at[wg]
+                staging = staging_smem[0].at[wg]
                 store_tile(staging, dk * spec.grad_scale, dk_gmem.at[(split, *tile)])
                 store_tile(staging, dv * spec.out_scale, dv_gmem.at[(split, *tile)])
 
@@ -234,10 +235,10 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
     score_t = plgpu.SMEM((COMPUTE_WGS, WG_ROWS, bq), dtype)
     if splits == 1:
         out_type = (jax.ShapeDtypeStruct((b, tkv, h, d), dtype),) * 2
-        staging = []
+        staging_types = []
     else:
         out_type = (jax.ShapeDtypeStruct((splits, b, tkv, h, d), jnp.float32),) * 2
-        staging = [plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), jnp.float32)]
+        staging_types = [plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), jnp.float32)]
     return mosaic_kernel(
         cfg,
         body,
@@ -247,7 +248,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
             plgpu.Barrier(num_barriers=2 * COMPUTE_WGS),
             *_stream_barriers(),
             _PingPong.scratch(),
-            *staging,
+            *staging_types,
         ],
         grid=(b, h, tkv // DKDV_BLOCK, splits),
         row_axis="kv",

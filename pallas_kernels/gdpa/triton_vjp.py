@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels.common import blocks
 from pallas_kernels.gdpa.blockwise import GdpaSpec, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.triton import batch_lengths, call_triton, head_spec, tile_rows
-from pallas_kernels.gdpa.tuning import BlockSizes, dkdv_q_splits
+from pallas_kernels.gdpa.tuning import BlockSizes, dkdv_q_splits, sum_query_splits
 
 
 def _dkdv_kernel(
@@ -45,9 +46,9 @@ def _dkdv_kernel(
     [s·split_blocks, (s + 1)·split_blocks)."""
     kj, split = pl.program_id(0), pl.program_id(2)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
-    lo, hi = spec.q_block_range(kj, block_q, block_kv, q_len, kv_len)
-    lo = jnp.maximum(lo, split * split_blocks)
-    hi = jnp.minimum(hi, (split + 1) * split_blocks)
+    lo, hi = blocks.split_range(
+        *spec.q_block_range(kj, block_q, block_kv, q_len, kv_len), split, split_blocks
+    )
     k, v = k_ref[...], v_ref[...]
 
     def body(qi, carry):
@@ -124,7 +125,7 @@ def gdpa_bwd_triton(
 
     kv_blocks, q_blocks = tkv // bkv, tq // bq
     splits = dkdv_q_splits(kv_blocks * batch * heads, q_blocks)
-    split_blocks = -(-q_blocks // splits)
+    split_blocks = blocks.cdiv(q_blocks, splits)
     if splits == 1:  # each program writes its tile of dK, dV
         out_specs, out_like = [kv_tile, kv_tile], [k, v]
     else:  # fp32 partials [splits, B, Tkv, H, D], summed below
@@ -139,8 +140,7 @@ def gdpa_bwd_triton(
         kind="dkdv",
         **call_kw,
     )(q_lens, kv_lens, q, k, v, do)
-    if splits > 1:
-        dk, dv = dk.sum(0).astype(k.dtype), dv.sum(0).astype(v.dtype)
+    dk, dv = sum_query_splits(dk, dv, k.dtype)
     (dq,) = call_triton(
         functools.partial(_dq_kernel, **kernel_kw),
         grid=(tq // bq, batch * heads),

@@ -22,6 +22,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import jax
+
+from pallas_kernels.common.blocks import cdiv
 from pallas_kernels.common.tiles import BlockSizes
 
 SHORT_KV_MAX = 256  # Tkv <= this is the "short" regime.
@@ -137,5 +140,13 @@ def dkdv_q_splits(kv_programs: int, q_blocks: int) -> int:
     """How many query ranges each GPU dK/dV program's loop is split into (the Triton kernels,
     Pallas and Triton-language): 1 when the kv tiles (`kv_programs` = B·H·kv blocks) already
     fill the target, else up to the target."""
-    wanted = -(-DKDV_TARGET_PROGRAMS // kv_programs)
+    wanted = cdiv(DKDV_TARGET_PROGRAMS, kv_programs)
     return max(1, min(wanted, q_blocks // MIN_Q_BLOCKS_PER_SPLIT))
+
+
+def sum_query_splits(dk: jax.Array, dv: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """A dK/dV kernel's outputs as dK, dV in `dtype`: fp32 partials [splits, B, Tkv, H, D]
+    summed over the splits, or [B, Tkv, H, D] tiles (one split) as they are."""
+    if dk.ndim == 4:
+        return dk, dv
+    return dk.sum(0).astype(dtype), dv.sum(0).astype(dtype)

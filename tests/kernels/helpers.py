@@ -165,4 +165,9 @@ def gpu_kernel_calls(fn: Callable, *args: jax.ShapeDtypeStruct, device: GpuTarge
             .trace(*args)
             .lower(lowering_platforms=("cuda",))
         )
-    return collections.Counter(re.findall(r"custom_call @([\w$.]+)", lowered.as_text()))
+    return custom_calls(lowered.as_text())
+
+
+def custom_calls(stablehlo_text: str) -> collections.Counter:
+    """{custom call target: count} in lowered StableHLO text."""
+    return collections.Counter(re.findall(r"custom_call @([\w$.]+)", stablehlo_text))

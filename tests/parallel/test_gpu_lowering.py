@@ -20,7 +20,13 @@ from kunlun_jax.config import load_config
 from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.parallel.aot import lower_train_step
 from kunlun_jax.train.experiment import plan_training
-from tests.kernels.helpers import H100, MOSAIC_GPU_CALL, TRITON_CALL, lowering_for_gpu
+from tests.kernels.helpers import (
+    H100,
+    MOSAIC_GPU_CALL,
+    TRITON_CALL,
+    custom_calls,
+    lowering_for_gpu,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The Pallas Triton backend is deprecated:DeprecationWarning"
@@ -59,7 +65,7 @@ def _kernels_in_step(name: str, overrides: list[str], n_devices: int):
     layout = plan_training(config, spec, example, jax.devices()[:n_devices])
     with layout.activate(), lowering_for_gpu(H100, layout.plan.mesh):
         text = lower_train_step(layout, example, lowering_platforms=("cuda",)).as_text()
-    targets = collections.Counter(re.findall(r"custom_call @([\w$.]+)", text))
+    targets = custom_calls(text)
     names = collections.Counter(re.findall(r'name = "(\w+_triton)"', text))
     return targets, names
 
