@@ -7,8 +7,9 @@ CPU smoke:  python -m benchmarks.kernels.gdpa_autotune --impl jax_triton --smoke
 
 For each key (head dim, Tkv regime) of `KEYS`, at a production shape of that regime (bf16,
 H = 8, Tq = 4096; Tkv = 64 "short" or 4096 "long", full lengths, silu), every candidate
-`BlockSizes` (the same tiles forward and backward) is timed as one jitted fwd+bwd
-(`median_of_means`) under `tuning.override_block_sizes`, beside the hand-picked table's tiles.
+`BlockSizes` (the same tiles forward and backward, Triton warps per direction) is timed as
+one jitted fwd+bwd (`median_of_means`) under `tuning.override_block_sizes`, beside the
+hand-picked table's tiles.
 For jax_triton on a GPU, candidates that spill registers or overflow shared memory
 (`compile_for_cuda`) are dropped without timing. The report is rewritten after every
 candidate; `--resume-from` an earlier report (same impl and device kind) skips the candidates
@@ -35,7 +36,7 @@ from benchmarks.kernels.gdpa import write_report
 from kunlun_jax.bench.ceilings import median_of_means
 from kunlun_jax.provenance import environment
 from pallas_kernels.common.target import target_device, target_platform
-from pallas_kernels.common.tiles import BlockSizes
+from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 from pallas_kernels.gdpa import gdpa
 from pallas_kernels.gdpa.tuning import TUNED_PATH, override_block_sizes, table_block_sizes
 
@@ -63,8 +64,10 @@ def candidates(impl: str) -> list[BlockSizes]:
             BlockSizes(q, kv, q, kv)
             for q, kv in itertools.product((256, 512, 1024), (128, 256, 512))
         ]
-    grid = itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))
-    return [BlockSizes(q, kv, q, kv, num_warps=w, num_stages=s) for q, kv, w, s in grid]
+    # (forward, backward) warps: 8 backward warps on 64-row tiles repeat MMAs (gdpa.tuning).
+    warps = ((4, 4), (8, 4), (8, 8))
+    grid = itertools.product((64, 128), (32, 64, 128), warps, (2, 3))
+    return [triton_sizes(q, kv, q, kv, warps=w, stages=(s, s)) for q, kv, w, s in grid]
 
 
 def statically_fits(impl: str, shape: Shape, sizes: BlockSizes) -> str | None:

@@ -27,15 +27,20 @@ from kunlun_jax.provenance import environment
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.common.triton_compile import CudaBinary, compile_for_cuda
 from pallas_kernels.common.triton_launch import TritonLaunch
+from pallas_kernels.gdpa import blockwise as gdpa_blockwise
 from pallas_kernels.gdpa import jax_triton_op as gdpa_op
 from pallas_kernels.gdpa import tuning as gdpa_tuning
 from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.swa import blockwise as swa_blockwise
 from pallas_kernels.swa import jax_triton_op as swa_op
 from pallas_kernels.swa import tuning as swa_tuning
 
 # Opt-in shared memory per thread block (CUDA programming guide, compute capabilities table).
 SHARED_LIMIT_BYTES = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 ROW_CAPABILITIES = {"NVIDIA H": (90,), "": (80, 100)}  # device-kind prefix -> generations
+# Per SM (CUDA programming guide): shared memory, 32-bit registers, threads, resident blocks.
+SM_SHARED_BYTES = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}
+SM_REGISTERS, SM_THREADS, SM_BLOCKS = 65536, 2048, 32
 BATCH, HEADS, TQ, SWA_WINDOW = 4, 8, 4096, 128
 TKV = {"short": 64, "long": 4096}
 
@@ -102,10 +107,16 @@ def row_launches(row: Row, activation: str) -> dict[str, TritonLaunch]:
     }
 
 
-def row_resources(row: Row, activation: str) -> list[dict]:
-    """One record per (generation, kernel) of a row."""
+def row_resources(row: Row, activation: str, exact_sigmoid: bool = False) -> list[dict]:
+    """One record per (generation, kernel) of a row. exact_sigmoid: GDPA's σ as 1 / (1 + e^-x)
+    instead of through tanh.approx (FAST_TANH off; what the kernels compiled before it)."""
     records = []
     launches = row_launches(row, activation)
+    if exact_sigmoid and row.op == "gdpa":
+        launches = {
+            kernel: dataclasses.replace(launch, constexprs=launch.constexprs | {"FAST_TANH": False})
+            for kernel, launch in launches.items()
+        }
     for capability in ROW_CAPABILITIES[row.prefix]:
         for kernel, launch in launches.items():
             binary = compile_for_cuda(launch, capability)
@@ -120,11 +131,40 @@ def row_resources(row: Row, activation: str) -> list[dict]:
                     activation=activation if row.op == "gdpa" else None,
                     kernel=kernel,
                     **dataclasses.asdict(binary),
+                    **loop_efficiency(row.op, kernel, launch, binary),
+                    programs_per_sm=programs_per_sm(binary),
                     shared_limit_bytes=limit,
                     fits=why_not_fit(binary) is None,
                 )
             )
     return records
+
+
+def loop_efficiency(op: str, kernel: str, launch: TritonLaunch, binary: CudaBinary) -> dict:
+    """Per score of the main loop's tile, per thread: SASS instructions and MUFU instructions;
+    and the tile's own MMA FLOPs over those the loop executes (below 1: warpgroups repeat
+    MMAs; None on Blackwell, whose tcgen05 shapes are not in the opcodes)."""
+    c = launch.constexprs
+    rows, cols = c["BLOCK_Q"], c["BLOCK_KV"]
+    scores_per_thread = rows * cols / (32 * binary.num_warps)
+    traffic = (gdpa_blockwise if op == "gdpa" else swa_blockwise).KERNEL_TRAFFIC
+    tile_flops = traffic[kernel][0] * 2 * rows * cols * c["BLOCK_D"]
+    executed = binary.loop.mma_flops
+    return dict(
+        instructions_per_score=round(binary.loop.instructions / scores_per_thread, 2),
+        mufu_per_score=round(binary.loop.mufu / scores_per_thread, 3),
+        mma_useful_fraction=None if executed is None else round(tile_flops / executed, 3),
+    )
+
+
+def programs_per_sm(binary: CudaBinary) -> int:
+    """Programs one SM holds at once, as the CUDA occupancy calculator counts them: shared
+    memory (1 KiB reserved per block), registers (allocated per warp, 8-register granules),
+    threads, and the block limit."""
+    threads = 32 * binary.num_warps
+    shared = SM_SHARED_BYTES[binary.capability] // (binary.shared_bytes + 1024)
+    registers = SM_REGISTERS // (-(-binary.registers // 8) * 8 * threads)
+    return min(shared, registers, SM_THREADS // threads, SM_BLOCKS)
 
 
 def compiler_versions() -> dict:
@@ -142,22 +182,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--activations", nargs="+", default=["silu", "gelu"], help="GDPA activations"
     )
+    parser.add_argument(
+        "--exact-sigmoid",
+        action="store_true",
+        help="compile GDPA's sigmoid as 1 / (1 + e^-x), not through tanh.approx (comparisons)",
+    )
     args = parser.parse_args(argv)
     records = []
     for row in gpu_rows():
         for activation in args.activations if row.op == "gdpa" else args.activations[:1]:
-            for r in row_resources(row, activation):
+            for r in row_resources(row, activation, args.exact_sigmoid):
                 records.append(r)
                 print(
                     f"{r['op']:4s} {row.prefix or 'any GPU':9s} D{row.head_dim:<4d} {row.regime} "
                     f"{r['activation'] or '':5s} sm_{r['capability']} {r['kernel']:4s} shared "
                     f"{r['shared_bytes'] // 1024:4d} KiB regs {r['registers']:3d} spills "
-                    f"{r['spill_bytes']:5d} {'ok' if r['fits'] else 'DOES NOT FIT'}"
+                    f"{r['spill_bytes']:5d} mufu/score {r['mufu_per_score']:.2f} mma useful "
+                    f"{r['mma_useful_fraction']} {'ok' if r['fits'] else 'DOES NOT FIT'}"
                 )
     report = dict(
         environment=environment(),
         compiler=compiler_versions(),
         kind="compiled_static",
+        exact_sigmoid=args.exact_sigmoid,
         shapes=dict(
             batch=BATCH, heads=HEADS, tq=TQ, tkv=TKV, swa_window=SWA_WINDOW, dtype="bfloat16"
         ),

@@ -14,7 +14,8 @@ TRITON_MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tile sizes for one kernel call. num_warps / num_stages are used by Triton only."""
+    """Tile sizes for one kernel call. Warps and stages are used by Triton only; the backward
+    kernels take num_warps_bwd / num_stages_bwd where set, else the forward's."""
 
     block_q: int  # forward: query rows per tile
     block_kv: int  # forward: key rows per tile
@@ -22,6 +23,15 @@ class BlockSizes:
     block_kv_bwd: int  # backward: key rows per tile
     num_warps: int = 4
     num_stages: int = 2
+    num_warps_bwd: int | None = None
+    num_stages_bwd: int | None = None
+
+    def triton_options(self, backward: bool) -> tuple[int, int]:
+        """(num_warps, num_stages) of the forward kernel or of a backward one."""
+        if not backward:
+            return self.num_warps, self.num_stages
+        warps, stages = self.num_warps_bwd, self.num_stages_bwd
+        return warps or self.num_warps, stages or self.num_stages
 
     def with_overrides(self, block_q: int | None, block_kv: int | None) -> BlockSizes:
         """Explicit sizes replace both the forward and the backward tile."""
@@ -42,6 +52,28 @@ class BlockSizes:
     def padded_kv(self, tkv: int) -> int:
         """Tkv rounded up to a multiple of both key tiles (forward and backward)."""
         return round_up(tkv, math.lcm(self.block_kv, self.block_kv_bwd))
+
+
+def triton_sizes(
+    block_q: int,
+    block_kv: int,
+    block_q_bwd: int,
+    block_kv_bwd: int,
+    *,
+    warps: tuple[int, int],
+    stages: tuple[int, int],
+) -> BlockSizes:
+    """BlockSizes with (forward, backward) Triton warps and pipeline stages."""
+    return BlockSizes(
+        block_q,
+        block_kv,
+        block_q_bwd,
+        block_kv_bwd,
+        num_warps=warps[0],
+        num_stages=stages[0],
+        num_warps_bwd=warps[1],
+        num_stages_bwd=stages[1],
+    )
 
 
 def pow2_at_least(n: int) -> int:

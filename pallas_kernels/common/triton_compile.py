@@ -2,8 +2,9 @@
 
 Triton's own compiler and its bundled ptxas build the kernel for the launch's constexprs and
 pointer dtypes, with the 16-byte alignment jax-triton specializes on; `ptxas -v` then reports
-registers and spills. CI uses it to check that every tile-table row fits the shared memory of
-the generations it serves and spills nothing (benchmarks/kernels/triton_cuda_resources.py).
+registers and spills, and the disassembly the main loop's instruction mix (`sass.py`). CI uses
+it to check that every tile-table row fits the shared memory of the generations it serves,
+spills nothing and repeats no MMAs (benchmarks/kernels/triton_cuda_resources.py).
 The kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pallas_kernels.common.sass import LoopMix, disassemble, main_loop_mix
 from pallas_kernels.common.triton_launch import TritonLaunch
 
 # jnp dtype name -> Triton pointer element type.
@@ -33,6 +35,7 @@ class CudaBinary:
     spill_bytes: int  # spill stores + spill loads per thread
     cubin_bytes: int
     num_warps: int
+    loop: LoopMix  # the main loop's instruction mix (`sass.main_loop_mix`)
 
 
 def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
@@ -42,6 +45,7 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
     Triton's compile error (e.g. out of shared memory)."""
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
 
     names = spec.kernel.arg_names
     arrays = [*spec.inputs, *spec.out_types]
@@ -59,6 +63,8 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
         options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
     )
     registers, spills = _ptxas_resources(compiled.asm["ptx"], capability)
+    nvdisasm = str(Path(get_ptxas(capability).path).with_name("nvdisasm"))
+    sass = disassemble(compiled.asm["cubin"], nvdisasm)
     return CudaBinary(
         name=compiled.name,
         capability=capability,
@@ -68,6 +74,7 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
         spill_bytes=spills,
         cubin_bytes=len(compiled.asm["cubin"]),
         num_warps=compiled.metadata.num_warps,
+        loop=main_loop_mix(sass, compiled.metadata.num_warps),
     )
 
 

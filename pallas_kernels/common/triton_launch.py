@@ -67,6 +67,7 @@ def attention_launch(
     block_q = sizes.block_q if fwd else sizes.block_q_bwd
     block_kv = sizes.block_kv if fwd else sizes.block_kv_bwd
     length, block = (k.shape[1], block_kv) if kind == "dkdv" else (tq, block_q)
+    warps, stages = sizes.triton_options(backward=not fwd)
     constexprs = dict(
         T_Q=tq,
         T_KV=k.shape[1],
@@ -86,8 +87,8 @@ def attention_launch(
         inputs=tuple(inputs),
         out_types=tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outputs_like),
         constexprs=constexprs | op_constexprs,
-        num_warps=sizes.num_warps,
-        num_stages=sizes.num_stages,
+        num_warps=warps,
+        num_stages=stages,
         name=f"{op}_{kind}_jax_triton",
     )
 

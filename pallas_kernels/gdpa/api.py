@@ -26,8 +26,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.common.activations import get_activation
+from pallas_kernels.common.activations import get_activation, kernel_tanh
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
@@ -162,9 +163,11 @@ def gdpa_pallas(
     tkv = k.shape[1]
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
-    spec = GdpaSpec(
-        activation, qk_scale, out_scale, window, causal, erf_free=impl == "pallas_triton"
-    )
+    triton = impl == "pallas_triton"
+    # Triton, 16-bit silu / sigmoid: σ through one PTX tanh.approx (exact tanh when interpreted).
+    fast_tanh = jnp.tanh if interpret else pltriton.approx_tanh
+    tanh = kernel_tanh(activation, q.dtype, fast_tanh) if triton else None
+    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=triton, tanh=tanh)
     sizes = default_block_sizes(platform, device_kind, dim, tkv, impl)
     sizes = sizes.with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, impl, q.dtype, tq, tkv, block_q, block_kv)

@@ -71,15 +71,18 @@ def _dgelu_erf_free(x: jax.Array) -> jax.Array:
     return 0.5 * (1.0 + erf_rational(x * _INV_SQRT_2)) + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
 
 
-def _activation(name: str, erf_free: bool) -> tuple[Fn, Fn]:
+def _activation(name: str, erf_free: bool, tanh: Fn | None) -> tuple[Fn, Fn]:
     if erf_free and name == "gelu":
         return _gelu_erf_free, _dgelu_erf_free
-    return get_activation(name)
+    return get_activation(name, tanh)
 
 
 @dataclasses.dataclass(frozen=True)
 class GdpaSpec:
-    """Static (hashable) description of one GDPA call: activation, scales and mask kind."""
+    """Static (hashable) description of one GDPA call: activation, scales and mask kind.
+
+    tanh: the function the sigmoid-family activations go through in a GPU kernel
+    (`activations.get_activation`, `kernel_tanh`); None: the exact formulas."""
 
     activation: str
     qk_scale: float
@@ -87,6 +90,7 @@ class GdpaSpec:
     window: int | None
     causal: bool
     erf_free: bool = False
+    tanh: Fn | None = None
 
     def __post_init__(self) -> None:
         # Plain Python scalars (numpy ints, jnp floats from callers): hashable, equal specs
@@ -98,12 +102,12 @@ class GdpaSpec:
 
     def probs(self, s: jax.Array) -> jax.Array:
         """Act(α·S) for an fp32 score tile (P / β, before masking)."""
-        act, _ = _activation(self.activation, self.erf_free)
+        act, _ = _activation(self.activation, self.erf_free, self.tanh)
         return act(self._scaled(s))
 
     def score_grad(self, s: jax.Array, dp: jax.Array) -> jax.Array:
         """dP ⊙ Act'(α·S) for fp32 tiles (dS / (αβ), before masking)."""
-        _, dact = _activation(self.activation, self.erf_free)
+        _, dact = _activation(self.activation, self.erf_free, self.tanh)
         return dp * dact(self._scaled(s))
 
     def visible(
@@ -152,7 +156,7 @@ class GdpaSpec:
 
 
 # Per kernel: (matmuls of 2·D FLOPs per score, q-sized arrays moved, kv-sized arrays moved).
-_KERNEL_TRAFFIC = {
+KERNEL_TRAFFIC = {
     "fwd": (2, 2, 2),  # S, PV; reads q, k, v, writes o
     "dkdv": (4, 2, 4),  # Sᵀ, dPᵀ, dV, dK; reads q, dO, k, v, writes dK, dV
     "dq": (3, 3, 2),  # S, dP, dQ; reads q, dO, k, v, writes dQ
@@ -167,7 +171,7 @@ def cost_estimate(q: jax.Array, k: jax.Array, kernel: str) -> pl.CostEstimate:
     """
     batch, tq, heads, dim = q.shape
     scores = batch * heads * tq * k.shape[1]
-    matmuls, q_moves, kv_moves = _KERNEL_TRAFFIC[kernel]
+    matmuls, q_moves, kv_moves = KERNEL_TRAFFIC[kernel]
     return pl.CostEstimate(
         flops=2 * matmuls * scores * dim,
         transcendentals=scores,

@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common.activations import approximates_tanh
 from pallas_kernels.common.blocks import cdiv
 from pallas_kernels.common.inputs import clip_lengths
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
@@ -121,6 +122,9 @@ def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like, **ext
         window=spec.window,
         causal=spec.causal,
         ACT=spec.activation,
+        # Compiled, 16-bit: σ / tanh through PTX tanh.approx (`activations`; Triton's
+        # interpreter cannot run inline PTX).
+        FAST_TANH=cfg.mode == "jax_triton" and approximates_tanh(inputs[0].dtype),
         QK_SCALE=spec.qk_scale,
         OUT_SCALE=spec.out_scale,
         **extra,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.common import blocks
-from pallas_kernels.common.activations import get_activation
+from pallas_kernels.common.activations import get_activation, kernel_tanh
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
 from pallas_kernels.gdpa.blockwise import GdpaSpec
@@ -120,8 +120,10 @@ def gdpa_mosaic_gpu(
         tkv_pad=blocks.round_up(k.shape[1], math.lcm(block_kv, kernels.DKDV_BLOCK)),
         d_pad=d_pad,
     )
-    # Mosaic GPU has no erf lowering: exact GELU through the rational erf.
-    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=True)
+    # Mosaic GPU has no erf lowering: exact GELU through the rational erf. silu / sigmoid: the
+    # kernels compile with approx_math, so jnp.tanh is one tanh.approx.f32 (`kernel_tanh`).
+    tanh = kernel_tanh(activation, q.dtype, jnp.tanh)
+    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=True, tanh=tanh)
     return _gdpa(MosaicConfig(spec, block_kv, interpret, arch), *padded)[:, :tq, :, :d]
 
 

@@ -55,6 +55,8 @@ def mosaic_kernel(
         body,
         out_type=out_type,
         scratch_types=scratch_types,
+        # A spec with a kernel tanh (16-bit silu / sigmoid): tanh and exp as PTX approximations.
+        compiler_params=plgpu.CompilerParams(approx_math=cfg.spec.tanh is not None),
         grid=grid,
         grid_names=("b", "h", row_axis, *extra_axes),
         interpret=interpret,

@@ -60,15 +60,14 @@ def call_triton(
 ):
     """pallas_call of GDPA kernel `kind` ("fwd", "dkdv", "dq") with the Triton compiler
     params; the first two inputs are the lengths; cost_like: the kernel's (q, k)."""
+    warps, stages = sizes.triton_options(backward=kind != "fwd")
     return pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_like],
         grid=grid,
         in_specs=[LENGTHS_SPEC, LENGTHS_SPEC, *in_specs],
         out_specs=list(out_specs),
-        compiler_params=pltriton.CompilerParams(
-            num_warps=sizes.num_warps, num_stages=sizes.num_stages
-        ),
+        compiler_params=pltriton.CompilerParams(num_warps=warps, num_stages=stages),
         interpret=interpret,
         cost_estimate=cost_estimate(*cost_like, kind),
         name=f"gdpa_{kind}_triton",

@@ -45,10 +45,25 @@ def _tanh(x):
 
 
 @triton.jit
-def activation(x, ACT: tl.constexpr):
+def _sigmoid(x, FAST_TANH: tl.constexpr):
+    """σ of an fp32 tile: when FAST_TANH (compiled kernels, 16-bit inputs) ½ + ½·tanh(x/2)
+    with one PTX tanh.approx.f32 (one MUFU instruction instead of an ex2 and a rcp;
+    `common/activations.py`), else Triton's 1 / (1 + e^-x)."""
+    if FAST_TANH:
+        t = tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5], dtype=tl.float32, is_pure=True, pack=1
+        )
+        y = t * 0.5 + 0.5
+    else:
+        y = tl.sigmoid(x)
+    return y
+
+
+@triton.jit
+def activation(x, ACT: tl.constexpr, FAST_TANH: tl.constexpr):
     """Act(x) for an fp32 tile; ACT names an entry of `common.activations.ACTIVATIONS`."""
     if ACT == "silu":
-        y = x * tl.sigmoid(x)
+        y = x * _sigmoid(x, FAST_TANH)
     elif ACT == "gelu":
         y = 0.5 * x * (1.0 + tl.erf(x * INV_SQRT_2))
     elif ACT == "gelu_tanh":
@@ -58,7 +73,7 @@ def activation(x, ACT: tl.constexpr):
     elif ACT == "relu2":
         y = tl.maximum(x, 0.0) * tl.maximum(x, 0.0)
     elif ACT == "sigmoid":
-        y = tl.sigmoid(x)
+        y = _sigmoid(x, FAST_TANH)
     elif ACT == "identity":
         y = x
     else:
@@ -68,10 +83,10 @@ def activation(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def activation_grad(x, ACT: tl.constexpr):
+def activation_grad(x, ACT: tl.constexpr, FAST_TANH: tl.constexpr):
     """Act'(x) for an fp32 tile."""
     if ACT == "silu":
-        s = tl.sigmoid(x)
+        s = _sigmoid(x, FAST_TANH)
         y = s * (1.0 + x * (1.0 - s))
     elif ACT == "gelu":
         y = 0.5 * (1.0 + tl.erf(x * INV_SQRT_2)) + x * tl.exp(-0.5 * x * x) * INV_SQRT_2PI
@@ -84,7 +99,7 @@ def activation_grad(x, ACT: tl.constexpr):
     elif ACT == "relu2":
         y = 2.0 * tl.maximum(x, 0.0)
     elif ACT == "sigmoid":
-        s = tl.sigmoid(x)
+        s = _sigmoid(x, FAST_TANH)
         y = s * (1.0 - s)
     elif ACT == "identity":
         y = tl.full(x.shape, 1.0, tl.float32)
@@ -110,6 +125,7 @@ def gdpa_fwd_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     ACT: tl.constexpr,
+    FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
     OUT_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
@@ -129,7 +145,7 @@ def gdpa_fwd_kernel(
         v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
-        p = tl.where(real, activation(s * QK_SCALE, ACT), 0.0)
+        p = tl.where(real, activation(s * QK_SCALE, ACT, FAST_TANH), 0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     store_rows(OUT, b, h, rows, dims, acc * OUT_SCALE, T_Q, H, D)
 
@@ -152,6 +168,7 @@ def gdpa_dkdv_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     ACT: tl.constexpr,
+    FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
     OUT_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
@@ -181,9 +198,9 @@ def gdpa_dkdv_kernel(
         do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
         st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * QK_SCALE
         real = visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL)
-        pt = tl.where(real, activation(st, ACT), 0.0)
+        pt = tl.where(real, activation(st, ACT, FAST_TANH), 0.0)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = tl.where(real, dpt * activation_grad(st, ACT), 0.0)
+        dst = tl.where(real, dpt * activation_grad(st, ACT, FAST_TANH), 0.0)
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
     offset = split * SPLIT_STRIDE
@@ -208,6 +225,7 @@ def gdpa_dq_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     ACT: tl.constexpr,
+    FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
     OUT_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
@@ -229,6 +247,6 @@ def gdpa_dq_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * QK_SCALE
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
-        ds = tl.where(real, dp * activation_grad(s, ACT), 0.0)
+        ds = tl.where(real, dp * activation_grad(s, ACT, FAST_TANH), 0.0)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     store_rows(DQ, b, h, rows, dims, dq * (QK_SCALE * OUT_SCALE), T_Q, H, D)

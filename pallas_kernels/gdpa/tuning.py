@@ -7,9 +7,9 @@ Self-attention-shaped GDPA is the "long" regime and uses flash-attention-like sq
 Provenance: hand-picked starting points from the FlashAttention conventions (Triton tutorial
 tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. The GPU rows
 are checked statically: the Triton-language kernels compile with them for the generations they
-serve within shared memory and without register spills
-(benchmarks/kernels/triton_cuda_resources.py). Re-tune with `benchmarks/kernels/gdpa.py
---block-q/--block-kv` on the target device and edit the table.
+serve within shared memory and without register spills, and on Hopper (up to D = 128) without
+warpgroups repeating MMAs (benchmarks/kernels/triton_cuda_resources.py). Re-tune with
+`benchmarks/kernels/gdpa_autotune.py --install` on the target device.
 Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and backward).
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 
 from pallas_kernels.common.blocks import cdiv
-from pallas_kernels.common.tiles import BlockSizes
+from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 
 SHORT_KV_MAX = 256  # Tkv <= this is the "short" regime.
 
@@ -38,12 +38,18 @@ _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     ("tpu", "", 256, "short", BlockSizes(512, 256, 256, 256)),
     ("tpu", "", 128, "long", BlockSizes(512, 512, 256, 256)),
     ("tpu", "", 256, "long", BlockSizes(256, 512, 256, 256)),
-    # NVIDIA Hopper (H100 / H200), Triton: tutorial tiles; fewer warps for small D.
+    # NVIDIA Hopper (H100 / H200), Triton: tutorial tiles; fewer warps for small D. Triton
+    # gives each warpgroup (4 warps) 64 rows of a wgmma tile: with more warpgroups than a
+    # tile's 64-row slices they repeat its MMAs and activations (the SASS shows it:
+    # mma_useful_fraction in benchmarks/results/triton_cuda_resources.json), so 64-row tiles
+    # get 4 warps. Exceptions that would spill with 4 warps: the D=256 backward (8 warps,
+    # repeating: 0.6-0.67 of its MMA work is useful).
     ("gpu", "NVIDIA H", 64, "short", BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=2)),
-    ("gpu", "NVIDIA H", 128, "short", BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=2)),
+    ("gpu", "NVIDIA H", 128, "short", triton_sizes(128, 64, 64, 64, warps=(8, 4), stages=(2, 2))),
     ("gpu", "NVIDIA H", 64, "long", BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=3)),
-    ("gpu", "NVIDIA H", 128, "long", BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3)),
-    ("gpu", "NVIDIA H", 256, "long", BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
+    ("gpu", "NVIDIA H", 128, "long", triton_sizes(128, 64, 64, 64, warps=(8, 4), stages=(3, 2))),
+    ("gpu", "NVIDIA H", 256, "long", triton_sizes(64, 64, 32, 32, warps=(4, 8), stages=(2, 2))),
+    ("gpu", "NVIDIA H", 256, "short", triton_sizes(64, 64, 32, 32, warps=(4, 8), stages=(2, 2))),
     # Any other GPU (Ampere, Blackwell through Triton): conservative tiles, 8 warps (with 4 the
     # D=128 backward and the D=256 kernels spill registers on sm_80 and sm_100).
     ("gpu", "", 128, "short", BlockSizes(64, 64, 64, 64, num_warps=8, num_stages=2)),

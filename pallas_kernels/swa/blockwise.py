@@ -33,7 +33,7 @@ class SwaSpec:
 
 # Per kernel: (matmuls of 2·D FLOPs per score, arrays of the outer (per-program) side moved
 # once, arrays of the inner (streamed) side moved once per visited step).
-_KERNEL_TRAFFIC = {
+KERNEL_TRAFFIC = {
     "fwd": (2, 2, 2),  # S, PV; outer q, o; inner k, v
     "dq": (3, 3, 2),  # S, dP, dQ; outer q, dO, dQ; inner k, v
     "dkdv": (4, 4, 2),  # Sᵀ, dPᵀ, dV, dK; outer k, v, dK, dV; inner q, dO
@@ -53,7 +53,7 @@ def cost_estimate(
     k for "dkdv"). One exp per score."""
     batch, t_outer, heads, dim = outer.shape
     scores = batch * heads * t_outer * steps * block_inner
-    matmuls, outer_moves, inner_moves = _KERNEL_TRAFFIC[kernel]
+    matmuls, outer_moves, inner_moves = KERNEL_TRAFFIC[kernel]
     itemsize = outer.dtype.itemsize
     streamed = batch * heads * (t_outer // block_outer) * steps * block_inner * dim * itemsize
     return pl.CostEstimate(

@@ -13,7 +13,7 @@ Explicit `block_q` / `block_kv` arguments to `swa_attention` override these (fwd
 
 from __future__ import annotations
 
-from pallas_kernels.common.tiles import BlockSizes
+from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 
 # (platform, device-kind prefix ("" = any), max head dim, max window (None = any)) -> sizes.
 # Lookup takes the first row whose platform and prefix match and whose bounds cover (D, w);
@@ -25,9 +25,11 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     ("tpu", "", 128, None, BlockSizes(512, 512, 256, 256)),
     ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
     # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
-    # checked for spills and shared memory by benchmarks/kernels/triton_cuda_resources.py.
+    # checked for spills, shared memory and repeated MMAs (8 warps on 64-row Hopper tiles, see
+    # gdpa.tuning) by benchmarks/kernels/triton_cuda_resources.py. The D=128 backward takes
+    # 32-query tiles: with 64 its dK/dV kernel spills at 4 warps. D=256 spills at 4 warps.
     ("gpu", "NVIDIA H", 64, None, BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=3)),
-    ("gpu", "NVIDIA H", 128, None, BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3)),
+    ("gpu", "NVIDIA H", 128, None, triton_sizes(128, 64, 32, 64, warps=(8, 4), stages=(3, 2))),
     ("gpu", "NVIDIA H", 256, None, BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
     # 3 stages: with 2, the D=128 dK/dV kernel spills on sm_100.
     ("gpu", "", 128, None, BlockSizes(64, 64, 64, 64, num_warps=8, num_stages=3)),

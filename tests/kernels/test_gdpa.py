@@ -278,8 +278,12 @@ def test_tuning_table():
     short = default_block_sizes("tpu", "TPU v5 lite", 128, 64)
     long_ = default_block_sizes("tpu", "TPU v6 lite", 128, 4096)
     assert (short.block_q, long_.block_q) == (1024, 512)
-    assert default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 128, SHORT_KV_MAX + 1).num_warps == 8
-    assert default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64, 4096).num_warps == 4
+    h100_long = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 128, SHORT_KV_MAX + 1)
+    # Hopper's 64-row backward tiles take one warpgroup (two would repeat the MMAs).
+    assert h100_long.triton_options(backward=False) == (8, 3)
+    assert h100_long.triton_options(backward=True) == (4, 2)
+    d64 = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64, 4096)
+    assert d64.triton_options(backward=False) == d64.triton_options(backward=True) == (4, 3)
     assert default_block_sizes("cpu", "cpu", 64, 64) == BlockSizes(64, 64, 64, 64)
     assert short.with_overrides(256, None) == BlockSizes(256, 256, 256, 256)
 

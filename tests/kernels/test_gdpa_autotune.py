@@ -88,9 +88,10 @@ def test_tuner_end_to_end_on_cpu(tmp_path):
 
 def test_search_spaces():
     triton = gdpa_autotune.candidates("pallas_triton")
-    assert len(triton) == len(set(triton)) == 24
+    assert len(triton) == len(set(triton)) == 36
     assert all(c.block_q == c.block_q_bwd and c.block_kv == c.block_kv_bwd for c in triton)
-    assert {c.num_warps for c in triton} == {4, 8}
+    warps = {(c.triton_options(False)[0], c.triton_options(True)[0]) for c in triton}
+    assert warps == {(4, 4), (8, 4), (8, 8)}  # (forward, backward)
     assert all(
         c.block_q % 128 == 0 and c.block_kv % 128 == 0
         for c in gdpa_autotune.candidates("pallas_tpu")

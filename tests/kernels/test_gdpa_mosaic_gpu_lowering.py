@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pallas_kernels.common.activations import ACTIVATIONS
+from pallas_kernels.common.activations import ACTIVATIONS, SIGMOID_FAMILY
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, gdpa_mosaic_gpu
 from tests.kernels.helpers import B200, H100, lowering_for_gpu
 
@@ -69,7 +69,14 @@ def test_forward_and_backward_lower(arch, activation, case):
             .trace(*args)
             .lower(lowering_platforms=("cuda",))
         )
-    assert lowered.as_text().count("@mosaic_gpu_v2") == 3  # forward, dQ, dK/dV
+    text = lowered.as_text()
+    assert text.count("@mosaic_gpu_v2") == 3  # forward, dQ, dK/dV
+    # silu / sigmoid compile with approx_math: each kernel's σ is one tanh.approx.f32 and no
+    # division is left; every other activation keeps exact math (gelu_tanh its exact tanh).
+    sigmoid_family = activation in SIGMOID_FAMILY
+    assert text.count("tanh.approx.f32") == (3 if sigmoid_family else 0)
+    if sigmoid_family:
+        assert "divf" not in text
 
 
 def test_the_blackwell_context_sets_the_arch_mosaic_gpu_lowers_for():

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pallas_kernels.common.activations import ACTIVATIONS
+from pallas_kernels.common.activations import ACTIVATIONS, SIGMOID_FAMILY
 from pallas_kernels.gdpa.api import gdpa_pallas
 from tests.kernels.helpers import H100, lowering_for_gpu
 
@@ -29,11 +29,8 @@ SHAPES = [  # (Tq, Tkv, window, causal)
 ]
 
 
-@pytest.mark.parametrize(
-    ("activation", "shape"),
-    [(a, SHAPES[i % len(SHAPES)]) for i, a in enumerate(sorted(ACTIVATIONS))],
-)
-def test_fwd_and_bwd_lower_to_triton(activation, shape):
+def _lowered_fwd_and_bwd(activation: str, shape, dtype) -> str:
+    """StableHLO of value_and_grad of a pallas_triton GDPA lowered for an H100."""
     tq, tkv, window, causal = shape
 
     def loss(q, k, v, q_lengths, kv_lengths):
@@ -58,9 +55,9 @@ def test_fwd_and_bwd_lower_to_triton(activation, shape):
         return o.astype(jnp.float32).sum()
 
     args = (
-        jax.ShapeDtypeStruct((B, tq, H, D), jnp.bfloat16),
-        jax.ShapeDtypeStruct((B, tkv, H, D), jnp.bfloat16),
-        jax.ShapeDtypeStruct((B, tkv, H, D), jnp.bfloat16),
+        jax.ShapeDtypeStruct((B, tq, H, D), dtype),
+        jax.ShapeDtypeStruct((B, tkv, H, D), dtype),
+        jax.ShapeDtypeStruct((B, tkv, H, D), dtype),
         jax.ShapeDtypeStruct((B,), jnp.int32),
         jax.ShapeDtypeStruct((B,), jnp.int32),
     )
@@ -70,7 +67,23 @@ def test_fwd_and_bwd_lower_to_triton(activation, shape):
             .trace(*args)
             .lower(lowering_platforms=("cuda",))
         )
-    hlo = lowered.as_text()
+    return lowered.as_text()
+
+
+@pytest.mark.parametrize(
+    ("activation", "shape"),
+    [(a, SHAPES[i % len(SHAPES)]) for i, a in enumerate(sorted(ACTIVATIONS))],
+)
+def test_fwd_and_bwd_lower_to_triton(activation, shape):
+    hlo = _lowered_fwd_and_bwd(activation, shape, jnp.bfloat16)
     assert hlo.count("__gpu$xla.gpu.triton") == 3  # forward, dK/dV, dQ
     for kernel in ("gdpa_fwd_triton", "gdpa_dkdv_triton", "gdpa_dq_triton"):
         assert kernel in hlo
+    # bf16 silu / sigmoid: each kernel's σ is one PTX tanh.approx.f32 (`kernel_tanh`).
+    assert hlo.count("tanh.approx.f32") == (3 if activation in SIGMOID_FAMILY else 0)
+
+
+def test_fp32_inputs_keep_the_exact_activation():
+    hlo = _lowered_fwd_and_bwd("silu", SHAPES[0], jnp.float32)
+    assert hlo.count("__gpu$xla.gpu.triton") == 3
+    assert "tanh.approx" not in hlo

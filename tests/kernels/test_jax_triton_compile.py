@@ -27,13 +27,12 @@ from tests.kernels.helpers import REPO
 KERNELS = ("fwd", "dkdv", "dq")
 
 
-def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp_path):
-    out = tmp_path / "resources.json"
+def _compile_run(tmp_path, *argv: str) -> str:
+    """stdout of `python *argv` with Triton compiling (TRITON_INTERPRET unset), on CPU."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env |= {"JAX_PLATFORMS": "cpu", "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
-    command = ["-m", "benchmarks.kernels.triton_cuda_resources", "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, *command, "--activations", "silu"],
+        [sys.executable, *argv],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -42,6 +41,13 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp_path):
+    out = tmp_path / "resources.json"
+    command = ["-m", "benchmarks.kernels.triton_cuda_resources", "--out", str(out)]
+    _compile_run(tmp_path, *command, "--activations", "silu")
     results = json.loads(out.read_text())["results"]
     expected = {
         (row.op, row.prefix, row.head_dim, row.regime, capability, kernel)
@@ -70,3 +76,46 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp
         for r in results
         if r["capability"] == 100 and r["kernel"] == "fwd"
     )
+    for r in results:
+        what = f"{r['op']} D={r['head_dim']} {r['regime']} sm_{r['capability']} {r['kernel']}"
+        useful = r["mma_useful_fraction"]
+        assert useful is None or 0 < useful <= 1.0, what  # no kernel beats its tile's MMAs
+        if r["capability"] != 90 or r["head_dim"] > 128:
+            continue
+        # Hopper rows up to D=128: no warpgroup repeats another's MMAs or activations (the
+        # D=256 backward does, documented in gdpa.tuning), one MUFU per score: tanh.approx for
+        # GDPA's silu (σ shared by Act and Act'), ex2 for SWA's softmax (+ per-row rescales).
+        assert useful == 1.0, what
+        mufu = r["mufu_per_score"]
+        assert mufu == 1.0 if r["op"] == "gdpa" else 1.0 <= mufu <= 1.1, f"{what}: {mufu}"
+
+
+# Compiles one row's three GDPA kernels with and without FAST_TANH and prints the MUFU
+# instructions of their main loops.
+_MUFU_SCRIPT = """
+import dataclasses, json
+from benchmarks.kernels.triton_cuda_resources import gpu_rows, row_launches
+from pallas_kernels.common.triton_compile import compile_for_cuda
+row = next(r for r in gpu_rows() if (r.op, r.prefix, r.head_dim, r.regime)
+           == ("gdpa", "NVIDIA H", 128, "long"))
+mufu = {}
+for act in ("silu", "sigmoid", "gelu_tanh"):  # FAST_TANH must leave gelu_tanh exact
+    for kernel, launch in row_launches(row, act).items():
+        for fast in (True, False):
+            c = {**launch.constexprs, "FAST_TANH": fast}
+            binary = compile_for_cuda(dataclasses.replace(launch, constexprs=c), 90)
+            mufu[f"{act} {kernel} {fast}"] = binary.loop.mufu
+print(json.dumps(mufu))
+"""
+
+
+def test_the_hardware_tanh_halves_the_special_function_instructions(tmp_path):
+    """σ as 1 / (1 + e^-x) is two MUFU instructions (ex2, rcp), through tanh.approx one: every
+    GDPA kernel of the Hopper D=128 row, silu and sigmoid. gelu_tanh keeps its exact tanh."""
+    mufu = json.loads(_compile_run(tmp_path, "-c", _MUFU_SCRIPT).splitlines()[-1])
+    for kernel in KERNELS:
+        for act in ("silu", "sigmoid"):
+            fast, exact = mufu[f"{act} {kernel} True"], mufu[f"{act} {kernel} False"]
+            assert fast > 0, (act, kernel)
+            assert exact == 2 * fast, (act, kernel, fast, exact)
+        assert mufu[f"gelu_tanh {kernel} True"] == mufu[f"gelu_tanh {kernel} False"] > 0
