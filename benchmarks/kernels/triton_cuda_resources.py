@@ -7,7 +7,10 @@ No GPU needed: Triton's compiler and bundled ptxas build each kernel (forward, d
 cubin for the GPU generations a row serves ("NVIDIA H" rows: sm_90; the generic rows: sm_80
 and sm_100) at that row's largest head dim, and ptxas reports registers and spills. A launch
 fits when it spills nothing and its shared memory is within the generation's per-block limit;
-a row that does not fit fails at launch (shared memory) or runs slowly (spills). The rows are
+a row that does not fit fails at launch (shared memory) or runs slowly (spills). Each MMA loop
+of the disassembly (`common/sass.py`: the loop over wholly visible blocks, the masked one) is
+measured per score of its tile: SASS and MUFU instructions a thread issues and the fraction of
+the executed MMA work the tile needs (below 1: warpgroups repeat MMAs). The rows are
 `gdpa.tuning`'s (GDPA, both Tkv regimes) and `swa.tuning`'s GPU rows (SWA at w = 128, causal).
 These are the `jax_triton` kernels' numbers; the Pallas Triton GDPA kernels share the GDPA
 tiles but are compiled by jaxlib's own Triton, which needs a GPU. Run with TRITON_INTERPRET
@@ -107,16 +110,10 @@ def row_launches(row: Row, activation: str) -> dict[str, TritonLaunch]:
     }
 
 
-def row_resources(row: Row, activation: str, exact_sigmoid: bool = False) -> list[dict]:
-    """One record per (generation, kernel) of a row. exact_sigmoid: GDPA's σ as 1 / (1 + e^-x)
-    instead of through tanh.approx (FAST_TANH off; what the kernels compiled before it)."""
+def row_resources(row: Row, activation: str) -> list[dict]:
+    """One record per (generation, kernel) of a row."""
     records = []
     launches = row_launches(row, activation)
-    if exact_sigmoid and row.op == "gdpa":
-        launches = {
-            kernel: dataclasses.replace(launch, constexprs=launch.constexprs | {"FAST_TANH": False})
-            for kernel, launch in launches.items()
-        }
     for capability in ROW_CAPABILITIES[row.prefix]:
         for kernel, launch in launches.items():
             binary = compile_for_cuda(launch, capability)
@@ -131,7 +128,7 @@ def row_resources(row: Row, activation: str, exact_sigmoid: bool = False) -> lis
                     activation=activation if row.op == "gdpa" else None,
                     kernel=kernel,
                     **dataclasses.asdict(binary),
-                    **loop_efficiency(row.op, kernel, launch, binary),
+                    loops_per_score=loops_per_score(row.op, kernel, launch, binary),
                     programs_per_sm=programs_per_sm(binary),
                     shared_limit_bytes=limit,
                     fits=why_not_fit(binary) is None,
@@ -140,21 +137,27 @@ def row_resources(row: Row, activation: str, exact_sigmoid: bool = False) -> lis
     return records
 
 
-def loop_efficiency(op: str, kernel: str, launch: TritonLaunch, binary: CudaBinary) -> dict:
-    """Per score of the main loop's tile, per thread: SASS instructions and MUFU instructions;
-    and the tile's own MMA FLOPs over those the loop executes (below 1: warpgroups repeat
-    MMAs; None on Blackwell, whose tcgen05 shapes are not in the opcodes)."""
+def loops_per_score(op: str, kernel: str, launch: TritonLaunch, binary: CudaBinary) -> list:
+    """Per MMA loop (`sass.mma_loops`), fewest instructions first (the loop over wholly visible
+    blocks, then masked ones), per score of the tile and per thread: SASS instructions and
+    MUFU instructions; and the tile's own MMA FLOPs over those the loop executes (below 1:
+    warpgroups repeat MMAs; None on Blackwell, whose tcgen05 shapes are not in the opcodes)."""
     c = launch.constexprs
     rows, cols = c["BLOCK_Q"], c["BLOCK_KV"]
     scores_per_thread = rows * cols / (32 * binary.num_warps)
     traffic = (gdpa_blockwise if op == "gdpa" else swa_blockwise).KERNEL_TRAFFIC
     tile_flops = traffic[kernel][0] * 2 * rows * cols * c["BLOCK_D"]
-    executed = binary.loop.mma_flops
-    return dict(
-        instructions_per_score=round(binary.loop.instructions / scores_per_thread, 2),
-        mufu_per_score=round(binary.loop.mufu / scores_per_thread, 3),
-        mma_useful_fraction=None if executed is None else round(tile_flops / executed, 3),
-    )
+    loops = [
+        dict(
+            instructions=round(loop.instructions / scores_per_thread, 2),
+            mufu=round(loop.mufu / scores_per_thread, 3),
+            mma_useful_fraction=None
+            if loop.mma_flops is None
+            else round(tile_flops / loop.mma_flops, 3),
+        )
+        for loop in binary.loops
+    ]
+    return sorted(loops, key=lambda loop: loop["instructions"])
 
 
 def programs_per_sm(binary: CudaBinary) -> int:
@@ -182,29 +185,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--activations", nargs="+", default=["silu", "gelu"], help="GDPA activations"
     )
-    parser.add_argument(
-        "--exact-sigmoid",
-        action="store_true",
-        help="compile GDPA's sigmoid as 1 / (1 + e^-x), not through tanh.approx (comparisons)",
-    )
     args = parser.parse_args(argv)
     records = []
     for row in gpu_rows():
         for activation in args.activations if row.op == "gdpa" else args.activations[:1]:
-            for r in row_resources(row, activation, args.exact_sigmoid):
+            for r in row_resources(row, activation):
                 records.append(r)
                 print(
                     f"{r['op']:4s} {row.prefix or 'any GPU':9s} D{row.head_dim:<4d} {row.regime} "
                     f"{r['activation'] or '':5s} sm_{r['capability']} {r['kernel']:4s} shared "
                     f"{r['shared_bytes'] // 1024:4d} KiB regs {r['registers']:3d} spills "
-                    f"{r['spill_bytes']:5d} mufu/score {r['mufu_per_score']:.2f} mma useful "
-                    f"{r['mma_useful_fraction']} {'ok' if r['fits'] else 'DOES NOT FIT'}"
+                    f"{r['spill_bytes']:5d} instructions/score "
+                    f"{'/'.join(str(loop['instructions']) for loop in r['loops_per_score'])} "
+                    f"{'ok' if r['fits'] else 'DOES NOT FIT'}"
                 )
     report = dict(
         environment=environment(),
         compiler=compiler_versions(),
         kind="compiled_static",
-        exact_sigmoid=args.exact_sigmoid,
         shapes=dict(
             batch=BATCH, heads=HEADS, tq=TQ, tkv=TKV, swa_window=SWA_WINDOW, dtype="bfloat16"
         ),

@@ -7,11 +7,13 @@ Mask (same predicate as `masks.attention_mask`): query i may see key j iff
 The range helpers take scalars that may be Python ints or traced int32 values (kernel program
 ids, lengths read from SMEM), so the same code runs in index maps, kernel bodies and tests.
 Every returned range is tight: each block in [lo, hi) holds at least one visible position, and
-no block outside it does (tests/kernels/test_gdpa_blocks.py checks this against the mask).
+no block outside it does; the `unmasked_*` ranges hold exactly the wholly visible blocks, where
+kernels skip the mask (tests/kernels/test_gdpa_blocks.py checks both against the mask).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -111,6 +113,76 @@ def q_block_range(
     if causal:
         row_lo = jnp.maximum(row_lo, first_col)
     return _block_range(row_lo, row_hi, last_col < first_col, block_q)
+
+
+def _whole_blocks(lo_pos: Int, last_pos: Int, empty: jax.Array, block: int) -> tuple[Int, Int]:
+    """Blocks [lo, hi) lying wholly inside positions [lo_pos, last_pos]; hi == lo when
+    `empty`. Clamped like `_block_range`, so truncating division is floor division."""
+    lo_pos = jnp.maximum(jnp.asarray(lo_pos, jnp.int32), 0)
+    end = jnp.maximum(jnp.asarray(last_pos, jnp.int32) + 1, 0)
+    lo = jax.lax.div(lo_pos + block - 1, block)
+    hi = jnp.maximum(jax.lax.div(end, block), lo)
+    return lo, jnp.where(empty, lo, hi)
+
+
+def unmasked_kv_block_range(
+    q_block: Int,
+    *,
+    block_q: int,
+    block_kv: int,
+    q_len: Int,
+    kv_len: Int,
+    window: int | None,
+    causal: bool,
+) -> tuple[Int, Int]:
+    """KV blocks [lo, hi) whose tiles with query block `q_block` are wholly visible (exactly
+    the blocks `block_unmasked` holds for: they form one run): kernels skip the mask there."""
+    first_row = q_block * block_q
+    last_row = first_row + block_q - 1
+    col_lo: Int = 0
+    col_last: Int = kv_len - 1
+    if window is not None:
+        col_lo = last_row - window
+        col_last = jnp.minimum(col_last, first_row + window)
+    if causal:
+        col_last = jnp.minimum(col_last, first_row)
+    return _whole_blocks(col_lo, col_last, last_row >= q_len, block_kv)
+
+
+def unmasked_q_block_range(
+    kv_block: Int,
+    *,
+    block_q: int,
+    block_kv: int,
+    q_len: Int,
+    kv_len: Int,
+    window: int | None,
+    causal: bool,
+) -> tuple[Int, Int]:
+    """Query blocks [lo, hi) whose tiles with key block `kv_block` are wholly visible."""
+    first_col = kv_block * block_kv
+    last_col = first_col + block_kv - 1
+    row_lo: Int = 0
+    row_last: Int = q_len - 1
+    if window is not None:
+        row_lo = last_col - window
+        row_last = jnp.minimum(row_last, first_col + window)
+    if causal:
+        row_lo = jnp.maximum(row_lo, last_col)
+    return _whole_blocks(row_lo, row_last, last_col >= kv_len, block_q)
+
+
+def masked_split_loop(lo: Int, hi: Int, unmasked: tuple[Int, Int] | None, body, init):
+    """fori_loop of body(j, carry, masked) over blocks [lo, hi), `masked` a Python bool: False
+    for the blocks of the `unmasked` range (an `unmasked_*_block_range`), True for the rest;
+    so only the boundary blocks pay for the mask. unmasked None: one masked loop."""
+    if unmasked is None:
+        return jax.lax.fori_loop(lo, hi, functools.partial(body, masked=True), init)
+    a = jnp.clip(unmasked[0], lo, hi)
+    b = jnp.clip(unmasked[1], a, hi)
+    carry = jax.lax.fori_loop(lo, a, functools.partial(body, masked=True), init)
+    carry = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), carry)
+    return jax.lax.fori_loop(b, hi, functools.partial(body, masked=True), carry)
 
 
 def _max_span_blocks(

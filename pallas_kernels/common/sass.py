@@ -1,12 +1,13 @@
-"""The main loop of a compiled CUDA kernel read from its SASS: instruction mix and MMA work.
+"""The MMA loops of a compiled CUDA kernel read from its SASS: instruction mix and MMA work.
 
-`nvdisasm` (bundled with Triton, no GPU needed) disassembles a cubin. The main loop is the
-longest loop (backward branch) with MMA instructions in it, an attention kernel's loop over the
-streamed blocks, or the whole kernel where the compiler removed that loop (one streamed block,
-e.g. the short-K/V forward). Per iteration it reports the instructions one thread issues, how
-many of them are special-function (MUFU: ex2, rcp, tanh, ...) instructions, which share 16
-results per clock per SM on Hopper, and the tensor-core FLOPs the program's MMA instructions
-execute: HGMMA.MxNxK (sm_90 wgmma, one per warpgroup) and HMMA.MNK (mma.sync, one per warp).
+`nvdisasm` (bundled with Triton, no GPU needed) disassembles a cubin. An MMA loop is a loop
+(backward branch) with MMA instructions in it: an attention kernel's loops over the streamed
+blocks (e.g. one over wholly visible blocks, one over masked ones), or the whole kernel where
+the compiler removed them (one streamed block, e.g. the short-K/V forward). Per iteration each
+reports the instructions one thread issues, how many of them are special-function (MUFU: ex2,
+rcp, tanh, ...) instructions, which share 16 results per clock per SM on Hopper, and the
+tensor-core FLOPs the program's MMA instructions execute: HGMMA.MxNxK (sm_90 wgmma, one per
+warpgroup) and HMMA.MNK (mma.sync, one per warp).
 Comparing those FLOPs with the tile's own exposes MMAs that several warpgroups repeat.
 Blackwell's tcgen05 MMAs carry their shape in a descriptor, not the opcode: counted as None.
 """
@@ -46,8 +47,9 @@ def disassemble(cubin: bytes, nvdisasm: str) -> str:
         ).stdout
 
 
-def main_loop_mix(sass: str, num_warps: int) -> LoopMix:
-    """The instruction mix of a SASS listing's main loop (see the module docstring)."""
+def mma_loops(sass: str, num_warps: int) -> tuple[LoopMix, ...]:
+    """The instruction mix of each MMA loop of a SASS listing in program order, or of the
+    whole listing if no loop has MMAs (see the module docstring)."""
     lines = sass.splitlines()
     labels = {m[1]: i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
     loops = [
@@ -55,13 +57,14 @@ def main_loop_mix(sass: str, num_warps: int) -> LoopMix:
         for i, line in enumerate(lines)
         if (m := _BRANCH.search(line)) and labels.get(m[1], i) < i
     ]
-    opcodes = max((loop for loop in loops if any(map(_is_mma, loop))), key=len, default=None)
-    if opcodes is None:
-        opcodes = _opcodes(lines)
-    return LoopMix(
-        instructions=len(opcodes),
-        mufu=sum(op.startswith("MUFU.") for op in opcodes),
-        mma_flops=_mma_flops(opcodes, num_warps),
+    loops = [loop for loop in loops if any(map(_is_mma, loop))] or [_opcodes(lines)]
+    return tuple(
+        LoopMix(
+            instructions=len(opcodes),
+            mufu=sum(op.startswith("MUFU.") for op in opcodes),
+            mma_flops=_mma_flops(opcodes, num_warps),
+        )
+        for opcodes in loops
     )
 
 

@@ -25,6 +25,9 @@ class BlockSizes:
     num_stages: int = 2
     num_warps_bwd: int | None = None
     num_stages_bwd: int | None = None
+    # Triton: loop over the wholly visible blocks apart, without building the mask (a second
+    # loop body, so more registers: off where the static check finds it spills).
+    unmasked_loop: bool = True
 
     def triton_options(self, backward: bool) -> tuple[int, int]:
         """(num_warps, num_stages) of the forward kernel or of a backward one."""

@@ -2,7 +2,7 @@
 
 Triton's own compiler and its bundled ptxas build the kernel for the launch's constexprs and
 pointer dtypes, with the 16-byte alignment jax-triton specializes on; `ptxas -v` then reports
-registers and spills, and the disassembly the main loop's instruction mix (`sass.py`). CI uses
+registers and spills, and the disassembly the MMA loops' instruction mix (`sass.py`). CI uses
 it to check that every tile-table row fits the shared memory of the generations it serves,
 spills nothing and repeats no MMAs (benchmarks/kernels/triton_cuda_resources.py).
 The kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pallas_kernels.common.sass import LoopMix, disassemble, main_loop_mix
+from pallas_kernels.common.sass import LoopMix, disassemble, mma_loops
 from pallas_kernels.common.triton_launch import TritonLaunch
 
 # jnp dtype name -> Triton pointer element type.
@@ -35,7 +35,7 @@ class CudaBinary:
     spill_bytes: int  # spill stores + spill loads per thread
     cubin_bytes: int
     num_warps: int
-    loop: LoopMix  # the main loop's instruction mix (`sass.main_loop_mix`)
+    loops: tuple[LoopMix, ...]  # the MMA loops' instruction mixes (`sass.mma_loops`)
 
 
 def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
@@ -74,7 +74,7 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
         spill_bytes=spills,
         cubin_bytes=len(compiled.asm["cubin"]),
         num_warps=compiled.metadata.num_warps,
-        loop=main_loop_mix(sass, compiled.metadata.num_warps),
+        loops=mma_loops(sass, compiled.metadata.num_warps),
     )
 
 

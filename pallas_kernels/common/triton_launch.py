@@ -59,8 +59,9 @@ def attention_launch(
     [B, Tkv, H, D] (jax arrays, or ShapeDtypeStructs for `compile_for_cuda`); one output per
     array of `outputs_like`, with its shape and dtype. Fills the constexprs every attention
     kernel takes (`common/triton_tiles.py`: T_Q, T_KV, H, D, BLOCK_D, BLOCK_Q, BLOCK_KV, WINDOW,
-    CAUSAL, PRECISION) and adds `op_constexprs`. The third grid axis has `splits` programs (a
-    "dkdv" kernel's query splits, `tuning.dkdv_q_splits`; 1 for every other kernel)."""
+    CAUSAL, PRECISION, UNMASKED_LOOP) and adds `op_constexprs`. The third grid axis has
+    `splits` programs (a "dkdv" kernel's query splits, `tuning.dkdv_q_splits`; 1 for every
+    other kernel)."""
     q, k = inputs[0], inputs[1]
     batch, tq, heads, dim = q.shape
     fwd = kind == "fwd"
@@ -80,6 +81,7 @@ def attention_launch(
         CAUSAL=causal,
         # fp32 inputs: true fp32 products (Triton would use TF32), as the references compute.
         PRECISION="ieee" if q.dtype.name == "float32" else "tf32",
+        UNMASKED_LOOP=sizes.unmasked_loop,
     )
     return TritonLaunch(
         kernel,

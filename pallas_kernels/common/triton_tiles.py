@@ -4,7 +4,7 @@ Layout: [B, T, H, D] arrays, contiguous; lengths int32 [B] already clipped to [0
 is padded: rows past a length and head-dim lanes past D are masked loads (BLOCK_D is the next
 power of two >= D), so padded inputs are never read. Block ranges and the mask predicate
 restate `common/blocks.py` (tight ranges: padded, out-of-window and non-causal blocks are
-never visited); WINDOW < 0 means no window.
+never visited, and wholly visible blocks skip the mask); WINDOW < 0 means no window.
 """
 
 from __future__ import annotations
@@ -67,6 +67,91 @@ def q_block_range(
     if CAUSAL:
         row_lo = tl.maximum(row_lo, first_col)
     return _block_range(row_lo, row_hi, last_col < first_col, BLOCK_Q)
+
+
+@triton.jit
+def _whole_blocks(lo_pos, last_pos, empty, BLOCK: tl.constexpr):
+    """Blocks [lo, hi) wholly inside positions [lo_pos, last_pos]; hi == lo when `empty`."""
+    lo_pos = tl.maximum(lo_pos, 0)
+    end = tl.maximum(last_pos + 1, 0)
+    lo = (lo_pos + BLOCK - 1) // BLOCK
+    hi = tl.maximum(end // BLOCK, lo)
+    return lo, tl.where(empty, lo, hi)
+
+
+@triton.jit
+def unmasked_kv_block_range(
+    qi,
+    q_len,
+    kv_len,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """KV blocks [lo, hi) wholly visible to query block `qi` (`blocks.unmasked_kv_block_range`)."""
+    first_row = qi * BLOCK_Q
+    last_row = first_row + BLOCK_Q - 1
+    col_lo = first_row * 0
+    col_last = kv_len - 1
+    if WINDOW >= 0:
+        col_lo = last_row - WINDOW
+        col_last = tl.minimum(col_last, first_row + WINDOW)
+    if CAUSAL:
+        col_last = tl.minimum(col_last, first_row)
+    return _whole_blocks(col_lo, col_last, last_row >= q_len, BLOCK_KV)
+
+
+@triton.jit
+def unmasked_q_block_range(
+    kj,
+    q_len,
+    kv_len,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Query blocks [lo, hi) wholly visible to key block `kj` (`blocks.unmasked_q_block_range`)."""
+    first_col = kj * BLOCK_KV
+    last_col = first_col + BLOCK_KV - 1
+    row_lo = first_col * 0
+    row_last = q_len - 1
+    if WINDOW >= 0:
+        row_lo = last_col - WINDOW
+        row_last = tl.minimum(row_last, first_col + WINDOW)
+    if CAUSAL:
+        row_lo = tl.maximum(row_lo, last_col)
+    return _whole_blocks(row_lo, row_last, last_col >= kv_len, BLOCK_Q)
+
+
+@triton.jit
+def split_at_unmasked(lo, hi, whole, UNMASKED_LOOP: tl.constexpr):
+    """Blocks [lo, hi) cut at the wholly visible run `whole` = (lo', hi') into (lo, a, c, hi):
+    [lo, a) and [c, hi) masked, [a, c) not. Without UNMASKED_LOOP every block is masked (a
+    kernel with one loop body: fewer registers)."""
+    if UNMASKED_LOOP:
+        a = tl.minimum(tl.maximum(whole[0], lo), hi)
+        c = tl.minimum(tl.maximum(whole[1], a), hi)
+    else:
+        a = hi
+        c = hi
+    return lo, a, c, hi
+
+
+@triton.jit
+def split_count(ranges, MASKED: tl.constexpr):
+    """How many blocks of `ranges` = (lo, a, c, hi) (`split_at_unmasked`) are masked
+    ([lo, a) and [c, hi)) or, without MASKED, wholly visible ([a, c))."""
+    lo, a, c, hi = ranges
+    return (a - lo) + (hi - c) if MASKED else c - a
+
+
+@triton.jit
+def split_block(t, ranges, MASKED: tl.constexpr):
+    """The t-th of those blocks, in order."""
+    lo, a, c, _ = ranges
+    return tl.where(t < a - lo, lo + t, c + (t - (a - lo))) if MASKED else a + t
 
 
 @triton.jit

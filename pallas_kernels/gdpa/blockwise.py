@@ -114,37 +114,38 @@ class GdpaSpec:
         self, q_idx: jax.Array, kv_idx: jax.Array, q_len: blocks.Int, kv_len: blocks.Int
     ) -> jax.Array:
         """Mask predicate over broadcastable query/key position arrays."""
-        return blocks.visible(
-            q_idx, kv_idx, q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal
-        )
+        return blocks.visible(q_idx, kv_idx, **self._mask(q_len, kv_len))
 
     def kv_block_range(
         self, q_block: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
     ) -> tuple[blocks.Int, blocks.Int]:
         """KV blocks [lo, hi) query block `q_block` sees under this mask (`blocks`)."""
-        return blocks.kv_block_range(
-            q_block,
-            block_q=block_q,
-            block_kv=block_kv,
-            q_len=q_len,
-            kv_len=kv_len,
-            window=self.window,
-            causal=self.causal,
-        )
+        tiles = dict(block_q=block_q, block_kv=block_kv)
+        return blocks.kv_block_range(q_block, **tiles, **self._mask(q_len, kv_len))
 
     def q_block_range(
         self, kv_block: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
     ) -> tuple[blocks.Int, blocks.Int]:
         """Query blocks [lo, hi) that see key block `kv_block` under this mask."""
-        return blocks.q_block_range(
-            kv_block,
-            block_q=block_q,
-            block_kv=block_kv,
-            q_len=q_len,
-            kv_len=kv_len,
-            window=self.window,
-            causal=self.causal,
-        )
+        tiles = dict(block_q=block_q, block_kv=block_kv)
+        return blocks.q_block_range(kv_block, **tiles, **self._mask(q_len, kv_len))
+
+    def unmasked_kv_block_range(
+        self, q_block: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
+    ) -> tuple[blocks.Int, blocks.Int]:
+        """KV blocks [lo, hi) wholly visible to query block `q_block`: no mask needed."""
+        tiles = dict(block_q=block_q, block_kv=block_kv)
+        return blocks.unmasked_kv_block_range(q_block, **tiles, **self._mask(q_len, kv_len))
+
+    def unmasked_q_block_range(
+        self, kv_block: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
+    ) -> tuple[blocks.Int, blocks.Int]:
+        """Query blocks [lo, hi) wholly visible to key block `kv_block`: no mask needed."""
+        tiles = dict(block_q=block_q, block_kv=block_kv)
+        return blocks.unmasked_q_block_range(kv_block, **tiles, **self._mask(q_len, kv_len))
+
+    def _mask(self, q_len: blocks.Int, kv_len: blocks.Int) -> dict:
+        return dict(q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal)
 
     @property
     def grad_scale(self) -> float:

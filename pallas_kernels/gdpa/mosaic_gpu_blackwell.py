@@ -28,9 +28,11 @@ from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
     MosaicConfig,
     fetcher,
+    in_range,
     load_tiles,
     mosaic_kernel,
     program_tile,
+    store_scores,
     store_tile,
     stream_blocks,
     visible_tile,
@@ -51,13 +53,17 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
         bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
+        whole = spec.unmasked_kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         _zero(o_tmem)
 
         def step(j, slot):
             plgpu.barrier_wait(k_bar.at[slot])
             s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
-            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True)
-            p_smem[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: exactly 0
+            store_scores(
+                in_range(j, whole),
+                lambda: _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True),
+                (p_smem, spec.probs(s)),  # masked: exactly 0
+            )
             plgpu.commit_smem()
             plgpu.barrier_wait(v_bar.at[slot])
             _mma(o_tmem, p_smem, v_smem.at[slot], mma_bar)
@@ -99,6 +105,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
         tile = (bi, rows, hi)
         load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
+        whole = spec.unmasked_kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         _zero(dq_tmem)
 
         def step(j, slot):
@@ -106,8 +113,11 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
             plgpu.barrier_wait(v_bar.at[slot])
             dp = _mma_load(dp_tmem, do_smem, v_smem.at[slot].T, mma_bar)
-            real = _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True)
-            ds_smem[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
+            store_scores(
+                in_range(j, whole),
+                lambda: _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True),
+                (ds_smem, spec.score_grad(s, dp)),
+            )
             plgpu.commit_smem()
             _mma(dq_tmem, ds_smem, k_smem.at[slot], mma_bar)
 
@@ -153,6 +163,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
         bi, hi, ki, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "kv", block)
         load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
         lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
+        whole = spec.unmasked_q_block_range(ki, block, block, q_len, kv_len)
         _zero(dk_tmem)
         _zero(dv_tmem)
 
@@ -161,11 +172,15 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
             st = _mma_load(st_tmem, k_smem, q_smem.at[slot].T, mma_bar)
             plgpu.barrier_wait(do_bar.at[slot])
             dpt = _mma_load(dpt_tmem, v_smem, do_smem.at[slot].T, mma_bar)
-            real = _visible(spec, ki * block, j * block, st.shape, q_len, kv_len, False)
-            score_smem[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)  # Pᵀ
+            unmasked = in_range(j, whole)
+
+            def visible():
+                return _visible(spec, ki * block, j * block, st.shape, q_len, kv_len, False)
+
+            store_scores(unmasked, visible, (score_smem, spec.probs(st)))  # Pᵀ
             plgpu.commit_smem()
             _mma(dv_tmem, score_smem, do_smem.at[slot], mma_bar)
-            score_smem[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)  # dSᵀ
+            store_scores(unmasked, visible, (score_smem, spec.score_grad(st, dpt)))  # dSᵀ
             plgpu.commit_smem()
             _mma(dk_tmem, score_smem, q_smem.at[slot], mma_bar)
 

@@ -158,6 +158,28 @@ def visible_tile(
     return spec.visible(q_idx, kv_idx, q_len, kv_len)
 
 
+def store_scores(whole: jax.Array, visible: Callable[[], jax.Array], *tiles) -> None:
+    """Each (smem, fp32 value) of `tiles` → smem in its dtype, masked positions 0. A block
+    that is `whole`ly visible (a traced bool: its index in an `unmasked_*_block_range`) skips
+    the mask; `visible()` builds the mask tile only for the others."""
+
+    @pl.when(whole)
+    def _():
+        for smem, value in tiles:
+            smem[...] = value.astype(smem.dtype)
+
+    @pl.when(jnp.logical_not(whole))
+    def _():
+        real = visible()
+        for smem, value in tiles:
+            smem[...] = jnp.where(real, value, 0.0).astype(smem.dtype)
+
+
+def in_range(j: jax.Array, block_range: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """lo <= j < hi for block_range = (lo, hi)."""
+    return (j >= block_range[0]) & (j < block_range[1])
+
+
 def store_tile(staging_smem, value: jax.Array, out_gmem) -> None:
     """value (fp32) → staging SMEM in the output dtype → TMA to out_gmem, waited."""
     staging_smem[...] = value.astype(staging_smem.dtype)

@@ -37,10 +37,12 @@ from pallas_kernels.gdpa.mosaic_gpu_common import (
     MosaicConfig,
     consume_blocks,
     fetcher,
+    in_range,
     load_tiles,
     mosaic_kernel,
     produce_blocks,
     program_tile,
+    store_scores,
     store_tile,
     visible_tile,
 )
@@ -69,6 +71,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             rows, q_tile, p_tile = pl.ds(first, WG_ROWS), q_smem.at[wg], p_smem.at[wg]
             load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_tile), group=wg)
             pingpong = _PingPong(turn, wg)
+            whole = spec.unmasked_kv_block_range(first // WG_ROWS, WG_ROWS, bkv, q_len, kv_len)
 
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
@@ -77,8 +80,11 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
                     shape=(WG_ROWS, bkv),
                     after_issue=pingpong.pass_turn,
                 )
-                real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
-                p_tile[...] = jnp.where(real, spec.probs(s), 0.0).astype(dtype)  # masked: 0
+                store_scores(
+                    in_range(j, whole),
+                    lambda: _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True),
+                    (p_tile, spec.probs(s)),  # masked: exactly 0
+                )
                 plgpu.commit_smem()
                 pingpong.elementwise_done()
                 plgpu.barrier_wait(v_bar.at[slot])
@@ -126,6 +132,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
             load_tiles(tile_bar, (q_gmem.at[tile], q_tile), (do_gmem.at[tile], do_tile), group=wg)
             pingpong = _PingPong(turn, wg)
+            whole = spec.unmasked_kv_block_range(first // WG_ROWS, WG_ROWS, bkv, q_len, kv_len)
 
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
@@ -136,8 +143,11 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
                     shape=(WG_ROWS, bkv),
                     after_issue=pingpong.pass_turn,
                 )
-                real = _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True)
-                ds_tile[...] = jnp.where(real, spec.score_grad(s, dp), 0.0).astype(dtype)
+                store_scores(
+                    in_range(j, whole),
+                    lambda: _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True),
+                    (ds_tile, spec.score_grad(s, dp)),
+                )
                 plgpu.commit_smem()
                 pingpong.elementwise_done()
                 pingpong.wait_turn()
@@ -200,6 +210,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
             )
             load_tiles(kv_bar, (k_gmem.at[tile], k_tile), (v_gmem.at[tile], v_tile), group=wg)
             pingpong = _PingPong(turn, wg)
+            whole = spec.unmasked_q_block_range(first // WG_ROWS, bq, WG_ROWS, q_len, kv_len)
 
             def step(j, slot, dk_ref, dv_ref):
                 plgpu.barrier_wait(q_bar.at[slot])
@@ -210,9 +221,12 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
                     shape=(WG_ROWS, bq),
                     after_issue=pingpong.pass_turn,
                 )
-                real = _visible(spec, first, j * bq, st.shape, q_len, kv_len, False)
-                pt_tile[...] = jnp.where(real, spec.probs(st), 0.0).astype(dtype)
-                dst_tile[...] = jnp.where(real, spec.score_grad(st, dpt), 0.0).astype(dtype)
+                store_scores(
+                    in_range(j, whole),
+                    lambda: _visible(spec, first, j * bq, st.shape, q_len, kv_len, False),
+                    (pt_tile, spec.probs(st)),
+                    (dst_tile, spec.score_grad(st, dpt)),
+                )
                 plgpu.commit_smem()
                 pingpong.elementwise_done()
                 pingpong.wait_turn()

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.common import blocks
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.tuning import BlockSizes
 
@@ -86,21 +87,30 @@ def _fwd_kernel(
     block_q: int,
     block_kv: int,
     num_heads: int,
+    unmasked_loop: bool,
 ) -> None:
     qi = pl.program_id(0)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
     lo, hi = spec.kv_block_range(qi, block_q, block_kv, q_len, kv_len)
+    unmasked = (
+        spec.unmasked_kv_block_range(qi, block_q, block_kv, q_len, kv_len)
+        if unmasked_loop
+        else None
+    )
     q = q_ref[...]
 
-    def body(kj, acc):
+    def body(kj, acc, masked: bool):
         rows = tile_rows(kj, block_kv)
         v = v_ref[rows, :]
         s = mm_nt(q, k_ref[rows, :])
-        q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
-        p = jnp.where(spec.visible(q_idx, kv_idx, q_len, kv_len), spec.probs(s), 0.0)
+        p = spec.probs(s)
+        if masked:
+            q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
+            p = jnp.where(spec.visible(q_idx, kv_idx, q_len, kv_len), p, 0.0)
         return acc + mm(p.astype(v.dtype), v)
 
-    acc = jax.lax.fori_loop(lo, hi, body, jnp.zeros(o_ref.shape, jnp.float32))
+    zeros = jnp.zeros(o_ref.shape, jnp.float32)
+    acc = blocks.masked_split_loop(lo, hi, unmasked, body, zeros)
     o_ref[...] = (acc * spec.out_scale).astype(o_ref.dtype)
 
 
@@ -120,7 +130,14 @@ def gdpa_fwd_triton(
     batch, tq, heads, dim = q.shape
     tkv = k.shape[1]
     bq, bkv = sizes.block_q, sizes.block_kv
-    kernel = functools.partial(_fwd_kernel, spec=spec, block_q=bq, block_kv=bkv, num_heads=heads)
+    kernel = functools.partial(
+        _fwd_kernel,
+        spec=spec,
+        block_q=bq,
+        block_kv=bkv,
+        num_heads=heads,
+        unmasked_loop=sizes.unmasked_loop,
+    )
     (out,) = call_triton(
         kernel,
         grid=(tq // bq, batch * heads),

@@ -26,7 +26,12 @@ from pallas_kernels.common.triton_tiles import (
     load_rows,
     program_head,
     q_block_range,
+    split_at_unmasked,
+    split_block,
+    split_count,
     store_rows,
+    unmasked_kv_block_range,
+    unmasked_q_block_range,
     visible,
 )
 
@@ -131,6 +136,7 @@ def gdpa_fwd_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    UNMASKED_LOOP: tl.constexpr,
 ):
     """O tile (q block, head): O = β Σ_j (M ⊙ Act(α Q K_jᵀ)) V_j over the visible kv blocks."""
     qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
@@ -138,16 +144,76 @@ def gdpa_fwd_kernel(
     dims = tl.arange(0, BLOCK_D)
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
     lo, hi = kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    whole = unmasked_kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    ranges = split_at_unmasked(lo, hi, whole, UNMASKED_LOOP)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
-    for kj in range(lo, hi):
+    for masked in tl.static_range(2):  # the wholly visible blocks, then the masked ones
+        acc = _fwd_blocks(
+            acc,
+            q,
+            K,
+            V,
+            b,
+            h,
+            rows,
+            dims,
+            ranges,
+            q_len,
+            kv_len,
+            T_KV,
+            H,
+            D,
+            BLOCK_KV,
+            ACT,
+            FAST_TANH,
+            QK_SCALE,
+            WINDOW,
+            CAUSAL,
+            PRECISION,
+            masked,
+        )
+    store_rows(OUT, b, h, rows, dims, acc * OUT_SCALE, T_Q, H, D)
+
+
+@triton.jit
+def _fwd_blocks(
+    acc,
+    q,
+    K,
+    V,
+    b,
+    h,
+    rows,
+    dims,
+    ranges,
+    q_len,
+    kv_len,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    ACT: tl.constexpr,
+    FAST_TANH: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """acc += Σ P_kj V_kj over the masked or the wholly visible kv blocks of `ranges`."""
+    for t in range(0, split_count(ranges, MASKED)):
+        kj = split_block(t, ranges, MASKED)
         cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
         k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
         v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
-        p = tl.where(real, activation(s * QK_SCALE, ACT, FAST_TANH), 0.0)
+        p = activation(s * QK_SCALE, ACT, FAST_TANH)
+        if MASKED:
+            p = tl.where(
+                visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL), p, 0.0
+            )
         acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    store_rows(OUT, b, h, rows, dims, acc * OUT_SCALE, T_Q, H, D)
+    return acc
 
 
 @triton.jit
@@ -174,6 +240,7 @@ def gdpa_dkdv_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    UNMASKED_LOOP: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr,
     SPLIT_STRIDE: tl.constexpr,
 ):
@@ -190,22 +257,87 @@ def gdpa_dkdv_kernel(
     lo, hi = q_block_range(kj, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
     lo = tl.maximum(lo, split * SPLIT_BLOCKS)
     hi = tl.minimum(hi, (split + 1) * SPLIT_BLOCKS)
+    whole = unmasked_q_block_range(kj, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    # With a second loop body exact GELU's dK/dV spills registers (Hopper, D = 128).
+    ranges = split_at_unmasked(lo, hi, whole, UNMASKED_LOOP and ACT != "gelu")
     dk = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
-    for qi in range(lo, hi):
+    for masked in tl.static_range(2):  # the wholly visible blocks, then the masked ones
+        dk, dv = _dkdv_blocks(
+            dk,
+            dv,
+            Q,
+            DO,
+            b,
+            h,
+            cols,
+            dims,
+            k,
+            v,
+            q_len,
+            kv_len,
+            T_Q,
+            H,
+            D,
+            BLOCK_Q,
+            ranges,
+            ACT,
+            FAST_TANH,
+            QK_SCALE,
+            WINDOW,
+            CAUSAL,
+            PRECISION,
+            masked,
+        )
+    offset = split * SPLIT_STRIDE
+    store_rows(DK + offset, b, h, cols, dims, dk * (QK_SCALE * OUT_SCALE), T_KV, H, D)
+    store_rows(DV + offset, b, h, cols, dims, dv * OUT_SCALE, T_KV, H, D)
+
+
+@triton.jit
+def _dkdv_blocks(
+    dk,
+    dv,
+    Q,
+    DO,
+    b,
+    h,
+    cols,
+    dims,
+    k,
+    v,
+    q_len,
+    kv_len,
+    T_Q: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    ranges,
+    ACT: tl.constexpr,
+    FAST_TANH: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """(dK, dV) += the terms of the masked or the wholly visible query blocks of `ranges`."""
+    for t in range(0, split_count(ranges, MASKED)):
+        qi = split_block(t, ranges, MASKED)
         rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
         q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
         do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
         st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * QK_SCALE
-        real = visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL)
-        pt = tl.where(real, activation(st, ACT, FAST_TANH), 0.0)
+        pt = activation(st, ACT, FAST_TANH)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = tl.where(real, dpt * activation_grad(st, ACT, FAST_TANH), 0.0)
+        dst = dpt * activation_grad(st, ACT, FAST_TANH)
+        if MASKED:
+            real = visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL)
+            pt = tl.where(real, pt, 0.0)
+            dst = tl.where(real, dst, 0.0)
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-    offset = split * SPLIT_STRIDE
-    store_rows(DK + offset, b, h, cols, dims, dk * (QK_SCALE * OUT_SCALE), T_KV, H, D)
-    store_rows(DV + offset, b, h, cols, dims, dv * OUT_SCALE, T_KV, H, D)
+    return dk, dv
 
 
 @triton.jit
@@ -231,6 +363,7 @@ def gdpa_dq_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    UNMASKED_LOOP: tl.constexpr,
 ):
     """dQ tile (q block, head) over the forward's kv blocks: dQ += (M ⊙ dO Vᵀ ⊙ Act') K."""
     qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
@@ -239,14 +372,76 @@ def gdpa_dq_kernel(
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
     do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
     lo, hi = kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    whole = unmasked_kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    ranges = split_at_unmasked(lo, hi, whole, UNMASKED_LOOP)
     dq = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
-    for kj in range(lo, hi):
+    for masked in tl.static_range(2):  # the wholly visible blocks, then the masked ones
+        dq = _dq_blocks(
+            dq,
+            q,
+            do,
+            K,
+            V,
+            b,
+            h,
+            rows,
+            dims,
+            q_len,
+            kv_len,
+            T_KV,
+            H,
+            D,
+            BLOCK_KV,
+            ranges,
+            ACT,
+            FAST_TANH,
+            QK_SCALE,
+            WINDOW,
+            CAUSAL,
+            PRECISION,
+            masked,
+        )
+    store_rows(DQ, b, h, rows, dims, dq * (QK_SCALE * OUT_SCALE), T_Q, H, D)
+
+
+@triton.jit
+def _dq_blocks(
+    dq,
+    q,
+    do,
+    K,
+    V,
+    b,
+    h,
+    rows,
+    dims,
+    q_len,
+    kv_len,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    ranges,
+    ACT: tl.constexpr,
+    FAST_TANH: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """dQ += dS K over the masked or the wholly visible kv blocks of `ranges`."""
+    for t in range(0, split_count(ranges, MASKED)):
+        kj = split_block(t, ranges, MASKED)
         cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
         k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
         v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * QK_SCALE
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
-        ds = tl.where(real, dp * activation_grad(s, ACT, FAST_TANH), 0.0)
+        ds = dp * activation_grad(s, ACT, FAST_TANH)
+        if MASKED:
+            ds = tl.where(
+                visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL), ds, 0.0
+            )
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    store_rows(DQ, b, h, rows, dims, dq * (QK_SCALE * OUT_SCALE), T_Q, H, D)
+    return dq

@@ -40,6 +40,7 @@ def _dkdv_kernel(
     block_q: int,
     block_kv: int,
     num_heads: int,
+    unmasked_loop: bool,
     split_blocks: int,
 ) -> None:
     """One kv tile's dK, dV over query blocks [lo, hi) ∩ split program_id(2)'s
@@ -49,21 +50,25 @@ def _dkdv_kernel(
     lo, hi = blocks.split_range(
         *spec.q_block_range(kj, block_q, block_kv, q_len, kv_len), split, split_blocks
     )
+    unmasked = (
+        spec.unmasked_q_block_range(kj, block_q, block_kv, q_len, kv_len) if unmasked_loop else None
+    )
     k, v = k_ref[...], v_ref[...]
 
-    def body(qi, carry):
+    def body(qi, carry, masked: bool):
         dk, dv = carry
         rows = tile_rows(qi, block_q)
         q, do = q_ref[rows, :], do_ref[rows, :]
         st = mm_nt(k, q)  # Sᵀ [kv, q]
-        q_idx, kv_idx = tile_positions(kj * block_kv, qi * block_q, st.shape, rows_are_q=False)
-        vis = spec.visible(q_idx, kv_idx, q_len, kv_len)
-        pt = jnp.where(vis, spec.probs(st), 0.0)
-        dst = jnp.where(vis, spec.score_grad(st, mm_nt(v, do)), 0.0)  # dPᵀ = V dOᵀ
+        pt, dst = spec.probs(st), spec.score_grad(st, mm_nt(v, do))  # dPᵀ = V dOᵀ
+        if masked:
+            q_idx, kv_idx = tile_positions(kj * block_kv, qi * block_q, st.shape, rows_are_q=False)
+            vis = spec.visible(q_idx, kv_idx, q_len, kv_len)
+            pt, dst = jnp.where(vis, pt, 0.0), jnp.where(vis, dst, 0.0)
         return dk + mm(dst.astype(q.dtype), q), dv + mm(pt.astype(do.dtype), do)
 
     zeros = jnp.zeros(dk_ref.shape, jnp.float32)
-    dk, dv = jax.lax.fori_loop(lo, hi, body, (zeros, zeros))
+    dk, dv = blocks.masked_split_loop(lo, hi, unmasked, body, (zeros, zeros))
     dk_ref[...] = (dk * spec.grad_scale).astype(dk_ref.dtype)
     dv_ref[...] = (dv * spec.out_scale).astype(dv_ref.dtype)
 
@@ -81,22 +86,30 @@ def _dq_kernel(
     block_q: int,
     block_kv: int,
     num_heads: int,
+    unmasked_loop: bool,
 ) -> None:
     qi = pl.program_id(0)
     q_len, kv_len = batch_lengths(q_lens_ref, kv_lens_ref, num_heads)
     lo, hi = spec.kv_block_range(qi, block_q, block_kv, q_len, kv_len)
+    unmasked = (
+        spec.unmasked_kv_block_range(qi, block_q, block_kv, q_len, kv_len)
+        if unmasked_loop
+        else None
+    )
     q, do = q_ref[...], do_ref[...]
 
-    def body(kj, dq):
+    def body(kj, dq, masked: bool):
         rows = tile_rows(kj, block_kv)
         k = k_ref[rows, :]
         s = mm_nt(q, k)
-        q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
-        vis = spec.visible(q_idx, kv_idx, q_len, kv_len)
-        ds = jnp.where(vis, spec.score_grad(s, mm_nt(do, v_ref[rows, :])), 0.0)  # dP = dO Vᵀ
+        ds = spec.score_grad(s, mm_nt(do, v_ref[rows, :]))  # dP = dO Vᵀ
+        if masked:
+            q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
+            ds = jnp.where(spec.visible(q_idx, kv_idx, q_len, kv_len), ds, 0.0)
         return dq + mm(ds.astype(k.dtype), k)
 
-    dq = jax.lax.fori_loop(lo, hi, body, jnp.zeros(dq_ref.shape, jnp.float32))
+    zeros = jnp.zeros(dq_ref.shape, jnp.float32)
+    dq = blocks.masked_split_loop(lo, hi, unmasked, body, zeros)
     dq_ref[...] = (dq * spec.grad_scale).astype(dq_ref.dtype)
 
 
@@ -116,7 +129,9 @@ def gdpa_bwd_triton(
     batch, tq, heads, dim = q.shape
     tkv = k.shape[1]
     bq, bkv = sizes.block_q_bwd, sizes.block_kv_bwd
-    kernel_kw = dict(spec=spec, block_q=bq, block_kv=bkv, num_heads=heads)
+    kernel_kw = dict(
+        spec=spec, block_q=bq, block_kv=bkv, num_heads=heads, unmasked_loop=sizes.unmasked_loop
+    )
     call_kw = dict(sizes=sizes, interpret=interpret, cost_like=(q, k))
     q_whole = head_spec(tq, dim, heads, tiled=False)
     kv_whole = head_spec(tkv, dim, heads, tiled=False)

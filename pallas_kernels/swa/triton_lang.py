@@ -25,7 +25,12 @@ from pallas_kernels.common.triton_tiles import (
     load_rows,
     program_head,
     q_block_range,
+    split_at_unmasked,
+    split_block,
+    split_count,
     store_rows,
+    unmasked_kv_block_range,
+    unmasked_q_block_range,
     visible,
 )
 
@@ -59,6 +64,7 @@ def swa_fwd_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    UNMASKED_LOOP: tl.constexpr,
 ):
     """O and lse of a (q block, head) by online softmax over the visible kv blocks."""
     qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
@@ -66,22 +72,36 @@ def swa_fwd_kernel(
     dims = tl.arange(0, BLOCK_D)
     q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
     lo, hi = kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    whole = unmasked_kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    ranges = split_at_unmasked(lo, hi, whole, UNMASKED_LOOP)
     m = tl.full((BLOCK_Q,), MASK_VALUE, tl.float32)
     l_sum = tl.zeros((BLOCK_Q,), tl.float32)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
-    for kj in range(lo, hi):
-        cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
-        k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
-        v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * SCALE
-        real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
-        s = tl.where(real, s, MASK_VALUE)
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_sum = alpha * l_sum + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+    for masked in tl.static_range(2):  # the wholly visible blocks, then the masked ones
+        m, l_sum, acc = _fwd_blocks(
+            m,
+            l_sum,
+            acc,
+            q,
+            K,
+            V,
+            b,
+            h,
+            rows,
+            dims,
+            ranges,
+            q_len,
+            kv_len,
+            T_KV,
+            H,
+            D,
+            BLOCK_KV,
+            SCALE,
+            WINDOW,
+            CAUSAL,
+            PRECISION,
+            masked,
+        )
     seen = m > MASK_VALUE * 0.5
     l_safe = tl.where(seen, l_sum, 1.0)
     store_rows(
@@ -89,6 +109,52 @@ def swa_fwd_kernel(
     )
     lse = tl.where(seen, m + tl.log(l_safe), INF)
     tl.store(LSE + _row_offsets(b, h, rows, T_Q, H), lse, mask=rows < T_Q)
+
+
+@triton.jit
+def _fwd_blocks(
+    m,
+    l_sum,
+    acc,
+    q,
+    K,
+    V,
+    b,
+    h,
+    rows,
+    dims,
+    ranges,
+    q_len,
+    kv_len,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """The online softmax state (m, l, acc) after the masked or the wholly visible kv blocks
+    of `ranges` (`split_at_unmasked`)."""
+    for t in range(0, split_count(ranges, MASKED)):
+        kj = split_block(t, ranges, MASKED)
+        cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
+        k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
+        v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * SCALE
+        if MASKED:
+            s = tl.where(
+                visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL), s, MASK_VALUE
+            )
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_sum = alpha * l_sum + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m = m_new
+    return m, l_sum, acc
 
 
 @triton.jit
@@ -114,6 +180,7 @@ def swa_dkdv_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    UNMASKED_LOOP: tl.constexpr,
 ):
     """dK, dV of a (kv block, head) over the query blocks that see it ([kv, q] tiles)."""
     kj, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
@@ -122,9 +189,71 @@ def swa_dkdv_kernel(
     k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
     v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
     lo, hi = q_block_range(kj, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    whole = unmasked_q_block_range(kj, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    ranges = split_at_unmasked(lo, hi, whole, UNMASKED_LOOP)
     dk = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_KV, BLOCK_D), tl.float32)
-    for qi in range(lo, hi):
+    for masked in tl.static_range(2):  # the wholly visible blocks, then the masked ones
+        dk, dv = _dkdv_blocks(
+            dk,
+            dv,
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            b,
+            h,
+            cols,
+            dims,
+            k,
+            v,
+            ranges,
+            q_len,
+            kv_len,
+            T_Q,
+            H,
+            D,
+            BLOCK_Q,
+            SCALE,
+            WINDOW,
+            CAUSAL,
+            PRECISION,
+            masked,
+        )
+    store_rows(DK, b, h, cols, dims, dk * SCALE, T_KV, H, D)
+    store_rows(DV, b, h, cols, dims, dv, T_KV, H, D)
+
+
+@triton.jit
+def _dkdv_blocks(
+    dk,
+    dv,
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    b,
+    h,
+    cols,
+    dims,
+    k,
+    v,
+    ranges,
+    q_len,
+    kv_len,
+    T_Q: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """(dK, dV) += the terms of the masked or the wholly visible query blocks of `ranges`."""
+    for t in range(0, split_count(ranges, MASKED)):
+        qi = split_block(t, ranges, MASKED)
         rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
         q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
         do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
@@ -132,14 +261,16 @@ def swa_dkdv_kernel(
         lse = tl.load(LSE + stats, mask=rows < q_len, other=INF)
         delta = tl.load(DELTA + stats, mask=rows < q_len, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * SCALE
-        real = visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL)
-        pt = tl.where(real, tl.exp(st - lse[None, :]), 0.0)
+        pt = tl.exp(st - lse[None, :])
+        if MASKED:
+            pt = tl.where(
+                visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL), pt, 0.0
+            )
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
-    store_rows(DK, b, h, cols, dims, dk * SCALE, T_KV, H, D)
-    store_rows(DV, b, h, cols, dims, dv, T_KV, H, D)
+    return dk, dv
 
 
 @triton.jit
@@ -164,6 +295,7 @@ def swa_dq_kernel(
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    UNMASKED_LOOP: tl.constexpr,
 ):
     """dQ of a (q block, head) over the forward's kv blocks."""
     qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
@@ -175,15 +307,77 @@ def swa_dq_kernel(
     lse = tl.load(LSE + stats, mask=rows < q_len, other=INF)
     delta = tl.load(DELTA + stats, mask=rows < q_len, other=0.0)
     lo, hi = kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    whole = unmasked_kv_block_range(qi, q_len, kv_len, BLOCK_Q, BLOCK_KV, WINDOW, CAUSAL)
+    ranges = split_at_unmasked(lo, hi, whole, UNMASKED_LOOP)
     dq = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
-    for kj in range(lo, hi):
+    for masked in tl.static_range(2):  # the wholly visible blocks, then the masked ones
+        dq = _dq_blocks(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            K,
+            V,
+            b,
+            h,
+            rows,
+            dims,
+            ranges,
+            q_len,
+            kv_len,
+            T_KV,
+            H,
+            D,
+            BLOCK_KV,
+            SCALE,
+            WINDOW,
+            CAUSAL,
+            PRECISION,
+            masked,
+        )
+    store_rows(DQ, b, h, rows, dims, dq * SCALE, T_Q, H, D)
+
+
+@triton.jit
+def _dq_blocks(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    K,
+    V,
+    b,
+    h,
+    rows,
+    dims,
+    ranges,
+    q_len,
+    kv_len,
+    T_KV: tl.constexpr,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    SCALE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """dQ += dS K over the masked or the wholly visible kv blocks of `ranges`."""
+    for t in range(0, split_count(ranges, MASKED)):
+        kj = split_block(t, ranges, MASKED)
         cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
         k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
         v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * SCALE
-        real = visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL)
-        p = tl.where(real, tl.exp(s - lse[:, None]), 0.0)
+        p = tl.exp(s - lse[:, None])
+        if MASKED:
+            p = tl.where(
+                visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL), p, 0.0
+            )
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    store_rows(DQ, b, h, rows, dims, dq * SCALE, T_Q, H, D)
+    return dq

@@ -27,13 +27,15 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
     # checked for spills, shared memory and repeated MMAs (8 warps on 64-row Hopper tiles, see
     # gdpa.tuning) by benchmarks/kernels/triton_cuda_resources.py. The D=128 backward takes
-    # 32-query tiles: with 64 its dK/dV kernel spills at 4 warps. D=256 spills at 4 warps.
+    # 32-query tiles: with 64 its dK/dV kernel spills at 4 warps. D=256 spills at 4 warps: its
+    # forward takes 128-row tiles for 8 warps, its backward repeats MMAs (0.6-0.67 useful).
     ("gpu", "NVIDIA H", 64, None, BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=3)),
     ("gpu", "NVIDIA H", 128, None, triton_sizes(128, 64, 32, 64, warps=(8, 4), stages=(3, 2))),
-    ("gpu", "NVIDIA H", 256, None, BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
-    # 3 stages: with 2, the D=128 dK/dV kernel spills on sm_100.
-    ("gpu", "", 128, None, BlockSizes(64, 64, 64, 64, num_warps=8, num_stages=3)),
-    ("gpu", "", 256, None, BlockSizes(64, 64, 32, 32, num_warps=8, num_stages=2)),
+    ("gpu", "NVIDIA H", 256, None, BlockSizes(128, 32, 32, 32, num_warps=8, num_stages=2)),
+    # 3 stages: with 2, the D=128 dK/dV kernel spills on sm_100. One loop body: with a second,
+    # unmasked one, sm_80 spills.
+    ("gpu", "", 128, None, BlockSizes(64, 64, 64, 64, 8, 3, unmasked_loop=False)),
+    ("gpu", "", 256, None, BlockSizes(64, 64, 32, 32, 8, 2, unmasked_loop=False)),
 )
 # The GPU rows as (device-kind prefix, max head dim, sizes).
 GPU_ROWS = tuple((prefix, d, sizes) for plat, prefix, d, _, sizes in _TABLE if plat == "gpu")

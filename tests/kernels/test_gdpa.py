@@ -224,6 +224,25 @@ def test_masked_positions_contribute_nothing(backend):
     _assert_close(want[0], gdpa_reference(q, k, v, activation="sigmoid", **lengths), "float32", "O")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [30, 37])
+@pytest.mark.parametrize("backend", KERNELS)
+def test_wholly_visible_tiles_inside_a_window(backend, window, causal):
+    """A window of several blocks leaves tiles that are wholly visible (where the kernels skip
+    the mask, `blocks.unmasked_*_block_range`) between masked ones on both sides, and ragged
+    lengths end the band inside a block: the mask must still apply everywhere else. With
+    window = 2·16 - 2 a tile one position too far out of the band would be taken as wholly
+    visible by an off-by-one."""
+    kw = dict(
+        activation="sigmoid",  # sigmoid(0) = 0.5: a dropped mask shows
+        q_lengths=jnp.array([100, 83], jnp.int32),
+        kv_lengths=jnp.array([97, 100], jnp.int32),
+        window=window,
+        causal=causal,
+    )
+    _check_against_reference(backend, _inputs(6, 2, 100, 100, 1, 32, "float32"), "float32", **kw)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_empty_sequences(backend):
     q, k, v, _ = _inputs(5, 2, 8, 0, 1, 32, "float32")

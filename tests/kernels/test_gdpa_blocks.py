@@ -97,6 +97,26 @@ def test_block_unmasked_exactly_when_all_visible(config):
     np.testing.assert_array_equal(np.broadcast_to(got, full.shape), full)
 
 
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(_configs())
+def test_unmasked_ranges_hold_exactly_the_wholly_visible_blocks(config):
+    block_q, block_kv, nq, nkv, q_len, kv_len, window, causal = config
+    mask = _mask(nq * block_q, nkv * block_kv, q_len, kv_len, window, causal)
+    full = _tiles_all_visible(mask, block_q, block_kv)
+    kw = dict(
+        block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len, window=window, causal=causal
+    )
+    ids = np.arange(_T)  # as in test_block_ranges_are_tight: one compile per shape
+    lo, hi = (np.broadcast_to(x, _T)[:nq] for x in blocks.unmasked_kv_block_range(ids, **kw))
+    assert (lo <= hi).all()
+    got = (np.arange(nkv) >= lo[:, None]) & (np.arange(nkv) < hi[:, None])
+    np.testing.assert_array_equal(got, full)
+    lo, hi = (np.broadcast_to(x, _T)[:nkv] for x in blocks.unmasked_q_block_range(ids, **kw))
+    assert (lo <= hi).all()
+    got = (np.arange(nq) >= lo[:, None]) & (np.arange(nq) < hi[:, None])
+    np.testing.assert_array_equal(got, full.T)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(
     ("block_q", "block_kv", "window"), [(4, 4, 3), (8, 4, 5), (4, 8, 9), (6, 4, 2)]

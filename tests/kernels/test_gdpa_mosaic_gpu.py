@@ -120,6 +120,30 @@ def test_hopper_dkdv_query_splits(tq, tkv, window, causal, splits):
         assert_close(g, w, "bfloat16", name, tolerance=TOLERANCE)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_wholly_visible_tiles_inside_a_window(arch, causal):
+    """A window of several tiles: wholly visible tiles (no mask built, `store_scores`) between
+    masked ones, ragged lengths ending inside a tile. Window 190 = 3·64 - 2, so an off-by-one
+    at the band's edge would take a tile with one hidden position for wholly visible."""
+    q, k, v, do = normal_inputs(7, [(2, 520, 1, 32)] * 4, "bfloat16")
+    kwargs = dict(
+        activation="sigmoid",  # sigmoid(0) = 0.5: a dropped mask shows
+        q_lengths=jnp.array([520, 450], jnp.int32),
+        kv_lengths=jnp.array([500, 520], jnp.int32),
+        window=190,
+        causal=causal,
+    )
+    kernel = functools.partial(gdpa_mosaic_gpu, interpret=True, arch=arch, **kwargs)
+    got = value_and_grads(kernel, q, k, v, do)
+    want = value_and_grads(
+        functools.partial(gdpa_reference, **kwargs), *as_f32(q, k, v), do.astype(jnp.float32)
+    )
+    names = ("O", "dQ", "dK", "dV")
+    for name, g, w in zip(names, (got[0], *got[1]), (want[0], *want[1]), strict=True):
+        assert_close(g, w, "bfloat16", name, tolerance=TOLERANCE)
+
+
 def test_head_dims_above_128_are_a_clear_error():
     q, k, v = normal_inputs(0, [(1, 64, 1, 192)] * 3, "bfloat16")
     with pytest.raises(ValueError, match=r"D=192.*backend='pallas_triton'"):

@@ -171,6 +171,22 @@ def test_kernels_match_jax_nn(backend, dtype, d, h, window, causal):
         _assert_close(g, w, dtype, name)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [30, 37])
+@pytest.mark.parametrize("backend", KERNELS)
+def test_wholly_visible_tiles_inside_a_window(backend, window, causal):
+    """Wholly visible tiles (where the Triton kernels skip the mask) between masked ones,
+    ragged lengths ending inside a tile; window 30 = 2·16 - 2 puts a tile one position past
+    the band's edge (test_gdpa.py's case)."""
+    kw = dict(
+        q_lengths=jnp.array([100, 83], jnp.int32),
+        kv_lengths=jnp.array([97, 100], jnp.int32),
+        window=window,
+        causal=causal,
+    )
+    _check_against_reference(backend, _inputs(6, 2, 100, 100, 1, 32, "float32"), "float32", **kw)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_masked_positions_contribute_nothing(backend):
     """Huge values at masked keys inside visited tiles and NaN in tiles past the lengths (which
