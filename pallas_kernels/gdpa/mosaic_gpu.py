@@ -13,7 +13,9 @@ Per architecture (`mosaic_gpu_hopper.py`, `mosaic_gpu_blackwell.py`) three kerne
 (grid b, h, q tile of 128; K, V stream), dQ (same grid) and dK/dV (grid b, h, kv tile of 128;
 Q, dO stream), the streamed operand double-buffered by TMA (block j + 1 is in flight while
 block j is computed) and only the blocks the mask lets through visited (`common.blocks` ranges
-from lengths, window, causality). Hopper's programs are warp-specialized (a TMA producer
+from lengths, window, causality); wholly visible blocks skip building the mask
+(`mosaic_gpu_common.store_scores`). silu / sigmoid take σ from one tanh.approx (approx_math).
+Hopper's programs are warp-specialized (a TMA producer
 warpgroup, two compute warpgroups of 64 rows); Blackwell's are one warpgroup.
 `tests/kernels/test_gdpa_mosaic_gpu_races.py` runs every kernel under the interpreter's race
 detector. β (O, dV) and αβ (dQ, dK) scale the
