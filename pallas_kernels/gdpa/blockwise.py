@@ -144,6 +144,13 @@ class GdpaSpec:
         tiles = dict(block_q=block_q, block_kv=block_kv)
         return blocks.unmasked_q_block_range(kv_block, **tiles, **self._mask(q_len, kv_len))
 
+    def tile_unmasked(
+        self, first_q: blocks.Int, first_kv: blocks.Int, block_q: int, block_kv: int, q_len, kv_len
+    ) -> jax.Array:
+        """Whether the [block_q, block_kv] tile at (first_q, first_kv) is wholly visible."""
+        tiles = dict(block_q=block_q, block_kv=block_kv)
+        return blocks.block_unmasked(first_q, first_kv, **tiles, **self._mask(q_len, kv_len))
+
     def _mask(self, q_len: blocks.Int, kv_len: blocks.Int) -> dict:
         return dict(q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal)
 

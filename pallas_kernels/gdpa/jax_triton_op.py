@@ -122,8 +122,8 @@ def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like, **ext
         window=spec.window,
         causal=spec.causal,
         ACT=spec.activation,
-        # Compiled, 16-bit: σ / tanh through PTX tanh.approx (`activations`; Triton's
-        # interpreter cannot run inline PTX).
+        # Compiled, 16-bit: silu's / sigmoid's σ through PTX tanh.approx (`activations`;
+        # Triton's interpreter cannot run inline PTX).
         FAST_TANH=cfg.mode == "jax_triton" and approximates_tanh(inputs[0].dtype),
         QK_SCALE=spec.qk_scale,
         OUT_SCALE=spec.out_scale,

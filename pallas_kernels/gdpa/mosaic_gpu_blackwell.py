@@ -19,28 +19,28 @@ MMAs strictly in order (no warp specialization yet).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
     MosaicConfig,
     fetcher,
-    in_range,
     load_tiles,
     mosaic_kernel,
     program_tile,
     store_scores,
     store_tile,
     stream_blocks,
-    visible_tile,
 )
 
 BLOCK_Q = 128  # tcgen05 M on one CTA: query tiles
 DKDV_BLOCK = 128  # kv rows of the dK/dV kernel, and the query blocks it streams
 _LAYOUT = plgpu.Layout.TCGEN05  # registers of a TMEM load
+_store_scores = functools.partial(store_scores, layout=_LAYOUT)
 
 
 def forward_kernel(cfg: MosaicConfig, shape, dtype):
@@ -53,17 +53,14 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
         bi, hi, qi, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "q", BLOCK_Q)
         load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
-        whole = spec.unmasked_kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         _zero(o_tmem)
 
         def step(j, slot):
             plgpu.barrier_wait(k_bar.at[slot])
             s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
-            store_scores(
-                in_range(j, whole),
-                lambda: _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True),
-                (p_smem, spec.probs(s)),  # masked: exactly 0
-            )
+            _store_scores(
+                spec, qi * BLOCK_Q, j * bkv, q_len, kv_len, (p_smem, spec.probs(s)), rows_are_q=True
+            )  # masked: exactly 0
             plgpu.commit_smem()
             plgpu.barrier_wait(v_bar.at[slot])
             _mma(o_tmem, p_smem, v_smem.at[slot], mma_bar)
@@ -105,7 +102,6 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
         tile = (bi, rows, hi)
         load_tiles(tile_bar, (q_gmem.at[tile], q_smem), (do_gmem.at[tile], do_smem))
         lo, hi_kv = spec.kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
-        whole = spec.unmasked_kv_block_range(qi, BLOCK_Q, bkv, q_len, kv_len)
         _zero(dq_tmem)
 
         def step(j, slot):
@@ -113,10 +109,14 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
             plgpu.barrier_wait(v_bar.at[slot])
             dp = _mma_load(dp_tmem, do_smem, v_smem.at[slot].T, mma_bar)
-            store_scores(
-                in_range(j, whole),
-                lambda: _visible(spec, qi * BLOCK_Q, j * bkv, s.shape, q_len, kv_len, True),
+            _store_scores(
+                spec,
+                qi * BLOCK_Q,
+                j * bkv,
+                q_len,
+                kv_len,
                 (ds_smem, spec.score_grad(s, dp)),
+                rows_are_q=True,
             )
             plgpu.commit_smem()
             _mma(dq_tmem, ds_smem, k_smem.at[slot], mma_bar)
@@ -163,7 +163,6 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
         bi, hi, ki, q_len, kv_len, rows = program_tile(ql_gmem, kvl_gmem, "kv", block)
         load_tiles(kv_bar, (k_gmem.at[bi, rows, hi], k_smem), (v_gmem.at[bi, rows, hi], v_smem))
         lo, hi_q = spec.q_block_range(ki, block, block, q_len, kv_len)
-        whole = spec.unmasked_q_block_range(ki, block, block, q_len, kv_len)
         _zero(dk_tmem)
         _zero(dv_tmem)
 
@@ -172,15 +171,11 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
             st = _mma_load(st_tmem, k_smem, q_smem.at[slot].T, mma_bar)
             plgpu.barrier_wait(do_bar.at[slot])
             dpt = _mma_load(dpt_tmem, v_smem, do_smem.at[slot].T, mma_bar)
-            unmasked = in_range(j, whole)
-
-            def visible():
-                return _visible(spec, ki * block, j * block, st.shape, q_len, kv_len, False)
-
-            store_scores(unmasked, visible, (score_smem, spec.probs(st)))  # Pᵀ
+            tile = (spec, ki * block, j * block, q_len, kv_len)
+            _store_scores(*tile, (score_smem, spec.probs(st)), rows_are_q=False)  # Pᵀ
             plgpu.commit_smem()
             _mma(dv_tmem, score_smem, do_smem.at[slot], mma_bar)
-            store_scores(unmasked, visible, (score_smem, spec.score_grad(st, dpt)))  # dSᵀ
+            _store_scores(*tile, (score_smem, spec.score_grad(st, dpt)), rows_are_q=False)  # dSᵀ
             plgpu.commit_smem()
             _mma(dk_tmem, score_smem, q_smem.at[slot], mma_bar)
 
@@ -237,9 +232,3 @@ def _zero(tmem) -> None:
     """Zero an fp32 TMEM accumulator (a row that sees no key keeps these zeros)."""
     plgpu.async_store_tmem(tmem, plgpu.layout_cast(jnp.zeros(tmem.shape, jnp.float32), _LAYOUT))
     plgpu.commit_tmem()
-
-
-def _visible(spec: GdpaSpec, first_row, first_col, shape, q_len, kv_len, rows_are_q: bool):
-    return visible_tile(
-        spec, first_row, first_col, shape, q_len, kv_len, rows_are_q=rows_are_q, layout=_LAYOUT
-    )

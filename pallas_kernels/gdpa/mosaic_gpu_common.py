@@ -158,10 +158,17 @@ def visible_tile(
     return spec.visible(q_idx, kv_idx, q_len, kv_len)
 
 
-def store_scores(whole: jax.Array, visible: Callable[[], jax.Array], *tiles) -> None:
-    """Each (smem, fp32 value) of `tiles` → smem in its dtype, masked positions 0. A block
-    that is `whole`ly visible (a traced bool: its index in an `unmasked_*_block_range`) skips
-    the mask; `visible()` builds the mask tile only for the others."""
+def store_scores(
+    spec: GdpaSpec, first_row, first_col, q_len, kv_len, *tiles, rows_are_q: bool, layout
+) -> None:
+    """Each (smem, fp32 score tile in register `layout`) of `tiles` → smem in its dtype, masked
+    positions 0. The tiles start at (first_row, first_col): [q, kv] positions, or [kv, q]
+    without rows_are_q. A wholly visible tile (`blocks.block_unmasked`) skips building the
+    mask (`visible_tile`)."""
+    shape = tiles[0][1].shape
+    first_q, first_kv = (first_row, first_col) if rows_are_q else (first_col, first_row)
+    block_q, block_kv = shape if rows_are_q else shape[::-1]
+    whole = spec.tile_unmasked(first_q, first_kv, block_q, block_kv, q_len, kv_len)
 
     @pl.when(whole)
     def _():
@@ -170,14 +177,11 @@ def store_scores(whole: jax.Array, visible: Callable[[], jax.Array], *tiles) -> 
 
     @pl.when(jnp.logical_not(whole))
     def _():
-        real = visible()
+        real = visible_tile(
+            spec, first_row, first_col, shape, q_len, kv_len, rows_are_q=rows_are_q, layout=layout
+        )
         for smem, value in tiles:
             smem[...] = jnp.where(real, value, 0.0).astype(smem.dtype)
-
-
-def in_range(j: jax.Array, block_range: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """lo <= j < hi for block_range = (lo, hi)."""
-    return (j >= block_range[0]) & (j < block_range[1])
 
 
 def store_tile(staging_smem, value: jax.Array, out_gmem) -> None:

@@ -24,6 +24,8 @@ intra-warpgroup MMA overlap).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -31,20 +33,17 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.common import blocks
-from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import (
     SLOTS,
     MosaicConfig,
     consume_blocks,
     fetcher,
-    in_range,
     load_tiles,
     mosaic_kernel,
     produce_blocks,
     program_tile,
     store_scores,
     store_tile,
-    visible_tile,
 )
 
 WG_ROWS = 64  # one warpgroup's wgmma M
@@ -53,6 +52,7 @@ BLOCK_Q = COMPUTE_WGS * WG_ROWS  # query tiles of the forward and dQ programs
 DKDV_BLOCK = COMPUTE_WGS * WG_ROWS  # kv tile of a dK/dV program
 DKDV_Q_BLOCK = 64  # query blocks the dK/dV kernel streams
 COMPUTE_REGISTERS, PRODUCER_REGISTERS = 232, 40  # per thread: 2·128·232 + 128·40 <= 64 Ki
+_store_scores = functools.partial(store_scores, layout=plgpu.Layout.WGMMA)  # wgmma results
 
 
 def forward_kernel(cfg: MosaicConfig, shape, dtype):
@@ -71,7 +71,6 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
             rows, q_tile, p_tile = pl.ds(first, WG_ROWS), q_smem.at[wg], p_smem.at[wg]
             load_tiles(q_bar, (q_gmem.at[bi, rows, hi], q_tile), group=wg)
             pingpong = _PingPong(turn, wg)
-            whole = spec.unmasked_kv_block_range(first // WG_ROWS, WG_ROWS, bkv, q_len, kv_len)
 
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
@@ -80,11 +79,9 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
                     shape=(WG_ROWS, bkv),
                     after_issue=pingpong.pass_turn,
                 )
-                store_scores(
-                    in_range(j, whole),
-                    lambda: _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True),
-                    (p_tile, spec.probs(s)),  # masked: exactly 0
-                )
+                _store_scores(
+                    spec, first, j * bkv, q_len, kv_len, (p_tile, spec.probs(s)), rows_are_q=True
+                )  # masked: exactly 0
                 plgpu.commit_smem()
                 pingpong.elementwise_done()
                 plgpu.barrier_wait(v_bar.at[slot])
@@ -132,7 +129,6 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
             q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
             load_tiles(tile_bar, (q_gmem.at[tile], q_tile), (do_gmem.at[tile], do_tile), group=wg)
             pingpong = _PingPong(turn, wg)
-            whole = spec.unmasked_kv_block_range(first // WG_ROWS, WG_ROWS, bkv, q_len, kv_len)
 
             def step(j, slot, acc_ref):
                 plgpu.barrier_wait(k_bar.at[slot])
@@ -143,10 +139,14 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
                     shape=(WG_ROWS, bkv),
                     after_issue=pingpong.pass_turn,
                 )
-                store_scores(
-                    in_range(j, whole),
-                    lambda: _visible(spec, first, j * bkv, s.shape, q_len, kv_len, True),
+                _store_scores(
+                    spec,
+                    first,
+                    j * bkv,
+                    q_len,
+                    kv_len,
                     (ds_tile, spec.score_grad(s, dp)),
+                    rows_are_q=True,
                 )
                 plgpu.commit_smem()
                 pingpong.elementwise_done()
@@ -210,7 +210,6 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
             )
             load_tiles(kv_bar, (k_gmem.at[tile], k_tile), (v_gmem.at[tile], v_tile), group=wg)
             pingpong = _PingPong(turn, wg)
-            whole = spec.unmasked_q_block_range(first // WG_ROWS, bq, WG_ROWS, q_len, kv_len)
 
             def step(j, slot, dk_ref, dv_ref):
                 plgpu.barrier_wait(q_bar.at[slot])
@@ -221,11 +220,15 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
                     shape=(WG_ROWS, bq),
                     after_issue=pingpong.pass_turn,
                 )
-                store_scores(
-                    in_range(j, whole),
-                    lambda: _visible(spec, first, j * bq, st.shape, q_len, kv_len, False),
+                _store_scores(
+                    spec,
+                    first,
+                    j * bq,
+                    q_len,
+                    kv_len,
                     (pt_tile, spec.probs(st)),
                     (dst_tile, spec.score_grad(st, dpt)),
+                    rows_are_q=False,
                 )
                 plgpu.commit_smem()
                 pingpong.elementwise_done()
@@ -311,13 +314,6 @@ def _consume(lo, hi, released, step, acc_shapes) -> tuple[jax.Array, ...]:
         return tuple(ref[...] for ref in acc_refs)
 
     return pl.run_scoped(run, *(plgpu.ACC(shape, jnp.float32) for shape in acc_shapes))
-
-
-def _visible(spec: GdpaSpec, first_row, first_col, shape, q_len, kv_len, rows_are_q: bool):
-    layout = plgpu.Layout.WGMMA
-    return visible_tile(
-        spec, first_row, first_col, shape, q_len, kv_len, rows_are_q=rows_are_q, layout=layout
-    )
 
 
 def _matmuls(*operands, shape: tuple[int, int], after_issue) -> tuple[jax.Array, ...]:

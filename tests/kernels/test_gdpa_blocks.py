@@ -27,6 +27,11 @@ def _tiles_with_visible(mask: np.ndarray, block_q: int, block_kv: int) -> np.nda
     return mask.reshape(nq, block_q, nkv, block_kv).any(axis=(1, 3))
 
 
+def _in_ranges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """[len(lo), n] bool: inner block j lies in outer block i's range [lo[i], hi[i])."""
+    return (np.arange(n) >= lo[:, None]) & (np.arange(n) < hi[:, None])
+
+
 def _tiles_all_visible(mask: np.ndarray, block_q: int, block_kv: int) -> np.ndarray:
     nq, nkv = mask.shape[0] // block_q, mask.shape[1] // block_kv
     return mask.reshape(nq, block_q, nkv, block_kv).all(axis=(1, 3))
@@ -61,7 +66,7 @@ def test_block_ranges_are_tight(config):
     # entries (ids past the last block get empty ranges), so jnp compiles once per shape.
     ids = np.arange(_T)
     lo, hi = (np.broadcast_to(x, _T)[:nq] for x in blocks.kv_block_range(ids, **kw))
-    visited = (np.arange(nkv) >= lo[:, None]) & (np.arange(nkv) < hi[:, None])
+    visited = _in_ranges(lo, hi, nkv)
     np.testing.assert_array_equal(visited, needed)
     assert (hi - lo <= kv_steps).all()
     # Steps past a range fetch its last block again (in bounds): no new DMA for skipped steps.
@@ -73,7 +78,7 @@ def test_block_ranges_are_tight(config):
         assert len(set(fetched[qi, max(n - 1, 0) :])) == 1
 
     lo, hi = (np.broadcast_to(x, _T)[:nkv] for x in blocks.q_block_range(ids, **kw))
-    visited = (np.arange(nq) >= lo[:, None]) & (np.arange(nq) < hi[:, None])
+    visited = _in_ranges(lo, hi, nq)
     np.testing.assert_array_equal(visited, needed.T)
     assert (hi - lo <= q_steps).all()
 
@@ -109,12 +114,10 @@ def test_unmasked_ranges_hold_exactly_the_wholly_visible_blocks(config):
     ids = np.arange(_T)  # as in test_block_ranges_are_tight: one compile per shape
     lo, hi = (np.broadcast_to(x, _T)[:nq] for x in blocks.unmasked_kv_block_range(ids, **kw))
     assert (lo <= hi).all()
-    got = (np.arange(nkv) >= lo[:, None]) & (np.arange(nkv) < hi[:, None])
-    np.testing.assert_array_equal(got, full)
+    np.testing.assert_array_equal(_in_ranges(lo, hi, nkv), full)
     lo, hi = (np.broadcast_to(x, _T)[:nkv] for x in blocks.unmasked_q_block_range(ids, **kw))
     assert (lo <= hi).all()
-    got = (np.arange(nq) >= lo[:, None]) & (np.arange(nq) < hi[:, None])
-    np.testing.assert_array_equal(got, full.T)
+    np.testing.assert_array_equal(_in_ranges(lo, hi, nq), full.T)
 
 
 @pytest.mark.parametrize("causal", [False, True])
