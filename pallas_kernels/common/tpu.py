@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,21 @@ COMPILER_PARAMS = pltpu.CompilerParams(
 IndexFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 # mask(shape) -> bool tile of `shape`: True where the tile's position is visible.
 TileMask = Callable[[tuple[int, int]], jax.Array]
+
+# Device kinds of the TPU generations before v6: "TPU v4", "TPU v5 lite" (v5e), "TPU v5" (v5p).
+_BEFORE_V6 = re.compile(r"TPU v[2-5](?!\d)")
+
+
+def sigmoid_via_tanh(device_kind: str) -> bool:
+    """Whether Mosaic-TPU kernels should evaluate σ as ½ + ½·tanh(x/2) on this TPU.
+
+    Before v6 (v4, v5e, v5p) Mosaic lowers σ = 1 / (1 + e^-x) to two EUP pushes (exp2,
+    reciprocal) plus a Newton step and special-case selects: silu costs 16 VALU operations
+    per [8, 128] vector, against one EUP push (vtanh) and 4 VALU operations in the tanh form.
+    v6e has a one-push sigmoid (vsigshft; silu 2 VALU operations). Counted in the compiled
+    schedules (`common/llo.py`).
+    """
+    return bool(_BEFORE_V6.match(device_kind))
 
 
 @dataclasses.dataclass(frozen=True)

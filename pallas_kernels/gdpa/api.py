@@ -32,6 +32,7 @@ from pallas_kernels.common.activations import get_activation, kernel_tanh
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
+from pallas_kernels.common.tpu import sigmoid_via_tanh
 from pallas_kernels.common.triton_launch import triton_target
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
@@ -164,9 +165,12 @@ def gdpa_pallas(
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
     triton = impl == "pallas_triton"
-    # Triton, 16-bit silu / sigmoid: σ through one PTX tanh.approx (exact tanh when interpreted).
-    fast_tanh = jnp.tanh if interpret else pltriton.approx_tanh
-    tanh = kernel_tanh(activation, q.dtype, fast_tanh) if triton else None
+    # 16-bit silu / sigmoid: σ through one hardware tanh where that is cheaper (exact tanh
+    # when interpreted): PTX tanh.approx on GPU, the EUP's vtanh on TPUs before v6.
+    if triton:
+        tanh = kernel_tanh(activation, q.dtype, jnp.tanh if interpret else pltriton.approx_tanh)
+    else:
+        tanh = kernel_tanh(activation, q.dtype, jnp.tanh) if sigmoid_via_tanh(device_kind) else None
     spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=triton, tanh=tanh)
     sizes = default_block_sizes(platform, device_kind, dim, tkv, impl)
     sizes = sizes.with_overrides(block_q, block_kv)

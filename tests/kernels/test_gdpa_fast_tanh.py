@@ -105,3 +105,26 @@ def test_a_tanh_32_times_worse_fails_the_tolerance():
     tanh = _worst_case_tanh(-32 * TANH_APPROX_MAX_REL_ERROR)  # shrinks |tanh|: never clipped
     errors = _errors("pallas_triton", None, "silu", "bfloat16", tanh)
     assert max(errors) > TOLERANCE["bfloat16"], errors
+
+
+@pytest.mark.parametrize(
+    ("device_kind", "tanh_form"), [("TPU v5 lite", True), ("TPU v6 lite", False)]
+)
+def test_tpu_kernels_take_the_tanh_form_before_v6(device_kind, tanh_form):
+    """Mosaic-TPU kernels evaluate 16-bit silu's σ through tanh (the EUP's vtanh) before v6
+    (`common.tpu.sigmoid_via_tanh`; test_tpu_llo.py checks the compiled schedules). Here,
+    interpreted with the exact tanh, values and gradients match the reference."""
+    q_shape, kv_shape = (1, 40, 1, 128), (1, 24, 1, 128)
+    q, k, v, do = normal_inputs(4, [q_shape, kv_shape, kv_shape, q_shape], "bfloat16")
+    kw = dict(activation="silu", qk_scale=128**-0.5, out_scale=1 / 24)
+    pallas = dict(impl="pallas_tpu", platform="tpu", device_kind=device_kind, interpret=True)
+    pallas |= dict(q_lengths=None, kv_lengths=None, window=None, causal=False)
+    kernel = functools.partial(api.gdpa_pallas, **pallas, **kw, block_q=16, block_kv=16)
+    with mock.patch.object(api, "kernel_tanh", wraps=kernel_tanh) as spy:
+        got = value_and_grads(kernel, q, k, v, do)
+    assert spy.called == tanh_form
+    want = value_and_grads(functools.partial(gdpa_reference, **kw), *as_f32(q, k, v, do))
+    for g, w in zip((got[0], *got[1]), (want[0], *want[1]), strict=True):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        err = float(np.abs(g - w).max()) / max(float(np.abs(w).max()), ERROR_SCALE_FLOOR)
+        assert err <= TOLERANCE["bfloat16"], err

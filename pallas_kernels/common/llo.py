@@ -1,0 +1,134 @@
+"""The MXU blocks of a compiled TPU kernel read from its VLIW schedule: bundles and unit load.
+
+The TPU compiler (libtpu, no TPU needed) schedules a Mosaic kernel into VLIW bundles, one
+issued per cycle when nothing stalls. With `--xla_jf_dump_to=DIR --xla_jf_dump_llo_text=true`
+in LIBTPU_INIT_ARGS it writes, per kernel, the final schedule (`*-final_bundles.txt`) and each
+bundle's use of the core's units (`*-final_hlo-static-per-bundle-utilization.txt`: MXU, XLU,
+VALU, VPOP, EUP, VLOAD, VLOAD:FILL, VSTORE, VSTORE:SPILL, SALU, with their per-bundle
+capacities). An MXU block is a straight-line run of bundles (no branch in or out) holding
+matrix-unit pushes (`vmatmul*`): in an attention kernel, the tile computation of a grid step,
+one block per variant (e.g. wholly visible and masked tiles). Per block this reports its
+bundles, each unit's load, and the bundles each unit needs at its capacity: a block issues in
+no fewer bundles than its busiest unit needs, and an MXU push of R rows keeps an MXU busy R
+cycles (a systolic array takes one row per cycle), so bundles / (MXU busy cycles) says how far
+the block is from being MXU-bound, and the busiest other unit says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from pathlib import Path
+
+_BUNDLE_START = re.compile(r"^\s*(?:0x[0-9a-f]+|\d+)\s+(?:([A-Z]{2}):)?\s*:?\s*>?\s*\{")
+_OPCODE = re.compile(r"^\s*%\w+\s*=\s*([a-z][\w.]*)")
+_MXU = re.compile(r"\.mxu(\d+)\b")
+# Bundle tags that are branch targets (the listing's control-target key): loop header / body /
+# exit, predicated-region fallthrough, control target.
+_TARGET_TAGS = {"LH", "LB", "LE", "PF", "CT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """One VLIW bundle: its branch-target tag ('' if none) and the opcodes it issues."""
+
+    tag: str
+    opcodes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class MxuBlock:
+    """A straight-line run of bundles with MXU pushes (see the module docstring)."""
+
+    first: int  # index of its first bundle in the listing
+    bundles: int
+    load: dict[str, int]  # unit -> operations issued in the block
+    capacity: dict[str, int]  # unit -> operations a bundle can issue
+    pushes: dict[int, int]  # MXU number -> vmatmul pushes
+    opcodes: dict[str, int]  # opcode -> how many the block issues
+
+    def unit_bundles(self, unit: str) -> int:
+        """Bundles `unit` needs for its load at full capacity."""
+        return -(-self.load[unit] // self.capacity[unit])
+
+    def busiest_unit(self, exclude: tuple[str, ...] = ("MXU",)) -> str:
+        """The non-MXU unit that needs the most bundles."""
+        units = [u for u in self.load if u not in exclude]
+        return max(units, key=self.unit_bundles)
+
+
+def parse_bundles(listing: str) -> list[Bundle]:
+    """The bundles of a `*-final_bundles.txt` listing in program order (a bundle's comments
+    may run over several lines)."""
+    starts, texts = [], []
+    for line in listing.splitlines():
+        if m := _BUNDLE_START.match(line):
+            starts.append(m[1] or "")
+            texts.append(line[m.end() :])
+        elif texts and line.strip():
+            texts[-1] += "\n" + line
+    bundles = []
+    for tag, text in zip(starts, texts, strict=True):
+        ops = (o[1] for part in text.rsplit("}", 1)[0].split(";;") if (o := _OPCODE.match(part)))
+        bundles.append(Bundle(tag, tuple(ops)))
+    return bundles
+
+
+def parse_utilization(text: str) -> tuple[dict[str, int], list[list[int]]]:
+    """(unit -> capacity, per-bundle loads) of a `*-static-per-bundle-utilization.txt`."""
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    header = next(i for i, words in enumerate(lines) if words[0] == "==" and "CAPAC" in words[1])
+    units = [u.rstrip(",") for u in lines[header + 1]]
+    capacity = dict(zip(units, map(int, lines[header + 2]), strict=True))
+    rows = [list(map(int, words)) for words in lines[header + 4 :] if words[0].isdigit()]
+    return capacity, rows
+
+
+def straight_runs(bundles: list[Bundle]) -> list[range]:
+    """Bundle index ranges with no branch target after their first bundle and no branch
+    before their last."""
+    runs, start = [], 0
+    for i, bundle in enumerate(bundles):
+        if i > start and bundle.tag in _TARGET_TAGS:
+            runs.append(range(start, i))
+            start = i
+        if any(op.startswith("sbr") for op in bundle.opcodes):
+            runs.append(range(start, i + 1))
+            start = i + 1
+    if start < len(bundles):
+        runs.append(range(start, len(bundles)))
+    return runs
+
+
+def mxu_blocks(listing: str, utilization: str) -> tuple[MxuBlock, ...]:
+    """The MXU blocks of one kernel's dumps, in program order."""
+    bundles = parse_bundles(listing)
+    capacity, rows = parse_utilization(utilization)
+    if len(rows) != len(bundles):
+        raise ValueError(f"{len(bundles)} bundles but {len(rows)} utilization rows")
+    blocks = []
+    for run in straight_runs(bundles):
+        pushes = Counter(
+            int(m[1])
+            for i in run
+            for op in bundles[i].opcodes
+            if op.startswith("vmatmul") and (m := _MXU.search(op))
+        )
+        if pushes:
+            load = {u: sum(rows[i][j] for i in run) for j, u in enumerate(capacity)}
+            by_mxu = dict(sorted(pushes.items()))
+            opcodes = dict(Counter(op for i in run for op in bundles[i].opcodes).most_common())
+            blocks.append(MxuBlock(run.start, len(run), load, capacity, by_mxu, opcodes))
+    return tuple(blocks)
+
+
+def kernel_dumps(dump_dir: Path, kernel: str) -> list[tuple[str, str]]:
+    """(final bundles, utilization) texts of every compile of `kernel` (its Pallas name) in a
+    libtpu dump directory, oldest first."""
+    pairs = []
+    for listing in sorted(dump_dir.glob(f"*{kernel}*-final_bundles.txt")):
+        prefix = listing.name.split("-final_bundles.txt")[0].rsplit("-", 1)[0]
+        (util,) = dump_dir.glob(f"{prefix}-*-final_hlo-static-per-bundle-utilization.txt")
+        pairs.append((listing.read_text(), util.read_text()))
+    return pairs

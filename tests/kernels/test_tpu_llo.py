@@ -1,0 +1,113 @@
+"""The TPU schedule reader (`common/llo.py`) and what it shows of the Mosaic-TPU GDPA kernels.
+
+The parser is checked on a hand-written listing. With libtpu, a subprocess (LIBTPU_INIT_ARGS
+is read when libtpu loads) compiles the GDPA forward for deviceless v5e and v6e chips with the
+schedule dumps on: before v6 the 16-bit silu tile evaluates σ through vtanh, with no
+reciprocal; on v6e through the one-push sigmoid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pallas_kernels.common import llo
+from pallas_kernels.common.tpu import sigmoid_via_tanh
+
+LISTING = """\
+= control target key start
+LB: loop body
+= control target key end
+
+     0   :  { %s1_s0 = smov 0 }
+   0x1 LB: > { %v2_v0 = vld [vmem:[%s1_s0] sm:$0xff]  ;;  %3 = vmatmul.bf16.gmra.mxu0 %v2_v0 }
+   0x2   : > { %4 = vmatmul.bf16.gmra.mxu1 %v2_v0 /* a comment
+over two lines */ }
+   0x3   : > { %5 = vmatmul.bf16.gmra.mxu0 %v2_v0  ;;  %v6_v1 = vpop.f32.mrf.mxu0 }
+   0x4   : > { %7 = sbr.rel (%p1_p0) target = $region2 }
+   0x5 PF:  { %v8_v2 = vadd.f32 %v6_v1, %v6_v1 }
+"""
+UTILIZATION = """\
+== CAPACTIY:
+MXU, VALU, VPOP, VLOAD
+    4     4     2     3
+== UTILIZATION:
+0 0 0 0
+1 0 0 3
+1 0 0 1
+1 0 1 0
+0 0 0 0
+0 1 0 0
+"""
+
+
+def test_mxu_blocks_of_a_listing():
+    (block,) = llo.mxu_blocks(LISTING, UTILIZATION)
+    assert (block.first, block.bundles) == (1, 4)  # bundles 0x1..0x4: the loop body to its branch
+    assert block.pushes == {0: 2, 1: 1}
+    assert block.load == {"MXU": 3, "VALU": 0, "VPOP": 1, "VLOAD": 4}
+    assert block.opcodes["vmatmul.bf16.gmra.mxu0"] == 2
+    assert block.opcodes["sbr.rel"] == 1
+    assert [block.unit_bundles(u) for u in ("MXU", "VALU", "VPOP", "VLOAD")] == [1, 0, 1, 2]
+    assert block.busiest_unit() == "VLOAD"
+
+
+def test_a_utilization_of_another_listing_is_refused():
+    with pytest.raises(ValueError, match="6 bundles but 5 utilization rows"):
+        llo.mxu_blocks(LISTING, UTILIZATION.rsplit("0 1 0 0", 1)[0])
+
+
+def test_which_tpus_take_the_tanh_sigmoid():
+    assert all(map(sigmoid_via_tanh, ["TPU v4", "TPU v5 lite", "TPU v5", "TPU v5p"]))
+    assert not any(map(sigmoid_via_tanh, ["TPU v6 lite", "TPU7x", "cpu", "NVIDIA H100"]))
+
+
+_COMPILE = textwrap.dedent(
+    """
+    import json, os, sys, tempfile
+    from pathlib import Path
+    dump = Path(tempfile.mkdtemp())
+    os.environ["LIBTPU_INIT_ARGS"] = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import topologies
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from pallas_kernels.common import llo
+    from pallas_kernels.common.target import compile_target
+    from pallas_kernels.gdpa import gdpa
+    out = {}
+    for name in ("v5e:2x2", "v6e:2x2"):
+        for stale in dump.iterdir():
+            stale.unlink()
+        tpu = topologies.get_topology_desc(topology_name=name, platform="tpu").devices[0]
+        rep = NamedSharding(Mesh(np.array([tpu]), ("x",)), PartitionSpec())
+        x = jax.ShapeDtypeStruct((1, 512, 1, 128), jnp.bfloat16, sharding=rep)
+        with compile_target(tpu):
+            f = jax.jit(lambda q: gdpa(q, q, q, activation="silu", backend="pallas"))
+            f.lower(x).compile()
+        (dumps,) = llo.kernel_dumps(dump, "gdpa_fwd_tpu")
+        out[name] = [sorted(b.opcodes) for b in llo.mxu_blocks(*dumps)]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.tpu
+def test_the_silu_tile_takes_the_cheap_sigmoid_of_each_tpu():
+    pytest.importorskip("libtpu", reason="libtpu not installed (pip install libtpu==0.0.48.1)")
+    env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1", JAX_PLATFORMS="")
+    run = subprocess.run(
+        [sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    blocks = json.loads(run.stdout.splitlines()[-1])
+    for chip, has, lacks in [("v5e:2x2", "vtanh", "vrcp"), ("v6e:2x2", "vsigshft", "vtanh")]:
+        assert blocks[chip], f"no MXU block in the {chip} schedule"
+        for opcodes in blocks[chip]:
+            names = " ".join(opcodes)
+            assert has in names, (chip, opcodes)
+            assert lacks not in names, (chip, opcodes)
