@@ -1,19 +1,27 @@
 """Static TPU schedules of our Pallas Mosaic-TPU kernels (GDPA, SWA, HSP) at production shapes.
 
-    python -m benchmarks.kernels.tpu_bundles --out benchmarks/results/tpu_bundles.json
+    python -m benchmarks.kernels.tpu_bundles --out benchmarks/results/tpu_bundles.json [--sweep]
 
 No TPU needed: libtpu compiles forward + backward for deviceless v5e and v6e chips and dumps
-each kernel's VLIW schedule (`common/llo.py`). Per MXU block (the tile computation of a grid
-step: one per variant, wholly visible or masked) the record gives its bundles, the cycles its
-MXU pushes keep the busiest MXU busy, their ratio (the fraction of the MXU peak the tile could
-reach: an upper bound, since DMA waits and the grid step's bookkeeping come on top), the
-busiest other unit and the vector spills. A plain bf16 matmul kernel compiled in the same run
-is the ceiling: it measures the FLOPs per MXU push, hence the cycles a push takes
-(FLOPs / (2 · MXU width²), MXU_WIDTH), and how close a straight matmul's schedule comes to
-MXU-bound. The shapes: B=4, H=4, D=128, bf16, silu, T=4096 (large enough that the operands
-live in HBM, as in training); GDPA self-attention and cross-attention with Tkv=64, SWA at
-w=128, HSP with 64 seeds. Must run in a fresh process: LIBTPU_INIT_ARGS is read when libtpu
-first loads.
+each kernel's VLIW schedule (`common/llo.py`); a bundle issues per cycle when nothing stalls.
+Per kernel and MXU block (a grid step's tile computation, one block per variant: wholly
+visible, then masked) the record gives:
+- `bundles`: the block's own; `step_bundles`: the fewest of a grid step through it (the step's
+  bookkeeping included, its conditional first-step init / last-step finish skipped);
+- `tile_fraction`: MXU work per bundle of the block over that of the ceiling's block;
+- `step_fraction`: useful FLOPs per step bundle over the ceiling's FLOPs per step bundle;
+- `useful_fraction`: the tile's FLOPs over the MXU work its pushes execute (below 1 where a
+  matmul dimension is narrower than the MXU: D = 128 contractions on v6e's 256-wide MXU);
+- per-unit bundles at each unit's capacity, the busiest unit besides the MXU, vector spills.
+The GDPA and SWA kernels also get a whole-grid estimate: their grid's steps counted by kind
+(wholly visible, masked, idle: `blocks` ranges) times the step bundles, against the kernel's
+useful FLOPs. The ceiling is a plain bf16 Pallas matmul compiled in the same run, its densest
+steady state over CEILING_BLOCKS; its known FLOPs give the MXU work of a push. Bundles are a
+lower bound on cycles: DMA waits and stalls come on top, and the clock is not modelled.
+Shapes: B=4, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
+Tkv=64; SWA at w=128 and the same kernel without a window (full attention); HSP with 64 seeds.
+`--sweep` also compiles GDPA for every SWEEP_TILES candidate and records the densest tiles.
+Run it in a fresh process: LIBTPU_INIT_ARGS is read when libtpu first loads.
 """
 
 from __future__ import annotations
@@ -28,35 +36,151 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from pallas_kernels.common import llo
+
 DEFAULT_TOPOLOGIES = ("v5e:2x2", "v6e:2x2")
 B, H, D, T = 4, 4, 128, 4096
 SWA_WINDOW = 128
+CROSS_TKV = 64
+# Tile candidates (block_q, block_kv), forward and backward alike, per Tkv regime (GDPA, and
+# SWA without a window) and for SWA at w = SWA_WINDOW. A jagged sequence wastes about half a
+# tile in padding, so tiles stay <= 512 rows for self-attention and query tiles <= 1024 rows
+# against short K/V (whose tile is the whole Tkv); SWA's query tiles are multiples of 128
+# (its logsumexp's lane dim).
+SWEEP_TILES = {
+    "long": ((256, 256), (256, 512), (512, 256), (512, 512)),
+    "short": ((256, 256), (512, 256), (1024, 256)),
+    "swa": ((128, 128), (128, 256), (256, 128), (256, 256), (512, 128), (512, 256)),
+}
 CEILING_SHAPE = (2048, 2048, 2048)  # the ceiling matmul's M, N, K
 CEILING_BLOCKS = ((512, 512, 512), (1024, 1024, 512), (1024, 512, 1024), (512, 512, 2048))
 
 
 @dataclasses.dataclass(frozen=True)
+class Schedule:
+    """One compiled kernel: its final bundle listing and its MXU blocks."""
+
+    listing: str
+    blocks: tuple[llo.MxuBlock, ...]
+
+    def step_bundles(self, block: llo.MxuBlock | None) -> int:
+        """Fewest bundles of a grid step through `block` and no other MXU block (None: through
+        none, a step with no tile to compute)."""
+        others = tuple(b.first for b in self.blocks if b is not block)
+        via = None if block is None else block.first
+        return llo.fewest_step_bundles(self.listing, self.blocks[0].first, via, others)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """A GDPA or SWA call of the benchmark: full lengths, q [B, T, H, D], k / v [B, tkv, H, D]."""
+
+    op: str  # "gdpa" | "swa"
+    tkv: int
+    window: int | None
+    override: tuple[int, int] | None = None  # explicit (block_q, block_kv), else the table's
+
+    def tiles(self, kind: str, device_kind: str) -> tuple[int, int]:
+        """(block_q, block_kv) the op picks for kernel `kind` ("fwd", "dkdv", "dq")."""
+        import jax.numpy as jnp
+
+        from pallas_kernels.common.tiles import fit_block_sizes
+        from pallas_kernels.gdpa import tuning as gdpa_tuning
+        from pallas_kernels.swa import tuning as swa_tuning
+
+        if self.op == "gdpa":
+            sizes = gdpa_tuning.default_block_sizes("tpu", device_kind, D, self.tkv, "pallas_tpu")
+        else:
+            sizes = swa_tuning.default_block_sizes("tpu", device_kind, D, self.window)
+        explicit = self.override or (None, None)
+        sizes = sizes.with_overrides(*explicit)
+        sizes = fit_block_sizes(sizes, "pallas_tpu", jnp.bfloat16, T, self.tkv, *explicit)
+        if kind == "fwd":
+            return sizes.block_q, sizes.block_kv
+        return sizes.block_q_bwd, sizes.block_kv_bwd
+
+    def tile_flops(self, kind: str, device_kind: str) -> int:
+        """Useful FLOPs of one wholly visible tile of kernel `kind`."""
+        block_q, block_kv = self.tiles(kind, device_kind)
+        return _matmuls(kind) * 2 * block_q * block_kv * D
+
+    def grid_estimate(self, sched: Schedule, kind: str, device_kind: str) -> dict:
+        """Bundles of the whole grid of kernel `kind`: its steps counted by kind times their
+        step bundles (first block: wholly visible tiles; second: masked), and useful FLOPs."""
+        import numpy as np
+
+        from pallas_kernels.common import blocks
+        from pallas_kernels.common.tpu import TileGrid
+
+        block_q, block_kv = self.tiles(kind, device_kind)
+        grid = TileGrid(
+            B, H, block_q, block_kv, T // block_q, self.tkv // block_kv, self.window, causal=False
+        )
+        q_outer = kind != "dkdv"
+        outer = np.arange(grid.grid(q_outer)[2])[:, None]
+        lo, hi = (np.asarray(x) for x in grid.inner_range(outer, T, self.tkv, q_outer))
+        inner = lo + np.arange(grid.steps(q_outer))[None, :]
+        rows, cols = (
+            (outer * block_q, inner * block_kv) if q_outer else (inner * block_q, outer * block_kv)
+        )
+        unmasked = np.asarray(
+            blocks.block_unmasked(
+                rows,
+                cols,
+                block_q=block_q,
+                block_kv=block_kv,
+                q_len=T,
+                kv_len=self.tkv,
+                window=self.window,
+                causal=False,
+            )
+        )
+        active = inner < hi
+        masked_block = sched.blocks[-1]
+        steps = dict(
+            unmasked=(int((active & unmasked).sum()), sched.step_bundles(sched.blocks[0])),
+            masked=(int((active & ~unmasked).sum()), sched.step_bundles(masked_block)),
+            idle=(int((~active).sum()), sched.step_bundles(None)),
+        )
+        bundles = B * H * sum(n * cost for n, cost in steps.values())
+        reach = T if self.window is None else self.window  # |i - j| <= reach
+        query = np.arange(T)
+        first = np.maximum(query - reach, 0)
+        last = np.minimum(query + reach, self.tkv - 1)
+        visible = int(np.maximum(last - first + 1, 0).sum())
+        return dict(
+            steps=steps, bundles=bundles, useful_flops=B * H * _matmuls(kind) * 2 * D * visible
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Case:
-    """One compiled program: its kernels and the useful FLOPs of each one's tile."""
+    """One compiled program and its kernels' Pallas names (`attention`: None for HSP)."""
 
     name: str
     kernels: tuple[str, ...]
     build: Callable  # (device) -> compiled program
-    tile_flops: Callable  # (kernel, device kind) -> FLOPs of one tile, None if not counted
+    attention: Attention | None = None
+
+
+def _matmuls(kind: str) -> int:
+    from pallas_kernels.gdpa.blockwise import KERNEL_TRAFFIC
+
+    return KERNEL_TRAFFIC[kind][0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--topologies", nargs="+", default=list(DEFAULT_TOPOLOGIES))
+    parser.add_argument("--sweep", action="store_true", help="search the GDPA tiles too")
     args = parser.parse_args()
     dump = Path(tempfile.mkdtemp(prefix="llo_dump_"))
-    if "jax" in os.sys.modules and os.environ.get("LIBTPU_INIT_ARGS"):
-        raise SystemExit("run tpu_bundles in a fresh process (LIBTPU_INIT_ARGS is read once)")
-    os.environ["LIBTPU_INIT_ARGS"] = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
+    flags = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
+    os.environ["LIBTPU_INIT_ARGS"] = f"{os.environ.get('LIBTPU_INIT_ARGS', '')} {flags}".strip()
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        report = bundle_report(args.topologies, dump)
+        report = bundle_report(args.topologies, dump, args.sweep)
     finally:
         shutil.rmtree(dump, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,84 +189,204 @@ def main() -> None:
         for blk in rec["mxu_blocks"]:
             print(
                 f"{rec['chip']:8s} {rec['case']:10s} {rec['kernel']:22s} "
-                f"bundles={blk['bundles']:5d} ceiling={blk['ceiling_fraction']:.2f} "
-                f"useful={blk['useful_fraction']} busiest={blk['busiest_unit']}"
-                f"({blk['unit_bundles'][blk['busiest_unit']]}) spills={blk['spills']}"
+                f"tile={blk['bundles']:5d} ({blk['tile_fraction']:.2f}) "
+                f"step={blk['step_bundles']:5d} ({blk['step_fraction']:.2f}) "
+                f"busiest={blk['busiest_unit']}({blk['unit_bundles'][blk['busiest_unit']]}) "
+                f"spills={blk['spills']}"
             )
+    for summary in report["cases"]:
+        print(summary)
+    for rec in report.get("sweep_best", []):
+        print("best", rec)
 
 
-def bundle_report(topologies: list[str], dump: Path) -> dict:
-    """Every kernel's MXU blocks on every chip (see the module docstring)."""
+def bundle_report(topologies: list[str], dump: Path, sweep: bool) -> dict:
+    """Every kernel's MXU blocks and grid estimate on every chip (see the module docstring)."""
     from jax.experimental import topologies as topo
 
     from kunlun_jax.provenance import environment
 
-    records, ceilings = [], {}
+    records, ceilings, cases, sweeps = [], {}, [], []
     for name in topologies:
         device = topo.get_topology_desc(topology_name=name, platform="tpu").devices[0]
-        ceiling = _ceiling(device, dump)
-        ceilings[name] = ceiling
+        kind = device.device_kind
+        ceiling = ceilings[name] = _ceiling(device, dump)
         for case in _cases():
-            for kernel, blocks in _compiled_blocks(case, device, dump).items():
-                tile_flops = case.tile_flops(kernel, device.device_kind)
-                records.append(
-                    dict(
-                        chip=name,
-                        device_kind=device.device_kind,
-                        case=case.name,
-                        kernel=kernel,
-                        tile_flops=tile_flops,
-                        mxu_blocks=[_block_record(b, ceiling, tile_flops) for b in blocks],
-                    )
+            totals = {}
+            for kernel, sched in _compiled(case, device, dump).items():
+                att, kernel_kind = case.attention, kernel.split("_")[1]
+                tile_flops = None if att is None else att.tile_flops(kernel_kind, kind)
+                rec = dict(
+                    chip=name,
+                    device_kind=kind,
+                    case=case.name,
+                    kernel=kernel,
+                    tile_flops=tile_flops,
+                    mxu_blocks=[_block_record(sched, b, ceiling, tile_flops) for b in sched.blocks],
                 )
+                if att is not None:
+                    grid = rec["grid"] = att.grid_estimate(sched, kernel_kind, kind)
+                    grid["step_fraction"] = round(
+                        grid["useful_flops"] / grid["bundles"] / ceiling["flops_per_step_bundle"], 3
+                    )
+                    totals[kernel_kind] = grid
+                records.append(rec)
+            if totals:
+                cases.append(_case_summary(name, case.name, totals, ceiling))
+        if sweep:
+            sweeps += _sweep(name, device, dump, ceiling)
     env = environment()
     env["device_kind"] = "CPU (deviceless TPU compile: " + ", ".join(topologies) + ")"
     env["libtpu"] = metadata.version("libtpu")
-    return dict(
-        environment=env, shapes=dict(B=B, H=H, D=D, T=T), ceilings=ceilings, kernels=records
+    report = dict(
+        environment=env,
+        shapes=dict(B=B, H=H, D=D, T=T),
+        ceilings=ceilings,
+        cases=cases + _swa_vs_full(cases),
+        kernels=records,
     )
+    if sweep:
+        report |= dict(sweep=sweeps, sweep_best=_best(sweeps))
+    return report
+
+
+def _case_summary(chip: str, case: str, totals: dict, ceiling: dict) -> dict:
+    """Forward and backward (dK/dV + dQ) grid bundles of one case, and their step fraction."""
+    peak = ceiling["flops_per_step_bundle"]
+    out = dict(chip=chip, case=case)
+    for part, kinds in (("fwd", ("fwd",)), ("bwd", ("dkdv", "dq"))):
+        bundles = sum(totals[k]["bundles"] for k in kinds)
+        flops = sum(totals[k]["useful_flops"] for k in kinds)
+        out[part] = dict(bundles=bundles, fraction=round(flops / bundles / peak, 3))
+    return out
+
+
+def _swa_vs_full(cases: list[dict]) -> list[dict]:
+    """Full attention's grid bundles over SWA's (w = SWA_WINDOW), per chip: the static form of
+    the SWA speed-up at T."""
+    out = []
+    for swa in (c for c in cases if c["case"] == "swa_w128"):
+        (full,) = (c for c in cases if c["case"] == "swa_full" and c["chip"] == swa["chip"])
+        out.append(
+            dict(
+                chip=swa["chip"],
+                case="swa_w128_vs_full",
+                fwd_speedup=round(full["fwd"]["bundles"] / swa["fwd"]["bundles"], 2),
+                fwd_bwd_speedup=round(
+                    (full["fwd"]["bundles"] + full["bwd"]["bundles"])
+                    / (swa["fwd"]["bundles"] + swa["bwd"]["bundles"]),
+                    2,
+                ),
+            )
+        )
+    return out
 
 
 def _ceiling(device, dump: Path) -> dict:
-    """The densest schedule of a plain bf16 Pallas matmul over CEILING_BLOCKS: FLOPs per MXU
-    push (known FLOPs / pushes) and FLOPs per bundle."""
+    """The densest steady state of a plain bf16 Pallas matmul over CEILING_BLOCKS: FLOPs per
+    MXU push (known FLOPs / pushes), FLOPs per bundle of its tile block and of a grid step."""
     best = None
     for bm, bn, bk in CEILING_BLOCKS:
-        (block,) = _compiled_blocks(_ceiling_case(bm, bn, bk), device, dump)["mxu_ceiling_matmul"]
+        sched = _compiled(_ceiling_case(bm, bn, bk), device, dump)["mxu_ceiling_matmul"]
+        (block,) = sched.blocks
         flops = 2 * bm * bn * bk
         rec = dict(
             block=(bm, bn, bk),
             bundles=block.bundles,
+            step_bundles=sched.step_bundles(block),
             mxus=len(block.pushes),
             flops_per_push=flops / sum(block.pushes.values()),
             flops_per_bundle=round(flops / block.bundles),
+            flops_per_step_bundle=round(flops / sched.step_bundles(block)),
             busiest_unit=block.busiest_unit(),
         )
-        if best is None or rec["flops_per_bundle"] > best["flops_per_bundle"]:
+        if best is None or rec["flops_per_step_bundle"] > best["flops_per_step_bundle"]:
             best = rec
     return best
 
 
-def _block_record(block, ceiling: dict, tile_flops: int | None) -> dict:
+def _block_record(sched: Schedule, block: llo.MxuBlock, ceiling: dict, tile_flops) -> dict:
     executed = sum(block.pushes.values()) * ceiling["flops_per_push"]
-    busiest = block.busiest_unit()
+    useful = executed if tile_flops is None else tile_flops
+    step = sched.step_bundles(block)
     return dict(
         bundles=block.bundles,
+        step_bundles=step,
         pushes=block.pushes,
-        executed_flops_per_bundle=round(executed / block.bundles),
-        ceiling_fraction=round(executed / block.bundles / ceiling["flops_per_bundle"], 3),
+        tile_fraction=round(executed / block.bundles / ceiling["flops_per_bundle"], 3),
+        step_fraction=round(useful / step / ceiling["flops_per_step_bundle"], 3),
         useful_fraction=None if tile_flops is None else round(tile_flops / executed, 3),
         unit_bundles={u: block.unit_bundles(u) for u in block.load},
-        busiest_unit=busiest,
+        busiest_unit=block.busiest_unit(),
         spills=block.load.get("VSTORE:SPILL", 0),
         fills=block.load.get("VLOAD:FILL", 0),
     )
 
 
-def _compiled_blocks(case: Case, device, dump: Path) -> dict:
-    """Compile `case` for `device`, read each kernel's MXU blocks from the dumps, clear them."""
-    from pallas_kernels.common import llo
+def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
+    """Whole-grid forward and backward bundles of GDPA and SWA for each SWEEP_TILES candidate
+    (explicit tiles: forward and backward alike)."""
+    records, peak = [], ceiling["flops_per_step_bundle"]
+    for base in _cases():
+        att = base.attention
+        if att is None:
+            continue
+        for tiles in SWEEP_TILES[_sweep_family(att)]:
+            case = _attention_case(base.name, dataclasses.replace(att, override=tiles))
+            grids = {
+                kernel.split("_")[1]: case.attention.grid_estimate(
+                    sched, kernel.split("_")[1], device.device_kind
+                )
+                for kernel, sched in _compiled(case, device, dump).items()
+            }
+            fraction = {}
+            for part, kinds in (("fwd", ("fwd",)), ("bwd", ("dkdv", "dq"))):
+                flops = sum(grids[k]["useful_flops"] for k in kinds)
+                bundles = sum(grids[k]["bundles"] for k in kinds)
+                fraction[part] = round(flops / bundles / peak, 3)
+            records.append(
+                dict(
+                    chip=chip,
+                    device_kind=device.device_kind,
+                    case=base.name,
+                    block_q=case.attention.tiles("fwd", device.device_kind)[0],
+                    block_kv=case.attention.tiles("fwd", device.device_kind)[1],
+                    bundles={k: g["bundles"] for k, g in grids.items()},
+                    fwd_fraction=fraction["fwd"],
+                    bwd_fraction=fraction["bwd"],
+                )
+            )
+    return records
 
+
+def _sweep_family(att: Attention) -> str:
+    """The SWEEP_TILES key of a call: its Tkv regime, or "swa" for a windowed SWA call."""
+    from pallas_kernels.gdpa.tuning import kv_regime
+
+    return "swa" if att.window is not None else kv_regime(att.tkv)
+
+
+def _best(sweeps: list[dict]) -> list[dict]:
+    """Per (chip, case): the tiles with the densest forward and backward grids."""
+    best = []
+    for key in sorted({(r["chip"], r["device_kind"], r["case"]) for r in sweeps}):
+        rows = [r for r in sweeps if (r["chip"], r["device_kind"], r["case"]) == key]
+        fwd = max(rows, key=lambda r: r["fwd_fraction"])
+        bwd = max(rows, key=lambda r: r["bwd_fraction"])
+        best.append(
+            dict(
+                chip=key[0],
+                device_kind=key[1],
+                case=key[2],
+                fwd=(fwd["block_q"], fwd["block_kv"], fwd["fwd_fraction"]),
+                bwd=(bwd["block_q"], bwd["block_kv"], bwd["bwd_fraction"]),
+            )
+        )
+    return best
+
+
+def _compiled(case: Case, device, dump: Path) -> dict[str, Schedule]:
+    """Compile `case` for `device`, read each kernel's schedule from the dumps, clear them."""
     for stale in dump.iterdir():
         stale.unlink()
     case.build(device)
@@ -152,7 +396,8 @@ def _compiled_blocks(case: Case, device, dump: Path) -> dict:
         if not dumps:
             names = sorted({p.name.split("-")[1] for p in dump.iterdir()})
             raise RuntimeError(f"no schedule dumped for {kernel} in case {case.name}: {names}")
-        found[kernel] = llo.mxu_blocks(*dumps[-1])
+        listing, utilization = dumps[-1]
+        found[kernel] = Schedule(listing, llo.mxu_blocks(listing, utilization))
     return found
 
 
@@ -171,6 +416,8 @@ def _args(device):
 
 
 def _grad_compile(device, loss, *shapes):
+    """Compile value_and_grad of `loss` for `device`; shapes are bf16 arrays, or (shape, dtype)
+    pairs for int32 lengths (no gradient)."""
     import jax
     import jax.numpy as jnp
 
@@ -184,105 +431,87 @@ def _grad_compile(device, loss, *shapes):
 
 
 def _cases() -> list[Case]:
-    import jax.numpy as jnp
-
-    from pallas_kernels.gdpa.api import gdpa
-    from pallas_kernels.hsp.api import seed_pooling
-    from pallas_kernels.swa.api import swa_attention
-
-    gdpa_kernels = ("gdpa_fwd_tpu", "gdpa_dkdv_tpu", "gdpa_dq_tpu")
-    lens = ((B,), jnp.int32)
-
-    def gdpa_case(tkv: int):
-        def loss(q, k, v, q_lens, kv_lens):
-            o = gdpa(
-                q,
-                k,
-                v,
-                activation="silu",
-                qk_scale=D**-0.5,
-                out_scale=1 / tkv,
-                q_lengths=q_lens,
-                kv_lengths=kv_lens,
-                backend="pallas",
-            )
-            return o.astype(jnp.float32).sum()
-
-        return lambda dev: _grad_compile(
-            dev, loss, (B, T, H, D), (B, tkv, H, D), (B, tkv, H, D), lens, lens
-        )
-
-    def swa(dev):
-        def loss(q, k, v, lengths):
-            o = swa_attention(
-                q, k, v, q_lengths=lengths, kv_lengths=lengths, window=SWA_WINDOW, backend="pallas"
-            )
-            return o.astype(jnp.float32).sum()
-
-        return _grad_compile(dev, loss, (B, T, H, D), (B, T, H, D), (B, T, H, D), lens)
-
-    def hsp(dev):
-        def loss(seeds, k, v, kv_lengths):
-            o = seed_pooling(
-                seeds,
-                k,
-                v,
-                kv_lengths=kv_lengths,
-                backend="tpu",
-                interpret=False,
-                device_kind=dev.device_kind,
-            )
-            return o.astype(jnp.float32).sum()
-
-        return _grad_compile(dev, loss, (64, H, D), (B, T, H, D), (B, T, H, D), lens)
-
     return [
-        Case("gdpa_self", gdpa_kernels, gdpa_case(T), _attention_tile_flops("gdpa", T)),
-        Case("gdpa_cross", gdpa_kernels, gdpa_case(64), _attention_tile_flops("gdpa", 64)),
-        Case(
-            "swa_w128",
-            ("swa_fwd_tpu", "swa_dkdv_tpu", "swa_dq_tpu"),
-            swa,
-            _attention_tile_flops("swa", T),
-        ),
-        Case(
-            "hsp_s64",
-            ("seed_pooling_fwd_tpu", "seed_pooling_bwd_tpu"),
-            hsp,
-            lambda kernel, kind: None,
-        ),
+        _attention_case("gdpa_self", Attention("gdpa", T, None)),
+        _attention_case("gdpa_cross", Attention("gdpa", CROSS_TKV, None)),
+        _attention_case("swa_w128", Attention("swa", T, SWA_WINDOW)),
+        _attention_case("swa_full", Attention("swa", T, None)),
+        Case("hsp_s64", ("seed_pooling_fwd_tpu", "seed_pooling_bwd_tpu"), _hsp_build),
     ]
 
 
-def _attention_tile_flops(op: str, tkv: int) -> Callable:
-    """(kernel, device kind) -> 2·D FLOPs per score per matmul of one [block_q, block_kv] tile
-    of the GDPA / SWA kernels, with the tiles `gdpa` / `swa_attention` pick for this shape."""
+def _attention_case(name: str, att: Attention) -> Case:
+    """The forward + backward program of a GDPA (silu) or SWA call."""
     import jax.numpy as jnp
 
-    from pallas_kernels.common.tiles import fit_block_sizes
-    from pallas_kernels.gdpa import tuning as gdpa_tuning
-    from pallas_kernels.gdpa.blockwise import KERNEL_TRAFFIC
-    from pallas_kernels.swa import tuning as swa_tuning
+    from pallas_kernels.gdpa.api import gdpa
+    from pallas_kernels.swa.api import swa_attention
 
-    def flops(kernel: str, device_kind: str) -> int:
-        if op == "gdpa":
-            sizes = gdpa_tuning.default_block_sizes("tpu", device_kind, D, tkv, "pallas_tpu")
-        else:
-            sizes = swa_tuning.default_block_sizes("tpu", device_kind, D, SWA_WINDOW)
-        sizes = fit_block_sizes(sizes, "pallas_tpu", jnp.bfloat16, T, tkv, None, None)
-        kind = kernel.split("_")[1]  # fwd | dkdv | dq
-        bq, bkv = (
-            (sizes.block_q, sizes.block_kv)
-            if kind == "fwd"
-            else (sizes.block_q_bwd, sizes.block_kv_bwd)
+    lens = ((B,), jnp.int32)
+    block_q, block_kv = att.override or (None, None)
+    tiles = dict(block_q=block_q, block_kv=block_kv)
+
+    def gdpa_loss(q, k, v, q_lens, kv_lens):
+        o = gdpa(
+            q,
+            k,
+            v,
+            activation="silu",
+            qk_scale=D**-0.5,
+            out_scale=1 / att.tkv,
+            q_lengths=q_lens,
+            kv_lengths=kv_lens,
+            backend="pallas",
+            **tiles,
         )
-        return KERNEL_TRAFFIC[kind][0] * 2 * bq * bkv * D
+        return o.astype(jnp.float32).sum()
 
-    return flops
+    def swa_loss(q, k, v, lengths):
+        o = swa_attention(
+            q,
+            k,
+            v,
+            q_lengths=lengths,
+            kv_lengths=lengths,
+            window=att.window,
+            backend="pallas",
+            **tiles,
+        )
+        return o.astype(jnp.float32).sum()
+
+    def build(dev):
+        qkv = ((B, T, H, D), (B, att.tkv, H, D), (B, att.tkv, H, D))
+        if att.op == "gdpa":
+            return _grad_compile(dev, gdpa_loss, *qkv, lens, lens)
+        return _grad_compile(dev, swa_loss, *qkv, lens)
+
+    kernels = tuple(f"{att.op}_{kind}_tpu" for kind in ("fwd", "dkdv", "dq"))
+    return Case(name, kernels, build, att)
+
+
+def _hsp_build(dev):
+    import jax.numpy as jnp
+
+    from pallas_kernels.hsp.api import seed_pooling
+
+    def loss(seeds, k, v, kv_lengths):
+        o = seed_pooling(
+            seeds,
+            k,
+            v,
+            kv_lengths=kv_lengths,
+            backend="tpu",
+            interpret=False,
+            device_kind=dev.device_kind,
+        )
+        return o.astype(jnp.float32).sum()
+
+    lens = ((B,), jnp.int32)
+    return _grad_compile(dev, loss, (64, H, D), (B, T, H, D), (B, T, H, D), lens)
 
 
 def _ceiling_case(bm: int, bn: int, bk: int) -> Case:
-    """A bf16 [M, K] @ [K, N] Pallas matmul, fp32 accumulation, square blocks: the ceiling."""
+    """A bf16 [M, K] @ [K, N] Pallas matmul, fp32 accumulation, [bm, bk] x [bk, bn] blocks."""
     import jax
     import jax.numpy as jnp
     from jax.experimental import pallas as pl
@@ -322,7 +551,7 @@ def _ceiling_case(bm: int, bn: int, bk: int) -> Case:
         arg = _args(dev)
         return jax.jit(matmul).lower(arg((m, k)), arg((k, n))).compile()
 
-    return Case("ceiling", ("mxu_ceiling_matmul",), build, lambda kernel, kind: None)
+    return Case("ceiling", ("mxu_ceiling_matmul",), build)
 
 
 if __name__ == "__main__":

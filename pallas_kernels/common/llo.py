@@ -23,6 +23,8 @@ from pathlib import Path
 
 _BUNDLE_START = re.compile(r"^\s*(?:0x[0-9a-f]+|\d+)\s+(?:([A-Z]{2}):)?\s*:?\s*>?\s*\{")
 _OPCODE = re.compile(r"^\s*%\w+\s*=\s*([a-z][\w.]*)")
+_REGION_START = re.compile(r"Start(?:/End empty)? region (\d+)")
+_BRANCH_TARGET = re.compile(r"\bsbr\.\w+\b.*?target = \$region(\d+)")
 _MXU = re.compile(r"\.mxu(\d+)\b")
 # Bundle tags that are branch targets (the listing's control-target key): loop header / body /
 # exit, predicated-region fallthrough, control target.
@@ -31,10 +33,13 @@ _TARGET_TAGS = {"LH", "LB", "LE", "PF", "CT"}
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-    """One VLIW bundle: its branch-target tag ('' if none) and the opcodes it issues."""
+    """One VLIW bundle: its branch-target tag ('' if none), the opcodes it issues, the regions
+    that start at it and the region its (conditional) branch jumps to, if any."""
 
     tag: str
     opcodes: tuple[str, ...]
+    regions: tuple[int, ...] = ()
+    branch_to: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +75,11 @@ def parse_bundles(listing: str) -> list[Bundle]:
             texts[-1] += "\n" + line
     bundles = []
     for tag, text in zip(starts, texts, strict=True):
-        ops = (o[1] for part in text.rsplit("}", 1)[0].split(";;") if (o := _OPCODE.match(part)))
-        bundles.append(Bundle(tag, tuple(ops)))
+        body, _, comment = text.rpartition("}")
+        ops = (o[1] for part in body.split(";;") if (o := _OPCODE.match(part)))
+        regions = tuple(int(r) for r in _REGION_START.findall(comment))
+        branch = _BRANCH_TARGET.search(body)
+        bundles.append(Bundle(tag, tuple(ops), regions, int(branch[1]) if branch else None))
     return bundles
 
 
@@ -88,17 +96,71 @@ def parse_utilization(text: str) -> tuple[dict[str, int], list[list[int]]]:
 def straight_runs(bundles: list[Bundle]) -> list[range]:
     """Bundle index ranges with no branch target after their first bundle and no branch
     before their last."""
+    starts = _region_starts(bundles)
+    targets = {i for i, b in enumerate(bundles) if b.tag in _TARGET_TAGS}
+    targets |= {starts[b.branch_to] for b in bundles if b.branch_to in starts}
     runs, start = [], 0
     for i, bundle in enumerate(bundles):
-        if i > start and bundle.tag in _TARGET_TAGS:
+        if i > start and i in targets:
             runs.append(range(start, i))
             start = i
-        if any(op.startswith("sbr") for op in bundle.opcodes):
+        if bundle.branch_to is not None or any(op.startswith("sbr") for op in bundle.opcodes):
             runs.append(range(start, i + 1))
             start = i + 1
     if start < len(bundles):
         runs.append(range(start, len(bundles)))
     return runs
+
+
+def _region_starts(bundles: list[Bundle]) -> dict[int, int]:
+    """Region number -> index of the bundle it starts at."""
+    starts: dict[int, int] = {}
+    for i, bundle in enumerate(bundles):
+        for region in bundle.regions:
+            starts.setdefault(region, i)
+    return starts
+
+
+def fewest_step_bundles(
+    listing: str, loop_of: int, via: int | None = None, avoid: tuple[int, ...] = ()
+) -> int:
+    """The fewest bundles one trip around the loop holding bundle `loop_of` can issue, through
+    bundle `via` (if given) and through none of the bundles in `avoid`, every conditional
+    region the trip can skip (a grid step's first-step init, last-step finish, DMA issue for a
+    block that did not change) skipped. Branches are conditional (`sbr.rel (p)`); the loop is
+    the innermost one whose body, from its LB bundle to its backward branch, holds `loop_of`.
+    """
+    bundles = parse_bundles(listing)
+    runs = straight_runs(bundles)
+    run_of = {i: n for n, run in enumerate(runs) for i in run}
+    starts = _region_starts(bundles)
+    back_edges = [
+        (run_of[starts[b.branch_to]], n)
+        for n, run in enumerate(runs)
+        if (b := bundles[run[-1]]).branch_to is not None and starts[b.branch_to] <= run[-1]
+    ]
+    inside = [(head, tail) for head, tail in back_edges if head <= run_of[loop_of] <= tail]
+    if not inside:
+        raise ValueError(f"bundle {loop_of} is in no loop")
+    first, last = min(inside, key=lambda edge: edge[1] - edge[0])
+    banned = {run_of[i] for i in avoid}
+    must = None if via is None else run_of[via]
+    # Forward edges only: the fewest bundles from `first` to each run (through `must`).
+    cost = {first: len(runs[first])}
+    for n in range(first, last + 1):
+        if n not in cost or n in banned:
+            continue
+        if n == must:
+            cost = {n: cost[n]}  # drop the trips that jumped past it
+        successors = [n + 1] if n < last else []
+        if (target := bundles[runs[n][-1]].branch_to) is not None:
+            successors.append(run_of[starts[target]])
+        for m in successors:
+            if n < m <= last and m not in banned:
+                cost[m] = min(cost.get(m, 1 << 30), cost[n] + len(runs[m]))
+    if last not in cost or (must is not None and not first <= must <= last):
+        raise ValueError(f"no trip around the loop through bundle {via} avoiding {avoid}")
+    return cost[last]
 
 
 def mxu_blocks(listing: str, utilization: str) -> tuple[MxuBlock, ...]:

@@ -5,7 +5,9 @@ kv block covers the whole key sequence and a big query block amortizes the per-s
 Self-attention-shaped GDPA is the "long" regime and uses flash-attention-like square tiles.
 
 Provenance: hand-picked starting points from the FlashAttention conventions (Triton tutorial
-tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. The GPU rows
+tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. The TPU
+D <= 128 rows are chosen from the compiler's static schedules (`benchmarks/kernels/
+tpu_bundles.py --sweep`: bundles of an interior grid step per useful FLOP). The GPU rows
 are checked statically: the Triton-language kernels compile with them for the generations they
 serve within shared memory and without register spills, and on Hopper (up to D = 128) without
 warpgroups repeating MMAs (benchmarks/kernels/triton_cuda_resources.py). Re-tune with
@@ -38,10 +40,12 @@ def _generic(*tiles: int) -> BlockSizes:
 # (platform, device-kind prefix ("" = any), max head dim, regime) -> BlockSizes.
 # Lookup takes the first row whose platform and prefix match and whose head-dim bound covers D.
 _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
-    # TPU v5e / v6e / v5p: 128x128 MXU (256x256 on v6e); keep tiles multiples of 128.
-    ("tpu", "", 128, "short", BlockSizes(1024, 256, 512, 256)),
+    # TPU v5e / v6e / v5p: 128x128 MXU (256x256 on v6e); keep tiles multiples of 128. D <= 128:
+    # the tiles whose interior grid steps the compiler schedules densest on both v5e and v6e
+    # among tpu_bundles.SWEEP_TILES (benchmarks/results/tpu_bundles.json, "sweep_best").
+    ("tpu", "", 128, "short", BlockSizes(1024, 256, 1024, 256)),
     ("tpu", "", 256, "short", BlockSizes(512, 256, 256, 256)),
-    ("tpu", "", 128, "long", BlockSizes(512, 512, 256, 256)),
+    ("tpu", "", 128, "long", BlockSizes(512, 512, 512, 512)),
     ("tpu", "", 256, "long", BlockSizes(256, 512, 256, 256)),
     # NVIDIA Hopper (H100 / H200), Triton: tutorial tiles; fewer warps for small D. Triton
     # gives each warpgroup (4 warps) 64 rows of a wgmma tile: with more warpgroups than a

@@ -6,7 +6,8 @@ positions grows with block / w: small windows want small tiles, full attention w
 TPU tiles stay multiples of 128 (MXU width, and the lane dim of the logsumexp rows).
 
 Provenance: hand-picked starting points (FlashAttention / splash-attention conventions), not
-autotuned on hardware: no TPU was attached when they were written. Re-tune with
+autotuned on hardware: no TPU was attached when they were written. Rows marked so are chosen
+from the compiler's static schedules (`benchmarks/kernels/tpu_bundles.py --sweep`). Re-tune with
 `benchmarks/kernels/swa.py --block-q/--block-kv` on the target device and edit the table.
 Explicit `block_q` / `block_kv` arguments to `swa_attention` override these (fwd and bwd).
 """
@@ -19,10 +20,15 @@ from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 # Lookup takes the first row whose platform and prefix match and whose bounds cover (D, w);
 # a full-attention call (window None) only matches rows with max window None.
 _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
+    # D <= 128, w <= 128: the tiles with the fewest grid bundles on v5e and v6e among
+    # tpu_bundles.SWEEP_TILES["swa"] (benchmarks/results/tpu_bundles.json, "sweep_best").
+    ("tpu", "", 128, 128, BlockSizes(128, 256, 128, 256)),
     ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
     ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256)),
     ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),
-    ("tpu", "", 128, None, BlockSizes(512, 512, 256, 256)),
+    # Full attention, D <= 128: the backward tile with the fewest grid bundles on v5e and v6e
+    # among tpu_bundles.SWEEP_TILES["long"] (the forward's 512 x 512 was already).
+    ("tpu", "", 128, None, BlockSizes(512, 512, 512, 512)),
     ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
     # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
     # checked for spills, shared memory and repeated MMAs (8 warps on 64-row Hopper tiles, see

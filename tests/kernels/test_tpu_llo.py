@@ -62,6 +62,34 @@ def test_a_utilization_of_another_listing_is_refused():
         llo.mxu_blocks(LISTING, UTILIZATION.rsplit("0 1 0 0", 1)[0])
 
 
+# A grid loop: a step's bookkeeping (0x1-0x2), a region it may skip (0x3: say, the first
+# step's init), two tile variants each behind its own branch (0x5-0x6, 0x8), and the
+# backward branch (0x9).
+LOOP = """\
+     0   :  { %s1_s0 = smov 0 } /* Start region 1 */
+   0x1 LB: > { %s2_s1 = sadd.s32 1, %s1_s0 } /* Start region 5 */
+   0x2   : > { %3 = sbr.rel (%p1_p0) target = $region3 }
+   0x3   : > { %4 = vst [vmem:[%s2_s1] sm:$0xff] %v0_v0 }
+   0x4 PF: > { %5 = sbr.rel (%p2_p1) target = $region7 } /* Start region 3 */
+   0x5   : > { %6 = vmatmul.bf16.gmra.mxu0 %v0_v0 }
+   0x6   : > { %7 = vmatmul.bf16.gmra.mxu1 %v0_v0 }
+   0x7 PF: > { %8 = sbr.rel (%p3_p2) target = $region9 } /* Start region 7 */
+   0x8   : > { %9 = vmatmul.bf16.gmra.mxu0 %v0_v0  ;;  %10 = vsel %vm0_vm0, %v0_v0, %v1_v1 }
+   0x9 PF: > { %11 = sbr.rel (%p4_p3) target = $region5 } /* Start region 9 */
+   0xa   :  { %s12_s2 = smov 1 }
+"""
+
+
+def test_fewest_bundles_of_a_grid_step():
+    first, second = 5, 8  # the two tile variants
+    # Every trip: 0x1-0x2, 0x4, 0x7, 0x9 (5 bundles); the skippable 0x3 is left out.
+    assert llo.fewest_step_bundles(LOOP, first, via=first, avoid=(second,)) == 7
+    assert llo.fewest_step_bundles(LOOP, first, via=second, avoid=(first,)) == 6
+    assert llo.fewest_step_bundles(LOOP, first, via=None, avoid=(first, second)) == 5
+    with pytest.raises(ValueError, match="in no loop"):
+        llo.fewest_step_bundles(LOOP, 0)
+
+
 def test_which_tpus_take_the_tanh_sigmoid():
     assert all(map(sigmoid_via_tanh, ["TPU v4", "TPU v5 lite", "TPU v5", "TPU v5p"]))
     assert not any(map(sigmoid_via_tanh, ["TPU v6 lite", "TPU7x", "cpu", "NVIDIA H100"]))
