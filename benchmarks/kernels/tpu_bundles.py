@@ -107,35 +107,30 @@ class Attention:
     def grid_estimate(self, sched: Schedule, kind: str, device_kind: str) -> dict:
         """Bundles of the whole grid of kernel `kind`: its steps counted by kind times their
         step bundles (first block: wholly visible tiles; second: masked), and useful FLOPs."""
+        import jax
+        import jax.numpy as jnp
         import numpy as np
 
-        from pallas_kernels.common import blocks
         from pallas_kernels.common.tpu import TileGrid
 
         block_q, block_kv = self.tiles(kind, device_kind)
-        grid = TileGrid(
-            B, H, block_q, block_kv, T // block_q, self.tkv // block_kv, self.window, causal=False
-        )
+        q = jax.ShapeDtypeStruct((B, T, H, D), jnp.bfloat16)
+        k = jax.ShapeDtypeStruct((B, self.tkv, H, D), jnp.bfloat16)
+        grid = TileGrid.of(
+            q,
+            k,
+            block_q=block_q,
+            block_kv=block_kv,
+            window=self.window,
+            causal=False,
+            band=self.op == "swa",
+        )  # as the kernels build it
         q_outer = kind != "dkdv"
         outer = np.arange(grid.grid(q_outer)[2])[:, None]
-        lo, hi = (np.asarray(x) for x in grid.inner_range(outer, T, self.tkv, q_outer))
-        inner = lo + np.arange(grid.steps(q_outer))[None, :]
-        rows, cols = (
-            (outer * block_q, inner * block_kv) if q_outer else (inner * block_q, outer * block_kv)
+        t = np.arange(grid.steps(q_outer))[None, :]
+        active, unmasked, _, _ = (
+            np.asarray(x) for x in grid.tile_at(outer, t, T, self.tkv, q_outer)
         )
-        unmasked = np.asarray(
-            blocks.block_unmasked(
-                rows,
-                cols,
-                block_q=block_q,
-                block_kv=block_kv,
-                q_len=T,
-                kv_len=self.tkv,
-                window=self.window,
-                causal=False,
-            )
-        )
-        active = inner < hi
         masked_block = sched.blocks[-1]
         steps = dict(
             unmasked=(int((active & unmasked).sum()), sched.step_bundles(sched.blocks[0])),

@@ -7,7 +7,11 @@
   (`blocks.kv_block_range` / `blocks.q_block_range`); the static step extent is the bound
   `blocks.max_kv_blocks` / `max_q_blocks`, so a sliding window shrinks the grid itself. Steps
   past hi_o do no compute and repeat the last block index (no DMA); interior tiles skip the
-  mask arithmetic.
+  mask arithmetic. Banded (`TileGrid.of(band=True)`, where `can_band`): one inner step per
+  outer block over the band of rows its window reaches, element-indexed (`TpuLayout.spec(...,
+  rows=True)`), instead of several block steps.
+- `TileMask`: a visited tile's mask, and which inner rows are inside their length.
+- `sigmoid_via_tanh`: which TPUs evaluate σ through tanh.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ COMPILER_PARAMS = pltpu.CompilerParams(
     dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
 )
 IndexFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
-# mask(shape) -> bool tile of `shape`: True where the tile's position is visible.
-TileMask = Callable[[tuple[int, int]], jax.Array]
 
 # Device kinds of the TPU generations before v6: "TPU v4", "TPU v5 lite" (v5e), "TPU v5" (v5p).
 _BEFORE_V6 = re.compile(r"TPU v[2-5](?!\d)")
@@ -48,6 +50,42 @@ def sigmoid_via_tanh(device_kind: str) -> bool:
     schedules (`common/llo.py`).
     """
     return bool(_BEFORE_V6.match(device_kind))
+
+
+@dataclasses.dataclass(frozen=True)
+class TileMask:
+    """The mask of one visited tile (first query first_q, first key first_kv; [q, kv] tiles
+    when q_outer, else [kv, q]). `mask(shape)`: bool tile, True where visible.
+    `inner_valid(shape, axis)`: True where the inner operand's position along `axis` (its
+    rows, or the lanes of an lse / δ row) is inside its length. A kernel zeroes its inner
+    operands with it: a band reaches past the lengths, and masked scores do not stop a NaN
+    there (0 · NaN is NaN in the matmuls)."""
+
+    first_q: blocks.Int
+    first_kv: blocks.Int
+    q_len: blocks.Int
+    kv_len: blocks.Int
+    window: int | None
+    causal: bool
+    q_outer: bool
+
+    def __call__(self, shape: tuple[int, int]) -> jax.Array:
+        tile_first = (
+            (self.first_q, self.first_kv) if self.q_outer else (self.first_kv, self.first_q)
+        )
+        q_idx, kv_idx = tile_positions(*tile_first, shape, rows_are_q=self.q_outer)
+        return blocks.visible(
+            q_idx,
+            kv_idx,
+            q_len=self.q_len,
+            kv_len=self.kv_len,
+            window=self.window,
+            causal=self.causal,
+        )
+
+    def inner_valid(self, shape: tuple[int, ...], axis: int = 0) -> jax.Array:
+        first, length = (self.first_kv, self.kv_len) if self.q_outer else (self.first_q, self.q_len)
+        return first + jax.lax.broadcasted_iota(jnp.int32, shape, axis) < length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +116,23 @@ class TpuLayout:
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.head_dim)
 
-    def spec(self, block_t: int, index: IndexFn) -> pl.BlockSpec:
-        """BlockSpec of [block_t, D] tiles; `index(*grid_ids, *prefetch_refs) -> (b, h, t)`."""
-        head_major = self.head_major
+    def spec(self, block_t: int, index: IndexFn, *, rows: bool = False) -> pl.BlockSpec:
+        """BlockSpec of [block_t, D] tiles; `index(*grid_ids, *prefetch_refs) -> (b, h, t)`
+        with t a block index, or with rows=True the tile's first row (element indexing: a
+        sliding-window band that starts anywhere on the 8-row tiling)."""
+        head_major, dim = self.head_major, self.head_dim
 
         def index_map(*args):
             b, h, t = index(*args)
-            return (b, h, t, 0) if head_major else (b, t, h)
+            if head_major:
+                return b, h, t, 0
+            return (b, t, h * dim) if rows else (b, t, h)
 
-        block = (
-            (None, None, block_t, self.head_dim) if head_major else (None, block_t, self.head_dim)
-        )
+        if rows:
+            t_dim, d_dim = pl.Element(block_t), pl.Element(dim)
+        else:
+            t_dim, d_dim = block_t, dim
+        block = (None, None, t_dim, d_dim) if head_major else (None, t_dim, d_dim)
         return pl.BlockSpec(block, index_map)
 
 
@@ -122,6 +166,7 @@ class TileGrid:
     num_kv_blocks: int
     window: int | None
     causal: bool
+    banded: bool = False
 
     @classmethod
     def of(
@@ -133,15 +178,66 @@ class TileGrid:
         block_kv: int,
         window: int | None,
         causal: bool,
+        band: bool = False,
     ) -> TileGrid:
-        """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D]."""
+        """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D]. band=True: one band step per outer
+        block where that visits fewer rows (`can_band`)."""
         batch, tq, heads, _ = q.shape
-        return cls(
+        grid = cls(
             batch, heads, block_q, block_kv, tq // block_q, k.shape[1] // block_kv, window, causal
         )
+        return dataclasses.replace(grid, banded=True) if band and grid.can_band() else grid
+
+    def can_band(self) -> bool:
+        """Whether both orientations can visit their window as one band (windowed, 128-row
+        blocks), each band no longer than the rows the blocked steps visit and than the inner
+        axis: one step in place of several, no more rows."""
+        if self.window is None or self.block_q % TPU_LANES or self.block_kv % TPU_LANES:
+            return False
+        blocked = dataclasses.replace(self, banded=False)
+        return all(
+            self.band_rows(q_outer)
+            <= min(blocked.steps(q_outer), self._num_inner(q_outer)) * self._inner_block(q_outer)
+            for q_outer in (True, False)
+        )
+
+    def band_rows(self, q_outer: bool) -> int:
+        """Rows of the band an outer block sees: the window before and after it, rounded so the
+        band's first row can be a multiple of 128 (its lane dim in the lse / δ rows)."""
+        w = self.window or 0
+        block_outer = self.block_q if q_outer else self.block_kv
+        before = w if q_outer or not self.causal else 0  # kv from i - w; q from j (causal)
+        after = 0 if q_outer and self.causal else w
+        return blocks.round_up(blocks.round_up(before, TPU_LANES) + block_outer + after, TPU_LANES)
+
+    def band_start(self, outer: blocks.Int, q_len: blocks.Int, kv_len: blocks.Int, q_outer: bool):
+        """First row of outer block `outer`'s band: its first row less the window, rounded down
+        to a multiple of 128 and clamped into the inner axis (the band covers every visible
+        position; fully padded outer blocks repeat the last real block's band: no DMA)."""
+        w = self.window or 0
+        block_outer = self.block_q if q_outer else self.block_kv
+        num_outer = self.num_q_blocks if q_outer else self.num_kv_blocks
+        length = q_len if q_outer else kv_len
+        first = real_block(outer, length, block_outer, num_outer) * block_outer
+        before = w if q_outer or not self.causal else 0
+        start = jax.lax.div(jnp.maximum(first - before, 0), TPU_LANES) * TPU_LANES
+        inner_rows = self._num_inner(q_outer) * self._inner_block(q_outer)
+        return pl.multiple_of(jnp.minimum(start, inner_rows - self.band_rows(q_outer)), TPU_LANES)
+
+    def inner_rows(self, q_outer: bool) -> int:
+        """Rows of one inner tile: the band, or a block."""
+        return self.band_rows(q_outer) if self.banded else self._inner_block(q_outer)
+
+    def _inner_block(self, q_outer: bool) -> int:
+        return self.block_kv if q_outer else self.block_q
+
+    def _num_inner(self, q_outer: bool) -> int:
+        return self.num_kv_blocks if q_outer else self.num_q_blocks
 
     def steps(self, q_outer: bool) -> int:
         """Static extent of the inner (sequential) grid axis."""
+        if self.banded:
+            return 1
         kw = dict(window=self.window, causal=self.causal)
         if q_outer:
             return blocks.max_kv_blocks(self.block_q, self.block_kv, self.num_kv_blocks, **kw)
@@ -183,6 +279,8 @@ class TileGrid:
             return b, h, real_block(o, length, block_outer, num_outer)
 
         def inner_index(b, h, o, t, q_lens_ref, kv_lens_ref):
+            if self.banded:
+                return b, h, self.band_start(o, q_lens_ref[b], kv_lens_ref[b], q_outer)
             lo, hi = self.inner_range(o, q_lens_ref[b], kv_lens_ref[b], q_outer)
             return b, h, blocks.block_index(lo, t, hi, num_inner)
 
@@ -192,6 +290,25 @@ class TileGrid:
         if q_outer:
             return outer_index, inner_index, out_index
         return inner_index, outer_index, out_index
+
+    def tile_at(
+        self, outer: blocks.Int, t: blocks.Int, q_len: blocks.Int, kv_len: blocks.Int, q_outer: bool
+    ) -> tuple[jax.Array, jax.Array, blocks.Int, blocks.Int]:
+        """(active, wholly visible, first query, first key) of the tile at grid step (outer, t):
+        active when the mask lets any of it through. Broadcasts over array arguments."""
+        lo, hi = self.inner_range(outer, q_len, kv_len, q_outer)
+        if self.banded:
+            first_inner = self.band_start(outer, q_len, kv_len, q_outer)
+        else:
+            first_inner = (lo + t) * self._inner_block(q_outer)
+        if q_outer:
+            first_q, first_kv = outer * self.block_q, first_inner
+        else:
+            first_q, first_kv = first_inner, outer * self.block_kv
+        tile = dict(block_q=self.block_q, block_kv=self.block_kv)
+        tile["block_kv" if q_outer else "block_q"] = self.inner_rows(q_outer)
+        mask_kw = dict(self._mask_kw(q_len, kv_len), **tile)
+        return lo + t < hi, blocks.block_unmasked(first_q, first_kv, **mask_kw), first_q, first_kv
 
     def visit(
         self,
@@ -208,22 +325,10 @@ class TileGrid:
         the last inner step. Tiles are [q, kv] when q_outer, else [kv, q]."""
         b, outer, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
         q_len, kv_len = q_lens_ref[b], kv_lens_ref[b]
-        lo, hi = self.inner_range(outer, q_len, kv_len, q_outer)
-        if q_outer:
-            first_row, first_col = outer * self.block_q, (lo + t) * self.block_kv
-        else:
-            first_row, first_col = (lo + t) * self.block_q, outer * self.block_kv
-
-        def mask(shape: tuple[int, int]) -> jax.Array:
-            tile_first = (first_row, first_col) if q_outer else (first_col, first_row)
-            q_idx, kv_idx = tile_positions(*tile_first, shape, rows_are_q=q_outer)
-            return blocks.visible(
-                q_idx, kv_idx, q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal
-            )
-
+        active, unmasked, first_q, first_kv = self.tile_at(outer, t, q_len, kv_len, q_outer)
+        mask = TileMask(first_q, first_kv, q_len, kv_len, self.window, self.causal, q_outer)
         pl.when(t == 0)(init)
-        unmasked = blocks.block_unmasked(first_row, first_col, **self._mask_kw(q_len, kv_len))
-        run_tile(lo + t < hi, unmasked, lambda masked: accumulate(mask if masked else None))
+        run_tile(active, unmasked, lambda masked: accumulate(mask if masked else None))
         pl.when(t == pl.num_programs(3) - 1)(finish)
 
     def pallas_call(

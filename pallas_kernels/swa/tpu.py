@@ -7,6 +7,10 @@ scalar-prefetched lengths). The kv-step extent is the static bound `max_kv_block
 itself is O(T·w): a q block visits about (block_q + 2w) / block_kv + 1 kv blocks, never the
 whole sequence. Steps past hi_i (padding, causal) do no compute and repeat the last block
 index, so the pipeline issues no DMA for them; interior tiles skip the mask arithmetic.
+Banded (`TileGrid.can_band`: a window, 128-row tiles): one step per q block over a band of
+keys [i·block_q - w, (i+1)·block_q + w), its first row element-indexed (rounded down to 128),
+in place of several block steps: fewer steps, no more rows. The masked tile zeroes the values
+past kv_len (a band reaches past the lengths; 0 · NaN would not vanish).
 
 Per visited tile: the online-softmax update of `common.softmax` on fp32 VMEM statistics. The
 kernel writes O and the logsumexp residual lse [B, H, 1, Tq] (fp32, lane-dense rows) for the
@@ -28,16 +32,18 @@ from pallas_kernels.common.tpu import IndexFn, TileGrid, TileMask, TpuLayout
 from pallas_kernels.swa.blockwise import SwaSpec, cost_estimate
 
 
-def row_spec(block_q: int, index: IndexFn) -> pl.BlockSpec:
+def row_spec(block_q: int, index: IndexFn, *, rows: bool = False) -> pl.BlockSpec:
     """BlockSpec of [1, block_q] rows of a per-query statistic [B, H, 1, Tq] (lse, δ);
-    `index(*grid_ids, *prefetch_refs) -> (b, h, q_block)`. On a real TPU block_q must be a
-    multiple of 128 or cover Tq (lane dim)."""
+    `index(*grid_ids, *prefetch_refs) -> (b, h, q_block)`, or with rows=True (b, h, first
+    query) for a band. On a real TPU block_q and a band's first query must be multiples of 128
+    (lane dim), or the block cover Tq."""
 
     def index_map(*args):
         b, h, qi = index(*args)
         return b, h, 0, qi
 
-    return pl.BlockSpec((None, None, 1, block_q), index_map)
+    block = (None, None, pl.Element(1), pl.Element(block_q)) if rows else (None, None, 1, block_q)
+    return pl.BlockSpec(block, index_map)
 
 
 def _fwd_kernel(
@@ -62,9 +68,11 @@ def _fwd_kernel(
 
     def accumulate(mask: TileMask | None) -> None:
         s = mm_nt(q_ref[...], k_ref[...]) * spec.scale
+        v = v_ref[...]
         if mask is not None:
             s = mask_scores(s, mask(s.shape))
-        m, l_sum, acc = online_softmax_step(s, v_ref[...], m_ref[...], l_ref[...], acc_ref[...])
+            v = jnp.where(mask.inner_valid(v.shape), v, 0)  # keys past kv_len: zero
+        m, l_sum, acc = online_softmax_step(s, v, m_ref[...], l_ref[...], acc_ref[...])
         m_ref[...], l_ref[...], acc_ref[...] = m, l_sum, acc
 
     def finish() -> None:
@@ -95,16 +103,17 @@ def swa_fwd_tpu(
     batch, tq, heads, dim = q.shape
     layout = TpuLayout(heads, dim)
     tiles = TileGrid.of(
-        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal
+        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal, band=True
     )
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
+    kv_rows = tiles.inner_rows(q_outer=True)
     o, lse = tiles.pallas_call(
         functools.partial(_fwd_kernel, spec=spec, tiles=tiles),
         q_outer=True,
         in_specs=[
             layout.spec(block_q, q_index),
-            layout.spec(block_kv, kv_index),
-            layout.spec(block_kv, kv_index),
+            layout.spec(kv_rows, kv_index, rows=tiles.banded),
+            layout.spec(kv_rows, kv_index, rows=tiles.banded),
         ],
         out_specs=[layout.spec(block_q, o_index), row_spec(block_q, o_index)],
         out_shape=[
@@ -117,7 +126,7 @@ def swa_fwd_tpu(
             pltpu.VMEM((block_q, dim), jnp.float32),
         ],
         cost_estimate=cost_estimate(
-            q, "fwd", block_outer=block_q, steps=tiles.steps(True), block_inner=block_kv
+            q, "fwd", block_outer=block_q, steps=tiles.steps(True), block_inner=kv_rows
         ),
         name="swa_fwd_tpu",
         interpret=interpret,

@@ -8,8 +8,10 @@ dS = P ⊙ (dP - δ) (`common.softmax`).
       dV_j += Pᵀ dO,   dK_j += c·dSᵀ Q      (tiles computed transposed, [kv, q], so lse and δ
   are used as [1, block_q] rows, as stored).
 - dQ kernel, grid (B, H, q-blocks, kv-steps), the forward's kv ranges:  dQ_i += c·dS K.
-Both grids are O(T·w) like the forward's; skipping, DMA elision and unmasked interior tiles
-work as there (`common.tpu.TileGrid`).
+Both grids are O(T·w) like the forward's; skipping, DMA elision, unmasked interior tiles and
+bands work as there (`common.tpu.TileGrid`). Masked tiles zero the inner operands past their
+length (queries, dO and δ for dK/dV; keys and values for dQ) and set dS to exactly 0 where
+masked, so nothing in padding reaches a gradient.
 """
 
 from __future__ import annotations
@@ -49,10 +51,17 @@ def _dkdv_kernel(
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
     def accumulate(mask: TileMask | None) -> None:
-        q, do = q_ref[...], do_ref[...]
+        q, do, delta = q_ref[...], do_ref[...], delta_ref[...]
+        if mask is not None:  # queries past q_len: zero
+            q = jnp.where(mask.inner_valid(q.shape), q, 0)
+            do = jnp.where(mask.inner_valid(do.shape), do, 0)
+            delta = jnp.where(mask.inner_valid(delta.shape, axis=1), delta, 0.0)
         st = mm_nt(k_ref[...], q) * spec.scale  # Sᵀ [kv, q]
-        pt = softmax_probs(st, lse_ref[...], None if mask is None else mask(st.shape))
-        dst = pt * (mm_nt(v_ref[...], do) - delta_ref[...])  # dSᵀ = Pᵀ ⊙ (V dOᵀ - δ)
+        vis = None if mask is None else mask(st.shape)
+        pt = softmax_probs(st, lse_ref[...], vis)
+        dst = pt * (mm_nt(v_ref[...], do) - delta)  # dSᵀ = Pᵀ ⊙ (V dOᵀ - δ)
+        if vis is not None:  # exactly 0 where masked, even next to a NaN in padding
+            dst = jnp.where(vis, dst, 0.0)
         dv_acc[...] += mm(pt.astype(do.dtype), do)
         dk_acc[...] += mm(dst.astype(q.dtype), q)
 
@@ -84,11 +93,16 @@ def _dq_kernel(
         dq_acc[...] = jnp.zeros_like(dq_acc)
 
     def accumulate(mask: TileMask | None) -> None:
-        k = k_ref[...]
+        k, v = k_ref[...], v_ref[...]
+        if mask is not None:  # keys past kv_len: zero
+            k = jnp.where(mask.inner_valid(k.shape), k, 0)
+            v = jnp.where(mask.inner_valid(v.shape), v, 0)
         s = mm_nt(q_ref[...], k) * spec.scale
         vis = None if mask is None else mask(s.shape)
         p = softmax_probs(s, lse_ref[...].T, vis)  # [1, block_q] rows -> columns
-        ds = p * (mm_nt(do_ref[...], v_ref[...]) - delta_ref[...].T)  # P ⊙ (dO Vᵀ - δ)
+        ds = p * (mm_nt(do_ref[...], v) - delta_ref[...].T)  # P ⊙ (dO Vᵀ - δ)
+        if vis is not None:  # exactly 0 where masked, even next to a NaN in padding
+            ds = jnp.where(vis, ds, 0.0)
         dq_acc[...] += mm(ds.astype(k.dtype), k)
 
     def finish() -> None:
@@ -118,16 +132,21 @@ def swa_bwd_tpu(
     lse (the forward's) and δ = rowsum(dO ⊙ O): fp32 [B, H, 1, Tq]."""
     layout = TpuLayout(q.shape[2], q.shape[3])
     tiles = TileGrid.of(
-        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal
+        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal, band=True
     )
     inputs = (*(layout.to_kernel(x) for x in (q, k, v, do)), lse, delta)
 
     def call(kernel, q_outer: bool, outs: tuple[jax.Array, ...], kind: str) -> list[jax.Array]:
         """Outputs like `outs` (tiled along the outer axis) from q, k, v, do, lse, δ."""
         q_index, kv_index, out_index = tiles.index_maps(q_outer)
-        q_spec, kv_spec = layout.spec(block_q, q_index), layout.spec(block_kv, kv_index)
-        q_row = row_spec(block_q, q_index)
-        block_out, block_in = (block_q, block_kv) if q_outer else (block_kv, block_q)
+        block_in, band = tiles.inner_rows(q_outer), tiles.banded
+        if q_outer:  # q blocks outer, kv tiles (or bands) inner
+            block_out, q_rows, kv_rows = block_q, block_q, block_in
+        else:
+            block_out, q_rows, kv_rows = block_kv, block_in, block_kv
+        q_spec = layout.spec(q_rows, q_index, rows=band and not q_outer)
+        kv_spec = layout.spec(kv_rows, kv_index, rows=band and q_outer)
+        q_row = row_spec(q_rows, q_index, rows=band and not q_outer)
         return tiles.pallas_call(
             functools.partial(kernel, spec=spec, tiles=tiles),
             q_outer=q_outer,

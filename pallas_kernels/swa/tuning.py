@@ -22,7 +22,7 @@ from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     # D <= 128, w <= 128: the tiles with the fewest grid bundles on v5e and v6e among
     # tpu_bundles.SWEEP_TILES["swa"] (benchmarks/results/tpu_bundles.json, "sweep_best").
-    ("tpu", "", 128, 128, BlockSizes(128, 256, 128, 256)),
+    ("tpu", "", 128, 128, BlockSizes(256, 256, 256, 256)),
     ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
     ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256)),
     ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),

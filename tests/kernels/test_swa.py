@@ -28,6 +28,7 @@ from pallas_kernels import ops
 from pallas_kernels.common import blocks
 from pallas_kernels.common.masks import attention_mask, rows_with_keys
 from pallas_kernels.common.tiles import BlockSizes
+from pallas_kernels.common.tpu import TileGrid
 from pallas_kernels.swa import attention_reference, swa_attention
 from pallas_kernels.swa.tokamax_gpu import gpu_implementation, local_window
 from pallas_kernels.swa.tuning import default_block_sizes
@@ -221,7 +222,8 @@ def test_masked_positions_contribute_nothing(backend):
 
 
 def _kernel_grids(t: int, window: int | None, causal: bool) -> dict[str, tuple[int, ...]]:
-    """Grid of each SWA pallas_call in fwd + bwd at sequence length t (traced, not run)."""
+    """Grid of each SWA pallas_call in fwd + bwd at sequence length t, 128-row tiles (traced,
+    not run)."""
     x = jax.ShapeDtypeStruct((1, t, 2, 128), jnp.bfloat16)
     kw = dict(window=window, causal=causal, backend="pallas_tpu", block_q=128, block_kv=128)
 
@@ -238,18 +240,51 @@ def _kernel_grids(t: int, window: int | None, causal: bool) -> dict[str, tuple[i
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_grids_visit_only_the_window(causal):
-    """Every kernel's inner grid extent is the window's block span (`max_*_blocks`), not the
-    sequence: at w = 100 and 128-row tiles a q block steps over 3 kv blocks (2 causal), so the
-    visited tiles double when T doubles (cost ∝ T·w), while full attention's quadruple."""
-    steps = blocks.max_kv_blocks(128, 128, 64, window=100, causal=causal)
-    assert steps == (2 if causal else 3)
+    """With 128-row tiles each kernel visits its outer block's window as one band: grid
+    (B, H, T / 128, 1) whatever T, the band 384 rows at w = 100 (256 causal) where the blocked
+    steps would visit 3 (2) tiles of 128. So the visited rows double when T doubles (cost ∝
+    T·w), while full attention's tiles quadruple."""
+    tiles = TileGrid(1, 2, 128, 128, 32, 32, window=100, causal=causal)
+    assert tiles.can_band()
+    assert blocks.max_kv_blocks(128, 128, 32, window=100, causal=causal) == (2 if causal else 3)
+    assert (
+        tiles.band_rows(q_outer=True) == tiles.band_rows(q_outer=False) == (256 if causal else 384)
+    )
     for t in (4096, 8192):
         grids = _kernel_grids(t, 100, causal)
         assert set(grids) == {"swa_fwd_tpu", "swa_dkdv_tpu", "swa_dq_tpu"}
         for grid in grids.values():
-            assert grid == (1, 2, t // 128, steps), grids
+            assert grid == (1, 2, t // 128, 1), grids
     full = [_kernel_grids(t, None, causal)["swa_fwd_tpu"] for t in (1024, 2048)]
     assert [np.prod(g) for g in full] == [2 * 8 * 8, 2 * 16 * 16]
+
+
+@pytest.mark.parametrize(("window", "causal", "d", "h"), [(100, False, 128, 1), (37, True, 64, 2)])
+def test_banded_kernels_match_reference(window, causal, d, h):
+    """The banded kernels (one grid step per outer block, its band's first row
+    element-indexed) against the reference with ragged lengths, NaN in every row past them:
+    a band reaches past the lengths, and the kernels zero what they read there."""
+    t = 600
+    q_lengths, kv_lengths = np.array([600, 257]), np.array([555, 300])
+    kw = dict(
+        q_lengths=jnp.asarray(q_lengths, jnp.int32),
+        kv_lengths=jnp.asarray(kv_lengths, jnp.int32),
+        window=window,
+        causal=causal,
+    )
+    assert _kernel_grids(t, window, causal)["swa_dq_tpu"][-1] == 1  # banded
+    q, k, v, do = _inputs(5, 2, t, t, h, d, "float32")
+    got = value_and_grads(
+        lambda *a: swa_attention(*a, backend="pallas_tpu", block_q=128, block_kv=128, **kw),
+        poison_padding(q, q_lengths, 1),
+        poison_padding(k, kv_lengths, 1),
+        poison_padding(v, kv_lengths, 1),
+        poison_padding(do, q_lengths, 1),
+    )
+    want = value_and_grads(lambda *a: attention_reference(*a, **kw), q, k, v, do)
+    outputs = zip(("O", "dQ", "dK", "dV"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
+    for name, g, w in outputs:
+        _assert_close(g, w, "float32", name)
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
@@ -322,8 +357,10 @@ def test_tokamax_mapping_and_gpu_choice():
 
 
 def test_tuning_table():
-    """Small windows get small tiles, full attention large ones; CPU gets the fallback."""
-    assert default_block_sizes("tpu", "TPU v5 lite", 128, 16).block_q == 128
+    """Windows up to 128 take 256-row (banded) tiles, wider ones and full attention larger
+    ones; D = 256 smaller ones; CPU gets the fallback."""
+    assert default_block_sizes("tpu", "TPU v5 lite", 128, 16).block_q == 256
+    assert default_block_sizes("tpu", "TPU v5 lite", 256, 16).block_q == 128
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 256).block_q == 256
     assert default_block_sizes("tpu", "TPU v6 lite", 128, None).block_q == 512
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 4096).block_q == 512
