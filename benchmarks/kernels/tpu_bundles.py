@@ -14,13 +14,15 @@ visible, then masked) the record gives:
   matmul dimension is narrower than the MXU: D = 128 contractions on v6e's 256-wide MXU);
 - per-unit bundles at each unit's capacity, the busiest unit besides the MXU, vector spills.
 The GDPA and SWA kernels also get a whole-grid estimate: their grid's steps counted by kind
-(wholly visible, masked, idle: `blocks` ranges) times the step bundles, against the kernel's
-useful FLOPs. The ceiling is a plain bf16 Pallas matmul compiled in the same run, its densest
-steady state over CEILING_BLOCKS; its known FLOPs give the MXU work of a push. Bundles are a
-lower bound on cycles: DMA waits and stalls come on top, and the clock is not modelled.
+(wholly visible, masked, idle: `TileGrid.tile_at` on the grid the kernels build, SWA's banded)
+times the step bundles, against the kernel's useful FLOPs. The ceiling is a plain bf16
+Pallas matmul compiled in the same run, its densest steady state over CEILING_BLOCKS; its
+known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DMA waits and
+stalls come on top, and the clock is not modelled.
 Shapes: B=4, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
 Tkv=64; SWA at w=128 and the same kernel without a window (full attention); HSP with 64 seeds.
-`--sweep` also compiles GDPA for every SWEEP_TILES candidate and records the densest tiles.
+`--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and records the tiles
+with the densest forward and backward grids ("sweep_best").
 Run it in a fresh process: LIBTPU_INIT_ARGS is read when libtpu first loads.
 """
 
