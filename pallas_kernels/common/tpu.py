@@ -181,7 +181,7 @@ class TileGrid:
         band: bool = False,
     ) -> TileGrid:
         """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D]. band=True: one band step per outer
-        block where that visits fewer rows (`can_band`)."""
+        block where that visits no more rows than the block steps (`can_band`)."""
         batch, tq, heads, _ = q.shape
         grid = cls(
             batch, heads, block_q, block_kv, tq // block_q, k.shape[1] // block_kv, window, causal
