@@ -21,8 +21,9 @@ known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DM
 stalls come on top, and the clock is not modelled.
 Shapes: B=4, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
 Tkv=64; SWA at w=128 and the same kernel without a window (full attention); HSP with 64 seeds.
-`--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and records the tiles
-with the densest forward and backward grids ("sweep_best").
+`--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and HSP for every
+HSP_SWEEP_KV tile, and records the tiles with the densest forward and backward grids
+("sweep_best").
 Run it in a fresh process: LIBTPU_INIT_ARGS is read when libtpu first loads.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -54,6 +56,9 @@ SWEEP_TILES = {
     "short": ((256, 256), (512, 256), (1024, 256)),
     "swa": ((128, 128), (128, 256), (256, 128), (256, 256), (512, 128), (512, 256)),
 }
+# HSP kv tiles (forward and backward alike), capped at 1024 rows like GDPA's query tiles.
+HSP_SWEEP_KV = (256, 512, 1024)
+HSP_SEEDS = 64
 CEILING_SHAPE = (2048, 2048, 2048)  # the ceiling matmul's M, N, K
 CEILING_BLOCKS = ((512, 512, 512), (1024, 1024, 512), (1024, 512, 1024), (512, 512, 2048))
 
@@ -353,6 +358,28 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
                     bwd_fraction=fraction["bwd"],
                 )
             )
+    return records + _hsp_sweep(chip, device, dump)
+
+
+def _hsp_sweep(chip: str, device, dump: Path) -> list[dict]:
+    """HSP's whole-grid bundles per HSP_SWEEP_KV tile: full lengths, so every one of the
+    B·H·T / block_kv steps is wholly visible."""
+    records = []
+    for block_kv in HSP_SWEEP_KV:
+        case = Case("hsp_s64", _HSP_KERNELS, functools.partial(_hsp_build, block_kv=block_kv))
+        bundles = {
+            kernel.split("_")[2]: B * H * (T // block_kv) * sched.step_bundles(sched.blocks[0])
+            for kernel, sched in _compiled(case, device, dump).items()
+        }
+        records.append(
+            dict(
+                chip=chip,
+                device_kind=device.device_kind,
+                case="hsp_s64",
+                block_kv=block_kv,
+                bundles=bundles,
+            )
+        )
     return records
 
 
@@ -364,9 +391,23 @@ def _sweep_family(att: Attention) -> str:
 
 
 def _best(sweeps: list[dict]) -> list[dict]:
-    """Per (chip, case): the tiles with the densest forward and backward grids."""
+    """Per (chip, case): the tiles with the densest forward and backward grids (HSP: the
+    fewest bundles)."""
     best = []
+    for chip, kind in sorted({(r["chip"], r["device_kind"]) for r in sweeps}):
+        rows = [r for r in sweeps if r["chip"] == chip and r["case"] == "hsp_s64"]
+        best.append(
+            dict(
+                chip=chip,
+                device_kind=kind,
+                case="hsp_s64",
+                fwd=min(rows, key=lambda r: r["bundles"]["fwd"])["block_kv"],
+                bwd=min(rows, key=lambda r: r["bundles"]["bwd"])["block_kv"],
+            )
+        )
     for key in sorted({(r["chip"], r["device_kind"], r["case"]) for r in sweeps}):
+        if key[2] == "hsp_s64":
+            continue
         rows = [r for r in sweeps if (r["chip"], r["device_kind"], r["case"]) == key]
         fwd = max(rows, key=lambda r: r["fwd_fraction"])
         bwd = max(rows, key=lambda r: r["bwd_fraction"])
@@ -433,7 +474,7 @@ def _cases() -> list[Case]:
         _attention_case("gdpa_cross", Attention("gdpa", CROSS_TKV, None)),
         _attention_case("swa_w128", Attention("swa", T, SWA_WINDOW)),
         _attention_case("swa_full", Attention("swa", T, None)),
-        Case("hsp_s64", ("seed_pooling_fwd_tpu", "seed_pooling_bwd_tpu"), _hsp_build),
+        Case("hsp_s64", _HSP_KERNELS, _hsp_build),
     ]
 
 
@@ -486,7 +527,11 @@ def _attention_case(name: str, att: Attention) -> Case:
     return Case(name, kernels, build, att)
 
 
-def _hsp_build(dev):
+_HSP_KERNELS = ("seed_pooling_fwd_tpu", "seed_pooling_bwd_tpu")
+
+
+def _hsp_build(dev, block_kv: int | None = None):
+    """Forward + backward of seed pooling with HSP_SEEDS seeds (block_kv: None = the table's)."""
     import jax.numpy as jnp
 
     from pallas_kernels.hsp.api import seed_pooling
@@ -500,11 +545,12 @@ def _hsp_build(dev):
             backend="tpu",
             interpret=False,
             device_kind=dev.device_kind,
+            block_kv=block_kv,
         )
         return o.astype(jnp.float32).sum()
 
     lens = ((B,), jnp.int32)
-    return _grad_compile(dev, loss, (64, H, D), (B, T, H, D), (B, T, H, D), lens)
+    return _grad_compile(dev, loss, (HSP_SEEDS, H, D), (B, T, H, D), (B, T, H, D), lens)
 
 
 def _ceiling_case(bm: int, bn: int, bk: int) -> Case:

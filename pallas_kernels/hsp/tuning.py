@@ -7,8 +7,9 @@ The fp32 score tile [S, block_kv], the accumulator [S, D] and the K/V double buf
 VMEM (TPU) or registers (GPU).
 
 Provenance: hand-picked starting points, not autotuned on hardware (no accelerator was attached
-when they were written). TPU: multiples of the 128-lane MXU width, 512 rows ~ 128 KiB of bf16 K
-per buffer at D = 128. Hopper / Triton: the flash-attention tutorial's kv tile. Re-tune with
+when they were written). TPU: multiples of the 128-lane MXU width; the D <= 128 row is chosen
+from the compiler's static schedules (`benchmarks/kernels/tpu_bundles.py --sweep`): 1024 kv
+rows, 256 KiB of bf16 K per buffer. Hopper / Triton: the flash-attention tutorial's kv tile. Re-tune with
 `benchmarks/kernels/hsp.py --block-kv` on the target device and edit the table.
 """
 
@@ -18,7 +19,9 @@ from pallas_kernels.common.tiles import BlockSizes
 
 # (platform, device-kind prefix ("" = any), max head dim) -> sizes; first match wins.
 _TABLE: tuple[tuple[str, str, int, BlockSizes], ...] = (
-    ("tpu", "", 128, BlockSizes(256, 512, 256, 512)),
+    # D <= 128: the kv tile with the fewest grid bundles on v5e and v6e among
+    # tpu_bundles.HSP_SWEEP_KV (benchmarks/results/tpu_bundles.json, "sweep_best").
+    ("tpu", "", 128, BlockSizes(256, 1024, 256, 1024)),
     ("tpu", "", 256, BlockSizes(256, 512, 256, 256)),
     ("gpu", "NVIDIA H", 64, BlockSizes(128, 128, 128, 64, num_warps=4, num_stages=3)),
     ("gpu", "NVIDIA H", 256, BlockSizes(128, 64, 128, 64, num_warps=8, num_stages=2)),

@@ -250,7 +250,7 @@ def test_invalid_arguments(kwargs, message):
 
 def test_tuning_table():
     """Device kind and head dim pick the row; block_q is the largest seed tile."""
-    assert default_block_sizes("tpu", "TPU v5 lite", 128).block_kv == 512
+    assert default_block_sizes("tpu", "TPU v5 lite", 128).block_kv == 1024
     assert default_block_sizes("tpu", "TPU v6 lite", 256).block_kv_bwd == 256
     h100 = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64)
     assert (h100.block_kv, h100.num_stages) == (128, 3)
