@@ -9,8 +9,8 @@ VMEM (TPU) or registers (GPU).
 Provenance: hand-picked starting points, not autotuned on hardware (no accelerator was attached
 when they were written). TPU: multiples of the 128-lane MXU width; the D <= 128 row is chosen
 from the compiler's static schedules (`benchmarks/kernels/tpu_bundles.py --sweep`): 1024 kv
-rows, 256 KiB of bf16 K per buffer. Hopper / Triton: the flash-attention tutorial's kv tile. Re-tune with
-`benchmarks/kernels/hsp.py --block-kv` on the target device and edit the table.
+rows, 256 KiB of bf16 K per buffer. Hopper / Triton: the flash-attention tutorial's kv tile.
+Re-tune with `benchmarks/kernels/hsp.py --block-kv` on the target device and edit the table.
 """
 
 from __future__ import annotations
