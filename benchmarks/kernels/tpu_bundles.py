@@ -65,9 +65,9 @@ CEILING_BLOCKS = ((512, 512, 512), (1024, 1024, 512), (1024, 512, 1024), (512, 5
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """One compiled kernel: its final bundle listing and its MXU blocks."""
+    """One compiled kernel: its parsed final bundle listing and its MXU blocks."""
 
-    listing: str
+    bundles: list[llo.Bundle]
     blocks: tuple[llo.MxuBlock, ...]
 
     def step_bundles(self, block: llo.MxuBlock | None) -> int:
@@ -75,7 +75,7 @@ class Schedule:
         none, a step with no tile to compute)."""
         others = tuple(b.first for b in self.blocks if b is not block)
         via = None if block is None else block.first
-        return llo.fewest_step_bundles(self.listing, self.blocks[0].first, via, others)
+        return llo.fewest_step_bundles(self.bundles, self.blocks[0].first, via, others)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +118,7 @@ class Attention:
         import jax.numpy as jnp
         import numpy as np
 
+        from pallas_kernels.common import blocks
         from pallas_kernels.common.tpu import TileGrid
 
         block_q, block_kv = self.tiles(kind, device_kind)
@@ -145,11 +146,9 @@ class Attention:
             idle=(int((~active).sum()), sched.step_bundles(None)),
         )
         bundles = B * H * sum(n * cost for n, cost in steps.values())
-        reach = T if self.window is None else self.window  # |i - j| <= reach
-        query = np.arange(T)
-        first = np.maximum(query - reach, 0)
-        last = np.minimum(query + reach, self.tkv - 1)
-        visible = int(np.maximum(last - first + 1, 0).sum())
+        query, key = np.arange(T)[:, None], np.arange(self.tkv)[None, :]
+        mask = dict(q_len=T, kv_len=self.tkv, window=self.window, causal=False)
+        visible = int(np.asarray(blocks.visible(query, key, **mask)).sum())
         return dict(
             steps=steps, bundles=bundles, useful_flops=B * H * _matmuls(kind) * 2 * D * visible
         )
@@ -175,7 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--topologies", nargs="+", default=list(DEFAULT_TOPOLOGIES))
-    parser.add_argument("--sweep", action="store_true", help="search the GDPA tiles too")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also search the GDPA, SWA and HSP tiles"
+    )
     args = parser.parse_args()
     dump = Path(tempfile.mkdtemp(prefix="llo_dump_"))
     flags = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
@@ -328,7 +329,7 @@ def _block_record(sched: Schedule, block: llo.MxuBlock, ceiling: dict, tile_flop
 def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
     """Whole-grid forward and backward bundles of GDPA and SWA for each SWEEP_TILES candidate
     (explicit tiles: forward and backward alike)."""
-    records, peak = [], ceiling["flops_per_step_bundle"]
+    records = []
     for base in _cases():
         att = base.attention
         if att is None:
@@ -341,11 +342,7 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
                 )
                 for kernel, sched in _compiled(case, device, dump).items()
             }
-            fraction = {}
-            for part, kinds in (("fwd", ("fwd",)), ("bwd", ("dkdv", "dq"))):
-                flops = sum(grids[k]["useful_flops"] for k in kinds)
-                bundles = sum(grids[k]["bundles"] for k in kinds)
-                fraction[part] = round(flops / bundles / peak, 3)
+            summary = _case_summary(chip, base.name, grids, ceiling)
             records.append(
                 dict(
                     chip=chip,
@@ -354,8 +351,8 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
                     block_q=case.attention.tiles("fwd", device.device_kind)[0],
                     block_kv=case.attention.tiles("fwd", device.device_kind)[1],
                     bundles={k: g["bundles"] for k, g in grids.items()},
-                    fwd_fraction=fraction["fwd"],
-                    bwd_fraction=fraction["bwd"],
+                    fwd_fraction=summary["fwd"]["fraction"],
+                    bwd_fraction=summary["bwd"]["fraction"],
                 )
             )
     return records + _hsp_sweep(chip, device, dump)
@@ -435,7 +432,8 @@ def _compiled(case: Case, device, dump: Path) -> dict[str, Schedule]:
             names = sorted({p.name.split("-")[1] for p in dump.iterdir()})
             raise RuntimeError(f"no schedule dumped for {kernel} in case {case.name}: {names}")
         listing, utilization = dumps[-1]
-        found[kernel] = Schedule(listing, llo.mxu_blocks(listing, utilization))
+        bundles = llo.parse_bundles(listing)
+        found[kernel] = Schedule(bundles, llo.mxu_blocks(bundles, utilization))
     return found
 
 

@@ -8,10 +8,11 @@ VALU, VPOP, EUP, VLOAD, VLOAD:FILL, VSTORE, VSTORE:SPILL, SALU, with their per-b
 capacities). An MXU block is a straight-line run of bundles (no branch in or out) holding
 matrix-unit pushes (`vmatmul*`): in an attention kernel, the tile computation of a grid step,
 one block per variant (e.g. wholly visible and masked tiles). Per block this reports its
-bundles, each unit's load, and the bundles each unit needs at its capacity: a block issues in
-no fewer bundles than its busiest unit needs, and an MXU push of R rows keeps an MXU busy R
-cycles (a systolic array takes one row per cycle), so bundles / (MXU busy cycles) says how far
-the block is from being MXU-bound, and the busiest other unit says why.
+bundles, each unit's load, its pushes per MXU, and the bundles each unit needs at its
+capacity: a block issues in no fewer bundles than its busiest unit needs.
+`fewest_step_bundles` adds the rest of a grid step: the fewest bundles one trip around the
+kernel's grid loop takes through a given block. Parse a listing once (`parse_bundles`) and
+pass its bundles to both.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _region_starts(bundles: list[Bundle]) -> dict[int, int]:
 
 
 def fewest_step_bundles(
-    listing: str, loop_of: int, via: int | None = None, avoid: tuple[int, ...] = ()
+    bundles: list[Bundle], loop_of: int, via: int | None = None, avoid: tuple[int, ...] = ()
 ) -> int:
     """The fewest bundles one trip around the loop holding bundle `loop_of` can issue, through
     bundle `via` (if given) and through none of the bundles in `avoid`, every conditional
@@ -130,7 +131,6 @@ def fewest_step_bundles(
     block that did not change) skipped. Branches are conditional (`sbr.rel (p)`); the loop is
     the innermost one whose body, from its LB bundle to its backward branch, holds `loop_of`.
     """
-    bundles = parse_bundles(listing)
     runs = straight_runs(bundles)
     run_of = {i: n for n, run in enumerate(runs) for i in run}
     starts = _region_starts(bundles)
@@ -163,9 +163,9 @@ def fewest_step_bundles(
     return cost[last]
 
 
-def mxu_blocks(listing: str, utilization: str) -> tuple[MxuBlock, ...]:
-    """The MXU blocks of one kernel's dumps, in program order."""
-    bundles = parse_bundles(listing)
+def mxu_blocks(bundles: list[Bundle], utilization: str) -> tuple[MxuBlock, ...]:
+    """The MXU blocks of one kernel's parsed listing and its utilization dump, in program
+    order."""
     capacity, rows = parse_utilization(utilization)
     if len(rows) != len(bundles):
         raise ValueError(f"{len(bundles)} bundles but {len(rows)} utilization rows")

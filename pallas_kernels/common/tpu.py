@@ -10,7 +10,7 @@
   mask arithmetic. Banded (`TileGrid.of(band=True)`, where `can_band`): one inner step per
   outer block over the band of rows its window reaches, element-indexed (`TpuLayout.spec(...,
   rows=True)`), instead of several block steps.
-- `TileMask`: a visited tile's mask, and which inner rows are inside their length.
+- `TileMask`: a visited tile's mask, and the zeroing of inner operand rows past their length.
 - `sigmoid_via_tanh`: which TPUs evaluate σ through tanh.
 """
 
@@ -56,10 +56,10 @@ def sigmoid_via_tanh(device_kind: str) -> bool:
 class TileMask:
     """The mask of one visited tile (first query first_q, first key first_kv; [q, kv] tiles
     when q_outer, else [kv, q]). `mask(shape)`: bool tile, True where visible.
-    `inner_valid(shape, axis)`: True where the inner operand's position along `axis` (its
-    rows, or the lanes of an lse / δ row) is inside its length. A kernel zeroes its inner
-    operands with it: a band reaches past the lengths, and masked scores do not stop a NaN
-    there (0 · NaN is NaN in the matmuls)."""
+    `zero_past_length(x, axis)`: an inner operand with its positions along `axis` (its rows,
+    or the lanes of an lse / δ row) past the inner length zeroed. Kernels zero their inner
+    operands so: a band reaches past the lengths, and masked scores do not stop a NaN there
+    (0 · NaN is NaN in the matmuls)."""
 
     first_q: blocks.Int
     first_kv: blocks.Int
@@ -83,9 +83,10 @@ class TileMask:
             causal=self.causal,
         )
 
-    def inner_valid(self, shape: tuple[int, ...], axis: int = 0) -> jax.Array:
+    def zero_past_length(self, x: jax.Array, axis: int = 0) -> jax.Array:
         first, length = (self.first_kv, self.kv_len) if self.q_outer else (self.first_q, self.q_len)
-        return first + jax.lax.broadcasted_iota(jnp.int32, shape, axis) < length
+        inside = first + jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) < length
+        return jnp.where(inside, x, jnp.zeros_like(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,25 +202,30 @@ class TileGrid:
             for q_outer in (True, False)
         )
 
+    def _band_reach(self, q_outer: bool) -> tuple[int, int]:
+        """(rows before, rows after) an outer block that its window reaches on the inner axis:
+        kv from i - w to i + w (causal: i), queries from j - w (causal: j) to j + w."""
+        w = self.window or 0
+        before = w if q_outer or not self.causal else 0
+        after = 0 if q_outer and self.causal else w
+        return before, after
+
     def band_rows(self, q_outer: bool) -> int:
         """Rows of the band an outer block sees: the window before and after it, rounded so the
         band's first row can be a multiple of 128 (its lane dim in the lse / δ rows)."""
-        w = self.window or 0
+        before, after = self._band_reach(q_outer)
         block_outer = self.block_q if q_outer else self.block_kv
-        before = w if q_outer or not self.causal else 0  # kv from i - w; q from j (causal)
-        after = 0 if q_outer and self.causal else w
         return blocks.round_up(blocks.round_up(before, TPU_LANES) + block_outer + after, TPU_LANES)
 
     def band_start(self, outer: blocks.Int, q_len: blocks.Int, kv_len: blocks.Int, q_outer: bool):
         """First row of outer block `outer`'s band: its first row less the window, rounded down
         to a multiple of 128 and clamped into the inner axis (the band covers every visible
         position; fully padded outer blocks repeat the last real block's band: no DMA)."""
-        w = self.window or 0
         block_outer = self.block_q if q_outer else self.block_kv
         num_outer = self.num_q_blocks if q_outer else self.num_kv_blocks
         length = q_len if q_outer else kv_len
         first = real_block(outer, length, block_outer, num_outer) * block_outer
-        before = w if q_outer or not self.causal else 0
+        before, _ = self._band_reach(q_outer)
         start = jax.lax.div(jnp.maximum(first - before, 0), TPU_LANES) * TPU_LANES
         inner_rows = self._num_inner(q_outer) * self._inner_block(q_outer)
         return pl.multiple_of(jnp.minimum(start, inner_rows - self.band_rows(q_outer)), TPU_LANES)

@@ -71,7 +71,7 @@ def _fwd_kernel(
         v = v_ref[...]
         if mask is not None:
             s = mask_scores(s, mask(s.shape))
-            v = jnp.where(mask.inner_valid(v.shape), v, 0)  # keys past kv_len: zero
+            v = mask.zero_past_length(v)  # keys past kv_len: zero
         m, l_sum, acc = online_softmax_step(s, v, m_ref[...], l_ref[...], acc_ref[...])
         m_ref[...], l_ref[...], acc_ref[...] = m, l_sum, acc
 

@@ -53,9 +53,9 @@ def _dkdv_kernel(
     def accumulate(mask: TileMask | None) -> None:
         q, do, delta = q_ref[...], do_ref[...], delta_ref[...]
         if mask is not None:  # queries past q_len: zero
-            q = jnp.where(mask.inner_valid(q.shape), q, 0)
-            do = jnp.where(mask.inner_valid(do.shape), do, 0)
-            delta = jnp.where(mask.inner_valid(delta.shape, axis=1), delta, 0.0)
+            q = mask.zero_past_length(q)
+            do = mask.zero_past_length(do)
+            delta = mask.zero_past_length(delta, axis=1)
         st = mm_nt(k_ref[...], q) * spec.scale  # Sᵀ [kv, q]
         vis = None if mask is None else mask(st.shape)
         pt = softmax_probs(st, lse_ref[...], vis)
@@ -95,8 +95,8 @@ def _dq_kernel(
     def accumulate(mask: TileMask | None) -> None:
         k, v = k_ref[...], v_ref[...]
         if mask is not None:  # keys past kv_len: zero
-            k = jnp.where(mask.inner_valid(k.shape), k, 0)
-            v = jnp.where(mask.inner_valid(v.shape), v, 0)
+            k = mask.zero_past_length(k)
+            v = mask.zero_past_length(v)
         s = mm_nt(q_ref[...], k) * spec.scale
         vis = None if mask is None else mask(s.shape)
         p = softmax_probs(s, lse_ref[...].T, vis)  # [1, block_q] rows -> columns

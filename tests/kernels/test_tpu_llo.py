@@ -47,7 +47,7 @@ MXU, VALU, VPOP, VLOAD
 
 
 def test_mxu_blocks_of_a_listing():
-    (block,) = llo.mxu_blocks(LISTING, UTILIZATION)
+    (block,) = llo.mxu_blocks(llo.parse_bundles(LISTING), UTILIZATION)
     assert (block.first, block.bundles) == (1, 4)  # bundles 0x1..0x4: the loop body to its branch
     assert block.pushes == {0: 2, 1: 1}
     assert block.load == {"MXU": 3, "VALU": 0, "VPOP": 1, "VLOAD": 4}
@@ -59,7 +59,7 @@ def test_mxu_blocks_of_a_listing():
 
 def test_a_utilization_of_another_listing_is_refused():
     with pytest.raises(ValueError, match="6 bundles but 5 utilization rows"):
-        llo.mxu_blocks(LISTING, UTILIZATION.rsplit("0 1 0 0", 1)[0])
+        llo.mxu_blocks(llo.parse_bundles(LISTING), UTILIZATION.rsplit("0 1 0 0", 1)[0])
 
 
 # A grid loop: a step's bookkeeping (0x1-0x2), a region it may skip (0x3: say, the first
@@ -81,13 +81,14 @@ LOOP = """\
 
 
 def test_fewest_bundles_of_a_grid_step():
+    bundles = llo.parse_bundles(LOOP)
     first, second = 5, 8  # the two tile variants
     # Every trip: 0x1-0x2, 0x4, 0x7, 0x9 (5 bundles); the skippable 0x3 is left out.
-    assert llo.fewest_step_bundles(LOOP, first, via=first, avoid=(second,)) == 7
-    assert llo.fewest_step_bundles(LOOP, first, via=second, avoid=(first,)) == 6
-    assert llo.fewest_step_bundles(LOOP, first, via=None, avoid=(first, second)) == 5
+    assert llo.fewest_step_bundles(bundles, first, via=first, avoid=(second,)) == 7
+    assert llo.fewest_step_bundles(bundles, first, via=second, avoid=(first,)) == 6
+    assert llo.fewest_step_bundles(bundles, first, via=None, avoid=(first, second)) == 5
     with pytest.raises(ValueError, match="in no loop"):
-        llo.fewest_step_bundles(LOOP, 0)
+        llo.fewest_step_bundles(bundles, 0)
 
 
 def test_which_tpus_take_the_tanh_sigmoid():
@@ -117,8 +118,9 @@ _COMPILE = textwrap.dedent(
         with compile_target(tpu):
             f = jax.jit(lambda q: gdpa(q, q, q, activation="silu", backend="pallas"))
             f.lower(x).compile()
-        (dumps,) = llo.kernel_dumps(dump, "gdpa_fwd_tpu")
-        out[name] = [sorted(b.opcodes) for b in llo.mxu_blocks(*dumps)]
+        ((listing, utilization),) = llo.kernel_dumps(dump, "gdpa_fwd_tpu")
+        blocks = llo.mxu_blocks(llo.parse_bundles(listing), utilization)
+        out[name] = [sorted(b.opcodes) for b in blocks]
     print(json.dumps(out))
     """
 )
