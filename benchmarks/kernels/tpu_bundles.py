@@ -5,7 +5,8 @@
 No TPU needed: libtpu compiles forward + backward for deviceless v5e and v6e chips and dumps
 each kernel's VLIW schedule (`common/llo.py`); a bundle issues per cycle when nothing stalls.
 Per kernel and MXU block (a grid step's tile computation, one block per variant: wholly
-visible, then masked) the record gives:
+visible; with a window or causal mask, cut by that mask alone inside the lengths; masked in
+full) the record gives:
 - `bundles`: the block's own; `step_bundles`: the fewest of a grid step through it (the step's
   bookkeeping included, its conditional first-step init / last-step finish skipped);
 - `tile_fraction`: MXU work per bundle of the block over that of the ceiling's block;
@@ -14,16 +15,20 @@ visible, then masked) the record gives:
   matmul dimension is narrower than the MXU: D = 128 contractions on v6e's 256-wide MXU);
 - per-unit bundles at each unit's capacity, the busiest unit besides the MXU, vector spills.
 The GDPA and SWA kernels also get a whole-grid estimate: their grid's steps counted by kind
-(wholly visible, masked, idle: `TileGrid.tile_at` on the grid the kernels build, SWA's banded)
+(by variant, or idle: `TileGrid.tile_at` on the grid the kernels build, SWA's banded)
 times the step bundles, against the kernel's useful FLOPs. The ceiling is a plain bf16
 Pallas matmul compiled in the same run, its densest steady state over CEILING_BLOCKS; its
 known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DMA waits and
 stalls come on top, and the clock is not modelled.
-Shapes: B=4, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
+Shapes: B=32, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
 Tkv=64; SWA at w=128 and the same kernel without a window (full attention); HSP with 64 seeds.
 `--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and HSP for every
 HSP_SWEEP_KV tile, and records the tiles with the densest forward and backward grids
 ("sweep_best").
+Every array of the programs stays in HBM, as in a training step: with arrays small enough
+(B=4 here) XLA places a kernel's operands in VMEM, its block DMAs become
+vector copy loops in conditional regions, and the step path, which skips conditional
+regions, would leave out copies that run every step. `_compiled` refuses such a program.
 Run it in a fresh process: LIBTPU_INIT_ARGS is read when libtpu first loads.
 """
 
@@ -33,7 +38,9 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -43,7 +50,8 @@ from pathlib import Path
 from pallas_kernels.common import llo
 
 DEFAULT_TOPOLOGIES = ("v5e:2x2", "v6e:2x2")
-B, H, D, T = 4, 4, 128, 4096
+# B=32: each [B, T, H·D] bf16 operand is 128 MiB, too large for XLA to place in VMEM.
+B, H, D, T = 32, 4, 128, 4096
 SWA_WINDOW = 128
 CROSS_TKV = 64
 # Tile candidates (block_q, block_kv), forward and backward alike, per Tkv regime (GDPA, and
@@ -59,7 +67,11 @@ SWEEP_TILES = {
 # HSP kv tiles (forward and backward alike), capped at 1024 rows like GDPA's query tiles.
 HSP_SWEEP_KV = (256, 512, 1024)
 HSP_SEEDS = 64
-CEILING_SHAPE = (2048, 2048, 2048)  # the ceiling matmul's M, N, K
+CEILING_SHAPE = (2048, 2048, 2048)  # the ceiling matmul's M, N, K (XLA keeps them in HBM)
+# Arrays at least this large must stay in HBM (see the module docstring). The per-query
+# statistics (lse, δ: [B, H, 1, T] fp32, 2 MiB) may sit in VMEM: a block of them is one or two
+# vector registers.
+HBM_ONLY_BYTES = 4 << 20
 CEILING_BLOCKS = ((512, 512, 512), (1024, 1024, 512), (1024, 512, 1024), (512, 512, 2048))
 
 
@@ -136,15 +148,22 @@ class Attention:
         q_outer = kind != "dkdv"
         outer = np.arange(grid.grid(q_outer)[2])[:, None]
         t = np.arange(grid.steps(q_outer))[None, :]
-        active, unmasked, _, _ = (
-            np.asarray(x) for x in grid.tile_at(outer, t, T, self.tkv, q_outer)
-        )
-        masked_block = sched.blocks[-1]
-        steps = dict(
-            unmasked=(int((active & unmasked).sum()), sched.step_bundles(sched.blocks[0])),
-            masked=(int((active & ~unmasked).sum()), sched.step_bundles(masked_block)),
-            idle=(int((~active).sum()), sched.step_bundles(None)),
-        )
+        tile = grid.tile_at(outer, t, T, self.tkv, q_outer)
+        active, unmasked, inside = (np.asarray(x) for x in tile[:3])
+        masked = active & ~unmasked
+        # MXU blocks in program order, one per tile variant (`TileGrid._run_tile`).
+        variants = [("unmasked", active & unmasked)]
+        if grid.window is not None or grid.causal:
+            variants.append(("inside_lengths", masked & inside))
+            masked &= ~inside
+        variants.append(("masked", masked))
+        if len(sched.blocks) != len(variants):
+            raise RuntimeError(f"{len(sched.blocks)} MXU blocks for tile variants {variants}")
+        steps = {
+            name: (int(where.sum()), sched.step_bundles(block))
+            for (name, where), block in zip(variants, sched.blocks, strict=True)
+        }
+        steps["idle"] = (int((~active).sum()), sched.step_bundles(None))
         bundles = B * H * sum(n * cost for n, cost in steps.values())
         query, key = np.arange(T)[:, None], np.arange(self.tkv)[None, :]
         mask = dict(q_len=T, kv_len=self.tkv, window=self.window, causal=False)
@@ -424,7 +443,13 @@ def _compiled(case: Case, device, dump: Path) -> dict[str, Schedule]:
     """Compile `case` for `device`, read each kernel's schedule from the dumps, clear them."""
     for stale in dump.iterdir():
         stale.unlink()
-    case.build(device)
+    in_vmem = vmem_arrays(case.build(device).as_text())
+    if in_vmem:
+        raise RuntimeError(
+            f"case {case.name}: XLA placed {in_vmem[:3]} in VMEM; its kernels' block DMAs "
+            "would become vector copies the step path skips: enlarge the arrays (B, "
+            "CEILING_SHAPE)"
+        )
     found = {}
     for kernel in case.kernels:
         dumps = llo.kernel_dumps(dump, kernel)
@@ -435,6 +460,21 @@ def _compiled(case: Case, device, dump: Path) -> dict[str, Schedule]:
         bundles = llo.parse_bundles(listing)
         found[kernel] = Schedule(bundles, llo.mxu_blocks(bundles, utilization))
     return found
+
+
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]\{[^}]*S\(1\)")
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1}
+
+
+def vmem_arrays(hlo_text: str) -> list[str]:
+    """The arrays of at least HBM_ONLY_BYTES that a compiled TPU program's HLO places in VMEM
+    (memory space S(1) in their layout), e.g. 'bf16[4,4096,512]'."""
+    found = []
+    for dtype, dims in _ARRAY.findall(hlo_text):
+        size = _BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+        if size >= HBM_ONLY_BYTES:
+            found.append(f"{dtype}[{dims}]")
+    return sorted(set(found))
 
 
 def _args(device):

@@ -42,18 +42,26 @@ def visible(
     q_idx: jax.Array,
     kv_idx: jax.Array,
     *,
-    q_len: Int,
-    kv_len: Int,
+    q_len: Int | None,
+    kv_len: Int | None,
     window: int | None,
     causal: bool,
 ) -> jax.Array:
-    """Elementwise mask predicate over broadcastable query/key position arrays."""
-    ok = (q_idx < q_len) & (kv_idx < kv_len)
+    """Elementwise mask predicate over broadcastable query/key position arrays; lengths None:
+    positions known to lie inside them (no length test)."""
+    tests = []
+    if q_len is not None:
+        tests.append(q_idx < q_len)
+    if kv_len is not None:
+        tests.append(kv_idx < kv_len)
     if window is not None:
-        ok &= jnp.abs(q_idx - kv_idx) <= window
+        tests.append(jnp.abs(q_idx - kv_idx) <= window)
     if causal:
-        ok &= kv_idx <= q_idx
-    return ok
+        tests.append(kv_idx <= q_idx)
+    shape = jnp.broadcast_shapes(jnp.shape(q_idx), jnp.shape(kv_idx))
+    if not tests:
+        return jnp.ones(shape, bool)
+    return jnp.broadcast_to(functools.reduce(jnp.logical_and, tests), shape)
 
 
 def _block_range(lo_pos: Int, hi_pos: Int, empty: jax.Array, block: int) -> tuple[Int, Int]:

@@ -42,6 +42,16 @@ def online_softmax_step(
     return m_new, l_new, alpha * acc + mm(p.astype(v.dtype), v)
 
 
+def softmax_tile(s: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(O [R, D], lse [R, 1]) of a masked score tile s [R, C] fp32 holding every key its rows
+    see, and its values v [C, D]: the one-tile form of `online_softmax_step` +
+    `softmax_finish` (no running statistics to rescale; same empty-row convention)."""
+    m = jnp.max(s, axis=1, keepdims=True)
+    p = jnp.exp(s - m)
+    acc = mm(p.astype(v.dtype), v)
+    return softmax_finish(m, jnp.sum(p, axis=1, keepdims=True), acc)
+
+
 def softmax_finish(
     m: jax.Array, l_sum: jax.Array, acc: jax.Array, *, empty_lse: float = float("inf")
 ) -> tuple[jax.Array, jax.Array]:

@@ -6,10 +6,12 @@
   outer block o walk the tight range [lo_o, hi_o) of blocks the mask lets it see
   (`blocks.kv_block_range` / `blocks.q_block_range`); the static step extent is the bound
   `blocks.max_kv_blocks` / `max_q_blocks`, so a sliding window shrinks the grid itself. Steps
-  past hi_o do no compute and repeat the last block index (no DMA); interior tiles skip the
-  mask arithmetic. Banded (`TileGrid.of(band=True)`, where `can_band`): one inner step per
-  outer block over the band of rows its window reaches, element-indexed (`TpuLayout.spec(...,
-  rows=True)`), instead of several block steps.
+  past hi_o do no compute and repeat the last block index (no DMA); wholly visible tiles skip
+  the mask arithmetic, masked tiles inside both lengths skip the length tests (`Tile`).
+  Banded (`TileGrid.of(band=True)`, where `can_band`): one inner step per outer block over
+  the band of rows its window reaches, element-indexed (`TpuLayout.spec(..., rows=True)`),
+  instead of several block steps; its kernels keep no running state in VMEM scratch
+  (`visit_band`).
 - `TileMask`: a visited tile's mask, and the zeroing of inner operand rows past their length.
 - `sigmoid_via_tanh`: which TPUs evaluate σ through tanh.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +61,8 @@ class TileMask:
     `zero_past_length(x, axis)`: an inner operand with its positions along `axis` (its rows,
     or the lanes of an lse / δ row) past the inner length zeroed. Kernels zero their inner
     operands so: a band reaches past the lengths, and masked scores do not stop a NaN there
-    (0 · NaN is NaN in the matmuls)."""
+    (0 · NaN is NaN in the matmuls). inside_lengths: the tile lies wholly inside both lengths
+    (only the window / causal mask cuts it), so neither tests them."""
 
     first_q: blocks.Int
     first_kv: blocks.Int
@@ -68,6 +71,7 @@ class TileMask:
     window: int | None
     causal: bool
     q_outer: bool
+    inside_lengths: bool = False
 
     def __call__(self, shape: tuple[int, int]) -> jax.Array:
         tile_first = (
@@ -77,16 +81,29 @@ class TileMask:
         return blocks.visible(
             q_idx,
             kv_idx,
-            q_len=self.q_len,
-            kv_len=self.kv_len,
+            q_len=None if self.inside_lengths else self.q_len,
+            kv_len=None if self.inside_lengths else self.kv_len,
             window=self.window,
             causal=self.causal,
         )
 
     def zero_past_length(self, x: jax.Array, axis: int = 0) -> jax.Array:
+        if self.inside_lengths:
+            return x
         first, length = (self.first_kv, self.kv_len) if self.q_outer else (self.first_q, self.q_len)
         inside = first + jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) < length
         return jnp.where(inside, x, jnp.zeros_like(x))
+
+
+class Tile(NamedTuple):
+    """One grid step's tile: active (the mask lets any of it through), unmasked (all of it),
+    inside_lengths (it lies wholly inside both lengths), its first query and first key."""
+
+    active: jax.Array
+    unmasked: jax.Array
+    inside_lengths: jax.Array
+    first_q: blocks.Int
+    first_kv: blocks.Int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,9 +316,8 @@ class TileGrid:
 
     def tile_at(
         self, outer: blocks.Int, t: blocks.Int, q_len: blocks.Int, kv_len: blocks.Int, q_outer: bool
-    ) -> tuple[jax.Array, jax.Array, blocks.Int, blocks.Int]:
-        """(active, wholly visible, first query, first key) of the tile at grid step (outer, t):
-        active when the mask lets any of it through. Broadcasts over array arguments."""
+    ) -> Tile:
+        """The tile at grid step (outer, t). Broadcasts over array arguments."""
         lo, hi = self.inner_range(outer, q_len, kv_len, q_outer)
         if self.banded:
             first_inner = self.band_start(outer, q_len, kv_len, q_outer)
@@ -314,7 +330,32 @@ class TileGrid:
         tile = dict(block_q=self.block_q, block_kv=self.block_kv)
         tile["block_kv" if q_outer else "block_q"] = self.inner_rows(q_outer)
         mask_kw = dict(self._mask_kw(q_len, kv_len), **tile)
-        return lo + t < hi, blocks.block_unmasked(first_q, first_kv, **mask_kw), first_q, first_kv
+        last_q, last_kv = first_q + tile["block_q"], first_kv + tile["block_kv"]
+        return Tile(
+            active=lo + t < hi,
+            unmasked=blocks.block_unmasked(first_q, first_kv, **mask_kw),
+            inside_lengths=(last_q <= q_len) & (last_kv <= kv_len),
+            first_q=first_q,
+            first_kv=first_kv,
+        )
+
+    def _run_tile(
+        self, tile: Tile, q_len: jax.Array, kv_len: jax.Array, q_outer: bool, fn: Callable
+    ) -> None:
+        """Run `fn(mask)` on an active tile in one of its variants: wholly visible (mask
+        None), cut by the window / causal mask alone (no length tests: with either, the
+        common masked tile), or masked in full (at the lengths)."""
+        mask = TileMask(
+            tile.first_q, tile.first_kv, q_len, kv_len, self.window, self.causal, q_outer
+        )
+        active, masked = tile.active, tile.active & ~tile.unmasked
+        pl.when(active & tile.unmasked)(lambda: fn(None))
+        if self.window is None and not self.causal:  # a tile inside the lengths is visible
+            pl.when(masked)(lambda: fn(mask))
+            return
+        inside = dataclasses.replace(mask, inside_lengths=True)
+        pl.when(masked & tile.inside_lengths)(lambda: fn(inside))
+        pl.when(masked & ~tile.inside_lengths)(lambda: fn(mask))
 
     def visit(
         self,
@@ -331,11 +372,31 @@ class TileGrid:
         the last inner step. Tiles are [q, kv] when q_outer, else [kv, q]."""
         b, outer, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
         q_len, kv_len = q_lens_ref[b], kv_lens_ref[b]
-        active, unmasked, first_q, first_kv = self.tile_at(outer, t, q_len, kv_len, q_outer)
-        mask = TileMask(first_q, first_kv, q_len, kv_len, self.window, self.causal, q_outer)
         pl.when(t == 0)(init)
-        run_tile(active, unmasked, lambda masked: accumulate(mask if masked else None))
+        tile = self.tile_at(outer, t, q_len, kv_len, q_outer)
+        self._run_tile(tile, q_len, kv_len, q_outer, accumulate)
         pl.when(t == pl.num_programs(3) - 1)(finish)
+
+    def visit_band(
+        self,
+        q_lens_ref: Any,
+        kv_lens_ref: Any,
+        *,
+        q_outer: bool,
+        compute: Callable[[TileMask | None], None],
+        empty: Callable[[], None],
+    ) -> None:
+        """Kernel-body scaffold of a banded grid (one inner step: the band holds every row
+        the outer block sees, so no running state): `compute(mask)` writes the outputs from
+        the band's tile (mask None when wholly visible), `empty()` writes those of an outer
+        block that sees nothing."""
+        if not self.banded:
+            raise ValueError("visit_band needs a banded grid (TileGrid.of(band=True))")
+        b, outer = pl.program_id(0), pl.program_id(2)
+        q_len, kv_len = q_lens_ref[b], kv_lens_ref[b]
+        tile = self.tile_at(outer, 0, q_len, kv_len, q_outer)
+        self._run_tile(tile, q_len, kv_len, q_outer, compute)
+        pl.when(~tile.active)(empty)
 
     def pallas_call(
         self,

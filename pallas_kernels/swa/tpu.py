@@ -9,8 +9,10 @@ whole sequence. Steps past hi_i (padding, causal) do no compute and repeat the l
 index, so the pipeline issues no DMA for them; interior tiles skip the mask arithmetic.
 Banded (`TileGrid.can_band`: a window, 128-row tiles): one step per q block over a band of
 keys [i·block_q - w, (i+1)·block_q + w), its first row element-indexed (rounded down to 128),
-in place of several block steps: fewer steps, no more rows. The masked tile zeroes the values
-past kv_len (a band reaches past the lengths; 0 · NaN would not vanish).
+in place of several block steps: fewer steps, no more rows, and no running statistics: one
+softmax over the band (`softmax_tile`) writes O and lse, with no VMEM scratch to initialize,
+rescale and read back. The masked tile zeroes the values past kv_len (a band reaches past the
+lengths; 0 · NaN would not vanish).
 
 Per visited tile: the online-softmax update of `common.softmax` on fp32 VMEM statistics. The
 kernel writes O and the logsumexp residual lse [B, H, 1, Tq] (fp32, lane-dense rows) for the
@@ -26,7 +28,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common.softmax import mask_scores, online_softmax_step, softmax_finish
+from pallas_kernels.common.softmax import (
+    mask_scores,
+    online_softmax_step,
+    softmax_finish,
+    softmax_tile,
+)
 from pallas_kernels.common.tile_ops import mm_nt
 from pallas_kernels.common.tpu import IndexFn, TileGrid, TileMask, TpuLayout
 from pallas_kernels.swa.blockwise import SwaSpec, cost_estimate
@@ -54,34 +61,54 @@ def _fwd_kernel(
     v_ref,
     o_ref,
     lse_ref,
-    m_ref,
-    l_ref,
-    acc_ref,
-    *,
+    *scratch,
     spec: SwaSpec,
     tiles: TileGrid,
 ) -> None:
+    """scratch: the running (m, l, acc) in fp32 VMEM, none for a banded grid."""
+
+    def scores(mask: TileMask | None) -> tuple[jax.Array, jax.Array]:
+        """(masked scores [block_q, kv rows] fp32, values) of the visited tile."""
+        s = mm_nt(q_ref[...], k_ref[...]) * spec.scale
+        v = v_ref[...]
+        if mask is not None:
+            s = mask_scores(s, mask(s.shape))
+            v = mask.zero_past_length(v)  # keys past kv_len: zero
+        return s, v
+
+    def write(o: jax.Array, lse: jax.Array) -> None:
+        o_ref[...] = o.astype(o_ref.dtype)
+        lse_ref[...] = lse.T  # [block_q, 1] column -> [1, block_q] row
+
+    if tiles.banded:  # the band holds every key the block sees: one softmax, no scratch
+
+        def empty() -> None:
+            o_ref[...] = jnp.zeros_like(o_ref)
+            lse_ref[...] = jnp.full_like(lse_ref, jnp.inf)
+
+        def compute(mask: TileMask | None) -> None:
+            write(*softmax_tile(*scores(mask)))
+
+        tiles.visit_band(q_lens_ref, kv_lens_ref, q_outer=True, compute=compute, empty=empty)
+        return
+    m_ref, l_ref, acc_ref = scratch
+
     def init() -> None:
         m_ref[...] = jnp.full_like(m_ref, -jnp.inf)
         l_ref[...] = jnp.zeros_like(l_ref)
         acc_ref[...] = jnp.zeros_like(acc_ref)
 
     def accumulate(mask: TileMask | None) -> None:
-        s = mm_nt(q_ref[...], k_ref[...]) * spec.scale
-        v = v_ref[...]
-        if mask is not None:
-            s = mask_scores(s, mask(s.shape))
-            v = mask.zero_past_length(v)  # keys past kv_len: zero
-        m, l_sum, acc = online_softmax_step(s, v, m_ref[...], l_ref[...], acc_ref[...])
+        m, l_sum, acc = online_softmax_step(*scores(mask), m_ref[...], l_ref[...], acc_ref[...])
         m_ref[...], l_ref[...], acc_ref[...] = m, l_sum, acc
 
-    def finish() -> None:
-        o, lse = softmax_finish(m_ref[...], l_ref[...], acc_ref[...])
-        o_ref[...] = o.astype(o_ref.dtype)
-        lse_ref[...] = lse.T  # [block_q, 1] column -> [1, block_q] row
-
     tiles.visit(
-        q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish
+        q_lens_ref,
+        kv_lens_ref,
+        q_outer=True,
+        init=init,
+        accumulate=accumulate,
+        finish=lambda: write(*softmax_finish(m_ref[...], l_ref[...], acc_ref[...])),
     )
 
 
@@ -120,7 +147,9 @@ def swa_fwd_tpu(
             jax.ShapeDtypeStruct(layout.to_kernel(q).shape, q.dtype),
             jax.ShapeDtypeStruct((batch, heads, 1, tq), jnp.float32),
         ],
-        scratch_shapes=[
+        scratch_shapes=[]
+        if tiles.banded
+        else [
             pltpu.VMEM((block_q, 1), jnp.float32),
             pltpu.VMEM((block_q, 1), jnp.float32),
             pltpu.VMEM((block_q, dim), jnp.float32),

@@ -9,7 +9,8 @@ dS = P ⊙ (dP - δ) (`common.softmax`).
   are used as [1, block_q] rows, as stored).
 - dQ kernel, grid (B, H, q-blocks, kv-steps), the forward's kv ranges:  dQ_i += c·dS K.
 Both grids are O(T·w) like the forward's; skipping, DMA elision, unmasked interior tiles and
-bands work as there (`common.tpu.TileGrid`). Masked tiles zero the inner operands past their
+bands work as there (`common.tpu.TileGrid`): a banded kernel writes its outputs from the one
+tile, with no accumulators in VMEM scratch. Masked tiles zero the inner operands past their
 length (queries, dO and δ for dK/dV; keys and values for dQ) and set dS to exactly 0 where
 masked, so nothing in padding reaches a gradient.
 """
@@ -29,6 +30,12 @@ from pallas_kernels.swa.blockwise import SwaSpec, cost_estimate
 from pallas_kernels.swa.tpu import row_spec
 
 
+def _zero(*refs) -> None:
+    """Zero the output tiles of an outer block that sees nothing."""
+    for ref in refs:
+        ref[...] = jnp.zeros_like(ref)
+
+
 def _dkdv_kernel(
     q_lens_ref,
     kv_lens_ref,
@@ -40,17 +47,14 @@ def _dkdv_kernel(
     delta_ref,
     dk_ref,
     dv_ref,
-    dk_acc,
-    dv_acc,
-    *,
+    *scratch,
     spec: SwaSpec,
     tiles: TileGrid,
 ) -> None:
-    def init() -> None:
-        dk_acc[...] = jnp.zeros_like(dk_acc)
-        dv_acc[...] = jnp.zeros_like(dv_acc)
+    """scratch: the fp32 (dK, dV) accumulators in VMEM, none for a banded grid."""
 
-    def accumulate(mask: TileMask | None) -> None:
+    def tile_grads(mask: TileMask | None) -> tuple[jax.Array, jax.Array]:
+        """(dSᵀ Q, Pᵀ dO) of the visited [kv, q] tile, fp32 (dK before its scale c)."""
         q, do, delta = q_ref[...], do_ref[...], delta_ref[...]
         if mask is not None:  # queries past q_len: zero
             q = mask.zero_past_length(q)
@@ -62,15 +66,34 @@ def _dkdv_kernel(
         dst = pt * (mm_nt(v_ref[...], do) - delta)  # dSᵀ = Pᵀ ⊙ (V dOᵀ - δ)
         if vis is not None:  # exactly 0 where masked, even next to a NaN in padding
             dst = jnp.where(vis, dst, 0.0)
-        dv_acc[...] += mm(pt.astype(do.dtype), do)
-        dk_acc[...] += mm(dst.astype(q.dtype), q)
+        return mm(dst.astype(q.dtype), q), mm(pt.astype(do.dtype), do)
 
-    def finish() -> None:
-        dk_ref[...] = (dk_acc[...] * spec.scale).astype(dk_ref.dtype)
-        dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
+    def write(dk: jax.Array, dv: jax.Array) -> None:
+        dk_ref[...] = (dk * spec.scale).astype(dk_ref.dtype)
+        dv_ref[...] = dv.astype(dv_ref.dtype)
+
+    if tiles.banded:  # the band holds every query that sees the block: no accumulators
+
+        def compute(mask: TileMask | None) -> None:
+            write(*tile_grads(mask))
+
+        empty = functools.partial(_zero, dk_ref, dv_ref)
+        tiles.visit_band(q_lens_ref, kv_lens_ref, q_outer=False, compute=compute, empty=empty)
+        return
+    dk_acc, dv_acc = scratch
+
+    def accumulate(mask: TileMask | None) -> None:
+        dk, dv = tile_grads(mask)
+        dk_acc[...] += dk
+        dv_acc[...] += dv
 
     tiles.visit(
-        q_lens_ref, kv_lens_ref, q_outer=False, init=init, accumulate=accumulate, finish=finish
+        q_lens_ref,
+        kv_lens_ref,
+        q_outer=False,
+        init=functools.partial(_zero, dk_acc, dv_acc),
+        accumulate=accumulate,
+        finish=lambda: write(dk_acc[...], dv_acc[...]),
     )
 
 
@@ -84,15 +107,14 @@ def _dq_kernel(
     lse_ref,
     delta_ref,
     dq_ref,
-    dq_acc,
-    *,
+    *scratch,
     spec: SwaSpec,
     tiles: TileGrid,
 ) -> None:
-    def init() -> None:
-        dq_acc[...] = jnp.zeros_like(dq_acc)
+    """scratch: the fp32 dQ accumulator in VMEM, none for a banded grid."""
 
-    def accumulate(mask: TileMask | None) -> None:
+    def tile_grad(mask: TileMask | None) -> jax.Array:
+        """dS K of the visited [q, kv] tile, fp32 (dQ before its scale c)."""
         k, v = k_ref[...], v_ref[...]
         if mask is not None:  # keys past kv_len: zero
             k = mask.zero_past_length(k)
@@ -103,13 +125,31 @@ def _dq_kernel(
         ds = p * (mm_nt(do_ref[...], v) - delta_ref[...].T)  # P ⊙ (dO Vᵀ - δ)
         if vis is not None:  # exactly 0 where masked, even next to a NaN in padding
             ds = jnp.where(vis, ds, 0.0)
-        dq_acc[...] += mm(ds.astype(k.dtype), k)
+        return mm(ds.astype(k.dtype), k)
 
-    def finish() -> None:
-        dq_ref[...] = (dq_acc[...] * spec.scale).astype(dq_ref.dtype)
+    def write(dq: jax.Array) -> None:
+        dq_ref[...] = (dq * spec.scale).astype(dq_ref.dtype)
+
+    if tiles.banded:  # the band holds every key the block sees: no accumulator
+
+        def compute(mask: TileMask | None) -> None:
+            write(tile_grad(mask))
+
+        empty = functools.partial(_zero, dq_ref)
+        tiles.visit_band(q_lens_ref, kv_lens_ref, q_outer=True, compute=compute, empty=empty)
+        return
+    (dq_acc,) = scratch
+
+    def accumulate(mask: TileMask | None) -> None:
+        dq_acc[...] += tile_grad(mask)
 
     tiles.visit(
-        q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish
+        q_lens_ref,
+        kv_lens_ref,
+        q_outer=True,
+        init=functools.partial(_zero, dq_acc),
+        accumulate=accumulate,
+        finish=lambda: write(dq_acc[...]),
     )
 
 
@@ -153,7 +193,9 @@ def swa_bwd_tpu(
             in_specs=[q_spec, kv_spec, kv_spec, q_spec, q_row, q_row],
             out_specs=[layout.spec(block_out, out_index)] * len(outs),
             out_shape=[jax.ShapeDtypeStruct(layout.to_kernel(x).shape, x.dtype) for x in outs],
-            scratch_shapes=[pltpu.VMEM((block_out, q.shape[3]), jnp.float32) for _ in outs],
+            scratch_shapes=[]
+            if band
+            else [pltpu.VMEM((block_out, q.shape[3]), jnp.float32) for _ in outs],
             cost_estimate=cost_estimate(
                 outs[0],
                 kind,

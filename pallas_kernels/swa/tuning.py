@@ -20,8 +20,9 @@ from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 # Lookup takes the first row whose platform and prefix match and whose bounds cover (D, w);
 # a full-attention call (window None) only matches rows with max window None.
 _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
-    # D <= 128, w <= 128: the tiles with the fewest grid bundles on v5e and v6e among
-    # tpu_bundles.SWEEP_TILES["swa"] (benchmarks/results/tpu_bundles.json, "sweep_best").
+    # D <= 128, w <= 128: among tpu_bundles.SWEEP_TILES["swa"], the tiles with the fewest
+    # grid bundles on v5e, and within 4% of v6e's fewest (512-query tiles, which pad more
+    # on jagged traffic; benchmarks/results/tpu_bundles.json, "sweep").
     ("tpu", "", 128, 128, BlockSizes(256, 256, 256, 256)),
     ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
     ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256)),

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pallas_kernels.common import blocks
+from pallas_kernels.common.tpu import TileGrid, TileMask
 
 
 def _mask(tq: int, tkv: int, q_len: int, kv_len: int, window: int | None, causal: bool):
@@ -118,6 +119,30 @@ def test_unmasked_ranges_hold_exactly_the_wholly_visible_blocks(config):
     lo, hi = (np.broadcast_to(x, _T)[:nkv] for x in blocks.unmasked_q_block_range(ids, **kw))
     assert (lo <= hi).all()
     np.testing.assert_array_equal(_in_ranges(lo, hi, nq), full.T)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(_configs())
+def test_tiles_inside_the_lengths_need_only_the_window_mask(config):
+    """`TileGrid.tile_at` flags a tile inside_lengths exactly when it lies inside both
+    lengths, and there the window / causal mask alone (`TileMask(inside_lengths=True)`, the
+    kernels' cheaper masked variant) is the brute-force mask, in both tile orientations."""
+    block_q, block_kv, nq, nkv, q_len, kv_len, window, causal = config
+    mask = _mask(nq * block_q, nkv * block_kv, q_len, kv_len, window, causal)
+    grid = TileGrid(1, 1, block_q, block_kv, nq, nkv, window, causal)
+    qi, kj = np.arange(nq)[:, None], np.arange(nkv)[None, :]
+    tile = grid.tile_at(qi, kj - grid.inner_range(qi, q_len, kv_len, True)[0], q_len, kv_len, True)
+    inside = ((qi + 1) * block_q <= q_len) & ((kj + 1) * block_kv <= kv_len)
+    np.testing.assert_array_equal(np.broadcast_to(tile.inside_lengths, inside.shape), inside)
+    for i, j in zip(*np.nonzero(inside), strict=True):
+        want = mask[i * block_q : (i + 1) * block_q, j * block_kv : (j + 1) * block_kv]
+        for q_outer, shape, oriented in ((True, want.shape, want), (False, want.T.shape, want.T)):
+            first = dict(first_q=int(i) * block_q, first_kv=int(j) * block_kv)
+            tile_mask = TileMask(
+                **first, q_len=q_len, kv_len=kv_len, window=window, causal=causal,
+                q_outer=q_outer, inside_lengths=True,
+            )  # fmt: skip
+            np.testing.assert_array_equal(np.asarray(tile_mask(shape)), oriented)
 
 
 @pytest.mark.parametrize("causal", [False, True])

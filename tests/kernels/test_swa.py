@@ -259,13 +259,21 @@ def test_grids_visit_only_the_window(causal):
     assert [np.prod(g) for g in full] == [2 * 8 * 8, 2 * 16 * 16]
 
 
-@pytest.mark.parametrize(("window", "causal", "d", "h"), [(100, False, 128, 1), (37, True, 64, 2)])
-def test_banded_kernels_match_reference(window, causal, d, h):
+@pytest.mark.parametrize(
+    ("window", "causal", "d", "h", "q_lengths", "kv_lengths"),
+    [
+        (100, False, 128, 1, (600, 257), (555, 300)),
+        (37, True, 64, 2, (600, 257), (555, 300)),
+        (100, False, 128, 1, (0, 130), (600, 0)),
+    ],
+)
+def test_banded_kernels_match_reference(window, causal, d, h, q_lengths, kv_lengths):
     """The banded kernels (one grid step per outer block, its band's first row
-    element-indexed) against the reference with ragged lengths, NaN in every row past them:
-    a band reaches past the lengths, and the kernels zero what they read there."""
+    element-indexed, no running state) against the reference with ragged and zero lengths,
+    NaN in every row past them: a band reaches past the lengths, and the kernels zero what
+    they read there. Outer blocks past the lengths write exact zeros."""
     t = 600
-    q_lengths, kv_lengths = np.array([600, 257]), np.array([555, 300])
+    q_lengths, kv_lengths = np.array(q_lengths), np.array(kv_lengths)
     kw = dict(
         q_lengths=jnp.asarray(q_lengths, jnp.int32),
         kv_lengths=jnp.asarray(kv_lengths, jnp.int32),
@@ -285,6 +293,7 @@ def test_banded_kernels_match_reference(window, causal, d, h):
     outputs = zip(("O", "dQ", "dK", "dV"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
     for name, g, w in outputs:
         _assert_close(g, w, "float32", name)
+    _assert_empty_rows_exactly_zero(got, kw["q_lengths"], kw["kv_lengths"], window)
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)

@@ -3,7 +3,8 @@
 The parser is checked on a hand-written listing. With libtpu, a subprocess (LIBTPU_INIT_ARGS
 is read when libtpu loads) compiles the GDPA forward for deviceless v5e and v6e chips with the
 schedule dumps on: before v6 the 16-bit silu tile evaluates σ through vtanh, with no
-reciprocal; on v6e through the one-push sigmoid.
+reciprocal; on v6e through the one-push sigmoid. The benchmark's guard against programs whose
+large arrays XLA placed in VMEM is checked on an HLO snippet.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import textwrap
 
 import pytest
 
+from benchmarks.kernels.tpu_bundles import vmem_arrays
 from pallas_kernels.common import llo
 from pallas_kernels.common.tpu import sigmoid_via_tanh
 
@@ -89,6 +91,17 @@ def test_fewest_bundles_of_a_grid_step():
     assert llo.fewest_step_bundles(bundles, first, via=None, avoid=(first, second)) == 5
     with pytest.raises(ValueError, match="in no loop"):
         llo.fewest_step_bundles(bundles, 0)
+
+
+def test_arrays_placed_in_vmem_are_found():
+    """The benchmark refuses programs whose large arrays XLA put in VMEM (memory space S(1)):
+    there the kernels' block DMAs are vector copies the step path would skip."""
+    hlo = (
+        "%fwd = (bf16[4,4096,512]{2,1,0:T(8,128)(2,1)S(1)}, f32[4,4,1,4096]{3,2,1,0:T(1,128)"
+        "S(1)}) custom-call(s32[4]{0:S(1)} %a, bf16[32,4096,512]{2,1,0:T(8,128)(2,1)} %q)"
+    )
+    assert vmem_arrays(hlo) == ["bf16[4,4096,512]"]  # 16 MiB; the 256 KiB lse row is allowed
+    assert vmem_arrays(hlo.replace("S(1)", "")) == []
 
 
 def test_which_tpus_take_the_tanh_sigmoid():
