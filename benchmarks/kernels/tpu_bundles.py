@@ -22,9 +22,9 @@ known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DM
 stalls come on top, and the clock is not modelled.
 Shapes: B=32, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
 Tkv=64; SWA at w=128 and the same kernel without a window (full attention); HSP with 64 seeds.
-`--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and HSP for every
-HSP_SWEEP_KV tile, and records the tiles with the densest forward and backward grids
-("sweep_best").
+`--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and every SWEEP_HEADS
+count of heads per grid step, and HSP for every HSP_SWEEP_KV tile, and records the densest
+forward and backward grids ("sweep_best").
 Every array of the programs stays in HBM, as in a training step: with arrays small enough
 (B=4 here) XLA places a kernel's operands in VMEM, its block DMAs become
 vector copy loops in conditional regions, and the step path, which skips conditional
@@ -64,6 +64,8 @@ SWEEP_TILES = {
     "short": ((256, 256), (512, 256), (1024, 256)),
     "swa": ((128, 128), (128, 256), (256, 128), (256, 256), (512, 128), (512, 256)),
 }
+# Heads per grid step (at the table's tiles; H = 4).
+SWEEP_HEADS = (1, 2, 4)
 # HSP kv tiles (forward and backward alike), capped at 1024 rows like GDPA's query tiles.
 HSP_SWEEP_KV = (256, 512, 1024)
 HSP_SEEDS = 64
@@ -98,9 +100,12 @@ class Attention:
     tkv: int
     window: int | None
     override: tuple[int, int] | None = None  # explicit (block_q, block_kv), else the table's
+    heads: int | None = None  # explicit heads per grid step, else the table's
 
-    def tiles(self, kind: str, device_kind: str) -> tuple[int, int]:
-        """(block_q, block_kv) the op picks for kernel `kind` ("fwd", "dkdv", "dq")."""
+    def sizes(self, device_kind: str):
+        """The BlockSizes the op picks on this device."""
+        import dataclasses
+
         import jax.numpy as jnp
 
         from pallas_kernels.common.tiles import fit_block_sizes
@@ -113,30 +118,28 @@ class Attention:
             sizes = swa_tuning.default_block_sizes("tpu", device_kind, D, self.window)
         explicit = self.override or (None, None)
         sizes = sizes.with_overrides(*explicit)
-        sizes = fit_block_sizes(sizes, "pallas_tpu", jnp.bfloat16, T, self.tkv, *explicit)
+        if self.heads is not None:
+            sizes = dataclasses.replace(sizes, heads=self.heads)
+        return fit_block_sizes(sizes, "pallas_tpu", jnp.bfloat16, T, self.tkv, *explicit)
+
+    def tiles(self, kind: str, device_kind: str) -> tuple[int, int]:
+        """(block_q, block_kv) the op picks for kernel `kind` ("fwd", "dkdv", "dq")."""
+        sizes = self.sizes(device_kind)
         if kind == "fwd":
             return sizes.block_q, sizes.block_kv
         return sizes.block_q_bwd, sizes.block_kv_bwd
 
-    def tile_flops(self, kind: str, device_kind: str) -> int:
-        """Useful FLOPs of one wholly visible tile of kernel `kind`."""
-        block_q, block_kv = self.tiles(kind, device_kind)
-        return _matmuls(kind) * 2 * block_q * block_kv * D
-
-    def grid_estimate(self, sched: Schedule, kind: str, device_kind: str) -> dict:
-        """Bundles of the whole grid of kernel `kind`: its steps counted by kind times their
-        step bundles (first block: wholly visible tiles; second: masked), and useful FLOPs."""
+    def grid(self, kind: str, device_kind: str):
+        """The `TileGrid` of kernel `kind`, as the kernels build it."""
         import jax
         import jax.numpy as jnp
-        import numpy as np
 
-        from pallas_kernels.common import blocks
         from pallas_kernels.common.tpu import TileGrid
 
         block_q, block_kv = self.tiles(kind, device_kind)
         q = jax.ShapeDtypeStruct((B, T, H, D), jnp.bfloat16)
         k = jax.ShapeDtypeStruct((B, self.tkv, H, D), jnp.bfloat16)
-        grid = TileGrid.of(
+        return TileGrid.of(
             q,
             k,
             block_q=block_q,
@@ -144,7 +147,24 @@ class Attention:
             window=self.window,
             causal=False,
             band=self.op == "swa",
-        )  # as the kernels build it
+            heads=self.sizes(device_kind).heads,
+        )
+
+    def tile_flops(self, kind: str, device_kind: str) -> int:
+        """Useful FLOPs of one wholly visible (block_q, block_kv) tile of kernel `kind`, for
+        each head of a grid step."""
+        block_q, block_kv = self.tiles(kind, device_kind)
+        heads = self.grid(kind, device_kind).heads_per_block
+        return _matmuls(kind) * 2 * block_q * block_kv * D * heads
+
+    def grid_estimate(self, sched: Schedule, kind: str, device_kind: str) -> dict:
+        """Bundles of the whole grid of kernel `kind`: its steps counted by tile variant times
+        their step bundles, and useful FLOPs."""
+        import numpy as np
+
+        from pallas_kernels.common import blocks
+
+        grid = self.grid(kind, device_kind)
         q_outer = kind != "dkdv"
         outer = np.arange(grid.grid(q_outer)[2])[:, None]
         t = np.arange(grid.steps(q_outer))[None, :]
@@ -164,7 +184,7 @@ class Attention:
             for (name, where), block in zip(variants, sched.blocks, strict=True)
         }
         steps["idle"] = (int((~active).sum()), sched.step_bundles(None))
-        bundles = B * H * sum(n * cost for n, cost in steps.values())
+        bundles = B * grid.heads * sum(n * cost for n, cost in steps.values())
         query, key = np.arange(T)[:, None], np.arange(self.tkv)[None, :]
         mask = dict(q_len=T, kv_len=self.tkv, window=self.window, causal=False)
         visible = int(np.asarray(blocks.visible(query, key, **mask)).sum())
@@ -353,22 +373,27 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
         att = base.attention
         if att is None:
             continue
-        for tiles in SWEEP_TILES[_sweep_family(att)]:
-            case = _attention_case(base.name, dataclasses.replace(att, override=tiles))
+        tiles = SWEEP_TILES[_sweep_family(att)]
+        variants = [(base.name, dataclasses.replace(att, override=t)) for t in tiles]
+        variants += [(f"{base.name}_heads", dataclasses.replace(att, heads=n)) for n in SWEEP_HEADS]
+        for name, variant in variants:
+            case = _attention_case(base.name, variant)
             grids = {
-                kernel.split("_")[1]: case.attention.grid_estimate(
+                kernel.split("_")[1]: variant.grid_estimate(
                     sched, kernel.split("_")[1], device.device_kind
                 )
                 for kernel, sched in _compiled(case, device, dump).items()
             }
             summary = _case_summary(chip, base.name, grids, ceiling)
+            block_q, block_kv = variant.tiles("fwd", device.device_kind)
             records.append(
                 dict(
                     chip=chip,
                     device_kind=device.device_kind,
-                    case=base.name,
-                    block_q=case.attention.tiles("fwd", device.device_kind)[0],
-                    block_kv=case.attention.tiles("fwd", device.device_kind)[1],
+                    case=name,
+                    block_q=block_q,
+                    block_kv=block_kv,
+                    heads=variant.grid("fwd", device.device_kind).heads_per_block,
                     bundles={k: g["bundles"] for k, g in grids.items()},
                     fwd_fraction=summary["fwd"]["fraction"],
                     bwd_fraction=summary["bwd"]["fraction"],
@@ -427,13 +452,14 @@ def _best(sweeps: list[dict]) -> list[dict]:
         rows = [r for r in sweeps if (r["chip"], r["device_kind"], r["case"]) == key]
         fwd = max(rows, key=lambda r: r["fwd_fraction"])
         bwd = max(rows, key=lambda r: r["bwd_fraction"])
+        knob = ("heads",) if key[2].endswith("_heads") else ("block_q", "block_kv")
         best.append(
             dict(
                 chip=key[0],
                 device_kind=key[1],
                 case=key[2],
-                fwd=(fwd["block_q"], fwd["block_kv"], fwd["fwd_fraction"]),
-                bwd=(bwd["block_q"], bwd["block_kv"], bwd["bwd_fraction"]),
+                fwd=(*(fwd[k] for k in knob), fwd["fwd_fraction"]),
+                bwd=(*(bwd[k] for k in knob), bwd["bwd_fraction"]),
             )
         )
     return best
@@ -538,6 +564,7 @@ def _attention_case(name: str, att: Attention) -> Case:
             q_lengths=q_lens,
             kv_lengths=kv_lens,
             backend="pallas",
+            heads_per_step=att.heads,
             **tiles,
         )
         return o.astype(jnp.float32).sum()
@@ -551,6 +578,7 @@ def _attention_case(name: str, att: Attention) -> Case:
             kv_lengths=lengths,
             window=att.window,
             backend="pallas",
+            heads_per_step=att.heads,
             **tiles,
         )
         return o.astype(jnp.float32).sum()

@@ -28,6 +28,9 @@ class BlockSizes:
     # Triton: loop over the wholly visible blocks apart, without building the mask (a second
     # loop body, so more registers: off where the static check finds it spills).
     unmasked_loop: bool = True
+    # Mosaic TPU kernels: at most this many heads per grid step (`common.tpu.heads_per_step`),
+    # so one step's bookkeeping serves them all.
+    heads: int = 1
 
     def triton_options(self, backward: bool) -> tuple[int, int]:
         """(num_warps, num_stages) of the forward kernel or of a backward one."""
@@ -48,6 +51,12 @@ class BlockSizes:
             block_kv_bwd=self.block_kv_bwd if block_kv is None else bkv,
         )
 
+    def with_heads(self, heads_per_step: int | None) -> BlockSizes:
+        """An explicit heads-per-step (None: keep the table's)."""
+        if heads_per_step is None:
+            return self
+        return dataclasses.replace(self, heads=heads_per_step)
+
     def padded_q(self, tq: int) -> int:
         """Tq rounded up to a multiple of both query tiles (forward and backward)."""
         return round_up(tq, math.lcm(self.block_q, self.block_q_bwd))
@@ -55,6 +64,12 @@ class BlockSizes:
     def padded_kv(self, tkv: int) -> int:
         """Tkv rounded up to a multiple of both key tiles (forward and backward)."""
         return round_up(tkv, math.lcm(self.block_kv, self.block_kv_bwd))
+
+
+def check_heads_per_step(heads_per_step: int | None) -> None:
+    """ValueError unless heads_per_step is None or a positive int."""
+    if heads_per_step is not None and (not isinstance(heads_per_step, int) or heads_per_step < 1):
+        raise ValueError(f"heads_per_step must be a positive int or None, got {heads_per_step!r}")
 
 
 def triton_sizes(

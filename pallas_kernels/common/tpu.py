@@ -1,10 +1,11 @@
 """Mosaic-TPU machinery shared by the blocked attention kernels (GDPA, SWA, HSP).
 
-- `TpuLayout`: how [B, T, H, D] arrays reach a kernel as [block_t, D] tiles of one head.
-- `TileGrid`: the (B, H, outer blocks, inner steps) grid of a masked attention kernel, with
-  the two lengths vectors int32 [B] (q_lens, kv_lens) scalar-prefetched. The inner steps of
-  outer block o walk the tight range [lo_o, hi_o) of blocks the mask lets it see
-  (`blocks.kv_block_range` / `blocks.q_block_range`); the static step extent is the bound
+- `TpuLayout`: how [B, T, H, D] arrays reach a kernel as [block_t, D] tiles of one or more
+  heads (`heads_per_step`: one grid step's bookkeeping then serves several heads).
+- `TileGrid`: the (B, head blocks, outer blocks, inner steps) grid of a masked attention
+  kernel, with the two lengths vectors int32 [B] (q_lens, kv_lens) scalar-prefetched. The
+  inner steps of outer block o walk the tight range [lo_o, hi_o) of blocks the mask lets it
+  see (`blocks.kv_block_range` / `blocks.q_block_range`); the static step extent is the bound
   `blocks.max_kv_blocks` / `max_q_blocks`, so a sliding window shrinks the grid itself. Steps
   past hi_o do no compute and repeat the last block index (no DMA); wholly visible tiles skip
   the mask arithmetic, masked tiles inside both lengths skip the length tests (`Tile`).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -108,15 +109,17 @@ class Tile(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TpuLayout:
-    """How [B, T, H, D] arrays reach the kernels, each tile a [block_t, D] slab of one head.
+    """How [B, T, H, D] arrays reach the kernels, each tile [block_t, D] slabs of
+    heads_per_block consecutive heads (`head(ref, j)` is head j's).
 
-    D % 128 == 0 (or H == 1): a free reshape to [B, T, H·D], tile (None, block_t, D) at lane
+    D % 128 == 0 (or H == 1): a free reshape to [B, T, H·D], tile (None, block_t, n·D) at lane
     block h. Otherwise [B, H, T, D] (a transpose) so the tile's last dim equals the array's,
-    as Mosaic requires for lane dims that are not multiples of 128.
+    as Mosaic requires for lane dims that are not multiples of 128: tile (None, n, block_t, D).
     """
 
     num_heads: int
     head_dim: int
+    heads_per_block: int = 1  # n: heads of one tile, a divisor of num_heads
 
     @property
     def head_major(self) -> bool:
@@ -135,23 +138,84 @@ class TpuLayout:
         return x.reshape(b, t, self.num_heads, self.head_dim)
 
     def spec(self, block_t: int, index: IndexFn, *, rows: bool = False) -> pl.BlockSpec:
-        """BlockSpec of [block_t, D] tiles; `index(*grid_ids, *prefetch_refs) -> (b, h, t)`
-        with t a block index, or with rows=True the tile's first row (element indexing: a
-        sliding-window band that starts anywhere on the 8-row tiling)."""
-        head_major, dim = self.head_major, self.head_dim
+        """BlockSpec of [block_t, D] tiles of heads_per_block heads (`head` picks one);
+        `index(*grid_ids, *prefetch_refs) -> (b, head block, t)` with t a block index, or
+        with rows=True the tile's first row (element indexing: a sliding-window band that
+        starts anywhere on the 8-row tiling)."""
+        head_major, dim, heads = self.head_major, self.head_dim, self.heads_per_block
 
         def index_map(*args):
             b, h, t = index(*args)
             if head_major:
-                return b, h, t, 0
-            return (b, t, h * dim) if rows else (b, t, h)
+                return b, head_block_index(h, heads, rows), t, 0
+            return (b, t, h * heads * dim) if rows else (b, t, h)
 
+        lanes = dim if head_major else heads * dim
         if rows:
-            t_dim, d_dim = pl.Element(block_t), pl.Element(dim)
+            t_dim, d_dim = pl.Element(block_t), pl.Element(lanes)
         else:
-            t_dim, d_dim = block_t, dim
-        block = (None, None, t_dim, d_dim) if head_major else (None, t_dim, d_dim)
+            t_dim, d_dim = block_t, lanes
+        head_dim = head_block_dim(heads, rows)
+        block = (None, head_dim, t_dim, d_dim) if head_major else (None, t_dim, d_dim)
         return pl.BlockSpec(block, index_map)
+
+    def head(self, ref: Any, j: int) -> Any:
+        """Head j's [block_t, D] view of a tile ref of this layout's spec."""
+        if self.heads_per_block == 1:
+            return ref
+        if self.head_major:
+            return ref.at[j]
+        return ref.at[:, pl.ds(j * self.head_dim, self.head_dim)]
+
+
+def head_block_dim(heads: int, rows: bool) -> int | pl.Element | None:
+    """The block dim of `heads` heads: squeezed for one; element-indexed beside element-indexed
+    rows (Mosaic takes all of a block's dims as elements, or none)."""
+    if heads == 1:
+        return None
+    return pl.Element(heads) if rows else heads
+
+
+def head_block_index(h: jax.Array, heads: int, rows: bool) -> jax.Array:
+    """Index of head block h along a `head_block_dim(heads, rows)` dim."""
+    return h * heads if rows and heads > 1 else h
+
+
+def heads_per_step(num_heads: int, most: int) -> int:
+    """The largest divisor of num_heads that is at most `most` (>= 1)."""
+    return max(d for d in range(1, min(num_heads, max(most, 1)) + 1) if num_heads % d == 0)
+
+
+class MaskSpec(Protocol):
+    """The mask kind of a kernel spec (GdpaSpec, SwaSpec)."""
+
+    window: int | None
+    causal: bool
+
+
+def grid_and_layout(
+    q: jax.Array,
+    k: jax.Array,
+    spec: MaskSpec,
+    *,
+    block_q: int,
+    block_kv: int,
+    heads: int,
+    band: bool = False,
+) -> tuple[TileGrid, TpuLayout]:
+    """The `TileGrid` of a masked attention call on q [B, Tq, H, D], k [B, Tkv, H, D] (up to
+    `heads` heads a step, banded where it can be if `band`) and the `TpuLayout` of its tiles."""
+    tiles = TileGrid.of(
+        q,
+        k,
+        block_q=block_q,
+        block_kv=block_kv,
+        window=spec.window,
+        causal=spec.causal,
+        band=band,
+        heads=heads,
+    )
+    return tiles, TpuLayout(q.shape[2], q.shape[3], tiles.heads_per_block)
 
 
 def real_block(step: jax.Array, length: jax.Array, block: int, num_blocks: int) -> jax.Array:
@@ -169,7 +233,8 @@ def run_tile(active: jax.Array, unmasked: jax.Array, accumulate: Callable[[bool]
 
 @dataclasses.dataclass(frozen=True)
 class TileGrid:
-    """Static tiling of one masked attention call on the grid (B, H, outer blocks, steps).
+    """Static tiling of one masked attention call on the grid (B, head blocks, outer blocks,
+    steps); `heads` is the grid's head-block extent.
 
     q_outer=True: outer query blocks, inner kv steps (forward, dQ; tiles [q, kv]).
     q_outer=False: outer kv blocks, inner query steps (dK/dV; tiles [kv, q]).
@@ -185,6 +250,7 @@ class TileGrid:
     window: int | None
     causal: bool
     banded: bool = False
+    heads_per_block: int = 1  # heads of one grid step: `heads` = num_heads / heads_per_block
 
     @classmethod
     def of(
@@ -197,13 +263,24 @@ class TileGrid:
         window: int | None,
         causal: bool,
         band: bool = False,
+        heads: int = 1,
     ) -> TileGrid:
-        """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D]. band=True: one band step per outer
-        block where that visits no more rows than the block steps (`can_band`)."""
-        batch, tq, heads, _ = q.shape
+        """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D], up to `heads` heads per step
+        (`heads_per_step`). band=True: one band step per outer block where that visits no
+        more rows than the block steps (`can_band`)."""
+        batch, tq, num_heads, _ = q.shape
         grid = cls(
-            batch, heads, block_q, block_kv, tq // block_q, k.shape[1] // block_kv, window, causal
+            batch,
+            num_heads,
+            block_q,
+            block_kv,
+            tq // block_q,
+            k.shape[1] // block_kv,
+            window,
+            causal,
         )
+        per_step = heads_per_step(num_heads, heads)
+        grid = dataclasses.replace(grid, heads=num_heads // per_step, heads_per_block=per_step)
         return dataclasses.replace(grid, banded=True) if band and grid.can_band() else grid
 
     def can_band(self) -> bool:

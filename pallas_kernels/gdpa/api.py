@@ -31,7 +31,12 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels.common.activations import get_activation, kernel_tanh
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.target import target_device, target_platform
-from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
+from pallas_kernels.common.tiles import (
+    BlockSizes,
+    check_heads_per_step,
+    fit_block_sizes,
+    pow2_at_least,
+)
 from pallas_kernels.common.tpu import sigmoid_via_tanh
 from pallas_kernels.common.triton_launch import triton_target
 from pallas_kernels.gdpa.blockwise import GdpaSpec
@@ -80,15 +85,18 @@ def gdpa(
     backend: str = "auto",
     block_q: int | None = None,
     block_kv: int | None = None,
+    heads_per_step: int | None = None,
 ) -> jax.Array:
     """Generalized dot-product attention O = (M ⊙ out_scale·Act(qk_scale·Q Kᵀ)) V per head.
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D]; one dtype of bf16 / fp16 / fp32 (fp32 accumulation).
     q_lengths / kv_lengths: int [B] real rows per batch row (None = all). window: |i - j| <= w.
     causal: j <= i. Masked positions contribute exactly zero; padded query rows are zero.
-    block_q / block_kv override the tuned tiles (`tuning.py`) of the Pallas backends.
+    block_q / block_kv override the tuned tiles (`tuning.py`) of the Pallas backends,
+    heads_per_step the heads per grid step of pallas_tpu (the largest divisor of H up to it).
     Returns [B, Tq, H, D] in q's dtype. Scales, window, causal and blocks are static.
     """
+    check_heads_per_step(heads_per_step)
     impl = _resolve_backend(backend, q.shape[-1])
     get_activation(activation)  # ValueError listing the valid names
     check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window)
@@ -132,6 +140,7 @@ def gdpa(
         **op,
         block_q=block_q,
         block_kv=block_kv,
+        heads_per_step=heads_per_step,
     )
 
 
@@ -153,6 +162,7 @@ def gdpa_pallas(
     causal: bool,
     block_q: int | None,
     block_kv: int | None,
+    heads_per_step: int | None = None,
 ) -> jax.Array:
     """The Pallas path of `gdpa` for an explicit target, e.g. an ahead-of-time compile for a
     TPU that is not attached (`platform="tpu", device_kind="TPU v5 lite", interpret=False`).
@@ -173,7 +183,7 @@ def gdpa_pallas(
         tanh = kernel_tanh(activation, q.dtype, jnp.tanh) if sigmoid_via_tanh(device_kind) else None
     spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=triton, tanh=tanh)
     sizes = default_block_sizes(platform, device_kind, dim, tkv, impl)
-    sizes = sizes.with_overrides(block_q, block_kv)
+    sizes = sizes.with_overrides(block_q, block_kv).with_heads(heads_per_step)
     sizes = fit_block_sizes(sizes, impl, q.dtype, tq, tkv, block_q, block_kv)
     cfg = KernelConfig(impl, spec, sizes, interpret)
     d_pad = pow2_at_least(dim) if impl == "pallas_triton" else dim
@@ -214,6 +224,7 @@ def _gdpa_pallas(
             block_q=cfg.sizes.block_q,
             block_kv=cfg.sizes.block_kv,
             interpret=cfg.interpret,
+            heads=cfg.sizes.heads,
         )
     return gdpa_fwd_triton(
         q, k, v, q_lens, kv_lens, spec=cfg.spec, sizes=cfg.sizes, interpret=cfg.interpret
@@ -238,6 +249,7 @@ def _gdpa_pallas_bwd(cfg: KernelConfig, residuals, do):
             block_q=cfg.sizes.block_q_bwd,
             block_kv=cfg.sizes.block_kv_bwd,
             interpret=cfg.interpret,
+            heads=cfg.sizes.heads,
         )
     else:
         dq, dk, dv = gdpa_bwd_triton(

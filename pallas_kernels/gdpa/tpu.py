@@ -6,7 +6,8 @@ mask lets query block i see (`common.blocks.kv_block_range`, from the scalar-pre
 lengths). The kv-step extent is the static bound `max_kv_blocks`, so a sliding window shrinks
 the grid itself; steps past hi_i (padding, causal) do no compute, and their index maps repeat
 the last block, so the pipeline issues no DMA for them. Interior tiles skip the mask
-arithmetic entirely.
+arithmetic entirely. A step may take several heads (`TileGrid.of(heads=)`, the tuning table's
+`heads`): one step's index arithmetic and DMA issue then serve them all.
 
 Inputs are padded by the caller to block multiples; lengths int32 [B] mark the real rows.
 """
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout
+from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout, grid_and_layout
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt
 
 
@@ -34,19 +35,27 @@ def _fwd_kernel(
     *,
     spec: GdpaSpec,
     tiles: TileGrid,
+    layout: TpuLayout,
 ) -> None:
+    """Tiles hold heads_per_block heads (head j's via `layout.head`); acc_ref: each head's
+    fp32 accumulator [heads, block_q, D] in VMEM."""
+    heads = range(tiles.heads_per_block)
+
     def init() -> None:
         acc_ref[...] = jnp.zeros_like(acc_ref)
 
     def accumulate(mask: TileMask | None) -> None:
-        s = mm_nt(q_ref[...], k_ref[...])
-        p = spec.probs(s)
-        if mask is not None:
-            p = jnp.where(mask(s.shape), p, 0.0)
-        acc_ref[...] += mm(p.astype(v_ref.dtype), v_ref[...])
+        for j in heads:  # straight-line code: the heads' chains interleave
+            q, k, v = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref))
+            s = mm_nt(q, k)
+            p = spec.probs(s)
+            if mask is not None:
+                p = jnp.where(mask(s.shape), p, 0.0)
+            acc_ref[j] += mm(p.astype(v.dtype), v)
 
     def finish() -> None:
-        o_ref[...] = (acc_ref[...] * spec.out_scale).astype(o_ref.dtype)
+        for j in heads:
+            layout.head(o_ref, j)[...] = (acc_ref[j] * spec.out_scale).astype(o_ref.dtype)
 
     tiles.visit(
         q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish
@@ -64,16 +73,14 @@ def gdpa_fwd_tpu(
     block_q: int,
     block_kv: int,
     interpret: bool,
+    heads: int = 1,
 ) -> jax.Array:
     """O [B, Tq, H, D] from q [B, Tq, H, D], k/v [B, Tkv, H, D] (T multiples of the blocks)
-    and int32 lengths [B] (already clipped to [0, T])."""
-    layout = TpuLayout(q.shape[2], q.shape[3])
-    tiles = TileGrid.of(
-        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal
-    )
+    and int32 lengths [B] (already clipped to [0, T]); up to `heads` heads per grid step."""
+    tiles, layout = grid_and_layout(q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads)
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
     (out,) = tiles.pallas_call(
-        functools.partial(_fwd_kernel, spec=spec, tiles=tiles),
+        functools.partial(_fwd_kernel, spec=spec, tiles=tiles, layout=layout),
         q_outer=True,
         in_specs=[
             layout.spec(block_q, q_index),
@@ -82,7 +89,7 @@ def gdpa_fwd_tpu(
         ],
         out_specs=[layout.spec(block_q, o_index)],
         out_shape=[jax.ShapeDtypeStruct(layout.to_kernel(q).shape, q.dtype)],
-        scratch_shapes=[pltpu.VMEM((block_q, q.shape[3]), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((tiles.heads_per_block, block_q, q.shape[3]), jnp.float32)],
         cost_estimate=cost_estimate(q, k, "fwd"),
         name="gdpa_fwd_tpu",
         interpret=interpret,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout
+from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout, grid_and_layout
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt
 
 
@@ -36,26 +36,33 @@ def _dkdv_kernel(
     *,
     spec: GdpaSpec,
     tiles: TileGrid,
+    layout: TpuLayout,
 ) -> None:
+    """Tiles hold heads_per_block heads (head j's via `layout.head`); dk_acc, dv_acc: each
+    head's fp32 accumulators [heads, block_kv, D] in VMEM."""
+    heads = range(tiles.heads_per_block)
+
     def init() -> None:
         dk_acc[...] = jnp.zeros_like(dk_acc)
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
     def accumulate(mask: TileMask | None) -> None:
-        q, do = q_ref[...], do_ref[...]
-        st = mm_nt(k_ref[...], q)  # Sᵀ [kv, q]
-        pt = spec.probs(st)
-        dst = spec.score_grad(st, mm_nt(v_ref[...], do))  # dPᵀ = V dOᵀ
-        if mask is not None:
-            vis = mask(st.shape)
-            pt = jnp.where(vis, pt, 0.0)
-            dst = jnp.where(vis, dst, 0.0)
-        dv_acc[...] += mm(pt.astype(do.dtype), do)
-        dk_acc[...] += mm(dst.astype(q.dtype), q)
+        for j in heads:
+            q, k, v, do = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref, do_ref))
+            st = mm_nt(k, q)  # Sᵀ [kv, q]
+            pt = spec.probs(st)
+            dst = spec.score_grad(st, mm_nt(v, do))  # dPᵀ = V dOᵀ
+            if mask is not None:
+                vis = mask(st.shape)
+                pt = jnp.where(vis, pt, 0.0)
+                dst = jnp.where(vis, dst, 0.0)
+            dv_acc[j] += mm(pt.astype(do.dtype), do)
+            dk_acc[j] += mm(dst.astype(q.dtype), q)
 
     def finish() -> None:
-        dk_ref[...] = (dk_acc[...] * spec.grad_scale).astype(dk_ref.dtype)
-        dv_ref[...] = (dv_acc[...] * spec.out_scale).astype(dv_ref.dtype)
+        for j in heads:
+            layout.head(dk_ref, j)[...] = (dk_acc[j] * spec.grad_scale).astype(dk_ref.dtype)
+            layout.head(dv_ref, j)[...] = (dv_acc[j] * spec.out_scale).astype(dv_ref.dtype)
 
     tiles.visit(
         q_lens_ref, kv_lens_ref, q_outer=False, init=init, accumulate=accumulate, finish=finish
@@ -74,20 +81,27 @@ def _dq_kernel(
     *,
     spec: GdpaSpec,
     tiles: TileGrid,
+    layout: TpuLayout,
 ) -> None:
+    """Tiles hold heads_per_block heads (head j's via `layout.head`); dq_acc: each head's
+    fp32 accumulator [heads, block_q, D] in VMEM."""
+    heads = range(tiles.heads_per_block)
+
     def init() -> None:
         dq_acc[...] = jnp.zeros_like(dq_acc)
 
     def accumulate(mask: TileMask | None) -> None:
-        k = k_ref[...]
-        s = mm_nt(q_ref[...], k)
-        ds = spec.score_grad(s, mm_nt(do_ref[...], v_ref[...]))  # dP = dO Vᵀ
-        if mask is not None:
-            ds = jnp.where(mask(s.shape), ds, 0.0)
-        dq_acc[...] += mm(ds.astype(k.dtype), k)
+        for j in heads:
+            q, k, v, do = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref, do_ref))
+            s = mm_nt(q, k)
+            ds = spec.score_grad(s, mm_nt(do, v))  # dP = dO Vᵀ
+            if mask is not None:
+                ds = jnp.where(mask(s.shape), ds, 0.0)
+            dq_acc[j] += mm(ds.astype(k.dtype), k)
 
     def finish() -> None:
-        dq_ref[...] = (dq_acc[...] * spec.grad_scale).astype(dq_ref.dtype)
+        for j in heads:
+            layout.head(dq_ref, j)[...] = (dq_acc[j] * spec.grad_scale).astype(dq_ref.dtype)
 
     tiles.visit(
         q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish
@@ -106,12 +120,11 @@ def gdpa_bwd_tpu(
     block_q: int,
     block_kv: int,
     interpret: bool,
+    heads: int = 1,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_tpu`, do like q."""
-    layout = TpuLayout(q.shape[2], q.shape[3])
-    tiles = TileGrid.of(
-        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal
-    )
+    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_tpu`, do like q; up
+    to `heads` heads per grid step."""
+    tiles, layout = grid_and_layout(q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads)
     qkvdo = [layout.to_kernel(x) for x in (q, k, v, do)]
 
     def call(kernel, q_outer: bool, outs: tuple[jax.Array, ...], kind: str) -> list[jax.Array]:
@@ -120,12 +133,15 @@ def gdpa_bwd_tpu(
         q_spec, kv_spec = layout.spec(block_q, q_index), layout.spec(block_kv, kv_index)
         block_out = block_q if q_outer else block_kv
         return tiles.pallas_call(
-            functools.partial(kernel, spec=spec, tiles=tiles),
+            functools.partial(kernel, spec=spec, tiles=tiles, layout=layout),
             q_outer=q_outer,
             in_specs=[q_spec, kv_spec, kv_spec, q_spec],
             out_specs=[layout.spec(block_out, out_index)] * len(outs),
             out_shape=[jax.ShapeDtypeStruct(layout.to_kernel(x).shape, x.dtype) for x in outs],
-            scratch_shapes=[pltpu.VMEM((block_out, q.shape[3]), jnp.float32) for _ in outs],
+            scratch_shapes=[
+                pltpu.VMEM((tiles.heads_per_block, block_out, q.shape[3]), jnp.float32)
+                for _ in outs
+            ],
             cost_estimate=cost_estimate(q, k, kind),
             name=f"gdpa_{kind}_tpu",
             interpret=interpret,

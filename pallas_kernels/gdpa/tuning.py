@@ -42,10 +42,11 @@ def _generic(*tiles: int) -> BlockSizes:
 _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     # TPU v5e / v6e / v5p: 128x128 MXU (256x256 on v6e); keep tiles multiples of 128. D <= 128:
     # the tiles whose interior grid steps the compiler schedules densest on both v5e and v6e
-    # among tpu_bundles.SWEEP_TILES (benchmarks/results/tpu_bundles.json, "sweep_best").
-    ("tpu", "", 128, "short", BlockSizes(1024, 256, 1024, 256)),
+    # among tpu_bundles.SWEEP_TILES, and 4 heads a grid step, the densest of SWEEP_HEADS
+    # (benchmarks/results/tpu_bundles.json, "sweep_best"; measured at D = 128, H = 4).
+    ("tpu", "", 128, "short", BlockSizes(1024, 256, 1024, 256, heads=4)),
     ("tpu", "", 256, "short", BlockSizes(512, 256, 256, 256)),
-    ("tpu", "", 128, "long", BlockSizes(512, 512, 512, 512)),
+    ("tpu", "", 128, "long", BlockSizes(512, 512, 512, 512, heads=4)),
     ("tpu", "", 256, "long", BlockSizes(256, 512, 256, 256)),
     # NVIDIA Hopper (H100 / H200), Triton: tutorial tiles; fewer warps for small D. Triton
     # gives each warpgroup (4 warps) 64 rows of a wgmma tile: with more warpgroups than a

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
 from pallas_kernels.common.softmax import row_delta
 from pallas_kernels.common.target import target_device, target_platform
-from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
+from pallas_kernels.common.tiles import BlockSizes, check_heads_per_step, fit_block_sizes
 from pallas_kernels.common.tpu import TPU_LANES
 from pallas_kernels.common.triton_launch import triton_target
 from pallas_kernels.swa.blockwise import SwaSpec
@@ -78,6 +78,7 @@ def swa_attention(
     interpret: bool | None = None,
     block_q: int | None = None,
     block_kv: int | None = None,
+    heads_per_step: int | None = None,
 ) -> jax.Array:
     """Sliding-window softmax attention: query i sees key j iff i < q_len, j < kv_len,
     |i - j| <= window (None = all) and, if causal, j <= i. Logits scale·q·kᵀ (scale defaults
@@ -89,22 +90,24 @@ def swa_attention(
     [B, Tq, H, D] in q's dtype. window, causal, scale, backend and blocks are static.
     interpret: run pallas_tpu in Pallas interpret mode (None = exactly when the target is not
     a TPU). block_q / block_kv override the tuned tiles of pallas_tpu and jax_triton
-    (`tuning.py`).
+    (`tuning.py`); heads_per_step overrides pallas_tpu's heads per grid step (the largest
+    divisor of H up to it).
     """
     check_attention_inputs("SWA", q, k, v, q_lengths, kv_lengths, window)
+    check_heads_per_step(heads_per_step)
     window = None if window is None else int(window)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     kw = dict(q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=bool(causal))
     candidates = _resolve_backend(backend, q.shape[-1])
     for impl in candidates[:-1]:  # only "auto" has more than one: tokamax, then reference
         try:
-            return _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv)
+            return _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step)
         except NotImplementedError:
             continue
-    return _run(candidates[-1], q, k, v, scale, kw, interpret, block_q, block_kv)
+    return _run(candidates[-1], q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step)
 
 
-def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv) -> jax.Array:
+def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step) -> jax.Array:
     if impl == "reference":
         return attention_reference(q, k, v, scale=scale, **kw)
     if impl in TOKAMAX_BACKENDS:
@@ -127,7 +130,15 @@ def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv) -> jax.Array:
     if interpret is None:
         interpret = target_platform() != "tpu"
     return swa_pallas_tpu(
-        q, k, v, scale=scale, interpret=interpret, block_q=block_q, block_kv=block_kv, **kw
+        q,
+        k,
+        v,
+        scale=scale,
+        interpret=interpret,
+        block_q=block_q,
+        block_kv=block_kv,
+        heads_per_step=heads_per_step,
+        **kw,
     )
 
 
@@ -144,9 +155,11 @@ def swa_pallas_tpu(
     interpret: bool,
     block_q: int | None,
     block_kv: int | None,
+    heads_per_step: int | None = None,
 ) -> jax.Array:
-    """The pallas_tpu path of `swa_attention` (arguments validated there). Tiles come from the
-    tuning table for the target device (`common.target`), shrunk to the sequence lengths."""
+    """The pallas_tpu path of `swa_attention` (arguments validated there). Tiles and heads
+    per step come from the tuning table for the target device (`common.target`), the tiles
+    shrunk to the sequence lengths."""
     _, tq, _, dim = q.shape
     tkv = k.shape[1]
     if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
@@ -154,7 +167,7 @@ def swa_pallas_tpu(
     device = target_device()
     platform = target_platform()
     sizes = default_block_sizes(platform, device.device_kind, dim, window)
-    sizes = sizes.with_overrides(block_q, block_kv)
+    sizes = sizes.with_overrides(block_q, block_kv).with_heads(heads_per_step)
     sizes = fit_block_sizes(sizes, "pallas_tpu", q.dtype, tq, tkv, block_q, block_kv)
     tq_pad, tkv_pad = sizes.padded_q(tq), sizes.padded_kv(tkv)
     if not interpret:
@@ -198,6 +211,7 @@ def _swa_pallas_fwd(cfg: KernelConfig, q, k, v, q_lens, kv_lens):
         block_q=cfg.sizes.block_q,
         block_kv=cfg.sizes.block_kv,
         interpret=cfg.interpret,
+        heads=cfg.sizes.heads,
     )
     return o, (q, k, v, o, lse, q_lens, kv_lens)
 
@@ -218,6 +232,7 @@ def _swa_pallas_bwd(cfg: KernelConfig, residuals, do):
         block_q=cfg.sizes.block_q_bwd,
         block_kv=cfg.sizes.block_kv_bwd,
         interpret=cfg.interpret,
+        heads=cfg.sizes.heads,
     )
     return dq, dk, dv, None, None
 

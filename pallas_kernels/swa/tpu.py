@@ -13,6 +13,9 @@ in place of several block steps: fewer steps, no more rows, and no running stati
 softmax over the band (`softmax_tile`) writes O and lse, with no VMEM scratch to initialize,
 rescale and read back. The masked tile zeroes the values past kv_len (a band reaches past the
 lengths; 0 · NaN would not vanish).
+A step may take several heads (`TileGrid.of(heads=)`): their tiles are straight-line code one
+after another, so one step's index arithmetic and DMA issue serve them all and the scheduler
+interleaves their dependent chains.
 
 Per visited tile: the online-softmax update of `common.softmax` on fp32 VMEM statistics. The
 kernel writes O and the logsumexp residual lse [B, H, 1, Tq] (fp32, lane-dense rows) for the
@@ -35,22 +38,35 @@ from pallas_kernels.common.softmax import (
     softmax_tile,
 )
 from pallas_kernels.common.tile_ops import mm_nt
-from pallas_kernels.common.tpu import IndexFn, TileGrid, TileMask, TpuLayout
+from pallas_kernels.common.tpu import (
+    IndexFn,
+    TileGrid,
+    TileMask,
+    TpuLayout,
+    grid_and_layout,
+    head_block_dim,
+    head_block_index,
+)
 from pallas_kernels.swa.blockwise import SwaSpec, cost_estimate
 
 
-def row_spec(block_q: int, index: IndexFn, *, rows: bool = False) -> pl.BlockSpec:
-    """BlockSpec of [1, block_q] rows of a per-query statistic [B, H, 1, Tq] (lse, δ);
-    `index(*grid_ids, *prefetch_refs) -> (b, h, q_block)`, or with rows=True (b, h, first
-    query) for a band. On a real TPU block_q and a band's first query must be multiples of 128
-    (lane dim), or the block cover Tq."""
+def row_spec(block_q: int, index: IndexFn, *, rows: bool = False, heads: int = 1) -> pl.BlockSpec:
+    """BlockSpec of [1, block_q] rows of a per-query statistic [B, H, 1, Tq] (lse, δ) for
+    `heads` heads (`head_row` picks one); `index(*grid_ids, *prefetch_refs) -> (b, head block,
+    q_block)`, or with rows=True (b, head block, first query) for a band. On a real TPU block_q
+    and a band's first query must be multiples of 128 (lane dim), or the block cover Tq."""
 
     def index_map(*args):
         b, h, qi = index(*args)
-        return b, h, 0, qi
+        return b, head_block_index(h, heads, rows), 0, qi
 
-    block = (None, None, pl.Element(1), pl.Element(block_q)) if rows else (None, None, 1, block_q)
-    return pl.BlockSpec(block, index_map)
+    row = (pl.Element(1), pl.Element(block_q)) if rows else (1, block_q)
+    return pl.BlockSpec((None, head_block_dim(heads, rows), *row), index_map)
+
+
+def head_row(ref, j: int, heads: int):
+    """Head j's [1, block_q] row of a `row_spec` ref of `heads` heads."""
+    return ref.at[j] if heads > 1 else ref
 
 
 def _fwd_kernel(
@@ -64,21 +80,25 @@ def _fwd_kernel(
     *scratch,
     spec: SwaSpec,
     tiles: TileGrid,
+    layout: TpuLayout,
 ) -> None:
-    """scratch: the running (m, l, acc) in fp32 VMEM, none for a banded grid."""
+    """Tiles hold heads_per_block heads (head j's via `layout.head`). scratch: the running
+    (m, l, acc) of each head, [heads, block_q, 1 / D] fp32 in VMEM; none for a banded grid."""
+    heads = tiles.heads_per_block
 
-    def scores(mask: TileMask | None) -> tuple[jax.Array, jax.Array]:
-        """(masked scores [block_q, kv rows] fp32, values) of the visited tile."""
-        s = mm_nt(q_ref[...], k_ref[...]) * spec.scale
-        v = v_ref[...]
+    def scores(mask: TileMask | None, j: int = 0) -> tuple[jax.Array, jax.Array]:
+        """(masked scores [block_q, kv rows] fp32, values) of head j's visited tile."""
+        q, k = layout.head(q_ref, j)[...], layout.head(k_ref, j)[...]
+        s = mm_nt(q, k) * spec.scale
+        v = layout.head(v_ref, j)[...]
         if mask is not None:
             s = mask_scores(s, mask(s.shape))
             v = mask.zero_past_length(v)  # keys past kv_len: zero
         return s, v
 
-    def write(o: jax.Array, lse: jax.Array) -> None:
-        o_ref[...] = o.astype(o_ref.dtype)
-        lse_ref[...] = lse.T  # [block_q, 1] column -> [1, block_q] row
+    def write(o: jax.Array, lse: jax.Array, j: int = 0) -> None:
+        layout.head(o_ref, j)[...] = o.astype(o_ref.dtype)
+        head_row(lse_ref, j, heads)[...] = lse.T  # [block_q, 1] column -> [1, block_q] row
 
     if tiles.banded:  # the band holds every key the block sees: one softmax, no scratch
 
@@ -87,7 +107,8 @@ def _fwd_kernel(
             lse_ref[...] = jnp.full_like(lse_ref, jnp.inf)
 
         def compute(mask: TileMask | None) -> None:
-            write(*softmax_tile(*scores(mask)))
+            for j in range(heads):  # straight-line code: the heads' chains interleave
+                write(*softmax_tile(*scores(mask, j)), j)
 
         tiles.visit_band(q_lens_ref, kv_lens_ref, q_outer=True, compute=compute, empty=empty)
         return
@@ -99,16 +120,16 @@ def _fwd_kernel(
         acc_ref[...] = jnp.zeros_like(acc_ref)
 
     def accumulate(mask: TileMask | None) -> None:
-        m, l_sum, acc = online_softmax_step(*scores(mask), m_ref[...], l_ref[...], acc_ref[...])
-        m_ref[...], l_ref[...], acc_ref[...] = m, l_sum, acc
+        for j in range(heads):
+            state = online_softmax_step(*scores(mask, j), m_ref[j], l_ref[j], acc_ref[j])
+            m_ref[j], l_ref[j], acc_ref[j] = state
+
+    def finish() -> None:
+        for j in range(heads):
+            write(*softmax_finish(m_ref[j], l_ref[j], acc_ref[j]), j)
 
     tiles.visit(
-        q_lens_ref,
-        kv_lens_ref,
-        q_outer=True,
-        init=init,
-        accumulate=accumulate,
-        finish=lambda: write(*softmax_finish(m_ref[...], l_ref[...], acc_ref[...])),
+        q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish
     )
 
 
@@ -123,36 +144,38 @@ def swa_fwd_tpu(
     block_q: int,
     block_kv: int,
     interpret: bool,
+    heads: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """(O [B, Tq, H, D], lse [B, H, 1, Tq] fp32) from q [B, Tq, H, D], k/v [B, Tkv, H, D]
     (T multiples of the blocks) and int32 lengths [B] (already clipped to [0, T]).
-    lse = +inf on rows that see no key (O = 0 there)."""
-    batch, tq, heads, dim = q.shape
-    layout = TpuLayout(heads, dim)
-    tiles = TileGrid.of(
-        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal, band=True
+    lse = +inf on rows that see no key (O = 0 there). heads: at most this many heads per
+    grid step (`TileGrid.of`)."""
+    batch, tq, num_heads, dim = q.shape
+    tiles, layout = grid_and_layout(
+        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, band=True
     )
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
     kv_rows = tiles.inner_rows(q_outer=True)
     o, lse = tiles.pallas_call(
-        functools.partial(_fwd_kernel, spec=spec, tiles=tiles),
+        functools.partial(_fwd_kernel, spec=spec, tiles=tiles, layout=layout),
         q_outer=True,
         in_specs=[
             layout.spec(block_q, q_index),
             layout.spec(kv_rows, kv_index, rows=tiles.banded),
             layout.spec(kv_rows, kv_index, rows=tiles.banded),
         ],
-        out_specs=[layout.spec(block_q, o_index), row_spec(block_q, o_index)],
+        out_specs=[
+            layout.spec(block_q, o_index),
+            row_spec(block_q, o_index, heads=tiles.heads_per_block),
+        ],
         out_shape=[
             jax.ShapeDtypeStruct(layout.to_kernel(q).shape, q.dtype),
-            jax.ShapeDtypeStruct((batch, heads, 1, tq), jnp.float32),
+            jax.ShapeDtypeStruct((batch, num_heads, 1, tq), jnp.float32),
         ],
         scratch_shapes=[]
         if tiles.banded
         else [
-            pltpu.VMEM((block_q, 1), jnp.float32),
-            pltpu.VMEM((block_q, 1), jnp.float32),
-            pltpu.VMEM((block_q, dim), jnp.float32),
+            pltpu.VMEM((tiles.heads_per_block, block_q, cols), jnp.float32) for cols in (1, 1, dim)
         ],
         cost_estimate=cost_estimate(
             q, "fwd", block_outer=block_q, steps=tiles.steps(True), block_inner=kv_rows

@@ -25,9 +25,9 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common.softmax import softmax_probs
 from pallas_kernels.common.tile_ops import mm, mm_nt
-from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout
+from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout, grid_and_layout
 from pallas_kernels.swa.blockwise import SwaSpec, cost_estimate
-from pallas_kernels.swa.tpu import row_spec
+from pallas_kernels.swa.tpu import head_row, row_spec
 
 
 def _zero(*refs) -> None:
@@ -50,32 +50,37 @@ def _dkdv_kernel(
     *scratch,
     spec: SwaSpec,
     tiles: TileGrid,
+    layout: TpuLayout,
 ) -> None:
-    """scratch: the fp32 (dK, dV) accumulators in VMEM, none for a banded grid."""
+    """Tiles hold heads_per_block heads (head j's via `layout.head`). scratch: each head's fp32
+    (dK, dV) accumulators [heads, block_kv, D] in VMEM; none for a banded grid."""
+    heads = tiles.heads_per_block
 
-    def tile_grads(mask: TileMask | None) -> tuple[jax.Array, jax.Array]:
-        """(dSᵀ Q, Pᵀ dO) of the visited [kv, q] tile, fp32 (dK before its scale c)."""
-        q, do, delta = q_ref[...], do_ref[...], delta_ref[...]
+    def tile_grads(mask: TileMask | None, j: int = 0) -> tuple[jax.Array, jax.Array]:
+        """(dSᵀ Q, Pᵀ dO) of head j's visited [kv, q] tile, fp32 (dK before its scale c)."""
+        q, do = layout.head(q_ref, j)[...], layout.head(do_ref, j)[...]
+        delta = head_row(delta_ref, j, heads)[...]
         if mask is not None:  # queries past q_len: zero
             q = mask.zero_past_length(q)
             do = mask.zero_past_length(do)
             delta = mask.zero_past_length(delta, axis=1)
-        st = mm_nt(k_ref[...], q) * spec.scale  # Sᵀ [kv, q]
+        st = mm_nt(layout.head(k_ref, j)[...], q) * spec.scale  # Sᵀ [kv, q]
         vis = None if mask is None else mask(st.shape)
-        pt = softmax_probs(st, lse_ref[...], vis)
-        dst = pt * (mm_nt(v_ref[...], do) - delta)  # dSᵀ = Pᵀ ⊙ (V dOᵀ - δ)
+        pt = softmax_probs(st, head_row(lse_ref, j, heads)[...], vis)
+        dst = pt * (mm_nt(layout.head(v_ref, j)[...], do) - delta)  # Pᵀ ⊙ (V dOᵀ - δ)
         if vis is not None:  # exactly 0 where masked, even next to a NaN in padding
             dst = jnp.where(vis, dst, 0.0)
         return mm(dst.astype(q.dtype), q), mm(pt.astype(do.dtype), do)
 
-    def write(dk: jax.Array, dv: jax.Array) -> None:
-        dk_ref[...] = (dk * spec.scale).astype(dk_ref.dtype)
-        dv_ref[...] = dv.astype(dv_ref.dtype)
+    def write(dk: jax.Array, dv: jax.Array, j: int = 0) -> None:
+        layout.head(dk_ref, j)[...] = (dk * spec.scale).astype(dk_ref.dtype)
+        layout.head(dv_ref, j)[...] = dv.astype(dv_ref.dtype)
 
     if tiles.banded:  # the band holds every query that sees the block: no accumulators
 
         def compute(mask: TileMask | None) -> None:
-            write(*tile_grads(mask))
+            for j in range(heads):
+                write(*tile_grads(mask, j), j)
 
         empty = functools.partial(_zero, dk_ref, dv_ref)
         tiles.visit_band(q_lens_ref, kv_lens_ref, q_outer=False, compute=compute, empty=empty)
@@ -83,9 +88,14 @@ def _dkdv_kernel(
     dk_acc, dv_acc = scratch
 
     def accumulate(mask: TileMask | None) -> None:
-        dk, dv = tile_grads(mask)
-        dk_acc[...] += dk
-        dv_acc[...] += dv
+        for j in range(heads):
+            dk, dv = tile_grads(mask, j)
+            dk_acc[j] += dk
+            dv_acc[j] += dv
+
+    def finish() -> None:
+        for j in range(heads):
+            write(dk_acc[j], dv_acc[j], j)
 
     tiles.visit(
         q_lens_ref,
@@ -93,7 +103,7 @@ def _dkdv_kernel(
         q_outer=False,
         init=functools.partial(_zero, dk_acc, dv_acc),
         accumulate=accumulate,
-        finish=lambda: write(dk_acc[...], dv_acc[...]),
+        finish=finish,
     )
 
 
@@ -110,30 +120,35 @@ def _dq_kernel(
     *scratch,
     spec: SwaSpec,
     tiles: TileGrid,
+    layout: TpuLayout,
 ) -> None:
-    """scratch: the fp32 dQ accumulator in VMEM, none for a banded grid."""
+    """Tiles hold heads_per_block heads (head j's via `layout.head`). scratch: each head's fp32
+    dQ accumulator [heads, block_q, D] in VMEM; none for a banded grid."""
+    heads = tiles.heads_per_block
 
-    def tile_grad(mask: TileMask | None) -> jax.Array:
-        """dS K of the visited [q, kv] tile, fp32 (dQ before its scale c)."""
-        k, v = k_ref[...], v_ref[...]
+    def tile_grad(mask: TileMask | None, j: int = 0) -> jax.Array:
+        """dS K of head j's visited [q, kv] tile, fp32 (dQ before its scale c)."""
+        k, v = layout.head(k_ref, j)[...], layout.head(v_ref, j)[...]
         if mask is not None:  # keys past kv_len: zero
             k = mask.zero_past_length(k)
             v = mask.zero_past_length(v)
-        s = mm_nt(q_ref[...], k) * spec.scale
+        s = mm_nt(layout.head(q_ref, j)[...], k) * spec.scale
         vis = None if mask is None else mask(s.shape)
-        p = softmax_probs(s, lse_ref[...].T, vis)  # [1, block_q] rows -> columns
-        ds = p * (mm_nt(do_ref[...], v) - delta_ref[...].T)  # P ⊙ (dO Vᵀ - δ)
+        lse, delta = (head_row(ref, j, heads)[...].T for ref in (lse_ref, delta_ref))
+        p = softmax_probs(s, lse, vis)  # [1, block_q] rows -> columns
+        ds = p * (mm_nt(layout.head(do_ref, j)[...], v) - delta)  # P ⊙ (dO Vᵀ - δ)
         if vis is not None:  # exactly 0 where masked, even next to a NaN in padding
             ds = jnp.where(vis, ds, 0.0)
         return mm(ds.astype(k.dtype), k)
 
-    def write(dq: jax.Array) -> None:
-        dq_ref[...] = (dq * spec.scale).astype(dq_ref.dtype)
+    def write(dq: jax.Array, j: int = 0) -> None:
+        layout.head(dq_ref, j)[...] = (dq * spec.scale).astype(dq_ref.dtype)
 
     if tiles.banded:  # the band holds every key the block sees: no accumulator
 
         def compute(mask: TileMask | None) -> None:
-            write(tile_grad(mask))
+            for j in range(heads):
+                write(tile_grad(mask, j), j)
 
         empty = functools.partial(_zero, dq_ref)
         tiles.visit_band(q_lens_ref, kv_lens_ref, q_outer=True, compute=compute, empty=empty)
@@ -141,7 +156,12 @@ def _dq_kernel(
     (dq_acc,) = scratch
 
     def accumulate(mask: TileMask | None) -> None:
-        dq_acc[...] += tile_grad(mask)
+        for j in range(heads):
+            dq_acc[j] += tile_grad(mask, j)
+
+    def finish() -> None:
+        for j in range(heads):
+            write(dq_acc[j], j)
 
     tiles.visit(
         q_lens_ref,
@@ -149,7 +169,7 @@ def _dq_kernel(
         q_outer=True,
         init=functools.partial(_zero, dq_acc),
         accumulate=accumulate,
-        finish=lambda: write(dq_acc[...]),
+        finish=finish,
     )
 
 
@@ -167,12 +187,13 @@ def swa_bwd_tpu(
     block_q: int,
     block_kv: int,
     interpret: bool,
+    heads: int = 1,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dQ, dK, dV) with the shapes of q, k, v. Inputs as for `swa_fwd_tpu`; do like q;
-    lse (the forward's) and δ = rowsum(dO ⊙ O): fp32 [B, H, 1, Tq]."""
-    layout = TpuLayout(q.shape[2], q.shape[3])
-    tiles = TileGrid.of(
-        q, k, block_q=block_q, block_kv=block_kv, window=spec.window, causal=spec.causal, band=True
+    lse (the forward's) and δ = rowsum(dO ⊙ O): fp32 [B, H, 1, Tq]. heads: at most this many
+    heads per grid step."""
+    tiles, layout = grid_and_layout(
+        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, band=True
     )
     inputs = (*(layout.to_kernel(x) for x in (q, k, v, do)), lse, delta)
 
@@ -186,16 +207,19 @@ def swa_bwd_tpu(
             block_out, q_rows, kv_rows = block_kv, block_in, block_kv
         q_spec = layout.spec(q_rows, q_index, rows=band and not q_outer)
         kv_spec = layout.spec(kv_rows, kv_index, rows=band and q_outer)
-        q_row = row_spec(q_rows, q_index, rows=band and not q_outer)
+        q_row = row_spec(q_rows, q_index, rows=band and not q_outer, heads=tiles.heads_per_block)
         return tiles.pallas_call(
-            functools.partial(kernel, spec=spec, tiles=tiles),
+            functools.partial(kernel, spec=spec, tiles=tiles, layout=layout),
             q_outer=q_outer,
             in_specs=[q_spec, kv_spec, kv_spec, q_spec, q_row, q_row],
             out_specs=[layout.spec(block_out, out_index)] * len(outs),
             out_shape=[jax.ShapeDtypeStruct(layout.to_kernel(x).shape, x.dtype) for x in outs],
             scratch_shapes=[]
             if band
-            else [pltpu.VMEM((block_out, q.shape[3]), jnp.float32) for _ in outs],
+            else [
+                pltpu.VMEM((tiles.heads_per_block, block_out, q.shape[3]), jnp.float32)
+                for _ in outs
+            ],
             cost_estimate=cost_estimate(
                 outs[0],
                 kind,

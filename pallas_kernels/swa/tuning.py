@@ -22,14 +22,16 @@ from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     # D <= 128, w <= 128: among tpu_bundles.SWEEP_TILES["swa"], the tiles with the fewest
     # grid bundles on v5e, and within 4% of v6e's fewest (512-query tiles, which pad more
-    # on jagged traffic; benchmarks/results/tpu_bundles.json, "sweep").
-    ("tpu", "", 128, 128, BlockSizes(256, 256, 256, 256)),
+    # on jagged traffic; benchmarks/results/tpu_bundles.json, "sweep"). D <= 128 rows take 4
+    # heads a grid step, the densest of tpu_bundles.SWEEP_HEADS at w = 128 and without a
+    # window on both chips (measured at D = 128, H = 4; w <= 512 lies between the two).
+    ("tpu", "", 128, 128, BlockSizes(256, 256, 256, 256, heads=4)),
     ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
-    ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256)),
+    ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256, heads=4)),
     ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),
     # Full attention, D <= 128: the backward tile with the fewest grid bundles on v5e and v6e
     # among tpu_bundles.SWEEP_TILES["long"] (the forward's 512 x 512 was already).
-    ("tpu", "", 128, None, BlockSizes(512, 512, 512, 512)),
+    ("tpu", "", 128, None, BlockSizes(512, 512, 512, 512, heads=4)),
     ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
     # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
     # checked for spills, shared memory and repeated MMAs (8 warps on 64-row Hopper tiles, see

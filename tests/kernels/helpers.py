@@ -63,6 +63,15 @@ def assert_close(
     assert err <= tolerance[dtype], f"{what}: normalized error {err:.2e} > {tolerance[dtype]}"
 
 
+def assert_outputs_close(
+    got: tuple, want: tuple, dtype: str, *, tolerance: Mapping[str, float]
+) -> None:
+    """`assert_close` on O, dQ, dK, dV of two `value_and_grads` results."""
+    outputs = zip(("O", "dQ", "dK", "dV"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
+    for name, g, w in outputs:
+        assert_close(g, w, dtype, name, tolerance=tolerance)
+
+
 def poison_padding(x: jax.Array, lengths: Sequence[int], block: int) -> jax.Array:
     """x [B, T, ...] with 1e3 at rows [n, tile end) of each batch row (masked but inside a
     visited tile of `block` rows) and NaN past the tile end (tiles a kernel must never read:

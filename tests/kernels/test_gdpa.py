@@ -30,6 +30,7 @@ from pallas_kernels.gdpa.tuning import SHORT_KV_MAX, BlockSizes, default_block_s
 from tests.kernels.helpers import (
     as_f32,
     assert_close,
+    assert_outputs_close,
     assert_trees_equal,
     normal_inputs,
     poison_padding,
@@ -243,6 +244,25 @@ def test_wholly_visible_tiles_inside_a_window(backend, window, causal):
     _check_against_reference(backend, _inputs(6, 2, 100, 100, 1, 32, "float32"), "float32", **kw)
 
 
+@pytest.mark.parametrize(("d", "heads"), [(32, 2), (128, 4)])  # [B, H, T, D], [B, T, H·D]
+def test_tpu_kernels_take_several_heads_per_step(d, heads):
+    """pallas_tpu with several heads per grid step (one step's tiles hold them all, with an
+    accumulator per head) against the reference: ragged lengths, a causal window, 4 heads of
+    distinct values, so a head reading or writing another's slice shows."""
+    kw = dict(
+        activation="silu",
+        q_lengths=jnp.array([40, 23], jnp.int32),
+        kv_lengths=jnp.array([37, 40], jnp.int32),
+        window=20,
+        causal=True,
+    )
+    q, k, v, do = _inputs(8, 2, 40, 40, 4, d, "float32")
+    tiles = dict(block_q=BLOCK, block_kv=BLOCK, heads_per_step=heads)
+    got = value_and_grads(lambda *a: gdpa(*a, backend="pallas_tpu", **tiles, **kw), q, k, v, do)
+    want = value_and_grads(lambda *a: gdpa_reference(*a, **kw), q, k, v, do)
+    assert_outputs_close(got, want, "float32", tolerance=TOLERANCE)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_empty_sequences(backend):
     q, k, v, _ = _inputs(5, 2, 8, 0, 1, 32, "float32")
@@ -297,6 +317,7 @@ def test_tuning_table():
     short = default_block_sizes("tpu", "TPU v5 lite", 128, 64)
     long_ = default_block_sizes("tpu", "TPU v6 lite", 128, 4096)
     assert (short.block_q, long_.block_q) == (1024, 512)
+    assert (short.heads, long_.heads, default_block_sizes("tpu", "", 256, 64).heads) == (4, 4, 1)
     h100_long = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 128, SHORT_KV_MAX + 1)
     # Hopper's 64-row backward tiles take one warpgroup (two would repeat the MMAs).
     assert h100_long.triton_options(backward=False) == (8, 3)
@@ -304,7 +325,9 @@ def test_tuning_table():
     d64 = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64, 4096)
     assert d64.triton_options(backward=False) == d64.triton_options(backward=True) == (4, 3)
     assert default_block_sizes("cpu", "cpu", 64, 64) == BlockSizes(64, 64, 64, 64)
-    assert short.with_overrides(256, None) == BlockSizes(256, 256, 256, 256)
+    assert short.with_overrides(256, None) == BlockSizes(256, 256, 256, 256, heads=4)
+    assert short.with_heads(2).heads == 2
+    assert short.with_heads(None) == short
 
 
 def test_jax_triton_without_triton_is_a_clear_error(monkeypatch):

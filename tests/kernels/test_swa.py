@@ -28,13 +28,14 @@ from pallas_kernels import ops
 from pallas_kernels.common import blocks
 from pallas_kernels.common.masks import attention_mask, rows_with_keys
 from pallas_kernels.common.tiles import BlockSizes
-from pallas_kernels.common.tpu import TileGrid
+from pallas_kernels.common.tpu import TileGrid, heads_per_step
 from pallas_kernels.swa import attention_reference, swa_attention
 from pallas_kernels.swa.tokamax_gpu import gpu_implementation, local_window
 from pallas_kernels.swa.tuning import default_block_sizes
 from tests.kernels.helpers import (
     as_f32,
     assert_close,
+    assert_outputs_close,
     assert_trees_equal,
     normal_inputs,
     poison_padding,
@@ -221,11 +222,13 @@ def test_masked_positions_contribute_nothing(backend):
     _assert_close(want[0], ref, "float32", "O")
 
 
-def _kernel_grids(t: int, window: int | None, causal: bool) -> dict[str, tuple[int, ...]]:
+def _kernel_grids(
+    t: int, window: int | None, causal: bool, heads: int = 2, **kw
+) -> dict[str, tuple[int, ...]]:
     """Grid of each SWA pallas_call in fwd + bwd at sequence length t, 128-row tiles (traced,
     not run)."""
-    x = jax.ShapeDtypeStruct((1, t, 2, 128), jnp.bfloat16)
-    kw = dict(window=window, causal=causal, backend="pallas_tpu", block_q=128, block_kv=128)
+    x = jax.ShapeDtypeStruct((1, t, heads, 128), jnp.bfloat16)
+    kw |= dict(window=window, causal=causal, backend="pallas_tpu", block_q=128, block_kv=128)
 
     def fwd_bwd(q, k, v):
         return jax.vjp(lambda q, k, v: swa_attention(q, k, v, **kw), q, k, v)[1](q)
@@ -259,19 +262,44 @@ def test_grids_visit_only_the_window(causal):
     assert [np.prod(g) for g in full] == [2 * 8 * 8, 2 * 16 * 16]
 
 
+@pytest.mark.parametrize("window", [None, 20])
+def test_blocked_kernels_take_several_heads_per_step(window):
+    """The blocked (unbanded: 16-row tiles) kernels with 2 heads per grid step, each with its
+    own running softmax statistics and accumulators, against the reference."""
+    kw = dict(
+        q_lengths=jnp.array([40, 23], jnp.int32),
+        kv_lengths=jnp.array([37, 40], jnp.int32),
+        window=window,
+    )
+    assert _kernel_grids(128, window, False, 4, heads_per_step=2)["swa_fwd_tpu"][1] == 2
+    q, k, v, do = _inputs(8, 2, 40, 40, 4, 32, "float32")
+    tiles = dict(block_q=BLOCK, block_kv=BLOCK, heads_per_step=2)
+    got = value_and_grads(
+        lambda *a: swa_attention(*a, backend="pallas_tpu", **tiles, **kw), q, k, v, do
+    )
+    want = value_and_grads(lambda *a: attention_reference(*a, **kw), q, k, v, do)
+    assert_outputs_close(got, want, "float32", tolerance=TOLERANCE)
+
+
+def test_heads_per_step_divides_the_heads():
+    assert [heads_per_step(4, most) for most in (1, 2, 3, 4, 8)] == [1, 2, 2, 4, 4]
+    assert (heads_per_step(6, 4), heads_per_step(5, 4), heads_per_step(1, 4)) == (3, 1, 1)
+
+
 @pytest.mark.parametrize(
-    ("window", "causal", "d", "h", "q_lengths", "kv_lengths"),
+    ("window", "causal", "d", "h", "heads", "q_lengths", "kv_lengths"),
     [
-        (100, False, 128, 1, (600, 257), (555, 300)),
-        (37, True, 64, 2, (600, 257), (555, 300)),
-        (100, False, 128, 1, (0, 130), (600, 0)),
+        (100, False, 128, 1, 1, (600, 257), (555, 300)),
+        (37, True, 64, 2, 2, (600, 257), (555, 300)),  # [B, H, T, D] layout, 2 heads a step
+        (100, False, 128, 4, 4, (600, 257), (555, 300)),  # [B, T, H·D] layout, 4 heads a step
+        (100, False, 128, 1, 1, (0, 130), (600, 0)),
     ],
 )
-def test_banded_kernels_match_reference(window, causal, d, h, q_lengths, kv_lengths):
-    """The banded kernels (one grid step per outer block, its band's first row
-    element-indexed, no running state) against the reference with ragged and zero lengths,
-    NaN in every row past them: a band reaches past the lengths, and the kernels zero what
-    they read there. Outer blocks past the lengths write exact zeros."""
+def test_banded_kernels_match_reference(window, causal, d, h, heads, q_lengths, kv_lengths):
+    """The banded kernels (one grid step per outer block and `heads` heads, its band's first
+    row element-indexed, no running state) against the reference with ragged and zero
+    lengths, NaN in every row past them: a band reaches past the lengths, and the kernels zero
+    what they read there. Outer blocks past the lengths write exact zeros."""
     t = 600
     q_lengths, kv_lengths = np.array(q_lengths), np.array(kv_lengths)
     kw = dict(
@@ -280,19 +308,19 @@ def test_banded_kernels_match_reference(window, causal, d, h, q_lengths, kv_leng
         window=window,
         causal=causal,
     )
-    assert _kernel_grids(t, window, causal)["swa_dq_tpu"][-1] == 1  # banded
+    for grid in _kernel_grids(t, window, causal, h, heads_per_step=heads).values():
+        assert grid[1:] == (h // heads, 5, 1)  # banded: head blocks, q or kv blocks, one step
+    tiles = dict(block_q=128, block_kv=128, heads_per_step=heads)
     q, k, v, do = _inputs(5, 2, t, t, h, d, "float32")
     got = value_and_grads(
-        lambda *a: swa_attention(*a, backend="pallas_tpu", block_q=128, block_kv=128, **kw),
+        lambda *a: swa_attention(*a, backend="pallas_tpu", **tiles, **kw),
         poison_padding(q, q_lengths, 1),
         poison_padding(k, kv_lengths, 1),
         poison_padding(v, kv_lengths, 1),
         poison_padding(do, q_lengths, 1),
     )
     want = value_and_grads(lambda *a: attention_reference(*a, **kw), q, k, v, do)
-    outputs = zip(("O", "dQ", "dK", "dV"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
-    for name, g, w in outputs:
-        _assert_close(g, w, "float32", name)
+    assert_outputs_close(got, want, "float32", tolerance=TOLERANCE)
     _assert_empty_rows_exactly_zero(got, kw["q_lengths"], kw["kv_lengths"], window)
 
 
@@ -345,6 +373,7 @@ def test_empty_sequences():
         (dict(kv_lengths=jnp.zeros((3,), jnp.int32)), "kv_lengths must be an integer array"),
         (dict(window=-1), "window must be a non-negative int"),
         (dict(backend="pallas_tpu", block_kv=12), "block_kv=12 must be a positive multiple of 8"),
+        (dict(heads_per_step=0), "heads_per_step must be a positive int or None, got 0"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -373,4 +402,6 @@ def test_tuning_table():
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 256).block_q == 256
     assert default_block_sizes("tpu", "TPU v6 lite", 128, None).block_q == 512
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 4096).block_q == 512
+    heads = [default_block_sizes("tpu", "TPU v5 lite", d, 16).heads for d in (128, 256)]
+    assert heads == [4, 1]  # measured at D = 128 only
     assert default_block_sizes("cpu", "cpu", 64, 16) == BlockSizes(64, 64, 64, 64)
