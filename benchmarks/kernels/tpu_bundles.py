@@ -1,6 +1,7 @@
 """Static TPU schedules of our Pallas Mosaic-TPU kernels (GDPA, SWA, HSP) at production shapes.
 
     python -m benchmarks.kernels.tpu_bundles --out benchmarks/results/tpu_bundles.json [--sweep]
+        [--head-dim 64 --batch 64]
 
 No TPU needed: libtpu compiles forward + backward for deviceless v5e and v6e chips and dumps
 each kernel's VLIW schedule (`common/llo.py`); a bundle issues per cycle when nothing stalls.
@@ -20,15 +21,16 @@ times the step bundles, against the kernel's useful FLOPs. The ceiling is a plai
 Pallas matmul compiled in the same run, its densest steady state over CEILING_BLOCKS; its
 known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DMA waits and
 stalls come on top, and the clock is not modelled.
-Shapes: B=32, H=4, D=128, bf16, T=4096; GDPA silu, self-attention and cross-attention with
-Tkv=64; SWA at w=128 and the same kernel without a window (full attention); HSP with 64 seeds.
+Shapes: B=32, H=4, D=128 (`--batch`, `--head-dim`), bf16, T=4096; GDPA silu, self-attention
+and cross-attention with Tkv=64; SWA at w=128 and the same kernel without a window (full
+attention); HSP with 64 seeds.
 `--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and every SWEEP_HEADS
 count of heads per grid step, and HSP for every HSP_SWEEP_KV tile, and records the densest
 forward and backward grids ("sweep_best").
 Every array of the programs stays in HBM, as in a training step: with arrays small enough
-(B=4 here) XLA places a kernel's operands in VMEM, its block DMAs become
-vector copy loops in conditional regions, and the step path, which skips conditional
-regions, would leave out copies that run every step. `_compiled` refuses such a program.
+(B=4 here) XLA places a kernel's operands in VMEM, its block DMAs become vector copy loops in
+conditional regions, and the step path, which skips conditional regions, would leave out
+copies that run every step. `_compiled` refuses such a program.
 Run it in a fresh process: LIBTPU_INIT_ARGS is read when libtpu first loads.
 """
 
@@ -70,9 +72,9 @@ SWEEP_HEADS = (1, 2, 4)
 HSP_SWEEP_KV = (256, 512, 1024)
 HSP_SEEDS = 64
 CEILING_SHAPE = (2048, 2048, 2048)  # the ceiling matmul's M, N, K (XLA keeps them in HBM)
-# Arrays at least this large must stay in HBM (see the module docstring). The per-query
-# statistics (lse, δ: [B, H, 1, T] fp32, 2 MiB) may sit in VMEM: a block of them is one or two
-# vector registers.
+# Arrays larger than this must stay in HBM (see the module docstring): the kernels' operands
+# are >= 64 MiB at the benchmark's shapes. The per-query statistics (lse, δ: [B, H, 1, T]
+# fp32, <= 4 MiB) may sit in VMEM: a block of them is one or two vector registers.
 HBM_ONLY_BYTES = 4 << 20
 CEILING_BLOCKS = ((512, 512, 512), (1024, 1024, 512), (1024, 512, 1024), (512, 512, 2048))
 
@@ -210,13 +212,17 @@ def _matmuls(kind: str) -> int:
 
 
 def main() -> None:
+    global B, D  # the shapes every case reads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--topologies", nargs="+", default=list(DEFAULT_TOPOLOGIES))
     parser.add_argument(
         "--sweep", action="store_true", help="also search the GDPA, SWA and HSP tiles"
     )
+    parser.add_argument("--batch", type=int, default=B, help="B (large enough for HBM operands)")
+    parser.add_argument("--head-dim", type=int, default=D, help="D (the tables' rows by D)")
     args = parser.parse_args()
+    B, D = args.batch, args.head_dim
     dump = Path(tempfile.mkdtemp(prefix="llo_dump_"))
     flags = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
     os.environ["LIBTPU_INIT_ARGS"] = f"{os.environ.get('LIBTPU_INIT_ARGS', '')} {flags}".strip()
@@ -493,12 +499,12 @@ _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "
 
 
 def vmem_arrays(hlo_text: str) -> list[str]:
-    """The arrays of at least HBM_ONLY_BYTES that a compiled TPU program's HLO places in VMEM
+    """The arrays larger than HBM_ONLY_BYTES that a compiled TPU program's HLO places in VMEM
     (memory space S(1) in their layout), e.g. 'bf16[4,4096,512]'."""
     found = []
     for dtype, dims in _ARRAY.findall(hlo_text):
         size = _BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-        if size >= HBM_ONLY_BYTES:
+        if size > HBM_ONLY_BYTES:
             found.append(f"{dtype}[{dims}]")
     return sorted(set(found))
 

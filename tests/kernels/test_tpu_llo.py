@@ -101,6 +101,7 @@ def test_arrays_placed_in_vmem_are_found():
         "S(1)}) custom-call(s32[4]{0:S(1)} %a, bf16[32,4096,512]{2,1,0:T(8,128)(2,1)} %q)"
     )
     assert vmem_arrays(hlo) == ["bf16[4,4096,512]"]  # 16 MiB; the 256 KiB lse row is allowed
+    assert vmem_arrays("f32[64,4,1,4096]{3,2,1,0:T(1,128)S(1)}") == []  # 4 MiB of lse rows
     assert vmem_arrays(hlo.replace("S(1)", "")) == []
 
 
