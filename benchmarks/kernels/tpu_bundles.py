@@ -105,9 +105,7 @@ class Attention:
     heads: int | None = None  # explicit heads per grid step, else the table's
 
     def sizes(self, device_kind: str):
-        """The BlockSizes the op picks on this device."""
-        import dataclasses
-
+        """The BlockSizes the op picks on this device (as `gdpa_pallas` / `swa_pallas_tpu`)."""
         import jax.numpy as jnp
 
         from pallas_kernels.common.tiles import fit_block_sizes
@@ -119,9 +117,7 @@ class Attention:
         else:
             sizes = swa_tuning.default_block_sizes("tpu", device_kind, D, self.window)
         explicit = self.override or (None, None)
-        sizes = sizes.with_overrides(*explicit)
-        if self.heads is not None:
-            sizes = dataclasses.replace(sizes, heads=self.heads)
+        sizes = sizes.with_overrides(*explicit).with_heads(self.heads)
         return fit_block_sizes(sizes, "pallas_tpu", jnp.bfloat16, T, self.tkv, *explicit)
 
     def tiles(self, kind: str, device_kind: str) -> tuple[int, int]:

@@ -269,18 +269,18 @@ class TileGrid:
         (`heads_per_step`). band=True: one band step per outer block where that visits no
         more rows than the block steps (`can_band`)."""
         batch, tq, num_heads, _ = q.shape
+        per_step = heads_per_step(num_heads, heads)
         grid = cls(
             batch,
-            num_heads,
+            num_heads // per_step,
             block_q,
             block_kv,
             tq // block_q,
             k.shape[1] // block_kv,
             window,
             causal,
+            heads_per_block=per_step,
         )
-        per_step = heads_per_step(num_heads, heads)
-        grid = dataclasses.replace(grid, heads=num_heads // per_step, heads_per_block=per_step)
         return dataclasses.replace(grid, banded=True) if band and grid.can_band() else grid
 
     def can_band(self) -> bool:

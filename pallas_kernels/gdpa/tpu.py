@@ -39,13 +39,13 @@ def _fwd_kernel(
 ) -> None:
     """Tiles hold heads_per_block heads (head j's via `layout.head`); acc_ref: each head's
     fp32 accumulator [heads, block_q, D] in VMEM."""
-    heads = range(tiles.heads_per_block)
+    heads = tiles.heads_per_block
 
     def init() -> None:
         acc_ref[...] = jnp.zeros_like(acc_ref)
 
     def accumulate(mask: TileMask | None) -> None:
-        for j in heads:  # straight-line code: the heads' chains interleave
+        for j in range(heads):  # straight-line code: the heads' chains interleave
             q, k, v = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref))
             s = mm_nt(q, k)
             p = spec.probs(s)
@@ -54,7 +54,7 @@ def _fwd_kernel(
             acc_ref[j] += mm(p.astype(v.dtype), v)
 
     def finish() -> None:
-        for j in heads:
+        for j in range(heads):
             layout.head(o_ref, j)[...] = (acc_ref[j] * spec.out_scale).astype(o_ref.dtype)
 
     tiles.visit(

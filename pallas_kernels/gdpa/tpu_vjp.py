@@ -40,14 +40,14 @@ def _dkdv_kernel(
 ) -> None:
     """Tiles hold heads_per_block heads (head j's via `layout.head`); dk_acc, dv_acc: each
     head's fp32 accumulators [heads, block_kv, D] in VMEM."""
-    heads = range(tiles.heads_per_block)
+    heads = tiles.heads_per_block
 
     def init() -> None:
         dk_acc[...] = jnp.zeros_like(dk_acc)
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
     def accumulate(mask: TileMask | None) -> None:
-        for j in heads:
+        for j in range(heads):
             q, k, v, do = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref, do_ref))
             st = mm_nt(k, q)  # Sᵀ [kv, q]
             pt = spec.probs(st)
@@ -60,7 +60,7 @@ def _dkdv_kernel(
             dk_acc[j] += mm(dst.astype(q.dtype), q)
 
     def finish() -> None:
-        for j in heads:
+        for j in range(heads):
             layout.head(dk_ref, j)[...] = (dk_acc[j] * spec.grad_scale).astype(dk_ref.dtype)
             layout.head(dv_ref, j)[...] = (dv_acc[j] * spec.out_scale).astype(dv_ref.dtype)
 
@@ -85,13 +85,13 @@ def _dq_kernel(
 ) -> None:
     """Tiles hold heads_per_block heads (head j's via `layout.head`); dq_acc: each head's
     fp32 accumulator [heads, block_q, D] in VMEM."""
-    heads = range(tiles.heads_per_block)
+    heads = tiles.heads_per_block
 
     def init() -> None:
         dq_acc[...] = jnp.zeros_like(dq_acc)
 
     def accumulate(mask: TileMask | None) -> None:
-        for j in heads:
+        for j in range(heads):
             q, k, v, do = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref, do_ref))
             s = mm_nt(q, k)
             ds = spec.score_grad(s, mm_nt(do, v))  # dP = dO Vᵀ
@@ -100,7 +100,7 @@ def _dq_kernel(
             dq_acc[j] += mm(ds.astype(k.dtype), k)
 
     def finish() -> None:
-        for j in heads:
+        for j in range(heads):
             layout.head(dq_ref, j)[...] = (dq_acc[j] * spec.grad_scale).astype(dq_ref.dtype)
 
     tiles.visit(
