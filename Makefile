@@ -16,13 +16,14 @@ for c in "$(PYTHON)" python3.12 python3.13 \
 done; exit 1
 endef
 
-.PHONY: help env train test lint format lock clean-env
+.PHONY: help env train test lint format lock clean-env gpu-aot
 
 help:
 	@echo "make train   create the environment if needed, then train the 'tiny' config on CPU"
 	@echo "make test    create the environment if needed, then lint and run the test suite"
 	@echo "make lint    ruff check + format check"
 	@echo "make lock    regenerate requirements.lock from pyproject.toml"
+	@echo "make gpu-aot jax's CUDA plugin into .gpu-aot/ (compile Mosaic GPU kernels on CPU)"
 
 env: $(STAMP)
 
@@ -40,7 +41,7 @@ $(STAMP): pyproject.toml requirements.lock
 train: $(STAMP)
 	$(BIN)/kunlun-jax train --config tiny $(ARGS)
 
-test: $(STAMP) lint
+test: $(STAMP) gpu-aot lint
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
 
 lint: $(STAMP)
@@ -50,6 +51,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# jax's CUDA plugin, outside the environment (it is only put on the path of the processes that
+# compile for a GPU on CPU: benchmarks/kernels/mosaic_gpu_resources.py). No nvidia-* wheels.
+GPU_AOT := .gpu-aot
+gpu-aot: $(GPU_AOT)/.installed
+
+$(GPU_AOT)/.installed: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --target $(GPU_AOT) \
+	  jax-cuda13-plugin==0.11.2 jax-cuda13-pjrt==0.11.2
+	@touch $@
 
 lock:
 	@py=$$($(find_python)) || { echo "error: need Python >= 3.12"; exit 1; }; \

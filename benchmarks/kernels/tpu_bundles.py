@@ -1,7 +1,7 @@
 """Static TPU schedules of our Pallas Mosaic-TPU kernels (GDPA, SWA, HSP) at production shapes.
 
     python -m benchmarks.kernels.tpu_bundles --out benchmarks/results/tpu_bundles.json [--sweep]
-        [--head-dim 64 --batch 64]
+        [--head-dim 64 --batch 64] [--heads 8]
 
 No TPU needed: libtpu compiles forward + backward for deviceless v5e and v6e chips and dumps
 each kernel's VLIW schedule (`common/llo.py`); a bundle issues per cycle when nothing stalls.
@@ -21,12 +21,13 @@ times the step bundles, against the kernel's useful FLOPs. The ceiling is a plai
 Pallas matmul compiled in the same run, its densest steady state over CEILING_BLOCKS; its
 known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DMA waits and
 stalls come on top, and the clock is not modelled.
-Shapes: B=32, H=4, D=128 (`--batch`, `--head-dim`), bf16, T=4096; GDPA silu, self-attention
-and cross-attention with Tkv=64; SWA at w=128 and the same kernel without a window (full
-attention); HSP with 64 seeds.
+Shapes: B=32, H=4, D=128 (`--batch`, `--heads`, `--head-dim`), bf16, T=4096; GDPA silu,
+self-attention and cross-attention with Tkv=64; SWA at w=128 and the same kernel without a
+window (full attention); HSP with 64 seeds.
 `--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and every SWEEP_HEADS
-count of heads per grid step, and HSP for every HSP_SWEEP_KV tile, and records the densest
-forward and backward grids ("sweep_best").
+count of heads per grid step that divides H, and HSP for every HSP_SWEEP_KV tile, and records
+the densest forward and backward grids ("sweep_best"). A candidate Mosaic rejects (its blocks
+overflow VMEM) is recorded with the compiler's error instead of bundles.
 Every array of the programs stays in HBM, as in a training step: with arrays small enough
 (B=4 here) XLA places a kernel's operands in VMEM, its block DMAs become vector copy loops in
 conditional regions, and the step path, which skips conditional regions, would leave out
@@ -66,8 +67,8 @@ SWEEP_TILES = {
     "short": ((256, 256), (512, 256), (1024, 256)),
     "swa": ((128, 128), (128, 256), (256, 128), (256, 256), (512, 128), (512, 256)),
 }
-# Heads per grid step (at the table's tiles; H = 4).
-SWEEP_HEADS = (1, 2, 4)
+# Heads per grid step (at the table's tiles; those that divide H).
+SWEEP_HEADS = (1, 2, 4, 8)
 # HSP kv tiles (forward and backward alike), capped at 1024 rows like GDPA's query tiles.
 HSP_SWEEP_KV = (256, 512, 1024)
 HSP_SEEDS = 64
@@ -208,7 +209,7 @@ def _matmuls(kind: str) -> int:
 
 
 def main() -> None:
-    global B, D  # the shapes every case reads
+    global B, H, D  # the shapes every case reads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--topologies", nargs="+", default=list(DEFAULT_TOPOLOGIES))
@@ -216,9 +217,10 @@ def main() -> None:
         "--sweep", action="store_true", help="also search the GDPA, SWA and HSP tiles"
     )
     parser.add_argument("--batch", type=int, default=B, help="B (large enough for HBM operands)")
+    parser.add_argument("--heads", type=int, default=H, help="H, the model's heads")
     parser.add_argument("--head-dim", type=int, default=D, help="D (the tables' rows by D)")
     args = parser.parse_args()
-    B, D = args.batch, args.head_dim
+    B, H, D = args.batch, args.heads, args.head_dim
     dump = Path(tempfile.mkdtemp(prefix="llo_dump_"))
     flags = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
     os.environ["LIBTPU_INIT_ARGS"] = f"{os.environ.get('LIBTPU_INIT_ARGS', '')} {flags}".strip()
@@ -369,7 +371,9 @@ def _block_record(sched: Schedule, block: llo.MxuBlock, ceiling: dict, tile_flop
 
 def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
     """Whole-grid forward and backward bundles of GDPA and SWA for each SWEEP_TILES candidate
-    (explicit tiles: forward and backward alike)."""
+    (explicit tiles: forward and backward alike) and SWEEP_HEADS count."""
+    import jax
+
     records = []
     for base in _cases():
         att = base.attention
@@ -377,30 +381,39 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
             continue
         tiles = SWEEP_TILES[_sweep_family(att)]
         variants = [(base.name, dataclasses.replace(att, override=t)) for t in tiles]
-        variants += [(f"{base.name}_heads", dataclasses.replace(att, heads=n)) for n in SWEEP_HEADS]
+        variants += [
+            (f"{base.name}_heads", dataclasses.replace(att, heads=n))
+            for n in SWEEP_HEADS
+            if H % n == 0
+        ]
         for name, variant in variants:
-            case = _attention_case(base.name, variant)
+            block_q, block_kv = variant.tiles("fwd", device.device_kind)
+            record = dict(
+                chip=chip,
+                device_kind=device.device_kind,
+                case=name,
+                block_q=block_q,
+                block_kv=block_kv,
+                heads=variant.grid("fwd", device.device_kind).heads_per_block,
+            )
+            try:
+                compiled = _compiled(_attention_case(base.name, variant), device, dump)
+            except jax.errors.JaxRuntimeError as err:  # Mosaic: the blocks overflow VMEM
+                records.append(record | dict(error=str(err).splitlines()[0][:300]))
+                continue
             grids = {
                 kernel.split("_")[1]: variant.grid_estimate(
                     sched, kernel.split("_")[1], device.device_kind
                 )
-                for kernel, sched in _compiled(case, device, dump).items()
+                for kernel, sched in compiled.items()
             }
             summary = _case_summary(chip, base.name, grids, ceiling)
-            block_q, block_kv = variant.tiles("fwd", device.device_kind)
-            records.append(
-                dict(
-                    chip=chip,
-                    device_kind=device.device_kind,
-                    case=name,
-                    block_q=block_q,
-                    block_kv=block_kv,
-                    heads=variant.grid("fwd", device.device_kind).heads_per_block,
-                    bundles={k: g["bundles"] for k, g in grids.items()},
-                    fwd_fraction=summary["fwd"]["fraction"],
-                    bwd_fraction=summary["bwd"]["fraction"],
-                )
+            record |= dict(
+                bundles={k: g["bundles"] for k, g in grids.items()},
+                fwd_fraction=summary["fwd"]["fraction"],
+                bwd_fraction=summary["bwd"]["fraction"],
             )
+            records.append(record)
     return records + _hsp_sweep(chip, device, dump)
 
 
@@ -451,7 +464,8 @@ def _best(sweeps: list[dict]) -> list[dict]:
     for key in sorted({(r["chip"], r["device_kind"], r["case"]) for r in sweeps}):
         if key[2] == "hsp_s64":
             continue
-        rows = [r for r in sweeps if (r["chip"], r["device_kind"], r["case"]) == key]
+        compiled = [r for r in sweeps if "error" not in r]
+        rows = [r for r in compiled if (r["chip"], r["device_kind"], r["case"]) == key]
         fwd = max(rows, key=lambda r: r["fwd_fraction"])
         bwd = max(rows, key=lambda r: r["bwd_fraction"])
         knob = ("heads",) if key[2].endswith("_heads") else ("block_q", "block_kv")

@@ -1,4 +1,4 @@
-"""Static GPU resources of our Triton-language kernels (GDPA, SWA) for every GPU tile row.
+"""Static GPU resources of our Triton kernels (GDPA, SWA) for every GPU tile row.
 
     python -m benchmarks.kernels.triton_cuda_resources \
         --out benchmarks/results/triton_cuda_resources.json
@@ -12,9 +12,11 @@ of the disassembly (`common/sass.py`: the loop over wholly visible blocks, the m
 measured per score of its tile: SASS and MUFU instructions a thread issues and the fraction of
 the executed MMA work the tile needs (below 1: warpgroups repeat MMAs). The rows are
 `gdpa.tuning`'s (GDPA, both Tkv regimes) and `swa.tuning`'s GPU rows (SWA at w = 128, causal).
-These are the `jax_triton` kernels' numbers; the Pallas Triton GDPA kernels share the GDPA
-tiles but are compiled by jaxlib's own Triton, which needs a GPU. Run with TRITON_INTERPRET
-unset.
+Two implementations ("impl"): the `jax_triton` Triton-language kernels (GDPA and SWA), and the
+Pallas Triton GDPA kernels (`pallas_triton`, the GPU "auto" path), which share the GDPA rows.
+Those are lowered for a GPU of the row's generation (`gpu_lowering.lowering_for`) and their
+TTIR compiled by this Triton; XLA compiles the same IR with its own Triton build, so their
+SASS is this Triton's reading of it. Run with TRITON_INTERPRET unset.
 """
 
 from __future__ import annotations
@@ -22,17 +24,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
 from kunlun_jax.provenance import environment
+from pallas_kernels.common.gpu_lowering import (
+    A100,
+    B200,
+    H100,
+    GpuTarget,
+    TritonCall,
+    triton_calls,
+)
+from pallas_kernels.common.gpu_lowering import lowering_for as lowering_for_gpu
 from pallas_kernels.common.tiles import BlockSizes
-from pallas_kernels.common.triton_compile import CudaBinary, compile_for_cuda
+from pallas_kernels.common.triton_compile import (
+    CudaBinary,
+    compile_for_cuda,
+    compile_ttir_for_cuda,
+)
 from pallas_kernels.common.triton_launch import TritonLaunch
 from pallas_kernels.gdpa import blockwise as gdpa_blockwise
 from pallas_kernels.gdpa import jax_triton_op as gdpa_op
 from pallas_kernels.gdpa import tuning as gdpa_tuning
+from pallas_kernels.gdpa.api import gdpa_pallas
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.swa import blockwise as swa_blockwise
 from pallas_kernels.swa import jax_triton_op as swa_op
@@ -40,7 +57,10 @@ from pallas_kernels.swa import tuning as swa_tuning
 
 # Opt-in shared memory per thread block (CUDA programming guide, compute capabilities table).
 SHARED_LIMIT_BYTES = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
-ROW_CAPABILITIES = {"NVIDIA H": (90,), "": (80, 100)}  # device-kind prefix -> generations
+# Device-kind prefix -> the generations a row serves, as GPUs the Pallas kernels lower for.
+ROW_TARGETS: dict[str, tuple[GpuTarget, ...]] = {"NVIDIA H": (H100,), "": (A100, B200)}
+ROW_CAPABILITIES = {prefix: tuple(t.capability for t in ts) for prefix, ts in ROW_TARGETS.items()}
+IMPLS = ("jax_triton", "pallas_triton")
 # Per SM (CUDA programming guide): shared memory, 32-bit registers, threads, resident blocks.
 SM_SHARED_BYTES = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}
 SM_REGISTERS, SM_THREADS, SM_BLOCKS = 65536, 2048, 32
@@ -110,43 +130,96 @@ def row_launches(row: Row, activation: str) -> dict[str, TritonLaunch]:
     }
 
 
-def row_resources(row: Row, activation: str) -> list[dict]:
-    """One record per (generation, kernel) of a row."""
-    records = []
-    launches = row_launches(row, activation)
-    for capability in ROW_CAPABILITIES[row.prefix]:
-        for kernel, launch in launches.items():
-            binary = compile_for_cuda(launch, capability)
-            limit = SHARED_LIMIT_BYTES[capability]
-            records.append(
-                dict(
-                    op=row.op,
-                    device_prefix=row.prefix,
-                    regime=row.regime,
-                    head_dim=row.head_dim,
-                    sizes=dataclasses.asdict(row.sizes),
-                    activation=activation if row.op == "gdpa" else None,
-                    kernel=kernel,
-                    **dataclasses.asdict(binary),
-                    loops_per_score=loops_per_score(row.op, kernel, launch, binary),
-                    programs_per_sm=programs_per_sm(binary),
-                    shared_limit_bytes=limit,
-                    fits=why_not_fit(binary) is None,
-                )
+def pallas_gdpa_calls(row: Row, activation: str, target: GpuTarget) -> list[TritonCall]:
+    """The row's Pallas Triton GDPA kernels (forward, dK/dV, dQ) as lowered for `target` at the
+    row's production shape, bf16 (`row_launches`' shapes and mask), with the row's tiles."""
+    tkv = TKV[row.regime]
+
+    def loss(q, k, v, lengths):
+        o = gdpa_pallas(
+            q,
+            k,
+            v,
+            impl="pallas_triton",
+            platform="gpu",
+            device_kind=target.device_kind,
+            interpret=False,
+            activation=activation,
+            qk_scale=row.head_dim**-0.5,
+            out_scale=1 / tkv,
+            q_lengths=lengths,
+            kv_lengths=lengths,
+            window=None,
+            causal=row.regime == "long",
+            block_q=None,
+            block_kv=None,
+        )
+        return o.astype(jnp.float32).sum()
+
+    q = jax.ShapeDtypeStruct((BATCH, TQ, HEADS, row.head_dim), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((BATCH, tkv, HEADS, row.head_dim), jnp.bfloat16)
+    lens = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
+    with lowering_for_gpu(target), gdpa_tuning.override_block_sizes(row.sizes):
+        grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+        lowered = jax.jit(grad).trace(q, kv, kv, lens).lower(lowering_platforms=("cuda",))
+    return triton_calls(lowered)
+
+
+def row_binaries(row: Row, activation: str, impl: str) -> Iterator[tuple]:
+    """(capability, kernel, tile (rows, cols, D), binary) per generation and kernel of a row."""
+    for target in ROW_TARGETS[row.prefix]:
+        if impl == "jax_triton":
+            for kernel, launch in row_launches(row, activation).items():
+                c = launch.constexprs
+                tile = (c["BLOCK_Q"], c["BLOCK_KV"], c["BLOCK_D"])
+                yield target.capability, kernel, tile, compile_for_cuda(launch, target.capability)
+            continue
+        for call in pallas_gdpa_calls(row, activation, target):
+            kernel = call.name.split("_")[1]  # gdpa_<kernel>_triton
+            sizes = row.sizes
+            rows, cols = (
+                (sizes.block_q, sizes.block_kv)
+                if kernel == "fwd"
+                else (sizes.block_q_bwd, sizes.block_kv_bwd)
             )
+            binary = compile_ttir_for_cuda(call, target.capability)
+            yield target.capability, kernel, (rows, cols, row.head_dim), binary
+
+
+def row_resources(row: Row, activation: str, impl: str = "jax_triton") -> list[dict]:
+    """One record per (generation, kernel) of a row's `impl` kernels."""
+    records = []
+    for capability, kernel, tile, binary in row_binaries(row, activation, impl):
+        records.append(
+            dict(
+                impl=impl,
+                op=row.op,
+                device_prefix=row.prefix,
+                regime=row.regime,
+                head_dim=row.head_dim,
+                sizes=dataclasses.asdict(row.sizes),
+                activation=activation if row.op == "gdpa" else None,
+                kernel=kernel,
+                **dataclasses.asdict(binary),
+                loops_per_score=loops_per_score(row.op, kernel, tile, binary),
+                programs_per_sm=programs_per_sm(binary),
+                shared_limit_bytes=SHARED_LIMIT_BYTES[capability],
+                fits=why_not_fit(binary) is None,
+            )
+        )
     return records
 
 
-def loops_per_score(op: str, kernel: str, launch: TritonLaunch, binary: CudaBinary) -> list:
+def loops_per_score(op: str, kernel: str, tile: tuple[int, int, int], binary: CudaBinary) -> list:
     """Per MMA loop (`sass.mma_loops`), fewest instructions first (the loop over wholly visible
-    blocks, then masked ones), per score of the tile and per thread: SASS instructions and
-    MUFU instructions; and the tile's own MMA FLOPs over those the loop executes (below 1:
-    warpgroups repeat MMAs; None on Blackwell, whose tcgen05 shapes are not in the opcodes)."""
-    c = launch.constexprs
-    rows, cols = c["BLOCK_Q"], c["BLOCK_KV"]
+    blocks, then masked ones), per score of the (rows, cols, D) tile and per thread: SASS
+    instructions and MUFU instructions; and the tile's own MMA FLOPs over those the loop
+    executes (below 1: warpgroups repeat MMAs; None on Blackwell, whose tcgen05 shapes are not
+    in the opcodes)."""
+    rows, cols, dim = tile
     scores_per_thread = rows * cols / (32 * binary.num_warps)
     traffic = (gdpa_blockwise if op == "gdpa" else swa_blockwise).KERNEL_TRAFFIC
-    tile_flops = traffic[kernel][0] * 2 * rows * cols * c["BLOCK_D"]
+    tile_flops = traffic[kernel][0] * 2 * rows * cols * dim
     loops = [
         dict(
             instructions=round(loop.instructions / scores_per_thread, 2),
@@ -158,6 +231,12 @@ def loops_per_score(op: str, kernel: str, launch: TritonLaunch, binary: CudaBina
         for loop in binary.loops
     ]
     return sorted(loops, key=lambda loop: loop["instructions"])
+
+
+def _row_records(row: Row, activation: str, impls: list[str]) -> list[dict]:
+    """The records of every implementation in `impls` the row serves (SWA: jax_triton)."""
+    served = impls if row.op == "gdpa" else [i for i in impls if i == "jax_triton"]
+    return [r for impl in served for r in row_resources(row, activation, impl)]
 
 
 def programs_per_sm(binary: CudaBinary) -> int:
@@ -185,14 +264,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--activations", nargs="+", default=["silu", "gelu"], help="GDPA activations"
     )
+    parser.add_argument(
+        "--impls", nargs="+", default=list(IMPLS), choices=IMPLS, help="kernel implementations"
+    )
     args = parser.parse_args(argv)
     records = []
     for row in gpu_rows():
         for activation in args.activations if row.op == "gdpa" else args.activations[:1]:
-            for r in row_resources(row, activation):
+            for r in _row_records(row, activation, args.impls):
                 records.append(r)
                 print(
-                    f"{r['op']:4s} {row.prefix or 'any GPU':9s} D{row.head_dim:<4d} {row.regime} "
+                    f"{r['impl']:13s} {r['op']:4s} {row.prefix or 'any GPU':9s} "
+                    f"D{row.head_dim:<4d} {row.regime} "
                     f"{r['activation'] or '':5s} sm_{r['capability']} {r['kernel']:4s} shared "
                     f"{r['shared_bytes'] // 1024:4d} KiB regs {r['registers']:3d} spills "
                     f"{r['spill_bytes']:5d} instructions/score "

@@ -1,11 +1,14 @@
-"""A `TritonLaunch` compiled to cubin for a CUDA GPU generation on a machine without a GPU.
+"""Triton kernels compiled to cubin for a CUDA GPU generation on a machine without a GPU.
 
-Triton's own compiler and its bundled ptxas build the kernel for the launch's constexprs and
-pointer dtypes, with the 16-byte alignment jax-triton specializes on; `ptxas -v` then reports
-registers and spills, and the disassembly the MMA loops' instruction mix (`sass.py`). CI uses
-it to check that every tile-table row fits the shared memory of the generations it serves,
-spills nothing and repeats no MMAs (benchmarks/kernels/triton_cuda_resources.py).
-The kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
+Triton's own compiler and its bundled ptxas build either a `TritonLaunch` (our Triton-language
+kernels, for the launch's constexprs and pointer dtypes, with the 16-byte alignment jax-triton
+specializes on) or a Pallas Triton kernel's TTIR (`gpu_lowering.triton_calls`; XLA compiles
+that IR with its own Triton build, of another commit, so the cubin is this Triton's, not
+necessarily XLA's). `ptxas -v` then reports registers and spills, and the disassembly the MMA
+loops' instruction mix (`sass.py`). CI uses it to check that every tile-table row fits the
+shared memory of the generations it serves, spills nothing and repeats no MMAs
+(benchmarks/kernels/triton_cuda_resources.py).
+A Triton-language kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pallas_kernels.common.gpu_lowering import TritonCall
 from pallas_kernels.common.sass import LoopMix, disassemble, mma_loops
 from pallas_kernels.common.triton_launch import TritonLaunch
 
@@ -45,7 +49,6 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
     Triton's compile error (e.g. out of shared memory)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
 
     names = spec.kernel.arg_names
     arrays = [*spec.inputs, *spec.out_types]
@@ -62,6 +65,44 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
         target=GPUTarget("cuda", capability, 32),
         options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
     )
+    return _binary(compiled, capability)
+
+
+def compile_ttir_for_cuda(call: TritonCall, capability: int) -> CudaBinary:
+    """Compile a Pallas Triton kernel's TTIR to cubin for `capability` with its warps and
+    stages, as `compile_for_cuda` does a launch. Raises Triton's compile error.
+
+    `triton.compile` starts an IR file after its own stage, so the TTIR passes (canonicalize,
+    combine: `acc + dot(a, b, 0)` into `dot(a, b, acc)`, CSE, ...) run here first, as they run
+    on a kernel's own TTIR (and in XLA's Triton pipeline)."""
+    import triton
+    from triton._C.libtriton import ir
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / f"{call.name}.ttir"  # the suffix tells Triton the IR's stage
+        source.write_text(call.ttir)
+        context = ir.context()
+        ir.load_dialects(context)
+        backend.load_dialects(context)
+        module = ir.parse_mlir_module(str(source), context)
+        module.context = context  # as triton.compile's IRSource sets it
+        source.write_text(str(backend.make_ttir(module, {}, None, capability)))
+        compiled = triton.compile(
+            str(source),
+            target=target,
+            options=dict(num_warps=call.num_warps, num_stages=call.num_stages),
+        )
+    return _binary(compiled, capability)
+
+
+def _binary(compiled, capability: int) -> CudaBinary:
+    """The resources and MMA loops of a `triton.compile` result."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
     registers, spills = _ptxas_resources(compiled.asm["ptx"], capability)
     nvdisasm = str(Path(get_ptxas(capability).path).with_name("nvdisasm"))
     sass = disassemble(compiled.asm["cubin"], nvdisasm)

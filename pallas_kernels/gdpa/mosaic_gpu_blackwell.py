@@ -72,6 +72,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
     return mosaic_kernel(
         cfg,
         body,
+        kind="fwd",
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
             plgpu.SMEM((BLOCK_Q, d), dtype),  # Q tile, then O tile
@@ -131,6 +132,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     return mosaic_kernel(
         cfg,
         body,
+        kind="dq",
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
             q_tile,  # Q, then dQ
@@ -193,6 +195,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
     return mosaic_kernel(
         cfg,
         body,
+        kind="dkdv",
         out_type=(kv_shape, kv_shape),
         scratch_types=[
             *(tile, tile, streamed, streamed),  # K, V, Q, dO

@@ -38,6 +38,7 @@ def mosaic_kernel(
     cfg: MosaicConfig,
     body,
     *,
+    kind: str,
     out_type,
     scratch_types,
     grid,
@@ -45,7 +46,8 @@ def mosaic_kernel(
     warpgroups: int = 1,
     extra_axes: tuple[str, ...] = (),
 ):
-    """`plgpu.kernel` over grid (b, h, row tiles, *extra) named ("b", "h", row_axis,
+    """`plgpu.kernel` named gdpa_<kind>_<arch> ("fwd", "dq", "dkdv": how profiles and Mosaic
+    GPU's dumps name it) over grid (b, h, row tiles, *extra) named ("b", "h", row_axis,
     *extra_axes) with `warpgroups` warpgroups per program (index `lax.axis_index("wg")`;
     scratch is shared by all of them), in the Mosaic GPU interpreter when `cfg.interpret` is
     True or its parameters."""
@@ -59,6 +61,7 @@ def mosaic_kernel(
         compiler_params=plgpu.CompilerParams(approx_math=cfg.spec.tanh is not None),
         grid=grid,
         grid_names=("b", "h", row_axis, *extra_axes),
+        kernel_name=f"gdpa_{kind}_{cfg.arch}",
         interpret=interpret,
         **threads,
     )

@@ -96,6 +96,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
     return mosaic_kernel(
         cfg,
         body,
+        kind="fwd",
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
             plgpu.SMEM((COMPUTE_WGS, WG_ROWS, d), dtype),  # Q tiles, then O tiles
@@ -163,6 +164,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
     return mosaic_kernel(
         cfg,
         body,
+        kind="dq",
         out_type=jax.ShapeDtypeStruct(shape, dtype),
         scratch_types=[
             q_tiles,  # Q, then dQ
@@ -259,6 +261,7 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
     return mosaic_kernel(
         cfg,
         body,
+        kind="dkdv",
         out_type=out_type,
         scratch_types=[
             *(tiles, tiles, streamed, streamed, score_t, score_t),  # K, V, Q, dO, Pᵀ, dSᵀ

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -24,9 +23,14 @@ import jax.extend.backend
 import jax.numpy as jnp
 import numpy as np
 import tokamax.config
-from jax.sharding import AbstractMesh
 
-from pallas_kernels.common.target import compile_target
+from pallas_kernels.common.gpu_lowering import (  # noqa: F401 (re-exported to the tests)
+    B200,
+    H100,
+    TRITON_CALL,
+    GpuTarget,
+    lowering_for,
+)
 
 ERROR_SCALE_FLOOR = 1e-2
 REPO = Path(__file__).resolve().parents[2]
@@ -113,42 +117,13 @@ def run_benchmark_smoke(args: Sequence[str], out: Path, *, timeout: int) -> dict
     return report
 
 
-@dataclasses.dataclass(frozen=True)
-class GpuTarget:
-    """A CUDA GPU that is not attached, with what the lowerings read of a device (hashable, as
-    an AbstractMesh device must be)."""
-
-    device_kind: str
-    compute_capability: str
-    num_cores: int
-    platform: str = "gpu"
-
-    @property
-    def core_count(self) -> int:  # tokamax's name for the SM count
-        return self.num_cores
-
-    def _repr(self) -> str:
-        return self.device_kind
-
-
-H100 = GpuTarget("NVIDIA H100 80GB HBM3", "9.0", 132)
-B200 = GpuTarget("NVIDIA B200", "10.0", 148)
-
-
 @contextlib.contextmanager
 def lowering_for_gpu(device: GpuTarget, mesh: jax.sharding.Mesh | None = None) -> Iterator[None]:
-    """Code traced inside lowers (`.lower(lowering_platforms=("cuda",))`) as for `device`.
-
-    Each reader of the device is pointed at it: Pallas Triton and Mosaic GPU read the abstract
-    mesh's device (one matching `mesh`'s axes, else a 1-device mesh), our backend choice reads
-    `compile_target`, and tokamax its default device (patched for the duration) once its
-    cross-compile mode lets it past the attached-hardware checks.
-    """
-    axes = (mesh.axis_sizes, mesh.axis_names, mesh.axis_types) if mesh else ((1,), ("x",), None)
-    abstract = AbstractMesh(axes[0], axes[1], axis_types=axes[2], abstract_device=device)
+    """Code traced inside lowers (`.lower(lowering_platforms=("cuda",))`) as for `device`
+    (`gpu_lowering.lowering_for`), tokamax included: its default device is patched for the
+    duration, and its cross-compile mode lets it past the attached-hardware checks."""
     with (
-        compile_target(device),
-        jax.sharding.use_abstract_mesh(abstract),
+        lowering_for(device, mesh),
         tokamax.config.cross_compile(True),
         mock.patch.object(jax.extend.backend, "get_default_device", return_value=device),
     ):
@@ -158,7 +133,7 @@ def lowering_for_gpu(device: GpuTarget, mesh: jax.sharding.Mesh | None = None) -
 # Custom call targets of a Mosaic GPU and a Triton kernel in a program lowered for CUDA. In a
 # forward + backward, our GDPA runs three kernels (forward, dQ, dK/dV), tokamax's Mosaic GPU
 # attention three (forward and two backward), its Triton attention and our seed pooling two.
-MOSAIC_GPU_CALL, TRITON_CALL = "mosaic_gpu_v2", "__gpu$xla.gpu.triton"
+MOSAIC_GPU_CALL = "mosaic_gpu_v2"
 
 
 def gpu_kernel_calls(fn: Callable, *args: jax.ShapeDtypeStruct, device: GpuTarget = H100):

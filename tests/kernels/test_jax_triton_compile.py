@@ -1,13 +1,14 @@
-"""Our Triton-language kernels (GDPA, SWA) compiled to cubin for Ampere, Hopper and Blackwell on
-CPU.
+"""Our Triton kernels (GDPA, SWA) compiled to cubin for Ampere, Hopper and Blackwell on CPU.
 
 Triton's compiler and its bundled ptxas need no GPU: `benchmarks.kernels.triton_cuda_resources`
 builds the forward, dK/dV and dQ kernels for every GPU row of the GDPA and SWA tile tables at
 the row's largest head dim, for the generations the row serves, and reads registers and spills
-from ptxas. A row fits when nothing spills and shared memory is within the generation's limit;
-this test found that the generic GDPA rows spilled with 4 warps (now 8). It runs in a
-subprocess: the suite's conftest sets TRITON_INTERPRET=1, under which `@triton.jit` defines
-interpreter functions, which cannot be compiled.
+from ptxas. Two implementations: the Triton-language kernels (jax_triton) and the Pallas
+Triton GDPA kernels (the GPU "auto" path), whose TTIR is taken from a lowering for a GPU of
+the row's generation. A row fits when nothing spills and shared memory is within the
+generation's limit; this test found that the generic GDPA rows spilled with 4 warps (now 8).
+It runs in a subprocess: the suite's conftest sets TRITON_INTERPRET=1, under which
+`@triton.jit` defines interpreter functions, which cannot be compiled.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 
 from benchmarks.kernels.triton_cuda_resources import (
+    IMPLS,
     ROW_CAPABILITIES,
     SHARED_LIMIT_BYTES,
     gpu_rows,
@@ -50,20 +52,21 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp
     _compile_run(tmp_path, *command, "--activations", "silu")
     results = json.loads(out.read_text())["results"]
     expected = {
-        (row.op, row.prefix, row.head_dim, row.regime, capability, kernel)
+        (impl, row.op, row.prefix, row.head_dim, row.regime, capability, kernel)
         for row in gpu_rows()
+        for impl in (IMPLS if row.op == "gdpa" else ("jax_triton",))  # SWA on GPU: tokamax
         for capability in ROW_CAPABILITIES[row.prefix]
         for kernel in KERNELS
     }
-    got = {
-        (r["op"], r["device_prefix"], r["head_dim"], r["regime"], r["capability"], r["kernel"])
-        for r in results
-    }
+    keys = ("impl", "op", "device_prefix", "head_dim", "regime", "capability", "kernel")
+    got = {tuple(r[key] for key in keys) for r in results}
     assert got == expected
     assert {r["op"] for r in results} == {"gdpa", "swa"}
+    assert {r["impl"] for r in results} == {"jax_triton", "pallas_triton"}
     assert {r["capability"] for r in results} == {80, 90, 100}
     for r in results:
-        row = f"{r['op']} {r['device_prefix'] or 'any GPU'} D={r['head_dim']} {r['regime']}"
+        row = f"{r['impl']} {r['op']} {r['device_prefix'] or 'any GPU'} D={r['head_dim']}"
+        row += f" {r['regime']}"
         what = f"{row} sm_{r['capability']} {r['kernel']}"
         assert r["cubin_bytes"] > 0, what
         assert 0 < r["registers"] <= 255, what
@@ -77,7 +80,8 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_spills(tmp
         if r["capability"] == 100 and r["kernel"] == "fwd"
     )
     for r in results:
-        what = f"{r['op']} D={r['head_dim']} {r['regime']} sm_{r['capability']} {r['kernel']}"
+        what = f"{r['impl']} {r['op']} D={r['head_dim']} {r['regime']} sm_{r['capability']}"
+        what += f" {r['kernel']}"
         for loop in r["loops_per_score"]:
             useful = loop["mma_useful_fraction"]
             assert useful is None or 0 < useful <= 1.0, what  # no loop beats its tile's MMAs
