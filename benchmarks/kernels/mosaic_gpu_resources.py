@@ -48,9 +48,9 @@ def plugin_available() -> bool:
     return (PLUGIN_DIR / "jax_plugins" / "xla_cuda13").is_dir()
 
 
-def compile_and_dump(arch: str, regime: str, activation: str, dump: Path) -> None:
-    """(In a child process.) Compile value_and_grad of the Mosaic GPU GDPA for `arch`'s
-    compile-only device, dumping each kernel's PTX into `dump`."""
+def compile_and_dump(arch: str, regime: str, activation: str) -> None:
+    """(In a child process, `_child_env`.) Compile value_and_grad of the Mosaic GPU GDPA for
+    `arch`'s compile-only device; Mosaic GPU dumps each kernel into MOSAIC_GPU_DUMP_TO."""
     import dataclasses
 
     import jax
@@ -136,16 +136,15 @@ def _cuda_root(tmp: Path, capability: int) -> Path:
 
 def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
     """One record per Mosaic GPU kernel of a GDPA forward + backward (see the docstring)."""
-    from pallas_kernels.common.sass import disassemble
-    from pallas_kernels.common.triton_compile import _ptxas_resources
+    from pallas_kernels.common.sass import disassemble, is_mma, opcodes
+    from pallas_kernels.common.triton_compile import ptxas_resources
 
     capability = ARCH_SPECS[arch][1]
     with tempfile.TemporaryDirectory() as tmp:
         dump, cuda_root = Path(tmp) / "dump", _cuda_root(Path(tmp), capability)
         dump.mkdir()
-        command = [sys.executable, "-m", __spec__.name, "--child", arch, regime, activation]
         proc = subprocess.run(
-            [*command, str(dump)],
+            [sys.executable, "-m", __spec__.name, "--child", arch, regime, activation],
             env=_child_env(dump, cuda_root),
             capture_output=True,
             text=True,
@@ -156,10 +155,9 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
         records = []
         for kernel in KERNELS:
             (ptx,) = dump.glob(f"gdpa_{kernel}_{arch}*.ptx")
-            registers, spills = _ptxas_resources(ptx.read_text(), capability)
             cubin = ptx.with_suffix(".cubin")
-            _assemble(ptx, cubin, capability)
-            opcodes = _opcodes(disassemble(cubin.read_bytes(), str(cuda_root / "bin/nvdisasm")))
+            registers, spills = ptxas_resources(ptx.read_text(), capability, cubin)
+            ops = opcodes(disassemble(cubin.read_bytes(), str(cuda_root / "bin/nvdisasm")))
             resources = ptx.with_suffix(".resources.txt").read_text()
             records.append(
                 dict(
@@ -172,30 +170,13 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
                     spill_bytes=spills,
                     shared_bytes=int(_SMEM.search(resources)[1]),
                     tensor_memory_columns=int(_TMEM.search(resources)[1]),
-                    instructions=len(opcodes),
-                    mma=sum(bool(re.match(r"HGMMA|UTC\w*MMA", op)) for op in opcodes),
-                    mufu=sum(op.startswith("MUFU.") for op in opcodes),
-                    tma=sum(op.startswith("UTMA") for op in opcodes),
+                    instructions=len(ops),
+                    mma=sum(map(is_mma, ops)),
+                    mufu=sum(op.startswith("MUFU.") for op in ops),
+                    tma=sum(op.startswith("UTMA") for op in ops),
                 )
             )
     return records
-
-
-def _assemble(ptx: Path, cubin: Path, capability: int) -> None:
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
-    arch = sm_arch_from_capability(capability)
-    subprocess.run(
-        [get_ptxas(capability).path, f"--gpu-name={arch}", str(ptx), "-o", str(cubin)],
-        check=True,
-        capture_output=True,
-    )
-
-
-def _opcodes(sass: str) -> list[str]:
-    from pallas_kernels.common.sass import _INSTRUCTION
-
-    return [m[1] for line in sass.splitlines() if (m := _INSTRUCTION.match(line))]
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -204,11 +185,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--archs", nargs="+", default=list(ARCH_SPECS), choices=list(ARCH_SPECS))
     parser.add_argument("--activations", nargs="+", default=["silu"])
     parser.add_argument("--regimes", nargs="+", default=list(TKV), choices=list(TKV))
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # arch regime act dump
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # arch regime activation
     args = parser.parse_args(argv)
     if args.child:
-        arch, regime, activation, dump = args.child
-        compile_and_dump(arch, regime, activation, Path(dump))
+        compile_and_dump(*args.child)
         return None
     if not plugin_available():
         parser.error(f"jax's CUDA plugin is not in {PLUGIN_DIR}: run `make gpu-aot` first")

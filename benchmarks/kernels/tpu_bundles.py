@@ -214,7 +214,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--topologies", nargs="+", default=list(DEFAULT_TOPOLOGIES))
     parser.add_argument(
-        "--sweep", action="store_true", help="also search the GDPA, SWA and HSP tiles"
+        "--sweep",
+        nargs="?",
+        const="all",
+        choices=("all", "heads"),
+        help="also search the GDPA, SWA and HSP tiles and heads per step (heads: only those)",
     )
     parser.add_argument("--batch", type=int, default=B, help="B (large enough for HBM operands)")
     parser.add_argument("--heads", type=int, default=H, help="H, the model's heads")
@@ -246,7 +250,7 @@ def main() -> None:
         print("best", rec)
 
 
-def bundle_report(topologies: list[str], dump: Path, sweep: bool) -> dict:
+def bundle_report(topologies: list[str], dump: Path, sweep: str | None) -> dict:
     """Every kernel's MXU blocks and grid estimate on every chip (see the module docstring)."""
     from jax.experimental import topologies as topo
 
@@ -280,7 +284,7 @@ def bundle_report(topologies: list[str], dump: Path, sweep: bool) -> dict:
             if totals:
                 cases.append(_case_summary(name, case.name, totals, ceiling))
         if sweep:
-            sweeps += _sweep(name, device, dump, ceiling)
+            sweeps += _sweep(name, device, dump, ceiling, heads_only=sweep == "heads")
     env = environment()
     env["device_kind"] = "CPU (deviceless TPU compile: " + ", ".join(topologies) + ")"
     env["libtpu"] = metadata.version("libtpu")
@@ -369,9 +373,10 @@ def _block_record(sched: Schedule, block: llo.MxuBlock, ceiling: dict, tile_flop
     )
 
 
-def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
+def _sweep(chip: str, device, dump: Path, ceiling: dict, heads_only: bool) -> list[dict]:
     """Whole-grid forward and backward bundles of GDPA and SWA for each SWEEP_TILES candidate
-    (explicit tiles: forward and backward alike) and SWEEP_HEADS count."""
+    (explicit tiles: forward and backward alike, unless heads_only) and SWEEP_HEADS count, and
+    HSP's for each HSP_SWEEP_KV tile (unless heads_only)."""
     import jax
 
     records = []
@@ -380,7 +385,9 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
         if att is None:
             continue
         tiles = SWEEP_TILES[_sweep_family(att)]
-        variants = [(base.name, dataclasses.replace(att, override=t)) for t in tiles]
+        variants = (
+            [] if heads_only else [(base.name, dataclasses.replace(att, override=t)) for t in tiles]
+        )
         variants += [
             (f"{base.name}_heads", dataclasses.replace(att, heads=n))
             for n in SWEEP_HEADS
@@ -414,7 +421,7 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict) -> list[dict]:
                 bwd_fraction=summary["bwd"]["fraction"],
             )
             records.append(record)
-    return records + _hsp_sweep(chip, device, dump)
+    return records if heads_only else records + _hsp_sweep(chip, device, dump)
 
 
 def _hsp_sweep(chip: str, device, dump: Path) -> list[dict]:
@@ -452,6 +459,8 @@ def _best(sweeps: list[dict]) -> list[dict]:
     best = []
     for chip, kind in sorted({(r["chip"], r["device_kind"]) for r in sweeps}):
         rows = [r for r in sweeps if r["chip"] == chip and r["case"] == "hsp_s64"]
+        if not rows:  # a heads-only sweep
+            continue
         best.append(
             dict(
                 chip=chip,

@@ -57,7 +57,7 @@ def mma_loops(sass: str, num_warps: int) -> tuple[LoopMix, ...]:
         for i, line in enumerate(lines)
         if (m := _BRANCH.search(line)) and labels.get(m[1], i) < i
     ]
-    loops = [loop for loop in loops if any(map(_is_mma, loop))] or [_opcodes(lines)]
+    loops = [loop for loop in loops if any(map(is_mma, loop))] or [_opcodes(lines)]
     return tuple(
         LoopMix(
             instructions=len(opcodes),
@@ -68,11 +68,17 @@ def mma_loops(sass: str, num_warps: int) -> tuple[LoopMix, ...]:
     )
 
 
+def opcodes(listing: str) -> list[str]:
+    """The opcodes of a SASS listing's instructions, in order (predicates dropped)."""
+    return _opcodes(listing.splitlines())
+
+
 def _opcodes(lines: list[str]) -> list[str]:
     return [m[1] for line in lines if (m := _INSTRUCTION.match(line))]
 
 
-def _is_mma(opcode: str) -> bool:
+def is_mma(opcode: str) -> bool:
+    """Whether an opcode is a tensor-core MMA: HGMMA, HMMA or a tcgen05 UTC*MMA."""
     return any(p.match(opcode) for p in (_HGMMA, _HMMA, _TCGEN05_MMA))
 
 

@@ -12,6 +12,11 @@ from pallas_kernels.common.blocks import round_up
 TRITON_MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16
 
 
+# TPU device kinds with 128 MiB of VMEM a core (jax's tpu_info: v5e, v6e), whose tile rows may
+# raise the scoped-VMEM limit (`BlockSizes.vmem_limit_mib`) well past its default.
+TPU_128_MIB_VMEM = ("TPU v5 lite", "TPU v6 lite")
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
     """Tile sizes for one kernel call. Warps and stages are used by Triton only; the backward
@@ -31,6 +36,9 @@ class BlockSizes:
     # Mosaic TPU kernels: at most this many heads per grid step (`common.tpu.heads_per_step`),
     # so one step's bookkeeping serves them all.
     heads: int = 1
+    # Mosaic TPU kernels: the scoped-VMEM limit they compile with, in MiB (None: the compiler's
+    # default, 16 MiB on v5e); rows for chips with more VMEM raise it for larger steps.
+    vmem_limit_mib: int | None = None
 
     def triton_options(self, backward: bool) -> tuple[int, int]:
         """(num_warps, num_stages) of the forward kernel or of a backward one."""

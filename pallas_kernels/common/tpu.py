@@ -34,9 +34,7 @@ from pallas_kernels.common.tile_ops import tile_positions
 
 TPU_LANES = 128
 # Grid semantics of every blocked TPU kernel: (B, H, outer blocks) parallel, steps sequential.
-COMPILER_PARAMS = pltpu.CompilerParams(
-    dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-)
+DIMENSION_SEMANTICS = ("parallel", "parallel", "parallel", "arbitrary")
 IndexFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 # Device kinds of the TPU generations before v6: "TPU v4", "TPU v5 lite" (v5e), "TPU v5" (v5p).
@@ -202,9 +200,11 @@ def grid_and_layout(
     block_kv: int,
     heads: int,
     band: bool = False,
+    vmem_limit_mib: int | None = None,
 ) -> tuple[TileGrid, TpuLayout]:
     """The `TileGrid` of a masked attention call on q [B, Tq, H, D], k [B, Tkv, H, D] (up to
-    `heads` heads a step, banded where it can be if `band`) and the `TpuLayout` of its tiles."""
+    `heads` heads a step, banded where it can be if `band`, its kernels compiled with a
+    scoped-VMEM limit of `vmem_limit_mib`) and the `TpuLayout` of its tiles."""
     tiles = TileGrid.of(
         q,
         k,
@@ -214,6 +214,7 @@ def grid_and_layout(
         causal=spec.causal,
         band=band,
         heads=heads,
+        vmem_limit_mib=vmem_limit_mib,
     )
     return tiles, TpuLayout(q.shape[2], q.shape[3], tiles.heads_per_block)
 
@@ -251,6 +252,7 @@ class TileGrid:
     causal: bool
     banded: bool = False
     heads_per_block: int = 1  # heads of one grid step: `heads` = num_heads / heads_per_block
+    vmem_limit_mib: int | None = None  # its kernels' scoped-VMEM limit (None: the default)
 
     @classmethod
     def of(
@@ -264,6 +266,7 @@ class TileGrid:
         causal: bool,
         band: bool = False,
         heads: int = 1,
+        vmem_limit_mib: int | None = None,
     ) -> TileGrid:
         """Grid for q [B, Tq, H, D] and k [B, Tkv, H, D], up to `heads` heads per step
         (`heads_per_step`). band=True: one band step per outer block where that visits no
@@ -280,6 +283,7 @@ class TileGrid:
             window,
             causal,
             heads_per_block=per_step,
+            vmem_limit_mib=vmem_limit_mib,
         )
         return dataclasses.replace(grid, banded=True) if band and grid.can_band() else grid
 
@@ -499,7 +503,10 @@ class TileGrid:
                 out_specs=list(out_specs),
                 scratch_shapes=list(scratch_shapes),
             ),
-            compiler_params=COMPILER_PARAMS,
+            compiler_params=pltpu.CompilerParams(
+                dimension_semantics=DIMENSION_SEMANTICS,
+                vmem_limit_bytes=None if self.vmem_limit_mib is None else self.vmem_limit_mib << 20,
+            ),
             interpret=interpret,
             cost_estimate=cost_estimate,
             name=name,

@@ -103,7 +103,7 @@ def _binary(compiled, capability: int) -> CudaBinary:
     """The resources and MMA loops of a `triton.compile` result."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    registers, spills = _ptxas_resources(compiled.asm["ptx"], capability)
+    registers, spills = ptxas_resources(compiled.asm["ptx"], capability)
     nvdisasm = str(Path(get_ptxas(capability).path).with_name("nvdisasm"))
     sass = disassemble(compiled.asm["cubin"], nvdisasm)
     return CudaBinary(
@@ -119,8 +119,9 @@ def _binary(compiled, capability: int) -> CudaBinary:
     )
 
 
-def _ptxas_resources(ptx: str, capability: int) -> tuple[int, int]:
-    """(registers per thread, spill store + load bytes) from Triton's ptxas in verbose mode."""
+def ptxas_resources(ptx: str, capability: int, cubin: Path | None = None) -> tuple[int, int]:
+    """(registers per thread, spill store + load bytes) of PTX assembled by Triton's ptxas for
+    `capability` in verbose mode; the cubin is written to `cubin` if given."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +134,7 @@ def _ptxas_resources(ptx: str, capability: int) -> tuple[int, int]:
                 f"--gpu-name={sm_arch_from_capability(capability)}",
                 str(src),
                 "-o",
-                str(src.with_suffix(".cubin")),
+                str(cubin or src.with_suffix(".cubin")),
             ],
             capture_output=True,
             text=True,

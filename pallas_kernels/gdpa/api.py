@@ -225,6 +225,7 @@ def _gdpa_pallas(
             block_kv=cfg.sizes.block_kv,
             interpret=cfg.interpret,
             heads=cfg.sizes.heads,
+            vmem_limit_mib=cfg.sizes.vmem_limit_mib,
         )
     return gdpa_fwd_triton(
         q, k, v, q_lens, kv_lens, spec=cfg.spec, sizes=cfg.sizes, interpret=cfg.interpret
@@ -250,6 +251,7 @@ def _gdpa_pallas_bwd(cfg: KernelConfig, residuals, do):
             block_kv=cfg.sizes.block_kv_bwd,
             interpret=cfg.interpret,
             heads=cfg.sizes.heads,
+            vmem_limit_mib=cfg.sizes.vmem_limit_mib,
         )
     else:
         dq, dk, dv = gdpa_bwd_triton(

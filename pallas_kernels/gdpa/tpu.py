@@ -74,10 +74,14 @@ def gdpa_fwd_tpu(
     block_kv: int,
     interpret: bool,
     heads: int = 1,
+    vmem_limit_mib: int | None = None,
 ) -> jax.Array:
     """O [B, Tq, H, D] from q [B, Tq, H, D], k/v [B, Tkv, H, D] (T multiples of the blocks)
-    and int32 lengths [B] (already clipped to [0, T]); up to `heads` heads per grid step."""
-    tiles, layout = grid_and_layout(q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads)
+    and int32 lengths [B] (already clipped to [0, T]); up to `heads` heads per grid step,
+    compiled with a scoped-VMEM limit of `vmem_limit_mib` (None: the default)."""
+    tiles, layout = grid_and_layout(
+        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, vmem_limit_mib=vmem_limit_mib
+    )
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
     (out,) = tiles.pallas_call(
         functools.partial(_fwd_kernel, spec=spec, tiles=tiles, layout=layout),

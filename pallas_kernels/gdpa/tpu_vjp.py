@@ -121,10 +121,13 @@ def gdpa_bwd_tpu(
     block_kv: int,
     interpret: bool,
     heads: int = 1,
+    vmem_limit_mib: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_tpu`, do like q; up
-    to `heads` heads per grid step."""
-    tiles, layout = grid_and_layout(q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads)
+    """(dQ, dK, dV) with the shapes of q, k, v; inputs, `heads` and `vmem_limit_mib` as for
+    `gdpa_fwd_tpu`, do like q."""
+    tiles, layout = grid_and_layout(
+        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, vmem_limit_mib=vmem_limit_mib
+    )
     qkvdo = [layout.to_kernel(x) for x in (q, k, v, do)]
 
     def call(kernel, q_outer: bool, outs: tuple[jax.Array, ...], kind: str) -> list[jax.Array]:

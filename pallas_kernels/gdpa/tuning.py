@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 import jax
 
 from pallas_kernels.common.blocks import cdiv
-from pallas_kernels.common.tiles import BlockSizes, triton_sizes
+from pallas_kernels.common.tiles import TPU_128_MIB_VMEM, BlockSizes, triton_sizes
 
 SHORT_KV_MAX = 256  # Tkv <= this is the "short" regime.
 
@@ -37,16 +38,25 @@ def _generic(*tiles: int) -> BlockSizes:
     return BlockSizes(*tiles, num_warps=8, num_stages=2, unmasked_loop=False)
 
 
+_TPU_SHORT = BlockSizes(1024, 256, 1024, 256, heads=4)  # D <= 128 TPU rows, any chip
+_TPU_LONG = BlockSizes(512, 512, 512, 512, heads=4)
 # (platform, device-kind prefix ("" = any), max head dim, regime) -> BlockSizes.
 # Lookup takes the first row whose platform and prefix match and whose head-dim bound covers D.
 _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     # TPU v5e / v6e / v5p: 128x128 MXU (256x256 on v6e); keep tiles multiples of 128. D <= 128:
     # the tiles whose interior grid steps the compiler schedules densest on both v5e and v6e
     # among tpu_bundles.SWEEP_TILES, and 4 heads a grid step, the densest of SWEEP_HEADS
-    # (benchmarks/results/tpu_bundles.json, "sweep_best"; measured at D = 128, H = 4).
-    ("tpu", "", 128, "short", BlockSizes(1024, 256, 1024, 256, heads=4)),
+    # (benchmarks/results/tpu_bundles.json, "sweep_best"; measured at D = 128, H = 4). On v5e
+    # and v6e (128 MiB of VMEM) up to 8 heads, the densest at H = 8 (tpu_bundles_h8.json),
+    # in a 64 MiB scoped-VMEM limit: 8 heads of a 512 x 512 dK/dV step need 19 MiB.
+    *(
+        ("tpu", kind, 128, regime, dataclasses.replace(sizes, heads=8, vmem_limit_mib=64))
+        for kind in TPU_128_MIB_VMEM
+        for regime, sizes in (("short", _TPU_SHORT), ("long", _TPU_LONG))
+    ),
+    ("tpu", "", 128, "short", _TPU_SHORT),
     ("tpu", "", 256, "short", BlockSizes(512, 256, 256, 256)),
-    ("tpu", "", 128, "long", BlockSizes(512, 512, 512, 512, heads=4)),
+    ("tpu", "", 128, "long", _TPU_LONG),
     ("tpu", "", 256, "long", BlockSizes(256, 512, 256, 256)),
     # NVIDIA Hopper (H100 / H200), Triton: tutorial tiles; fewer warps for small D. Triton
     # gives each warpgroup (4 warps) 64 rows of a wgmma tile: with more warpgroups than a

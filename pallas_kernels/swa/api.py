@@ -212,6 +212,7 @@ def _swa_pallas_fwd(cfg: KernelConfig, q, k, v, q_lens, kv_lens):
         block_kv=cfg.sizes.block_kv,
         interpret=cfg.interpret,
         heads=cfg.sizes.heads,
+        vmem_limit_mib=cfg.sizes.vmem_limit_mib,
     )
     return o, (q, k, v, o, lse, q_lens, kv_lens)
 
@@ -233,6 +234,7 @@ def _swa_pallas_bwd(cfg: KernelConfig, residuals, do):
         block_kv=cfg.sizes.block_kv_bwd,
         interpret=cfg.interpret,
         heads=cfg.sizes.heads,
+        vmem_limit_mib=cfg.sizes.vmem_limit_mib,
     )
     return dq, dk, dv, None, None
 

@@ -145,14 +145,22 @@ def swa_fwd_tpu(
     block_kv: int,
     interpret: bool,
     heads: int = 1,
+    vmem_limit_mib: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(O [B, Tq, H, D], lse [B, H, 1, Tq] fp32) from q [B, Tq, H, D], k/v [B, Tkv, H, D]
     (T multiples of the blocks) and int32 lengths [B] (already clipped to [0, T]).
     lse = +inf on rows that see no key (O = 0 there). heads: at most this many heads per
-    grid step (`TileGrid.of`)."""
+    grid step (`TileGrid.of`); vmem_limit_mib: the scoped-VMEM limit (None: the default)."""
     batch, tq, num_heads, dim = q.shape
     tiles, layout = grid_and_layout(
-        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, band=True
+        q,
+        k,
+        spec,
+        block_q=block_q,
+        block_kv=block_kv,
+        heads=heads,
+        band=True,
+        vmem_limit_mib=vmem_limit_mib,
     )
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
     kv_rows = tiles.inner_rows(q_outer=True)

@@ -188,12 +188,20 @@ def swa_bwd_tpu(
     block_kv: int,
     interpret: bool,
     heads: int = 1,
+    vmem_limit_mib: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v. Inputs as for `swa_fwd_tpu`; do like q;
-    lse (the forward's) and δ = rowsum(dO ⊙ O): fp32 [B, H, 1, Tq]. heads: at most this many
-    heads per grid step."""
+    """(dQ, dK, dV) with the shapes of q, k, v. Inputs, `heads` and `vmem_limit_mib` as for
+    `swa_fwd_tpu`; do like q; lse (the forward's) and δ = rowsum(dO ⊙ O): fp32
+    [B, H, 1, Tq]."""
     tiles, layout = grid_and_layout(
-        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, band=True
+        q,
+        k,
+        spec,
+        block_q=block_q,
+        block_kv=block_kv,
+        heads=heads,
+        band=True,
+        vmem_limit_mib=vmem_limit_mib,
     )
     inputs = (*(layout.to_kernel(x) for x in (q, k, v, do)), lse, delta)
 

@@ -14,8 +14,12 @@ Explicit `block_q` / `block_kv` arguments to `swa_attention` override these (fwd
 
 from __future__ import annotations
 
-from pallas_kernels.common.tiles import BlockSizes, triton_sizes
+import dataclasses
 
+from pallas_kernels.common.tiles import TPU_128_MIB_VMEM, BlockSizes, triton_sizes
+
+_WINDOWED = BlockSizes(256, 256, 256, 256, heads=4)  # D <= 128, w <= 512 TPU rows, any chip
+_FULL = BlockSizes(512, 512, 512, 512, heads=4)  # D <= 128 full attention
 # (platform, device-kind prefix ("" = any), max head dim, max window (None = any)) -> sizes.
 # Lookup takes the first row whose platform and prefix match and whose bounds cover (D, w);
 # a full-attention call (window None) only matches rows with max window None.
@@ -25,13 +29,20 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     # on jagged traffic; benchmarks/results/tpu_bundles.json, "sweep"). D <= 128 rows take 4
     # heads a grid step, the densest of tpu_bundles.SWEEP_HEADS at w = 128 and without a
     # window on both chips (measured at D = 128, H = 4; w <= 512 lies between the two).
-    ("tpu", "", 128, 128, BlockSizes(256, 256, 256, 256, heads=4)),
+    # On v5e and v6e, up to 8 heads (the densest at H = 8) in a 64 MiB scoped-VMEM limit, as
+    # GDPA's rows.
+    *(
+        ("tpu", kind, 128, window, dataclasses.replace(sizes, heads=8, vmem_limit_mib=64))
+        for kind in TPU_128_MIB_VMEM
+        for window, sizes in ((128, _WINDOWED), (512, _WINDOWED), (None, _FULL))
+    ),
+    ("tpu", "", 128, 128, _WINDOWED),
     ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
-    ("tpu", "", 128, 512, BlockSizes(256, 256, 256, 256, heads=4)),
+    ("tpu", "", 128, 512, _WINDOWED),
     ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),
     # Full attention, D <= 128: the backward tile with the fewest grid bundles on v5e and v6e
     # among tpu_bundles.SWEEP_TILES["long"] (the forward's 512 x 512 was already).
-    ("tpu", "", 128, None, BlockSizes(512, 512, 512, 512, heads=4)),
+    ("tpu", "", 128, None, _FULL),
     ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
     # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
     # checked for spills, shared memory and repeated MMAs (8 warps on 64-row Hopper tiles, see

@@ -317,7 +317,11 @@ def test_tuning_table():
     short = default_block_sizes("tpu", "TPU v5 lite", 128, 64)
     long_ = default_block_sizes("tpu", "TPU v6 lite", 128, 4096)
     assert (short.block_q, long_.block_q) == (1024, 512)
-    assert (short.heads, long_.heads, default_block_sizes("tpu", "", 256, 64).heads) == (4, 4, 1)
+    assert (short.heads, long_.heads, default_block_sizes("tpu", "", 256, 64).heads) == (8, 8, 1)
+    # v5e / v6e raise the scoped-VMEM limit for 8 heads a step; v5p (64 MiB) keeps the default.
+    assert (short.vmem_limit_mib, long_.vmem_limit_mib) == (64, 64)
+    v5p = default_block_sizes("tpu", "TPU v5", 128, 64)
+    assert (v5p.heads, v5p.vmem_limit_mib) == (4, None)
     h100_long = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 128, SHORT_KV_MAX + 1)
     # Hopper's 64-row backward tiles take one warpgroup (two would repeat the MMAs).
     assert h100_long.triton_options(backward=False) == (8, 3)
@@ -325,7 +329,9 @@ def test_tuning_table():
     d64 = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 64, 4096)
     assert d64.triton_options(backward=False) == d64.triton_options(backward=True) == (4, 3)
     assert default_block_sizes("cpu", "cpu", 64, 64) == BlockSizes(64, 64, 64, 64)
-    assert short.with_overrides(256, None) == BlockSizes(256, 256, 256, 256, heads=4)
+    assert short.with_overrides(256, None) == BlockSizes(
+        256, 256, 256, 256, heads=8, vmem_limit_mib=64
+    )
     assert short.with_heads(2).heads == 2
     assert short.with_heads(None) == short
 

@@ -403,5 +403,9 @@ def test_tuning_table():
     assert default_block_sizes("tpu", "TPU v6 lite", 128, None).block_q == 512
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 4096).block_q == 512
     heads = [default_block_sizes("tpu", "TPU v5 lite", d, 16).heads for d in (128, 256)]
-    assert heads == [4, 1]  # measured at D = 128 only
+    assert heads == [8, 1]  # measured at D = 128 only
+    for window in (16, 300, None):  # v5e / v6e: 8 heads in a raised scoped-VMEM limit
+        assert default_block_sizes("tpu", "TPU v6 lite", 128, window).vmem_limit_mib == 64
+        v5p = default_block_sizes("tpu", "TPU v5", 128, window)
+        assert (v5p.heads, v5p.vmem_limit_mib) == (4, None)
     assert default_block_sizes("cpu", "cpu", 64, 16) == BlockSizes(64, 64, 64, 64)
