@@ -31,10 +31,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pallas_kernels.common.gpu_lowering import B200, H100
+
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / ".gpu-aot"  # `make gpu-aot`: jax-cuda13-plugin + jax-cuda13-pjrt
 SPECS = Path(__file__).with_name("gpu_specs")
-ARCH_SPECS = {"hopper": ("h100_sxm.txtpb", 90), "blackwell": ("b200.txtpb", 100)}
+# arch -> (XLA target spec, the GPU it describes)
+ARCH_SPECS = {"hopper": ("h100_sxm.txtpb", H100), "blackwell": ("b200.txtpb", B200)}
 BATCH, HEADS, TQ, HEAD_DIM = 4, 8, 4096, 128
 TKV = {"short": 64, "long": 4096}
 SHARED_LIMIT_BYTES = 227 * 1024  # opt-in shared memory per block, sm_90 and sm_100
@@ -51,29 +54,20 @@ def plugin_available() -> bool:
 def compile_and_dump(arch: str, regime: str, activation: str) -> None:
     """(In a child process, `_child_env`.) Compile value_and_grad of the Mosaic GPU GDPA for
     `arch`'s compile-only device; Mosaic GPU dumps each kernel into MOSAIC_GPU_DUMP_TO."""
-    import dataclasses
-
     import jax
     import jax.experimental.mosaic.gpu.core  # sets MOSAIC_GPU_CUDA_ROOT on import
     import jax.numpy as jnp
     from jax.experimental import topologies
-    from jax.sharding import AbstractMesh, SingleDeviceSharding
+    from jax.sharding import SingleDeviceSharding
 
+    from pallas_kernels.common.gpu_lowering import lowering_for
     from pallas_kernels.gdpa.mosaic_gpu import gdpa_mosaic_gpu
 
     os.environ["MOSAIC_GPU_CUDA_ROOT"] = os.environ["KUNLUN_CUDA_ROOT"]  # Triton's nvdisasm
-    spec = (SPECS / ARCH_SPECS[arch][0]).read_text()
+    spec_file, target = ARCH_SPECS[arch]
     device = topologies.get_topology_desc(
-        platform="cuda", target_config=spec, topology="1x1x1"
+        platform="cuda", target_config=(SPECS / spec_file).read_text(), topology="1x1x1"
     ).devices[0]
-
-    @dataclasses.dataclass(frozen=True)
-    class Target:  # what Mosaic GPU's Python passes read of the device (its arch)
-        device_kind: str
-        compute_capability: str
-        num_cores: int = 1
-        platform: str = "gpu"
-
     tkv = TKV[regime]
 
     def loss(q, k, v, lengths):
@@ -95,8 +89,8 @@ def compile_and_dump(arch: str, regime: str, activation: str) -> None:
     q = jax.ShapeDtypeStruct((BATCH, TQ, HEADS, HEAD_DIM), jnp.bfloat16, sharding=sharding)
     kv = jax.ShapeDtypeStruct((BATCH, tkv, HEADS, HEAD_DIM), jnp.bfloat16, sharding=sharding)
     lens = jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=sharding)
-    target = Target(device.device_kind, device.compute_capability)
-    with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=target)):
+    # Mosaic GPU's Python passes read the arch from the abstract mesh's device.
+    with lowering_for(target):
         grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
         lowered = grad.trace(q, kv, kv, lens).lower(lowering_platforms=("cuda",))
     lowered.compile()
@@ -139,7 +133,7 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
     from pallas_kernels.common.sass import disassemble, is_mma, opcodes
     from pallas_kernels.common.triton_compile import ptxas_resources
 
-    capability = ARCH_SPECS[arch][1]
+    capability = ARCH_SPECS[arch][1].capability
     with tempfile.TemporaryDirectory() as tmp:
         dump, cuda_root = Path(tmp) / "dump", _cuda_root(Path(tmp), capability)
         dump.mkdir()

@@ -123,10 +123,7 @@ class Attention:
 
     def tiles(self, kind: str, device_kind: str) -> tuple[int, int]:
         """(block_q, block_kv) the op picks for kernel `kind` ("fwd", "dkdv", "dq")."""
-        sizes = self.sizes(device_kind)
-        if kind == "fwd":
-            return sizes.block_q, sizes.block_kv
-        return sizes.block_q_bwd, sizes.block_kv_bwd
+        return self.sizes(device_kind).tiles(backward=kind != "fwd")
 
     def grid(self, kind: str, device_kind: str):
         """The `TileGrid` of kernel `kind`, as the kernels build it."""
@@ -470,10 +467,10 @@ def _best(sweeps: list[dict]) -> list[dict]:
                 bwd=min(rows, key=lambda r: r["bundles"]["bwd"])["block_kv"],
             )
         )
+    compiled = [r for r in sweeps if "error" not in r]
     for key in sorted({(r["chip"], r["device_kind"], r["case"]) for r in sweeps}):
         if key[2] == "hsp_s64":
             continue
-        compiled = [r for r in sweeps if "error" not in r]
         rows = [r for r in compiled if (r["chip"], r["device_kind"], r["case"]) == key]
         fwd = max(rows, key=lambda r: r["fwd_fraction"])
         bwd = max(rows, key=lambda r: r["bwd_fraction"])

@@ -36,9 +36,9 @@ from pallas_kernels.common.gpu_lowering import (
     H100,
     GpuTarget,
     TritonCall,
+    lowering_for,
     triton_calls,
 )
-from pallas_kernels.common.gpu_lowering import lowering_for as lowering_for_gpu
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.common.triton_compile import (
     CudaBinary,
@@ -159,7 +159,7 @@ def pallas_gdpa_calls(row: Row, activation: str, target: GpuTarget) -> list[Trit
     q = jax.ShapeDtypeStruct((BATCH, TQ, HEADS, row.head_dim), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((BATCH, tkv, HEADS, row.head_dim), jnp.bfloat16)
     lens = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
-    with lowering_for_gpu(target), gdpa_tuning.override_block_sizes(row.sizes):
+    with lowering_for(target), gdpa_tuning.override_block_sizes(row.sizes):
         grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
         lowered = jax.jit(grad).trace(q, kv, kv, lens).lower(lowering_platforms=("cuda",))
     return triton_calls(lowered)
@@ -167,23 +167,20 @@ def pallas_gdpa_calls(row: Row, activation: str, target: GpuTarget) -> list[Trit
 
 def row_binaries(row: Row, activation: str, impl: str) -> Iterator[tuple]:
     """(capability, kernel, tile (rows, cols, D), binary) per generation and kernel of a row."""
-    for target in ROW_TARGETS[row.prefix]:
-        if impl == "jax_triton":
-            for kernel, launch in row_launches(row, activation).items():
+    targets = ROW_TARGETS[row.prefix]
+    if impl == "jax_triton":
+        launches = row_launches(row, activation)
+        for target in targets:
+            for kernel, launch in launches.items():
                 c = launch.constexprs
                 tile = (c["BLOCK_Q"], c["BLOCK_KV"], c["BLOCK_D"])
                 yield target.capability, kernel, tile, compile_for_cuda(launch, target.capability)
-            continue
+        return
+    for target in targets:
         for call in pallas_gdpa_calls(row, activation, target):
             kernel = call.name.split("_")[1]  # gdpa_<kernel>_triton
-            sizes = row.sizes
-            rows, cols = (
-                (sizes.block_q, sizes.block_kv)
-                if kernel == "fwd"
-                else (sizes.block_q_bwd, sizes.block_kv_bwd)
-            )
-            binary = compile_ttir_for_cuda(call, target.capability)
-            yield target.capability, kernel, (rows, cols, row.head_dim), binary
+            tile = (*row.sizes.tiles(backward=kernel != "fwd"), row.head_dim)
+            yield target.capability, kernel, tile, compile_ttir_for_cuda(call, target.capability)
 
 
 def row_resources(row: Row, activation: str, impl: str = "jax_triton") -> list[dict]:

@@ -82,11 +82,11 @@ def triton_calls(lowered: jax.stages.Lowered) -> list[TritonCall]:
     from jax._src.lib import triton
     from jax._src.lib.mlir import ir
 
+    context = mlir.make_ir_context()
+    triton.dialect.register_dialect(context)
     calls = []
     for op in _custom_calls(lowered.compiler_ir("stablehlo").operation, TRITON_CALL):
         config = ir.DictAttr(op.attributes["mhlo.backend_config"])
-        context = mlir.make_ir_context()
-        triton.dialect.register_dialect(context)
         with context:
             ttir = str(ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes))
 

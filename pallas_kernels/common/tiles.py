@@ -40,6 +40,12 @@ class BlockSizes:
     # default, 16 MiB on v5e); rows for chips with more VMEM raise it for larger steps.
     vmem_limit_mib: int | None = None
 
+    def tiles(self, backward: bool) -> tuple[int, int]:
+        """(block_q, block_kv) of the forward kernel or of a backward one."""
+        if backward:
+            return self.block_q_bwd, self.block_kv_bwd
+        return self.block_q, self.block_kv
+
     def triton_options(self, backward: bool) -> tuple[int, int]:
         """(num_warps, num_stages) of the forward kernel or of a backward one."""
         if not backward:
@@ -72,6 +78,13 @@ class BlockSizes:
     def padded_kv(self, tkv: int) -> int:
         """Tkv rounded up to a multiple of both key tiles (forward and backward)."""
         return round_up(tkv, math.lcm(self.block_kv, self.block_kv_bwd))
+
+
+def on_128_mib_vmem(sizes: BlockSizes) -> BlockSizes:
+    """A D <= 128 TPU row as the TPU_128_MIB_VMEM chips take it: up to 8 heads a grid step (the
+    densest at H = 8, benchmarks/results/tpu_bundles_h8.json) in a 64 MiB scoped-VMEM limit
+    (8 heads of a 512 x 512 dK/dV step need 19 MiB)."""
+    return dataclasses.replace(sizes, heads=8, vmem_limit_mib=64)
 
 
 def check_heads_per_step(heads_per_step: int | None) -> None:

@@ -65,8 +65,7 @@ def attention_launch(
     q, k = inputs[0], inputs[1]
     batch, tq, heads, dim = q.shape
     fwd = kind == "fwd"
-    block_q = sizes.block_q if fwd else sizes.block_q_bwd
-    block_kv = sizes.block_kv if fwd else sizes.block_kv_bwd
+    block_q, block_kv = sizes.tiles(backward=not fwd)
     length, block = (k.shape[1], block_kv) if kind == "dkdv" else (tq, block_q)
     warps, stages = sizes.triton_options(backward=not fwd)
     constexprs = dict(

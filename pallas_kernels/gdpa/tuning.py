@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import json
 from collections.abc import Iterator
@@ -28,7 +27,12 @@ from pathlib import Path
 import jax
 
 from pallas_kernels.common.blocks import cdiv
-from pallas_kernels.common.tiles import TPU_128_MIB_VMEM, BlockSizes, triton_sizes
+from pallas_kernels.common.tiles import (
+    TPU_128_MIB_VMEM,
+    BlockSizes,
+    on_128_mib_vmem,
+    triton_sizes,
+)
 
 SHORT_KV_MAX = 256  # Tkv <= this is the "short" regime.
 
@@ -47,10 +51,9 @@ _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     # the tiles whose interior grid steps the compiler schedules densest on both v5e and v6e
     # among tpu_bundles.SWEEP_TILES, and 4 heads a grid step, the densest of SWEEP_HEADS
     # (benchmarks/results/tpu_bundles.json, "sweep_best"; measured at D = 128, H = 4). On v5e
-    # and v6e (128 MiB of VMEM) up to 8 heads, the densest at H = 8 (tpu_bundles_h8.json),
-    # in a 64 MiB scoped-VMEM limit: 8 heads of a 512 x 512 dK/dV step need 19 MiB.
+    # and v6e (128 MiB of VMEM): up to 8 heads in a raised scoped-VMEM limit (`on_128_mib_vmem`).
     *(
-        ("tpu", kind, 128, regime, dataclasses.replace(sizes, heads=8, vmem_limit_mib=64))
+        ("tpu", kind, 128, regime, on_128_mib_vmem(sizes))
         for kind in TPU_128_MIB_VMEM
         for regime, sizes in (("short", _TPU_SHORT), ("long", _TPU_LONG))
     ),

@@ -14,9 +14,12 @@ Explicit `block_q` / `block_kv` arguments to `swa_attention` override these (fwd
 
 from __future__ import annotations
 
-import dataclasses
-
-from pallas_kernels.common.tiles import TPU_128_MIB_VMEM, BlockSizes, triton_sizes
+from pallas_kernels.common.tiles import (
+    TPU_128_MIB_VMEM,
+    BlockSizes,
+    on_128_mib_vmem,
+    triton_sizes,
+)
 
 _WINDOWED = BlockSizes(256, 256, 256, 256, heads=4)  # D <= 128, w <= 512 TPU rows, any chip
 _FULL = BlockSizes(512, 512, 512, 512, heads=4)  # D <= 128 full attention
@@ -29,10 +32,10 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
     # on jagged traffic; benchmarks/results/tpu_bundles.json, "sweep"). D <= 128 rows take 4
     # heads a grid step, the densest of tpu_bundles.SWEEP_HEADS at w = 128 and without a
     # window on both chips (measured at D = 128, H = 4; w <= 512 lies between the two).
-    # On v5e and v6e, up to 8 heads (the densest at H = 8) in a 64 MiB scoped-VMEM limit, as
+    # On v5e and v6e, up to 8 heads in a raised scoped-VMEM limit (`on_128_mib_vmem`), as
     # GDPA's rows.
     *(
-        ("tpu", kind, 128, window, dataclasses.replace(sizes, heads=8, vmem_limit_mib=64))
+        ("tpu", kind, 128, window, on_128_mib_vmem(sizes))
         for kind in TPU_128_MIB_VMEM
         for window, sizes in ((128, _WINDOWED), (512, _WINDOWED), (None, _FULL))
     ),
