@@ -12,7 +12,9 @@ TMA, only the blocks the mask leaves visited; what changes is where the accumula
                                       dSᵀ → the same SMEM, dK_tmem += dSᵀ Q
 
 The MMA M is 128 (one CTA's tcgen05 tile), so query tiles and dK/dV kv blocks are 128 rows;
-fp32 accumulators and score tiles take at most 512 TMEM columns (dK/dV at D = 128). Every MMA
+fp32 accumulators and score tiles take at most 512 TMEM columns (dK/dV at D = 128). Score
+tiles reach registers SCORE_COLUMNS columns at a time: a whole [128, 128] fp32 Sᵀ and dPᵀ
+would be 256 registers a thread, and the dK/dV kernel spilled ~3 KB a thread. Every MMA
 is waited for before its result is read or its operands are refilled; the forward keeps the
 MMAs strictly in order (no warp specialization yet).
 """
@@ -23,6 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.gdpa.mosaic_gpu_common import (
@@ -39,6 +42,7 @@ from pallas_kernels.gdpa.mosaic_gpu_common import (
 
 BLOCK_Q = 128  # tcgen05 M on one CTA: query tiles
 DKDV_BLOCK = 128  # kv rows of the dK/dV kernel, and the query blocks it streams
+SCORE_COLUMNS = 32  # score columns in registers at once (an S and a dP slice: 64 a thread)
 _LAYOUT = plgpu.Layout.TCGEN05  # registers of a TMEM load
 _store_scores = functools.partial(store_scores, layout=_LAYOUT)
 
@@ -57,10 +61,9 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
 
         def step(j, slot):
             plgpu.barrier_wait(k_bar.at[slot])
-            s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
-            _store_scores(
-                spec, qi * BLOCK_Q, j * bkv, q_len, kv_len, (p_smem, spec.probs(s)), rows_are_q=True
-            )  # masked: exactly 0
+            _mma_into(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
+            tile = (spec, qi * BLOCK_Q, j * bkv, q_len, kv_len)
+            _store_score_columns(tile, p_smem, spec.probs, s_tmem, rows_are_q=True)  # masked: 0
             plgpu.commit_smem()
             plgpu.barrier_wait(v_bar.at[slot])
             _mma(o_tmem, p_smem, v_smem.at[slot], mma_bar)
@@ -107,18 +110,11 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
 
         def step(j, slot):
             plgpu.barrier_wait(k_bar.at[slot])
-            s = _mma_load(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
+            _mma_into(s_tmem, q_smem, k_smem.at[slot].T, mma_bar)
             plgpu.barrier_wait(v_bar.at[slot])
-            dp = _mma_load(dp_tmem, do_smem, v_smem.at[slot].T, mma_bar)
-            _store_scores(
-                spec,
-                qi * BLOCK_Q,
-                j * bkv,
-                q_len,
-                kv_len,
-                (ds_smem, spec.score_grad(s, dp)),
-                rows_are_q=True,
-            )
+            _mma_into(dp_tmem, do_smem, v_smem.at[slot].T, mma_bar)
+            tile = (spec, qi * BLOCK_Q, j * bkv, q_len, kv_len)
+            _store_score_columns(tile, ds_smem, spec.score_grad, s_tmem, dp_tmem, rows_are_q=True)
             plgpu.commit_smem()
             _mma(dq_tmem, ds_smem, k_smem.at[slot], mma_bar)
 
@@ -170,14 +166,16 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
 
         def step(j, slot):
             plgpu.barrier_wait(q_bar.at[slot])
-            st = _mma_load(st_tmem, k_smem, q_smem.at[slot].T, mma_bar)
+            _mma_into(st_tmem, k_smem, q_smem.at[slot].T, mma_bar)
             plgpu.barrier_wait(do_bar.at[slot])
-            dpt = _mma_load(dpt_tmem, v_smem, do_smem.at[slot].T, mma_bar)
+            _mma_into(dpt_tmem, v_smem, do_smem.at[slot].T, mma_bar)
             tile = (spec, ki * block, j * block, q_len, kv_len)
-            _store_scores(*tile, (score_smem, spec.probs(st)), rows_are_q=False)  # Pᵀ
+            _store_score_columns(tile, score_smem, spec.probs, st_tmem, rows_are_q=False)  # Pᵀ
             plgpu.commit_smem()
             _mma(dv_tmem, score_smem, do_smem.at[slot], mma_bar)
-            _store_scores(*tile, (score_smem, spec.score_grad(st, dpt)), rows_are_q=False)  # dSᵀ
+            _store_score_columns(
+                tile, score_smem, spec.score_grad, st_tmem, dpt_tmem, rows_are_q=False
+            )  # dSᵀ
             plgpu.commit_smem()
             _mma(dk_tmem, score_smem, q_smem.at[slot], mma_bar)
 
@@ -211,17 +209,32 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
     )
 
 
+def _store_score_columns(tile, smem, score_of, *tmems, rows_are_q: bool) -> None:
+    """smem[:, c] = score_of(*(t[:, c] for t in tmems)), masked (`store_scores` of `tile`:
+    spec, first row, first column, q_len, kv_len), for each slice c of SCORE_COLUMNS columns
+    of the fp32 TMEM score tiles: at most two [128, SCORE_COLUMNS] slices are in registers."""
+    spec, first_row, first_col, q_len, kv_len = tile
+    columns = min(SCORE_COLUMNS, smem.shape[1])
+    for first in range(0, smem.shape[1], columns):
+        cols = pl.ds(first, columns)
+        values = [plgpu.async_load_tmem(t.at[:, cols], layout=_LAYOUT) for t in tmems]
+        plgpu.wait_load_tmem()
+        scores = (smem.at[:, cols], score_of(*values))
+        _store_scores(
+            spec, first_row, first_col + first, q_len, kv_len, scores, rows_are_q=rows_are_q
+        )
+
+
+def _mma_into(out_tmem, a_smem, b_smem, barrier) -> None:
+    """out_tmem = a @ b on the tensor core (overwritten), waited for."""
+    plgpu.tcgen05_mma(out_tmem, a_smem, b_smem, barrier, accumulate=False)
+    plgpu.barrier_wait(barrier)
+
+
 def _mma(acc_tmem, a_smem, b_smem, barrier) -> None:
     """acc_tmem += a @ b on the tensor core, waited for (its operands are free after)."""
     plgpu.tcgen05_mma(acc_tmem, a_smem, b_smem, barrier, accumulate=True)
     plgpu.barrier_wait(barrier)
-
-
-def _mma_load(out_tmem, a_smem, b_smem, barrier) -> jax.Array:
-    """a @ b through `out_tmem` (overwritten), loaded into registers."""
-    plgpu.tcgen05_mma(out_tmem, a_smem, b_smem, barrier, accumulate=False)
-    plgpu.barrier_wait(barrier)
-    return _load(out_tmem)
 
 
 def _load(tmem) -> jax.Array:

@@ -155,10 +155,20 @@ def visible_tile(
 ):
     """bool tile of the mask in register `layout` (the MMA results'); rows_are_q: [q, kv]
     tile, else [kv, q]."""
-    rows = first_row + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=layout)
-    cols = first_col + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=layout)
+    rows = _positions(first_row, shape, 0, layout)
+    cols = _positions(first_col, shape, 1, layout)
     q_idx, kv_idx = (rows, cols) if rows_are_q else (cols, rows)
     return spec.visible(q_idx, kv_idx, q_len, kv_len)
+
+
+def _positions(first, shape, dimension: int, layout):
+    """first + iota along `dimension` of a `shape` tile in register `layout`, broadcast from
+    one vector: a thread holds each distinct position once (2 rows and 16 columns of a wgmma
+    tile), not once per element."""
+    vector = plgpu.broadcasted_iota(
+        jnp.int32, (shape[dimension],), 0, layout=layout.reduce(1 - dimension)
+    )
+    return lax.broadcast_in_dim(first + vector, shape, (dimension,))
 
 
 def store_scores(

@@ -14,12 +14,12 @@ streamed block is loaded once for 128 rows.
                                       few to fill the GPU, as in the short-K/V FFN: fp32
                                       partials, summed by the caller)
 
-Accumulators live in registers (wgmma ACC refs; compute warpgroups get 232 registers a
-thread, the producer 40); score tiles go through SMEM because both wgmma operands must be in
-SMEM for the interpreter. The two compute warpgroups ping-pong (`_PingPong`, as in
-FlashAttention-3 and jax's `attention_mgpu.py`): one issues its MMAs while the other computes
-its activation tile. Each waits for its own MMAs before it releases a buffer (no
-intra-warpgroup MMA overlap).
+Accumulators live in registers (wgmma ACC refs; compute warpgroups get 240 registers a
+thread, the producer 24, as in FlashAttention-3); score tiles go through SMEM because both
+wgmma operands must be in SMEM for the interpreter. The two compute warpgroups ping-pong
+(`_PingPong`, as in FlashAttention-3 and jax's `attention_mgpu.py`): one issues its MMAs
+while the other computes its activation tile. Each waits for its own MMAs before it releases
+a buffer (no intra-warpgroup MMA overlap).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ COMPUTE_WGS = 2  # compute warpgroups per program; warpgroup COMPUTE_WGS is the 
 BLOCK_Q = COMPUTE_WGS * WG_ROWS  # query tiles of the forward and dQ programs
 DKDV_BLOCK = COMPUTE_WGS * WG_ROWS  # kv tile of a dK/dV program
 DKDV_Q_BLOCK = 64  # query blocks the dK/dV kernel streams
-COMPUTE_REGISTERS, PRODUCER_REGISTERS = 232, 40  # per thread: 2·128·232 + 128·40 <= 64 Ki
+COMPUTE_REGISTERS, PRODUCER_REGISTERS = 240, 24  # per thread: 2·128·240 + 128·24 <= 64 Ki
 _store_scores = functools.partial(store_scores, layout=plgpu.Layout.WGMMA)  # wgmma results
 
 
