@@ -182,7 +182,7 @@ def test_bucketed_histories_train_sharded_and_resume_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_training_tiny_approaches_the_bayes_optimal_ne(tmp_path):
-    cfg = load_config("tiny", ["train.steps=300", "data.num_eval=4096"])
+    cfg = load_config("tiny", ["train.steps=200", "data.num_eval=4096"])  # NE 0.850 (needs < 0.860)
     metrics = train(
         cfg, prepare_run_dir(tmp_path, "learn", overwrite=False, resume=False), progress=False
     )
