@@ -44,6 +44,7 @@ SHARED_LIMIT_BYTES = 227 * 1024  # opt-in shared memory per block, sm_90 and sm_
 KERNELS = ("fwd", "dq", "dkdv")
 _SMEM = re.compile(r"smem_scratch_bytes=(\d+)")
 _TMEM = re.compile(r"tmem_scratch_cols=(\d+)")
+_THREADS = re.compile(r"\.maxntid (\d+)")
 
 
 def plugin_available() -> bool:
@@ -130,6 +131,7 @@ def _cuda_root(tmp: Path, capability: int) -> Path:
 
 def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
     """One record per Mosaic GPU kernel of a GDPA forward + backward (see the docstring)."""
+    from benchmarks.kernels.triton_cuda_resources import sm_occupancy
     from pallas_kernels.common.sass import disassemble, is_mma, opcodes
     from pallas_kernels.common.triton_compile import ptxas_resources
 
@@ -153,6 +155,9 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
             registers, spills = ptxas_resources(ptx.read_text(), capability, cubin)
             ops = opcodes(disassemble(cubin.read_bytes(), str(cuda_root / "bin/nvdisasm")))
             resources = ptx.with_suffix(".resources.txt").read_text()
+            shared = int(_SMEM.search(resources)[1])
+            tmem = int(_TMEM.search(resources)[1])
+            threads = int(_THREADS.search(ptx.read_text())[1])
             records.append(
                 dict(
                     arch=arch,
@@ -162,8 +167,10 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
                     kernel=kernel,
                     registers=registers,
                     spill_bytes=spills,
-                    shared_bytes=int(_SMEM.search(resources)[1]),
-                    tensor_memory_columns=int(_TMEM.search(resources)[1]),
+                    shared_bytes=shared,
+                    tensor_memory_columns=tmem,
+                    threads=threads,
+                    programs_per_sm=sm_occupancy(capability, threads, registers, shared, tmem),
                     instructions=len(ops),
                     mma=sum(map(is_mma, ops)),
                     mufu=sum(op.startswith("MUFU.") for op in ops),
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         f"{arch:9s} {regime:5s} {activation:5s} {r['kernel']:4s} regs "
                         f"{r['registers']:3d} spills {r['spill_bytes']:4d} shared "
                         f"{r['shared_bytes'] // 1024:3d} KiB instructions {r['instructions']:5d} "
-                        f"mma {r['mma']:3d} mufu {r['mufu']:3d} tma {r['tma']:2d}"
+                        f"mma {r['mma']:3d} mufu {r['mufu']:3d} tma {r['tma']:2d} "
+                        f"programs/SM {r['programs_per_sm']}"
                     )
     report = dict(
         environment=environment(),

@@ -64,6 +64,7 @@ IMPLS = ("jax_triton", "pallas_triton")
 # Per SM (CUDA programming guide): shared memory, 32-bit registers, threads, resident blocks.
 SM_SHARED_BYTES = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}
 SM_REGISTERS, SM_THREADS, SM_BLOCKS = 65536, 2048, 32
+SM_TMEM_COLUMNS = 512  # sm_100 tensor memory: 128 lanes x 512 fp32 columns
 BATCH, HEADS, TQ, SWA_WINDOW = 4, 8, 4096, 128
 TKV = {"short": 64, "long": 4096}
 
@@ -237,13 +238,27 @@ def _row_records(row: Row, activation: str, impls: list[str]) -> list[dict]:
 
 
 def programs_per_sm(binary: CudaBinary) -> int:
-    """Programs one SM holds at once, as the CUDA occupancy calculator counts them: shared
-    memory (1 KiB reserved per block), registers (allocated per warp, 8-register granules),
-    threads, and the block limit."""
+    """Programs of `binary` one SM holds at once (`sm_occupancy`)."""
     threads = 32 * binary.num_warps
-    shared = SM_SHARED_BYTES[binary.capability] // (binary.shared_bytes + 1024)
-    registers = SM_REGISTERS // (-(-binary.registers // 8) * 8 * threads)
-    return min(shared, registers, SM_THREADS // threads, SM_BLOCKS)
+    return sm_occupancy(binary.capability, threads, binary.registers, binary.shared_bytes)
+
+
+def sm_occupancy(
+    capability: int, threads: int, registers: int, shared_bytes: int, tensor_memory_columns=0
+) -> int:
+    """Blocks one SM holds at once, as the CUDA occupancy calculator counts them: shared
+    memory (1 KiB reserved per block), registers (allocated per warp, 8-register granules),
+    threads, the block limit, and Blackwell's 512 tensor-memory columns (allocated in powers
+    of two, at least 32)."""
+    limits = [
+        SM_SHARED_BYTES[capability] // (shared_bytes + 1024),
+        SM_REGISTERS // (-(-registers // 8) * 8 * threads),
+        SM_THREADS // threads,
+        SM_BLOCKS,
+    ]
+    if tensor_memory_columns:
+        limits.append(SM_TMEM_COLUMNS // max(32, 1 << (tensor_memory_columns - 1).bit_length()))
+    return min(limits)
 
 
 def compiler_versions() -> dict:
