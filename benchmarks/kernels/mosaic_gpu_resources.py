@@ -31,6 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.kernels.triton_cuda_resources import compiler_versions, sm_occupancy
 from pallas_kernels.common.gpu_lowering import B200, H100
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +41,6 @@ SPECS = Path(__file__).with_name("gpu_specs")
 ARCH_SPECS = {"hopper": ("h100_sxm.txtpb", H100), "blackwell": ("b200.txtpb", B200)}
 BATCH, HEADS, TQ, HEAD_DIM = 4, 8, 4096, 128
 TKV = {"short": 64, "long": 4096}
-SHARED_LIMIT_BYTES = 227 * 1024  # opt-in shared memory per block, sm_90 and sm_100
 KERNELS = ("fwd", "dq", "dkdv")
 _SMEM = re.compile(r"smem_scratch_bytes=(\d+)")
 _TMEM = re.compile(r"tmem_scratch_cols=(\d+)")
@@ -131,7 +131,6 @@ def _cuda_root(tmp: Path, capability: int) -> Path:
 
 def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
     """One record per Mosaic GPU kernel of a GDPA forward + backward (see the docstring)."""
-    from benchmarks.kernels.triton_cuda_resources import sm_occupancy
     from pallas_kernels.common.sass import disassemble, is_mma, opcodes
     from pallas_kernels.common.triton_compile import ptxas_resources
 
@@ -152,12 +151,13 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
         for kernel in KERNELS:
             (ptx,) = dump.glob(f"gdpa_{kernel}_{arch}*.ptx")
             cubin = ptx.with_suffix(".cubin")
-            registers, spills = ptxas_resources(ptx.read_text(), capability, cubin)
+            ptx_text = ptx.read_text()
+            registers, spills = ptxas_resources(ptx_text, capability, cubin)
             ops = opcodes(disassemble(cubin.read_bytes(), str(cuda_root / "bin/nvdisasm")))
             resources = ptx.with_suffix(".resources.txt").read_text()
             shared = int(_SMEM.search(resources)[1])
             tmem = int(_TMEM.search(resources)[1])
-            threads = int(_THREADS.search(ptx.read_text())[1])
+            threads = int(_THREADS.search(ptx_text)[1])
             records.append(
                 dict(
                     arch=arch,
@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error(f"jax's CUDA plugin is not in {PLUGIN_DIR}: run `make gpu-aot` first")
     if not args.out:
         parser.error("--out is required")
-    from benchmarks.kernels.triton_cuda_resources import compiler_versions
     from kunlun_jax.provenance import environment
 
     records = []
