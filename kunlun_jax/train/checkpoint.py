@@ -35,11 +35,16 @@ class CheckpointError(RuntimeError):
     """No checkpoint of a run could be restored intact."""
 
 
+@jax.jit
+def _leaf_sums(tree: Any) -> list[jax.Array]:
+    """fp32 sum of every leaf, one program per tree structure (compiled once, not per save)."""
+    return [jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(tree)]
+
+
 def fingerprint(state: Any) -> list[float]:
     """Per-leaf sums of the state (fp32 on device, then float): cheap, and a truncated or
     zero-filled array changes them."""
-    sums = jax.jit(lambda t: [jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(t)])(state)
-    return [float(s) for s in sums]
+    return [float(s) for s in _leaf_sums(state)]
 
 
 class Checkpointer:

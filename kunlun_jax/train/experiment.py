@@ -108,7 +108,9 @@ def plan_training(
         tx = make_optimizer(config.train, param_labels(boxed))
         specs, unsharded = param_specs(boxed, mesh, rules)
         plan = ShardingPlan(mesh, rules, tuple(unsharded))
-        abstract = jax.eval_shape(_state_init(model, tx), key, example)
+        params = jax.eval_shape(nn.unbox, boxed)  # from the one model trace above
+        step = jax.ShapeDtypeStruct((), jnp.int32)
+        abstract = TrainState(step, params, jax.eval_shape(tx.init, params))
     return Layout(config, spec, model, tx, plan, abstract, state_shardings(abstract, specs, mesh))
 
 
