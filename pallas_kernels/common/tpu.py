@@ -31,6 +31,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common import blocks
 from pallas_kernels.common.tile_ops import tile_positions
+from pallas_kernels.common.tiles import BlockSizes
 
 TPU_LANES = 128
 # Grid semantics of every blocked TPU kernel: (B, H, outer blocks) parallel, steps sequential.
@@ -195,16 +196,16 @@ def grid_and_layout(
     q: jax.Array,
     k: jax.Array,
     spec: MaskSpec,
+    sizes: BlockSizes,
     *,
-    block_q: int,
-    block_kv: int,
-    heads: int,
+    backward: bool,
     band: bool = False,
-    vmem_limit_mib: int | None = None,
 ) -> tuple[TileGrid, TpuLayout]:
-    """The `TileGrid` of a masked attention call on q [B, Tq, H, D], k [B, Tkv, H, D] (up to
-    `heads` heads a step, banded where it can be if `band`, its kernels compiled with a
-    scoped-VMEM limit of `vmem_limit_mib`) and the `TpuLayout` of its tiles."""
+    """The `TileGrid` of a masked attention call on q [B, Tq, H, D], k [B, Tkv, H, D] with the
+    forward's or the backward's tiles of `sizes` (up to `sizes.heads` heads a step, banded
+    where it can be if `band`, its kernels compiled with `sizes.vmem_limit_mib`) and the
+    `TpuLayout` of its tiles."""
+    block_q, block_kv = sizes.tiles(backward)
     tiles = TileGrid.of(
         q,
         k,
@@ -213,8 +214,8 @@ def grid_and_layout(
         window=spec.window,
         causal=spec.causal,
         band=band,
-        heads=heads,
-        vmem_limit_mib=vmem_limit_mib,
+        heads=sizes.heads,
+        vmem_limit_mib=sizes.vmem_limit_mib,
     )
     return tiles, TpuLayout(q.shape[2], q.shape[3], tiles.heads_per_block)
 

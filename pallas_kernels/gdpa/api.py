@@ -221,11 +221,8 @@ def _gdpa_pallas(
             q_lens,
             kv_lens,
             spec=cfg.spec,
-            block_q=cfg.sizes.block_q,
-            block_kv=cfg.sizes.block_kv,
+            sizes=cfg.sizes,
             interpret=cfg.interpret,
-            heads=cfg.sizes.heads,
-            vmem_limit_mib=cfg.sizes.vmem_limit_mib,
         )
     return gdpa_fwd_triton(
         q, k, v, q_lens, kv_lens, spec=cfg.spec, sizes=cfg.sizes, interpret=cfg.interpret
@@ -247,11 +244,8 @@ def _gdpa_pallas_bwd(cfg: KernelConfig, residuals, do):
             q_lens,
             kv_lens,
             spec=cfg.spec,
-            block_q=cfg.sizes.block_q_bwd,
-            block_kv=cfg.sizes.block_kv_bwd,
+            sizes=cfg.sizes,
             interpret=cfg.interpret,
-            heads=cfg.sizes.heads,
-            vmem_limit_mib=cfg.sizes.vmem_limit_mib,
         )
     else:
         dq, dk, dv = gdpa_bwd_triton(

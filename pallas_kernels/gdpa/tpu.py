@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout, grid_and_layout
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt
 
@@ -70,18 +71,14 @@ def gdpa_fwd_tpu(
     kv_lens: jax.Array,
     *,
     spec: GdpaSpec,
-    block_q: int,
-    block_kv: int,
+    sizes: BlockSizes,
     interpret: bool,
-    heads: int = 1,
-    vmem_limit_mib: int | None = None,
 ) -> jax.Array:
-    """O [B, Tq, H, D] from q [B, Tq, H, D], k/v [B, Tkv, H, D] (T multiples of the blocks)
-    and int32 lengths [B] (already clipped to [0, T]); up to `heads` heads per grid step,
-    compiled with a scoped-VMEM limit of `vmem_limit_mib` (None: the default)."""
-    tiles, layout = grid_and_layout(
-        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, vmem_limit_mib=vmem_limit_mib
-    )
+    """O [B, Tq, H, D] from q [B, Tq, H, D], k/v [B, Tkv, H, D] (T multiples of the forward
+    tiles of `sizes`) and int32 lengths [B] (already clipped to [0, T]); up to `sizes.heads`
+    heads per grid step, compiled with a scoped-VMEM limit of `sizes.vmem_limit_mib`."""
+    tiles, layout = grid_and_layout(q, k, spec, sizes, backward=False)
+    block_q, block_kv = tiles.block_q, tiles.block_kv
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
     (out,) = tiles.pallas_call(
         functools.partial(_fwd_kernel, spec=spec, tiles=tiles, layout=layout),

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout, grid_and_layout
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt
 
@@ -117,17 +118,13 @@ def gdpa_bwd_tpu(
     kv_lens: jax.Array,
     *,
     spec: GdpaSpec,
-    block_q: int,
-    block_kv: int,
+    sizes: BlockSizes,
     interpret: bool,
-    heads: int = 1,
-    vmem_limit_mib: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v; inputs, `heads` and `vmem_limit_mib` as for
-    `gdpa_fwd_tpu`, do like q."""
-    tiles, layout = grid_and_layout(
-        q, k, spec, block_q=block_q, block_kv=block_kv, heads=heads, vmem_limit_mib=vmem_limit_mib
-    )
+    """(dQ, dK, dV) with the shapes of q, k, v; inputs as for `gdpa_fwd_tpu`, with the
+    backward tiles of `sizes`; do like q."""
+    tiles, layout = grid_and_layout(q, k, spec, sizes, backward=True)
+    block_q, block_kv = tiles.block_q, tiles.block_kv
     qkvdo = [layout.to_kernel(x) for x in (q, k, v, do)]
 
     def call(kernel, q_outer: bool, outs: tuple[jax.Array, ...], kind: str) -> list[jax.Array]:

@@ -208,11 +208,8 @@ def _swa_pallas_fwd(cfg: KernelConfig, q, k, v, q_lens, kv_lens):
         q_lens,
         kv_lens,
         spec=cfg.spec,
-        block_q=cfg.sizes.block_q,
-        block_kv=cfg.sizes.block_kv,
+        sizes=cfg.sizes,
         interpret=cfg.interpret,
-        heads=cfg.sizes.heads,
-        vmem_limit_mib=cfg.sizes.vmem_limit_mib,
     )
     return o, (q, k, v, o, lse, q_lens, kv_lens)
 
@@ -230,11 +227,8 @@ def _swa_pallas_bwd(cfg: KernelConfig, residuals, do):
         q_lens,
         kv_lens,
         spec=cfg.spec,
-        block_q=cfg.sizes.block_q_bwd,
-        block_kv=cfg.sizes.block_kv_bwd,
+        sizes=cfg.sizes,
         interpret=cfg.interpret,
-        heads=cfg.sizes.heads,
-        vmem_limit_mib=cfg.sizes.vmem_limit_mib,
     )
     return dq, dk, dv, None, None
 

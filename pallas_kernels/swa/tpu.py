@@ -38,6 +38,7 @@ from pallas_kernels.common.softmax import (
     softmax_tile,
 )
 from pallas_kernels.common.tile_ops import mm_nt
+from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.common.tpu import (
     IndexFn,
     TileGrid,
@@ -141,27 +142,16 @@ def swa_fwd_tpu(
     kv_lens: jax.Array,
     *,
     spec: SwaSpec,
-    block_q: int,
-    block_kv: int,
+    sizes: BlockSizes,
     interpret: bool,
-    heads: int = 1,
-    vmem_limit_mib: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(O [B, Tq, H, D], lse [B, H, 1, Tq] fp32) from q [B, Tq, H, D], k/v [B, Tkv, H, D]
-    (T multiples of the blocks) and int32 lengths [B] (already clipped to [0, T]).
-    lse = +inf on rows that see no key (O = 0 there). heads: at most this many heads per
-    grid step (`TileGrid.of`); vmem_limit_mib: the scoped-VMEM limit (None: the default)."""
+    (T multiples of the forward tiles of `sizes`) and int32 lengths [B] (already clipped to
+    [0, T]). lse = +inf on rows that see no key (O = 0 there). Up to `sizes.heads` heads per
+    grid step (`TileGrid.of`), compiled with a scoped-VMEM limit of `sizes.vmem_limit_mib`."""
     batch, tq, num_heads, dim = q.shape
-    tiles, layout = grid_and_layout(
-        q,
-        k,
-        spec,
-        block_q=block_q,
-        block_kv=block_kv,
-        heads=heads,
-        band=True,
-        vmem_limit_mib=vmem_limit_mib,
-    )
+    tiles, layout = grid_and_layout(q, k, spec, sizes, backward=False, band=True)
+    block_q = tiles.block_q
     q_index, kv_index, o_index = tiles.index_maps(q_outer=True)
     kv_rows = tiles.inner_rows(q_outer=True)
     o, lse = tiles.pallas_call(

@@ -25,6 +25,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common.softmax import softmax_probs
 from pallas_kernels.common.tile_ops import mm, mm_nt
+from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.common.tpu import TileGrid, TileMask, TpuLayout, grid_and_layout
 from pallas_kernels.swa.blockwise import SwaSpec, cost_estimate
 from pallas_kernels.swa.tpu import head_row, row_spec
@@ -184,25 +185,14 @@ def swa_bwd_tpu(
     kv_lens: jax.Array,
     *,
     spec: SwaSpec,
-    block_q: int,
-    block_kv: int,
+    sizes: BlockSizes,
     interpret: bool,
-    heads: int = 1,
-    vmem_limit_mib: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dQ, dK, dV) with the shapes of q, k, v. Inputs, `heads` and `vmem_limit_mib` as for
-    `swa_fwd_tpu`; do like q; lse (the forward's) and δ = rowsum(dO ⊙ O): fp32
+    """(dQ, dK, dV) with the shapes of q, k, v. Inputs as for `swa_fwd_tpu`, with the backward
+    tiles of `sizes`; do like q; lse (the forward's) and δ = rowsum(dO ⊙ O): fp32
     [B, H, 1, Tq]."""
-    tiles, layout = grid_and_layout(
-        q,
-        k,
-        spec,
-        block_q=block_q,
-        block_kv=block_kv,
-        heads=heads,
-        band=True,
-        vmem_limit_mib=vmem_limit_mib,
-    )
+    tiles, layout = grid_and_layout(q, k, spec, sizes, backward=True, band=True)
+    block_q, block_kv = tiles.block_q, tiles.block_kv
     inputs = (*(layout.to_kernel(x) for x in (q, k, v, do)), lse, delta)
 
     def call(kernel, q_outer: bool, outs: tuple[jax.Array, ...], kind: str) -> list[jax.Array]:
