@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 
 # libtpu (installed for deviceless TPU compiles) would otherwise probe for a TPU at start-up.
 os.environ.setdefault("JAX_PLATFORMS", os.environ.get("KUNLUN_TEST_PLATFORMS", "cpu"))
@@ -31,6 +35,8 @@ import numpy as np
 import pytest
 
 from kunlun_jax.data.spec import FeatureSpec, StreamSpec
+
+REPO = Path(__file__).resolve().parents[1]
 
 # `tiny` shrunk for training tests (one CompSkip pair, short histories, one device): tests that
 # train use these overrides so that the compile cache shares their programs.
@@ -92,3 +98,25 @@ def random_batch(spec: FeatureSpec, batch: int, seed: int = 0, lengths=None) -> 
         "label": rng.integers(0, 2, batch).astype(np.float32),
         "seqs": {s.name: stream(s) for s in spec.streams},
     }
+
+
+def run_python(*argv: str, env: Mapping[str, str], timeout: float = 900) -> str:
+    """stdout of `python *argv` run from the repo root with environment `env`; fails the test
+    with the end of its stderr unless it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (a minute or more on CI's 2 cores) run first, so that under
+    `pytest -n 2` no worker is left with one of them at the end while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -7,6 +7,8 @@ import itertools
 import json
 import shlex
 
+import pytest
+
 from benchmarks import gpu_session
 from benchmarks.gpu_session import Stage
 from benchmarks.kernels import gdpa, hsp, swa
@@ -92,6 +94,7 @@ def test_preflight_records_devices_and_versions(tmp_path):
     assert report["versions"]["jax_triton"].startswith("import failed")
 
 
+@pytest.mark.slow
 def test_every_real_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
     """`--smoke`: the same modules and flags at CPU shapes, so a typo in a stage's command line
     is found here, not in a GPU session."""

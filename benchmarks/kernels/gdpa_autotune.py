@@ -10,8 +10,8 @@ H = 8, Tq = 4096; Tkv = 64 "short" or 4096 "long", full lengths, silu), every ca
 `BlockSizes` (the same tiles forward and backward, Triton warps per direction) is timed as
 one jitted fwd+bwd (`median_of_means`) under `tuning.override_block_sizes`, beside the
 hand-picked table's tiles.
-For jax_triton on a GPU, candidates that spill registers or overflow shared memory
-(`compile_for_cuda`) are dropped without timing. The report is rewritten after every
+For jax_triton on a GPU, candidates that spill registers inside their MMA loops or overflow
+shared memory (`compile_for_cuda`) are dropped without timing. The report is rewritten after every
 candidate; `--resume-from` an earlier report (same impl and device kind) skips the candidates
 it timed, and a run cut off by `--budget-s` keeps its best so far. `--install` merges each
 key's winner into `pallas_kernels/gdpa/tuned.json`, which `tuning.default_block_sizes` reads
@@ -71,7 +71,7 @@ def candidates(impl: str) -> list[BlockSizes]:
 
 
 def statically_fits(impl: str, shape: Shape, sizes: BlockSizes) -> str | None:
-    """None if `sizes` may run; else why not (jax_triton on a GPU: spills or shared memory,
+    """None if `sizes` may run; else why not (jax_triton on a GPU: loop spills or shared memory,
     `triton_cuda_resources.why_not_fit`)."""
     if impl != "jax_triton" or target_platform() != "gpu":
         return None

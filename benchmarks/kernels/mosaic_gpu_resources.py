@@ -31,7 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.kernels.triton_cuda_resources import compiler_versions, sm_occupancy
+from benchmarks.kernels.triton_cuda_resources import compiler_versions
+from pallas_kernels.common.cuda_limits import sm_occupancy
 from pallas_kernels.common.gpu_lowering import B200, H100
 
 REPO = Path(__file__).resolve().parents[2]

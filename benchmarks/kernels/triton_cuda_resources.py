@@ -5,9 +5,11 @@
 
 No GPU needed: Triton's compiler and bundled ptxas build each kernel (forward, dK/dV, dQ) to
 cubin for the GPU generations a row serves ("NVIDIA H" rows: sm_90; the generic rows: sm_80
-and sm_100) at that row's largest head dim, and ptxas reports registers and spills. A launch
-fits when it spills nothing and its shared memory is within the generation's per-block limit;
-a row that does not fit fails at launch (shared memory) or runs slowly (spills). Each MMA loop
+and sm_100) at that row's largest head dim, and ptxas reports registers and spills of the cubin
+the launch path runs (`triton_compile`). A launch fits when no MMA loop loads or stores local
+memory (spill traffic per block; a register spilled once around the loops costs nothing) and
+its shared memory is within the generation's per-block limit; a row that does not fit fails
+at launch (shared memory) or runs slowly (spills). Each MMA loop
 of the disassembly (`common/sass.py`: the loop over wholly visible blocks, the masked one) is
 measured per score of its tile: SASS and MUFU instructions a thread issues and the fraction of
 the executed MMA work the tile needs (below 1: warpgroups repeat MMAs). The rows are
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from kunlun_jax.provenance import environment
+from pallas_kernels.common.cuda_limits import SHARED_LIMIT_BYTES, sm_occupancy
 from pallas_kernels.common.gpu_lowering import (
     A100,
     B200,
@@ -55,16 +58,10 @@ from pallas_kernels.swa import blockwise as swa_blockwise
 from pallas_kernels.swa import jax_triton_op as swa_op
 from pallas_kernels.swa import tuning as swa_tuning
 
-# Opt-in shared memory per thread block (CUDA programming guide, compute capabilities table).
-SHARED_LIMIT_BYTES = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 # Device-kind prefix -> the generations a row serves, as GPUs the Pallas kernels lower for.
 ROW_TARGETS: dict[str, tuple[GpuTarget, ...]] = {"NVIDIA H": (H100,), "": (A100, B200)}
 ROW_CAPABILITIES = {prefix: tuple(t.capability for t in ts) for prefix, ts in ROW_TARGETS.items()}
 IMPLS = ("jax_triton", "pallas_triton")
-# Per SM (CUDA programming guide): shared memory, 32-bit registers, threads, resident blocks.
-SM_SHARED_BYTES = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}
-SM_REGISTERS, SM_THREADS, SM_BLOCKS = 65536, 2048, 32
-SM_TMEM_COLUMNS = 512  # sm_100 tensor memory: 128 lanes x 512 fp32 columns
 BATCH, HEADS, TQ, SWA_WINDOW = 4, 8, 4096, 128
 TKV = {"short": 64, "long": 4096}
 
@@ -102,10 +99,14 @@ def gdpa_launches(
 
 
 def why_not_fit(binary: CudaBinary) -> str | None:
-    """None if a compiled launch fits its generation (no spills, shared memory within the
-    per-block limit; generations outside SHARED_LIMIT_BYTES are not checked for it), else why."""
-    if binary.spill_bytes:
-        return f"{binary.name} spills {binary.spill_bytes} bytes"
+    """None if a compiled launch fits its generation (no spill traffic inside its MMA loops,
+    shared memory within the per-block limit; generations outside SHARED_LIMIT_BYTES are not
+    checked for it), else why."""
+    if spills := [loop.local_memory for loop in binary.loops if loop.local_memory]:
+        return (
+            f"{binary.name} spills inside its MMA loops ({spills} local-memory instructions an "
+            f"iteration; {binary.spill_bytes} spill bytes in all)"
+        )
     limit = SHARED_LIMIT_BYTES.get(binary.capability)
     if limit is not None and binary.shared_bytes > limit:
         return f"{binary.name} needs {binary.shared_bytes} > {limit} bytes of shared memory"
@@ -211,9 +212,9 @@ def row_resources(row: Row, activation: str, impl: str = "jax_triton") -> list[d
 def loops_per_score(op: str, kernel: str, tile: tuple[int, int, int], binary: CudaBinary) -> list:
     """Per MMA loop (`sass.mma_loops`), fewest instructions first (the loop over wholly visible
     blocks, then masked ones), per score of the (rows, cols, D) tile and per thread: SASS
-    instructions and MUFU instructions; and the tile's own MMA FLOPs over those the loop
-    executes (below 1: warpgroups repeat MMAs; None on Blackwell, whose tcgen05 shapes are not
-    in the opcodes)."""
+    instructions and MUFU instructions; the tile's own MMA FLOPs over those the loop executes
+    (below 1: warpgroups repeat MMAs; None on Blackwell, whose tcgen05 shapes are not in the
+    opcodes); and the local-memory (spill) instructions of an iteration."""
     rows, cols, dim = tile
     scores_per_thread = rows * cols / (32 * binary.num_warps)
     traffic = (gdpa_blockwise if op == "gdpa" else swa_blockwise).KERNEL_TRAFFIC
@@ -225,6 +226,7 @@ def loops_per_score(op: str, kernel: str, tile: tuple[int, int, int], binary: Cu
             mma_useful_fraction=None
             if loop.mma_flops is None
             else round(tile_flops / loop.mma_flops, 3),
+            local_memory=loop.local_memory,  # an iteration, not per score
         )
         for loop in binary.loops
     ]
@@ -241,24 +243,6 @@ def programs_per_sm(binary: CudaBinary) -> int:
     """Programs of `binary` one SM holds at once (`sm_occupancy`)."""
     threads = 32 * binary.num_warps
     return sm_occupancy(binary.capability, threads, binary.registers, binary.shared_bytes)
-
-
-def sm_occupancy(
-    capability: int, threads: int, registers: int, shared_bytes: int, tensor_memory_columns=0
-) -> int:
-    """Blocks one SM holds at once, as the CUDA occupancy calculator counts them: shared
-    memory (1 KiB reserved per block), registers (allocated per warp, 8-register granules),
-    threads, the block limit, and Blackwell's 512 tensor-memory columns (allocated in powers
-    of two, at least 32)."""
-    limits = [
-        SM_SHARED_BYTES[capability] // (shared_bytes + 1024),
-        SM_REGISTERS // (-(-registers // 8) * 8 * threads),
-        SM_THREADS // threads,
-        SM_BLOCKS,
-    ]
-    if tensor_memory_columns:
-        limits.append(SM_TMEM_COLUMNS // max(32, 1 << (tensor_memory_columns - 1).bit_length()))
-    return min(limits)
 
 
 def compiler_versions() -> dict:

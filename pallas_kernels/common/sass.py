@@ -5,7 +5,8 @@
 blocks (e.g. one over wholly visible blocks, one over masked ones), or the whole kernel where
 the compiler removed them (one streamed block, e.g. the short-K/V forward). Per iteration each
 reports the instructions one thread issues, how many of them are special-function (MUFU: ex2,
-rcp, tanh, ...) instructions, which share 16 results per clock per SM on Hopper, and the
+rcp, tanh, ...) instructions, which share 16 results per clock per SM on Hopper, how many are
+local-memory loads and stores (LDL / STL: register spills inside the loop), and the
 tensor-core FLOPs the program's MMA instructions execute: HGMMA.MxNxK (sm_90 wgmma, one per
 warpgroup) and HMMA.MNK (mma.sync, one per warp).
 Comparing those FLOPs with the tile's own exposes MMAs that several warpgroups repeat.
@@ -35,6 +36,7 @@ class LoopMix:
     instructions: int  # SASS instructions a thread issues
     mufu: int  # of which special-function (MUFU.*) instructions
     mma_flops: int | None  # tensor-core FLOPs of the program's MMAs (None: tcgen05)
+    local_memory: int = 0  # of which local-memory loads/stores (LDL/STL: register spills)
 
 
 def disassemble(cubin: bytes, nvdisasm: str) -> str:
@@ -63,6 +65,7 @@ def mma_loops(sass: str, num_warps: int) -> tuple[LoopMix, ...]:
             instructions=len(opcodes),
             mufu=sum(op.startswith("MUFU.") for op in opcodes),
             mma_flops=_mma_flops(opcodes, num_warps),
+            local_memory=sum(op.startswith(("LDL", "STL")) for op in opcodes),
         )
         for opcodes in loops
     )

@@ -4,8 +4,11 @@ Triton's own compiler and its bundled ptxas build either a `TritonLaunch` (our T
 kernels, for the launch's constexprs and pointer dtypes, with the 16-byte alignment jax-triton
 specializes on) or a Pallas Triton kernel's TTIR (`gpu_lowering.triton_calls`; XLA compiles
 that IR with its own Triton build, of another commit, so the cubin is this Triton's, not
-necessarily XLA's). `ptxas -v` then reports registers and spills, and the disassembly the MMA
-loops' instruction mix (`sass.py`). CI uses it to check that every tile-table row fits the
+necessarily XLA's). The cubin measured is the one each launch path runs: a Triton-language
+kernel's is Triton's own (its ptxas flags, e.g. --regAllocOptLevel=2; registers and spills from
+the `ptxas -v` log of that very assembly), a Pallas kernel's PTX is assembled with plain
+`ptxas -v`, as XLA does. The disassembly gives the MMA loops' instruction mix (`sass.py`).
+CI uses it to check that every tile-table row fits the
 shared memory of the generations it serves, spills nothing and repeats no MMAs
 (benchmarks/kernels/triton_cuda_resources.py).
 A Triton-language kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
@@ -13,10 +16,13 @@ A Triton-language kernel must be a JITFunction: TRITON_INTERPRET unset when trit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pallas_kernels.common.gpu_lowering import TritonCall
@@ -60,12 +66,14 @@ def compile_for_cuda(spec: TritonLaunch, capability: int) -> CudaBinary:
     # jax-triton passes every buffer 16-byte aligned (XLA allocations): same specialization.
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in pointers}
     source = triton.compiler.ASTSource(spec.kernel, signature, spec.constexprs, attrs)
-    compiled = triton.compile(
-        source,
-        target=GPUTarget("cuda", capability, 32),
-        options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
-    )
-    return _binary(compiled, capability)
+    with _ptxas_log() as log:
+        compiled = triton.compile(
+            source,
+            target=GPUTarget("cuda", capability, 32),
+            options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
+        )
+    resources = _parse_ptxas_log(log.getvalue())
+    return _binary(compiled, capability, resources, compiled.asm["cubin"])
 
 
 def compile_ttir_for_cuda(call: TritonCall, capability: int) -> CudaBinary:
@@ -96,16 +104,34 @@ def compile_ttir_for_cuda(call: TritonCall, capability: int) -> CudaBinary:
             target=target,
             options=dict(num_warps=call.num_warps, num_stages=call.num_stages),
         )
-    return _binary(compiled, capability)
+        # XLA assembles the PTX itself, without Triton's extra ptxas flags: so does this.
+        cubin = Path(tmp) / f"{call.name}.cubin"
+        resources = ptxas_resources(compiled.asm["ptx"], capability, cubin)
+        return _binary(compiled, capability, resources, cubin.read_bytes())
 
 
-def _binary(compiled, capability: int) -> CudaBinary:
-    """The resources and MMA loops of a `triton.compile` result."""
+@contextlib.contextmanager
+def _ptxas_log() -> Iterator[io.StringIO]:
+    """The `ptxas -v` log of the cubin `triton.compile` builds inside, as Triton prints it
+    (TRITON_DUMP_PTXAS_LOG; compiled even where Triton's cache has the kernel, so the log is
+    always there): the resources of that very cubin, without assembling it a second time."""
+    from triton import knobs
+
+    log = io.StringIO()
+    with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
+        knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = True
+        yield log
+
+
+def _binary(compiled, capability: int, resources: tuple[int, int], cubin: bytes) -> CudaBinary:
+    """A `triton.compile` result's metadata with the (registers, spill bytes) and MMA loops of
+    `cubin`, the binary its launch path runs (Triton's own, or XLA's assembly of its PTX)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    registers, spills = ptxas_resources(compiled.asm["ptx"], capability)
+    registers, spills = resources
     nvdisasm = str(Path(get_ptxas(capability).path).with_name("nvdisasm"))
-    sass = disassemble(compiled.asm["cubin"], nvdisasm)
+    sass = disassemble(cubin, nvdisasm)
     return CudaBinary(
         name=compiled.name,
         capability=capability,
@@ -113,7 +139,7 @@ def _binary(compiled, capability: int) -> CudaBinary:
         tensor_memory_columns=compiled.metadata.tmem_size or 0,
         registers=registers,
         spill_bytes=spills,
-        cubin_bytes=len(compiled.asm["cubin"]),
+        cubin_bytes=len(cubin),
         num_warps=compiled.metadata.num_warps,
         loops=mma_loops(sass, compiled.metadata.num_warps),
     )
@@ -140,6 +166,11 @@ def ptxas_resources(ptx: str, capability: int, cubin: Path | None = None) -> tup
             text=True,
             check=True,
         ).stderr
+    return _parse_ptxas_log(log)
+
+
+def _parse_ptxas_log(log: str) -> tuple[int, int]:
+    """(registers per thread, spill store + load bytes) from a `ptxas -v` log of one kernel."""
     registers = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if registers is None or spills is None:

@@ -9,9 +9,9 @@ tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware
 D <= 128 rows are chosen from the compiler's static schedules (`benchmarks/kernels/
 tpu_bundles.py --sweep`: bundles of an interior grid step per useful FLOP). The GPU rows
 are checked statically: the Triton-language kernels compile with them for the generations they
-serve within shared memory and without register spills, and on Hopper (up to D = 128) without
-warpgroups repeating MMAs (benchmarks/kernels/triton_cuda_resources.py). Re-tune with
-`benchmarks/kernels/gdpa_autotune.py --install` on the target device.
+serve within shared memory and without register spills in their loops, and on Hopper (up to
+D = 128) without warpgroups repeating MMAs (benchmarks/kernels/triton_cuda_resources.py).
+Re-tune with `benchmarks/kernels/gdpa_autotune.py --install` on the target device.
 Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and backward).
 """
 
@@ -80,8 +80,8 @@ _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
     ("gpu", "", 256, "long", _generic(64, 64, 32, 32)),
     ("gpu", "", 256, "short", _generic(64, 64, 32, 32)),
 )
-# The GPU rows as (device-kind prefix, max head dim, regime, sizes): checked for spills and
-# shared memory by benchmarks/kernels/triton_cuda_resources.py.
+# The GPU rows as (device-kind prefix, max head dim, regime, sizes): checked for loop spills
+# and shared memory by benchmarks/kernels/triton_cuda_resources.py.
 GPU_ROWS = tuple((prefix, d, reg, sizes) for plat, prefix, d, reg, sizes in _TABLE if plat == "gpu")
 # Interpret mode (CPU) and anything unmatched: small tiles keep the sequential grid short.
 _FALLBACK = BlockSizes(64, 64, 64, 64)

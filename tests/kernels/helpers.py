@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from unittest import mock
@@ -31,9 +29,9 @@ from pallas_kernels.common.gpu_lowering import (  # noqa: F401 (re-exported to t
     GpuTarget,
     lowering_for,
 )
+from tests.conftest import REPO, run_python  # noqa: F401 (REPO re-exported to the tests)
 
 ERROR_SCALE_FLOOR = 1e-2
-REPO = Path(__file__).resolve().parents[2]
 
 
 def normal_inputs(seed: int, shapes: Sequence[tuple[int, ...]], dtype: str) -> tuple:
@@ -97,16 +95,14 @@ def assert_trees_equal(got, want) -> None:
 def run_benchmark_smoke(args: Sequence[str], out: Path, *, timeout: int) -> dict:
     """Run `python *args --smoke --out out` on CPU from the repo root, assert it exits 0 and
     its report names the environment and a positive matmul baseline; return the report."""
-    proc = subprocess.run(
-        [sys.executable, *args, "--smoke", "--out", str(out)],
-        cwd=REPO,
+    run_python(
+        *args,
+        "--smoke",
+        "--out",
+        str(out),
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
         timeout=timeout,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     env_info = report["environment"]
     for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):

@@ -20,7 +20,7 @@ import functools
 import pytest
 
 from benchmarks.kernels import mosaic_gpu_resources as resources
-from benchmarks.kernels.triton_cuda_resources import SHARED_LIMIT_BYTES
+from pallas_kernels.common.cuda_limits import SHARED_LIMIT_BYTES
 
 pytestmark = pytest.mark.skipif(
     not resources.plugin_available(),

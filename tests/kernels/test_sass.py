@@ -66,6 +66,16 @@ def test_without_a_loop_the_whole_kernel_is_one_iteration():
     assert (mix.instructions, mix.mufu, mix.mma_flops) == (16, 1, 2 * 64 * 64 * 16)
 
 
+def test_spill_traffic_counts_only_inside_the_loop():
+    """A register spilled before the loop and reloaded after it (STL / LDL outside) costs no
+    loop instruction; one reloaded every iteration does."""
+    spill_around = ("STL [R1], R212", *MMA_LOOP, "LDL.LU R210, [R1]")
+    assert mma_loops(_listing(*spill_around), 8)[0].local_memory == 0
+    inside = (*MMA_LOOP[:-1], "LDL R7, [R1+0x8]", "STL [R1+0x8], R7", MMA_LOOP[-1])
+    (mix,) = mma_loops(_listing(*inside), 8)
+    assert (mix.local_memory, mix.instructions) == (2, 8)
+
+
 @pytest.mark.parametrize("opcode", ["UTCHMMA gdesc[UR4], gdesc[UR6], tmem[UR8]", "UTCQMMA x"])
 def test_tcgen05_mma_flops_are_unknown(opcode):
     """Blackwell MMAs keep their shape in a descriptor, so their FLOPs are not counted."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.kernels.triton_cuda_resources import sm_occupancy
+from pallas_kernels.common.cuda_limits import sm_occupancy
 
 KIB = 1024
 

@@ -75,7 +75,8 @@ def _kernels_in_step(name: str, overrides: list[str], n_devices: int):
     [
         ("tiny", [*GPU_SHAPED, "model.kernels=auto"], 4),
         ("tiny", [*GPU_SHAPED, "model.kernels=pallas"], 4),
-        ("base", ["mesh.data=1"], 1),  # what the GPU session's bench stage runs on one GPU
+        # What the GPU session's bench stage runs on one GPU.
+        pytest.param("base", ["mesh.data=1"], 1, marks=pytest.mark.slow),
     ],
 )
 def test_the_step_lowers_with_every_gpu_kernel(name, overrides, n_devices):

@@ -225,6 +225,7 @@ def test_sharded_accumulated_step_matches_the_single_device_step(single, sharded
     assert not tables & gathered, f"whole tables all-gathered: {tables & gathered}"
 
 
+@pytest.mark.slow
 def test_all_to_all_lookup_step_matches_the_single_device_step():
     """A train step whose lookups route ids (mesh.lookup=all_to_all over a data=4 x fsdp=2
     mesh) gives a fresh single-device step's loss and update."""
