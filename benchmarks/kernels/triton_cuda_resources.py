@@ -9,10 +9,10 @@ and sm_100) at that row's largest head dim, and ptxas reports registers and spil
 the launch path runs (`triton_compile`). A launch fits when no MMA loop loads or stores local
 memory (spill traffic per block; a register spilled once around the loops costs nothing) and
 its shared memory is within the generation's per-block limit; a row that does not fit fails
-at launch (shared memory) or runs slowly (spills). Each MMA loop
-of the disassembly (`common/sass.py`: the loop over wholly visible blocks, the masked one) is
-measured per score of its tile: SASS and MUFU instructions a thread issues and the fraction of
-the executed MMA work the tile needs (below 1: warpgroups repeat MMAs). The rows are
+at launch (shared memory) or runs slowly (spills). Each MMA loop of the disassembly
+(`common/sass.py`: the loop over wholly visible blocks, the masked one) is measured per score
+of its tile: SASS and MUFU instructions a thread issues and the fraction of the executed MMA
+work the tile needs (below 1: warpgroups repeat MMAs). The rows are
 `gdpa.tuning`'s (GDPA, both Tkv regimes) and `swa.tuning`'s GPU rows (SWA at w = 128, causal).
 Two implementations ("impl"): the `jax_triton` Triton-language kernels (GDPA and SWA), and the
 Pallas Triton GDPA kernels (`pallas_triton`, the GPU "auto" path), which share the GDPA rows.

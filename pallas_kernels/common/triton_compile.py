@@ -8,8 +8,8 @@ necessarily XLA's). The cubin measured is the one each launch path runs: a Trito
 kernel's is Triton's own (its ptxas flags, e.g. --regAllocOptLevel=2; registers and spills from
 the `ptxas -v` log of that very assembly), a Pallas kernel's PTX is assembled with plain
 `ptxas -v`, as XLA does. The disassembly gives the MMA loops' instruction mix (`sass.py`).
-CI uses it to check that every tile-table row fits the
-shared memory of the generations it serves, spills nothing and repeats no MMAs
+CI uses it to check that every tile-table row fits the shared memory of the generations it
+serves, spills nothing inside its MMA loops and repeats no MMAs
 (benchmarks/kernels/triton_cuda_resources.py).
 A Triton-language kernel must be a JITFunction: TRITON_INTERPRET unset when triton was imported.
 """
