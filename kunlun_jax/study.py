@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from kunlun_jax.config import Config, replace, to_dict
-from kunlun_jax.data.pipeline import eval_batches, make_source
+from kunlun_jax.data.pipeline import eval_batches, first_batch, make_source
 from kunlun_jax.flops import xla_flops
 from kunlun_jax.provenance import environment
 
@@ -80,7 +80,7 @@ def model_cost(config: Config) -> dict[str, Any]:
     from kunlun_jax.model.factory import build_model
 
     source, spec = make_source(config.data, "eval")
-    batch = next(iter(eval_batches(source, config.train.batch_size)))[0]
+    batch = first_batch(source, config.train.batch_size)
     model = build_model(config.model, spec)
     params = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
     params = nn.unbox(params)

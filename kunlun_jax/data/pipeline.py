@@ -105,18 +105,30 @@ def train_iterator(
     )
 
 
+# Eval batches computed ahead of the one being evaluated (grain's default would start 16
+# threads and keep up to 500 batches: gigabytes at production sizes, all generated up front).
+EVAL_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+
+
 def eval_batches(
     source: Any, batch_size: int, buckets: Sequence[int] = ()
 ) -> Iterator[tuple[Batch, int]]:
     """Every example exactly once, in order, as (batch, n_real): the last batch is padded to
     `batch_size` by repeating its last example (static shapes), n_real counts the real rows.
-    buckets: as in `train_iterator`."""
+    buckets: as in `train_iterator`. Computed EVAL_READ_OPTIONS ahead."""
     ds = grain.MapDataset.range(len(source)).batch(batch_size, drop_remainder=False)
-    for batch in ds.map(source.batch):
+    for batch in ds.map(source.batch).to_iter_dataset(EVAL_READ_OPTIONS):
         n = len(batch["label"])
         if n < batch_size:
             batch = _pad_rows(batch, batch_size)
         yield (trim_to_buckets(batch, buckets) if buckets else batch), n
+
+
+def first_batch(source: Any, batch_size: int) -> Batch:
+    """`eval_batches`' first batch, computed alone: the example a model is shaped, planned or
+    lowered from (no iterator, nothing computed ahead)."""
+    batch = source.batch(np.arange(min(batch_size, len(source))))
+    return _pad_rows(batch, batch_size) if len(batch["label"]) < batch_size else batch
 
 
 def _pad_rows(tree: Any, size: int) -> Any:

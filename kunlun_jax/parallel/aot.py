@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from kunlun_jax.bench.accounting import xla_cost
 from kunlun_jax.bench.estimate import estimate_record
 from kunlun_jax.config import Config
-from kunlun_jax.data.pipeline import eval_batches, make_source
+from kunlun_jax.data.pipeline import first_batch, make_source
 from kunlun_jax.flops import model_flops
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import plan_training
@@ -142,7 +142,7 @@ def compile_train_step(
     overrides: the `--set` items `config` was loaded with (recorded in the compare record)."""
     devices = tpu_devices(topology)
     eval_source, spec = make_source(config.data, "eval")
-    example = next(iter(eval_batches(eval_source, config.train.batch_size)))[0]
+    example = first_batch(eval_source, config.train.batch_size)
     layout = plan_training(config, spec, example, devices)
     mesh = layout.plan.mesh
     with compile_target(devices[0]), layout.activate():

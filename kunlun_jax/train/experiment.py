@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from kunlun_jax.config import Config, ConfigError
-from kunlun_jax.data.pipeline import eval_batches, make_source, train_iterator
+from kunlun_jax.data.pipeline import first_batch, make_source, train_iterator
 from kunlun_jax.data.spec import Batch, FeatureSpec, validate_batch
 from kunlun_jax.model.factory import build_model
 from kunlun_jax.parallel.distributed import host_rows
@@ -150,7 +150,7 @@ def build_experiment(config: Config, devices: list[Any] | None = None) -> Experi
     tc = config.train
     train_source, spec = make_source(config.data, "train")
     eval_source, _ = make_source(config.data, "eval")
-    example = next(iter(eval_batches(eval_source, tc.batch_size)))[0]
+    example = first_batch(eval_source, tc.batch_size)
     validate_batch(example, spec)
     layout = plan_training(config, spec, example, devices)
     with layout.activate():

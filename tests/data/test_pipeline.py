@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from kunlun_jax.config import ConfigError, SyntheticConfig, load_config
 from kunlun_jax.data import movielens as ml
 from kunlun_jax.data import synthetic as syn
-from kunlun_jax.data.pipeline import bucket_length, eval_batches, train_iterator
+from kunlun_jax.data.pipeline import bucket_length, eval_batches, first_batch, train_iterator
 from kunlun_jax.data.spec import validate_batch
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "ml-latest-small"
@@ -96,6 +97,22 @@ def test_eval_batches_bucket_too(synthetic):
     shapes = {b["seqs"]["click"]["item"].shape[1] for b, _ in eval_batches(synthetic, 4, BUCKETS)}
     assert shapes <= {*BUCKETS, SMALL_WORLD.max_history}
     assert len(shapes) > 1
+
+
+@pytest.mark.parametrize("batch_size", [64, 2_000, 2_048])
+def test_first_batch_is_the_first_eval_batch(synthetic, batch_size):
+    """Also when the source is smaller than a batch: padded by repeating the last example."""
+    expected, n = next(eval_batches(synthetic, batch_size))
+    assert n == min(batch_size, len(synthetic))
+    got = first_batch(synthetic, batch_size)
+    assert got.keys() == expected.keys()
+    for (path, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(got),
+        jax.tree_util.tree_leaves_with_path(expected),
+        strict=True,
+    ):
+        assert a.shape[0] == batch_size, path
+        np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import jax
 import pytest
 
 from kunlun_jax.config import load_config
-from kunlun_jax.data.pipeline import eval_batches, make_source
+from kunlun_jax.data.pipeline import first_batch, make_source
 from kunlun_jax.parallel.aot import lower_train_step
 from kunlun_jax.train.experiment import plan_training
 from tests.kernels.helpers import (
@@ -61,7 +61,7 @@ def _kernels_in_step(name: str, overrides: list[str], n_devices: int):
     lowered for H100s."""
     config = load_config(name, overrides)
     source, spec = make_source(config.data, "eval")
-    example = next(iter(eval_batches(source, config.train.batch_size)))[0]
+    example = first_batch(source, config.train.batch_size)
     layout = plan_training(config, spec, example, jax.devices()[:n_devices])
     with layout.activate(), lowering_for_gpu(H100, layout.plan.mesh):
         text = lower_train_step(layout, example, lowering_platforms=("cuda",)).as_text()
