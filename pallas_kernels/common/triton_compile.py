@@ -99,15 +99,40 @@ def compile_ttir_for_cuda(call: TritonCall, capability: int) -> CudaBinary:
         module = ir.parse_mlir_module(str(source), context)
         module.context = context  # as triton.compile's IRSource sets it
         source.write_text(str(backend.make_ttir(module, {}, None, capability)))
-        compiled = triton.compile(
-            str(source),
-            target=target,
-            options=dict(num_warps=call.num_warps, num_stages=call.num_stages),
-        )
-        # XLA assembles the PTX itself, without Triton's extra ptxas flags: so does this.
-        cubin = Path(tmp) / f"{call.name}.cubin"
-        resources = ptxas_resources(compiled.asm["ptx"], capability, cubin)
-        return _binary(compiled, capability, resources, cubin.read_bytes())
+        with _assembled_as_xla_does() as resources:
+            compiled = triton.compile(
+                str(source),
+                target=target,
+                options=dict(num_warps=call.num_warps, num_stages=call.num_stages),
+            )
+        return _binary(compiled, capability, resources[0], compiled.asm["cubin"])
+
+
+@contextlib.contextmanager
+def _assembled_as_xla_does() -> Iterator[list[tuple[int, int]]]:
+    """`triton.compile` with its cubin stage replaced by plain `ptxas -v` (XLA assembles a
+    Pallas kernel's PTX itself, without Triton's extra ptxas flags): the PTX is assembled once,
+    and the (registers, spill bytes) of that cubin are appended to the list yielded."""
+    from triton import knobs
+
+    resources: list[tuple[int, int]] = []
+
+    def hook(backend=None, stages=None, options=None, language=None, capability=None):
+        if backend is None:  # triton.compile asks for a cache-key suffix first
+            return "plain-ptxas", ""
+
+        def assemble(ptx: str, metadata: dict) -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                cubin = Path(tmp) / "kernel.cubin"
+                resources.append(ptxas_resources(ptx, capability, cubin))
+                return cubin.read_bytes()
+
+        stages["cubin"] = assemble
+
+    with knobs.runtime.scope(), knobs.compilation.scope():
+        knobs.runtime.add_stages_inspection_hook = hook
+        knobs.compilation.always_compile = True  # a cache hit would skip the assembly
+        yield resources
 
 
 @contextlib.contextmanager

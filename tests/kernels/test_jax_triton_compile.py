@@ -84,8 +84,9 @@ def test_every_gpu_tile_row_compiles_within_shared_memory_and_without_loop_spill
             assert mufu == 1.0 if r["op"] == "gdpa" else 1.0 <= mufu <= 1.1, f"{what}: {mufu}"
 
 
-# Compiles one row's three GDPA kernels with and without FAST_TANH and prints the MUFU
-# instructions of their main loops.
+# Compiles GDPA kernels of one row with and without FAST_TANH and prints the MUFU instructions of
+# their main loops: silu's three kernels, and the dK/dV kernel (which evaluates both Act and
+# Act') of sigmoid and gelu_tanh.
 _MUFU_SCRIPT = """
 import dataclasses, json
 from benchmarks.kernels.triton_cuda_resources import gpu_rows, row_launches
@@ -93,11 +94,13 @@ from pallas_kernels.common.triton_compile import compile_for_cuda
 row = next(r for r in gpu_rows() if (r.op, r.prefix, r.head_dim, r.regime)
            == ("gdpa", "NVIDIA H", 128, "long"))
 mufu = {}
-for act in ("silu", "sigmoid", "gelu_tanh"):  # FAST_TANH must leave gelu_tanh exact
-    for kernel, launch in row_launches(row, act).items():
+for act, kernels in (("silu", ("fwd", "dkdv", "dq")), ("sigmoid", ("dkdv",)),
+                     ("gelu_tanh", ("dkdv",))):  # FAST_TANH must leave gelu_tanh exact
+    launches = row_launches(row, act)
+    for kernel in kernels:
         for fast in (True, False):
-            c = {**launch.constexprs, "FAST_TANH": fast}
-            binary = compile_for_cuda(dataclasses.replace(launch, constexprs=c), 90)
+            c = {**launches[kernel].constexprs, "FAST_TANH": fast}
+            binary = compile_for_cuda(dataclasses.replace(launches[kernel], constexprs=c), 90)
             mufu[f"{act} {kernel} {fast}"] = [loop.mufu for loop in binary.loops]
 print(json.dumps(mufu))
 """
@@ -106,13 +109,13 @@ print(json.dumps(mufu))
 @pytest.mark.slow
 def test_the_hardware_tanh_halves_the_special_function_instructions(tmp_path):
     """σ as 1 / (1 + e^-x) is two MUFU instructions (ex2, rcp), through tanh.approx one: every
-    GDPA kernel of the Hopper D=128 row, silu and sigmoid. gelu_tanh keeps its exact tanh."""
+    silu kernel of the Hopper D=128 row, and sigmoid's dK/dV (Act and Act'). gelu_tanh keeps its
+    exact tanh."""
     mufu = json.loads(_compile_run(tmp_path, "-c", _MUFU_SCRIPT).splitlines()[-1])
-    for kernel in KERNELS:
-        for act in ("silu", "sigmoid"):
-            fast, exact = mufu[f"{act} {kernel} True"], mufu[f"{act} {kernel} False"]
-            assert all(fast), (act, kernel)
-            assert exact == [2 * n for n in fast], (act, kernel, fast, exact)
-        gelu_tanh = mufu[f"gelu_tanh {kernel} True"]
-        assert all(gelu_tanh), kernel
-        assert gelu_tanh == mufu[f"gelu_tanh {kernel} False"], kernel
+    for act, kernel in [("silu", k) for k in KERNELS] + [("sigmoid", "dkdv")]:
+        fast, exact = mufu[f"{act} {kernel} True"], mufu[f"{act} {kernel} False"]
+        assert all(fast), (act, kernel)
+        assert exact == [2 * n for n in fast], (act, kernel, fast, exact)
+    gelu_tanh = mufu["gelu_tanh dkdv True"]
+    assert all(gelu_tanh)
+    assert gelu_tanh == mufu["gelu_tanh dkdv False"]
