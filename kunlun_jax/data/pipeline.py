@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -63,6 +64,15 @@ def trim_to_buckets(
     return {**batch, "seqs": cut}
 
 
+def read_options(num_threads: int | None = None) -> grain.ReadOptions:
+    """Batches computed ahead on `num_threads` threads (default: one per CPU core this process
+    may run on, at most 16), two per thread. The order of the batches never depends on it, so
+    a run resumes exactly on another machine. (grain's own default, 16 threads and 500
+    batches, holds gigabytes of batches at production sizes.)"""
+    threads = num_threads or min(16, len(os.sched_getaffinity(0)))
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+
+
 def train_iterator(
     source: Any,
     batch_size: int,
@@ -70,7 +80,7 @@ def train_iterator(
     seed: int,
     rows: slice | None = None,
     buckets: Sequence[int] = (),
-    num_threads: int = 2,
+    num_threads: int | None = None,
 ) -> grain.DatasetIterator:
     """Endless shuffled global batches (reshuffled every epoch) with get_state()/set_state().
 
@@ -80,6 +90,7 @@ def train_iterator(
     buckets: pad histories to bucketed lengths (`trim_to_buckets`) instead of the stored
     maximum; a host reading part of each batch sizes them from `source.lengths(indices)` of
     the whole global batch, so all hosts agree on the shapes.
+    num_threads: see `read_options`.
     """
     if len(source) < batch_size:
         raise ValueError(
@@ -100,14 +111,7 @@ def train_iterator(
         .batch(batch_size, drop_remainder=True)
         .map(load)
     )
-    return iter(
-        ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
-    )
-
-
-# Eval batches computed ahead of the one being evaluated (grain's default would start 16
-# threads and keep up to 500 batches: gigabytes at production sizes, all generated up front).
-EVAL_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+    return iter(ds.to_iter_dataset(read_options(num_threads)))
 
 
 def eval_batches(
@@ -115,9 +119,9 @@ def eval_batches(
 ) -> Iterator[tuple[Batch, int]]:
     """Every example exactly once, in order, as (batch, n_real): the last batch is padded to
     `batch_size` by repeating its last example (static shapes), n_real counts the real rows.
-    buckets: as in `train_iterator`. Computed EVAL_READ_OPTIONS ahead."""
+    buckets: as in `train_iterator`. Computed ahead as `read_options()` says."""
     ds = grain.MapDataset.range(len(source)).batch(batch_size, drop_remainder=False)
-    for batch in ds.map(source.batch).to_iter_dataset(EVAL_READ_OPTIONS):
+    for batch in ds.map(source.batch).to_iter_dataset(read_options()):
         n = len(batch["label"])
         if n < batch_size:
             batch = _pad_rows(batch, batch_size)
