@@ -80,11 +80,12 @@ class BlockSizes:
         return round_up(tkv, math.lcm(self.block_kv, self.block_kv_bwd))
 
 
-def on_128_mib_vmem(sizes: BlockSizes) -> BlockSizes:
-    """A D <= 128 TPU row as the TPU_128_MIB_VMEM chips take it: up to 8 heads a grid step (the
-    densest at H = 8, benchmarks/results/tpu_bundles_h8.json) in a 64 MiB scoped-VMEM limit
-    (8 heads of a 512 x 512 dK/dV step need 19 MiB)."""
-    return dataclasses.replace(sizes, heads=8, vmem_limit_mib=64)
+def on_128_mib_vmem(sizes: BlockSizes, heads: int = 8) -> BlockSizes:
+    """A TPU row as the TPU_128_MIB_VMEM chips take it: up to `heads` heads a grid step in a
+    64 MiB scoped-VMEM limit. D <= 128: 8, the densest at H = 8
+    (benchmarks/results/tpu_bundles_h8.json; 8 heads of a 512 x 512 dK/dV step need 19 MiB);
+    D = 256: 4 (benchmarks/results/tpu_bundles_d256.json; v5e's 16 MiB default holds 2)."""
+    return dataclasses.replace(sizes, heads=heads, vmem_limit_mib=64)
 
 
 def check_heads_per_step(heads_per_step: int | None) -> None:

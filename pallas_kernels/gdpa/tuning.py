@@ -6,11 +6,12 @@ Self-attention-shaped GDPA is the "long" regime and uses flash-attention-like sq
 
 Provenance: hand-picked starting points from the FlashAttention conventions (Triton tutorial
 tiles for Hopper; 512-wide tiles for the TPU MXU), not yet autotuned on hardware. The TPU
-D <= 128 rows are chosen from the compiler's static schedules (`benchmarks/kernels/
-tpu_bundles.py --sweep`: bundles of an interior grid step per useful FLOP). The GPU rows
-are checked statically: the Triton-language kernels compile with them for the generations they
-serve within shared memory and without register spills in their loops, and on Hopper (up to
-D = 128) without warpgroups repeating MMAs (benchmarks/kernels/triton_cuda_resources.py).
+rows (D <= 128 and D <= 256) are chosen from the compiler's static schedules
+(`benchmarks/kernels/tpu_bundles.py --sweep`: bundles of an interior grid step per useful
+FLOP). The GPU rows are checked statically: the Triton-language kernels compile with them
+for the generations they serve within shared memory and without register spills in their
+loops, and on Hopper (up to D = 128) without warpgroups repeating MMAs
+(benchmarks/kernels/triton_cuda_resources.py).
 Re-tune with `benchmarks/kernels/gdpa_autotune.py --install` on the target device.
 Explicit `block_q` / `block_kv` arguments to `gdpa` override these (forward and backward).
 """
@@ -44,6 +45,9 @@ def _generic(*tiles: int) -> BlockSizes:
 
 _TPU_SHORT = BlockSizes(1024, 256, 1024, 256, heads=4)  # D <= 128 TPU rows, any chip
 _TPU_LONG = BlockSizes(512, 512, 512, 512, heads=4)
+# D <= 256: the same tiles; 2 heads a step fit v5e's 16 MiB default scoped VMEM (4 do not).
+_TPU_SHORT_D256 = BlockSizes(1024, 256, 1024, 256, heads=2)
+_TPU_LONG_D256 = BlockSizes(512, 512, 512, 512, heads=2)
 # (platform, device-kind prefix ("" = any), max head dim, regime) -> BlockSizes.
 # Lookup takes the first row whose platform and prefix match and whose head-dim bound covers D.
 _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
@@ -57,10 +61,18 @@ _TABLE: tuple[tuple[str, str, int, str, BlockSizes], ...] = (
         for kind in TPU_128_MIB_VMEM
         for regime, sizes in (("short", _TPU_SHORT), ("long", _TPU_LONG))
     ),
+    # D <= 256: the tiles with the fewest grid bundles on both v5e and v6e among SWEEP_TILES
+    # (`--head-dim 256 --sweep`, benchmarks/results/tpu_bundles_d256.json: 512 x 512 and
+    # 1024-row query tiles forward and backward, as at D = 128) and the densest heads a step.
+    *(
+        ("tpu", kind, 256, regime, on_128_mib_vmem(sizes, heads=4))
+        for kind in TPU_128_MIB_VMEM
+        for regime, sizes in (("short", _TPU_SHORT_D256), ("long", _TPU_LONG_D256))
+    ),
     ("tpu", "", 128, "short", _TPU_SHORT),
-    ("tpu", "", 256, "short", BlockSizes(512, 256, 256, 256)),
+    ("tpu", "", 256, "short", _TPU_SHORT_D256),
     ("tpu", "", 128, "long", _TPU_LONG),
-    ("tpu", "", 256, "long", BlockSizes(256, 512, 256, 256)),
+    ("tpu", "", 256, "long", _TPU_LONG_D256),
     # NVIDIA Hopper (H100 / H200), Triton: tutorial tiles; fewer warps for small D. Triton
     # gives each warpgroup (4 warps) 64 rows of a wgmma tile: with more warpgroups than a
     # tile's 64-row slices they repeat its MMAs and activations (the SASS shows it:

@@ -23,6 +23,12 @@ from pallas_kernels.common.tiles import (
 
 _WINDOWED = BlockSizes(256, 256, 256, 256, heads=4)  # D <= 128, w <= 512 TPU rows, any chip
 _FULL = BlockSizes(512, 512, 512, 512, heads=4)  # D <= 128 full attention
+# D <= 256 (`--head-dim 256 --sweep`, benchmarks/results/tpu_bundles_d256.json): w <= 128 takes
+# 256 x 256 tiles and 4 heads a step, the fewest grid bundles among SWEEP_TILES["swa"] on v6e
+# and for v5e's forward (v5e's backward would take 128 x 128: 14% fewer); full attention
+# 512 x 512, 2 heads in the default scoped VMEM (4 overflow v5e's 16 MiB), 4 in v5e / v6e's 64.
+_WINDOWED_D256 = BlockSizes(256, 256, 256, 256, heads=4)
+_FULL_D256 = BlockSizes(512, 512, 512, 512, heads=2)
 # (platform, device-kind prefix ("" = any), max head dim, max window (None = any)) -> sizes.
 # Lookup takes the first row whose platform and prefix match and whose bounds cover (D, w);
 # a full-attention call (window None) only matches rows with max window None.
@@ -40,13 +46,15 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
         for window, sizes in ((128, _WINDOWED), (512, _WINDOWED), (None, _FULL))
     ),
     ("tpu", "", 128, 128, _WINDOWED),
-    ("tpu", "", 256, 128, BlockSizes(128, 128, 128, 128)),
+    ("tpu", "", 256, 128, _WINDOWED_D256),
     ("tpu", "", 128, 512, _WINDOWED),
     ("tpu", "", 256, 512, BlockSizes(256, 256, 128, 128)),
+    # After the windowed rows, which a windowed D = 256 call must meet first.
+    *(("tpu", kind, 256, None, on_128_mib_vmem(_FULL_D256, heads=4)) for kind in TPU_128_MIB_VMEM),
     # Full attention, D <= 128: the backward tile with the fewest grid bundles on v5e and v6e
     # among tpu_bundles.SWEEP_TILES["long"] (the forward's 512 x 512 was already).
     ("tpu", "", 128, None, _FULL),
-    ("tpu", "", 256, None, BlockSizes(256, 512, 256, 256)),
+    ("tpu", "", 256, None, _FULL_D256),
     # GPU, our Triton-language kernels (backend "jax_triton"): the GDPA long-regime tiles,
     # checked for spills, shared memory and repeated MMAs (8 warps on 64-row Hopper tiles, see
     # gdpa.tuning) by benchmarks/kernels/triton_cuda_resources.py. The D=128 backward takes

@@ -317,11 +317,16 @@ def test_tuning_table():
     short = default_block_sizes("tpu", "TPU v5 lite", 128, 64)
     long_ = default_block_sizes("tpu", "TPU v6 lite", 128, 4096)
     assert (short.block_q, long_.block_q) == (1024, 512)
-    assert (short.heads, long_.heads, default_block_sizes("tpu", "", 256, 64).heads) == (8, 8, 1)
+    assert (short.heads, long_.heads) == (8, 8)
     # v5e / v6e raise the scoped-VMEM limit for 8 heads a step; v5p (64 MiB) keeps the default.
     assert (short.vmem_limit_mib, long_.vmem_limit_mib) == (64, 64)
     v5p = default_block_sizes("tpu", "TPU v5", 128, 64)
     assert (v5p.heads, v5p.vmem_limit_mib) == (4, None)
+    # D = 256: D = 128's tiles; 4 heads in the raised limit on v5e / v6e, else 2.
+    for tkv, block_q in ((64, 1024), (4096, 512)):
+        v5e, other = (default_block_sizes("tpu", kind, 256, tkv) for kind in ("TPU v5 lite", ""))
+        assert (v5e.block_q, v5e.heads, v5e.vmem_limit_mib) == (block_q, 4, 64)
+        assert (other.block_q, other.heads, other.vmem_limit_mib) == (block_q, 2, None)
     h100_long = default_block_sizes("gpu", "NVIDIA H100 80GB HBM3", 128, SHORT_KV_MAX + 1)
     # Hopper's 64-row backward tiles take one warpgroup (two would repeat the MMAs).
     assert h100_long.triton_options(backward=False) == (8, 3)

@@ -7,7 +7,8 @@ without it. Compiles forward + backward (value_and_grad) at production shapes: D
 self-attention B=8, T=4096, H=8 (the v5e / v6e rows' 8 heads a step: with operands this
 large, in HBM, their dK/dV step needs 19 MiB, more than v5e's 16 MiB default scoped VMEM,
 so the rows' raised limit must reach Mosaic), with a causal window B=2, T=1024, H=4, and
-cross-attention B=2, Tq=1024 / Tkv=64, H=4, on v5e and v6e.
+cross-attention B=2, Tq=1024 / Tkv=64, H=4, on v5e and v6e; and D=256 self-attention B=2,
+T=1024, H=4 (the D=256 rows' tiles and heads a step, in the default limit).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ pytestmark = pytest.mark.tpu
 # multi-process lockfile. Only deviceless topologies are used, so sharing is safe.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-D = 128
 CASES = {
-    "self": dict(batch=8, tq=4096, tkv=4096, window=None, causal=False, heads=8),
-    "self_causal_window": dict(batch=2, tq=1024, tkv=1024, window=100, causal=True, heads=4),
-    "cross": dict(batch=2, tq=1024, tkv=64, window=None, causal=False, heads=4),
+    "self": dict(batch=8, tq=4096, tkv=4096, window=None, causal=False, heads=8, d=128),
+    "self_causal_window": dict(batch=2, tq=1024, tkv=1024, window=100, causal=True, heads=4, d=128),
+    "cross": dict(batch=2, tq=1024, tkv=64, window=None, causal=False, heads=4, d=128),
+    # The D = 256 rows' 512 x 512 tiles (several heads a step) within the default VMEM limit.
+    "self_d256": dict(batch=2, tq=1024, tkv=1024, window=None, causal=False, heads=4, d=256),
 }
 
 
@@ -47,8 +49,8 @@ def tpu(request):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fwd_and_bwd_compile_for_tpu(tpu, case):
-    b, tq, tkv, window, causal, heads = (
-        CASES[case][n] for n in ("batch", "tq", "tkv", "window", "causal", "heads")
+    b, tq, tkv, window, causal, heads, d = (
+        CASES[case][n] for n in ("batch", "tq", "tkv", "window", "causal", "heads", "d")
     )
     replicated = NamedSharding(Mesh(np.array([tpu]), ("x",)), PartitionSpec())
 
@@ -65,7 +67,7 @@ def test_fwd_and_bwd_compile_for_tpu(tpu, case):
             device_kind=tpu.device_kind,
             interpret=False,
             activation="silu",
-            qk_scale=D**-0.5,
+            qk_scale=d**-0.5,
             out_scale=1.0 / tkv,
             q_lengths=q_lengths,
             kv_lengths=kv_lengths,
@@ -79,9 +81,9 @@ def test_fwd_and_bwd_compile_for_tpu(tpu, case):
     compiled = (
         jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
         .lower(
-            arg((b, tq, heads, D), jnp.bfloat16),
-            arg((b, tkv, heads, D), jnp.bfloat16),
-            arg((b, tkv, heads, D), jnp.bfloat16),
+            arg((b, tq, heads, d), jnp.bfloat16),
+            arg((b, tkv, heads, d), jnp.bfloat16),
+            arg((b, tkv, heads, d), jnp.bfloat16),
             arg((b,), jnp.int32),
             arg((b,), jnp.int32),
         )

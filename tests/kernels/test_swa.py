@@ -396,14 +396,20 @@ def test_tokamax_mapping_and_gpu_choice():
 
 def test_tuning_table():
     """Windows up to 128 take 256-row (banded) tiles, wider ones and full attention larger
-    ones; D = 256 smaller ones; CPU gets the fallback."""
+    ones; CPU gets the fallback."""
     assert default_block_sizes("tpu", "TPU v5 lite", 128, 16).block_q == 256
-    assert default_block_sizes("tpu", "TPU v5 lite", 256, 16).block_q == 128
+    assert default_block_sizes("tpu", "TPU v5 lite", 256, 16).block_q == 256
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 256).block_q == 256
     assert default_block_sizes("tpu", "TPU v6 lite", 128, None).block_q == 512
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 4096).block_q == 512
     heads = [default_block_sizes("tpu", "TPU v5 lite", d, 16).heads for d in (128, 256)]
-    assert heads == [8, 1]  # measured at D = 128 only
+    assert heads == [8, 4]
+    # D = 256 full attention (and windows past the windowed rows): 4 heads in the raised limit
+    # on v5e / v6e, 2 in the default elsewhere; a window <= 128 meets its own row first.
+    for window in (None, 4096):
+        v6e, v5p = (default_block_sizes("tpu", k, 256, window) for k in ("TPU v6 lite", "TPU v5"))
+        assert (v6e.block_q, v6e.heads, v6e.vmem_limit_mib) == (512, 4, 64)
+        assert (v5p.block_q, v5p.heads, v5p.vmem_limit_mib) == (512, 2, None)
     for window in (16, 300, None):  # v5e / v6e: 8 heads in a raised scoped-VMEM limit
         assert default_block_sizes("tpu", "TPU v6 lite", 128, window).vmem_limit_mib == 64
         v5p = default_block_sizes("tpu", "TPU v5", 128, window)

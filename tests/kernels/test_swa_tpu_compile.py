@@ -37,6 +37,7 @@ CASES = {
     "w128_d128": dict(t=1024, d=128, window=128, causal=False, heads=8),
     "w16_causal_d64": dict(t=1024, d=64, window=16, causal=True, heads=4),
     "short_w8_d64": dict(t=80, d=64, window=8, causal=False, heads=4),
+    "w128_d256": dict(t=1024, d=256, window=128, causal=False, heads=4),
 }
 
 
