@@ -25,8 +25,9 @@ _WINDOWED = BlockSizes(256, 256, 256, 256, heads=4)  # D <= 128, w <= 512 TPU ro
 _FULL = BlockSizes(512, 512, 512, 512, heads=4)  # D <= 128 full attention
 # D <= 256 (`--head-dim 256 --sweep`, benchmarks/results/tpu_bundles_d256.json): w <= 128 takes
 # 256 x 256 tiles and 4 heads a step, the fewest grid bundles among SWEEP_TILES["swa"] on v6e
-# and for v5e's forward (v5e's backward would take 128 x 128: 14% fewer); full attention
-# 512 x 512, 2 heads in the default scoped VMEM (4 overflow v5e's 16 MiB), 4 in v5e / v6e's 64.
+# and for v5e's forward; v5e's backward takes 128 x 128 (14% fewer than 256 x 256); full
+# attention 512 x 512, 2 heads in the default scoped VMEM (4 overflow v5e's 16 MiB), 4 in
+# v5e / v6e's 64.
 _WINDOWED_D256 = BlockSizes(256, 256, 256, 256, heads=4)
 _FULL_D256 = BlockSizes(512, 512, 512, 512, heads=2)
 # (platform, device-kind prefix ("" = any), max head dim, max window (None = any)) -> sizes.
@@ -45,6 +46,7 @@ _TABLE: tuple[tuple[str, str, int, int | None, BlockSizes], ...] = (
         for kind in TPU_128_MIB_VMEM
         for window, sizes in ((128, _WINDOWED), (512, _WINDOWED), (None, _FULL))
     ),
+    ("tpu", "TPU v5 lite", 256, 128, BlockSizes(256, 256, 128, 128, heads=4)),
     ("tpu", "", 128, 128, _WINDOWED),
     ("tpu", "", 256, 128, _WINDOWED_D256),
     ("tpu", "", 128, 512, _WINDOWED),

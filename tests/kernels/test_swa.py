@@ -404,6 +404,11 @@ def test_tuning_table():
     assert default_block_sizes("tpu", "TPU v6 lite", 128, 4096).block_q == 512
     heads = [default_block_sizes("tpu", "TPU v5 lite", d, 16).heads for d in (128, 256)]
     assert heads == [8, 4]
+    # D = 256, w <= 128: v5e's backward takes 128-row tiles, other chips' 256.
+    v5e, v6e = (default_block_sizes("tpu", k, 256, 100) for k in ("TPU v5 lite", "TPU v6 lite"))
+    assert v5e.tiles(backward=True) == (128, 128)
+    assert v6e.tiles(backward=True) == (256, 256)
+    assert v5e.tiles(backward=False) == v6e.tiles(backward=False) == (256, 256)
     # D = 256 full attention (and windows past the windowed rows): 4 heads in the raised limit
     # on v5e / v6e, 2 in the default elsewhere; a window <= 128 meets its own row first.
     for window in (None, 4096):
