@@ -123,16 +123,19 @@ def eval_batches(
     ds = grain.MapDataset.range(len(source)).batch(batch_size, drop_remainder=False)
     for batch in ds.map(source.batch).to_iter_dataset(read_options()):
         n = len(batch["label"])
-        if n < batch_size:
-            batch = _pad_rows(batch, batch_size)
+        batch = _padded(batch, batch_size)
         yield (trim_to_buckets(batch, buckets) if buckets else batch), n
 
 
 def first_batch(source: Any, batch_size: int) -> Batch:
     """`eval_batches`' first batch, computed alone: the example a model is shaped, planned or
     lowered from (no iterator, nothing computed ahead)."""
-    batch = source.batch(np.arange(min(batch_size, len(source))))
-    return _pad_rows(batch, batch_size) if len(batch["label"]) < batch_size else batch
+    return _padded(source.batch(np.arange(min(batch_size, len(source)))), batch_size)
+
+
+def _padded(batch: Batch, size: int) -> Batch:
+    """`batch` padded to `size` rows by repeating its last example (unchanged if it has them)."""
+    return _pad_rows(batch, size) if len(batch["label"]) < size else batch
 
 
 def _pad_rows(tree: Any, size: int) -> Any:

@@ -90,8 +90,8 @@ def test_the_batch_order_and_resume_point_do_not_depend_on_the_threads(synthetic
     for want in expected:
         np.testing.assert_array_equal(next(four)["oracle_p"], want)
     fresh = train_iterator(synthetic, 16, seed=2, num_threads=4)
-    labels = [next(fresh)["oracle_p"] for _ in range(7)]
-    for got, want in zip(labels[3:], expected, strict=True):
+    straight = [next(fresh)["oracle_p"] for _ in range(7)]
+    for got, want in zip(straight[3:], expected, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
