@@ -168,7 +168,19 @@ class Config:
     mesh: MeshConfig = MeshConfig()
 
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "identity", "leaky_relu")
+# GDPA activations: pallas_kernels.common.activations.ACTIVATIONS' names (config loading
+# imports no jax; tests/test_config.py checks the two agree).
+ACTIVATIONS = (
+    "silu",
+    "gelu",
+    "gelu_tanh",
+    "relu",
+    "relu2",
+    "sigmoid",
+    "identity",
+    "leaky_relu",
+    "hardswish",
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,3 +101,11 @@ def test_parse_override_keeps_bare_words_as_strings():
         "gelu_tanh",
     )
     assert parse_override("a.b = 3") == (["a", "b"], 3)
+
+
+def test_config_accepts_exactly_the_kernels_activations():
+    from kunlun_jax.config import ACTIVATIONS
+    from pallas_kernels.common.activations import ACTIVATIONS as KERNEL_ACTIVATIONS
+
+    assert sorted(ACTIVATIONS) == sorted(KERNEL_ACTIVATIONS)
+    assert load_config("tiny", ["model.gdpa_activation=hardswish"]).model.gdpa_activation

@@ -28,6 +28,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 LEAKY_SLOPE = 0.01
+HARDSWISH_KNEE = 3.0  # hardswish(x) = x·clip(x + 3, 0, 6) / 6: 0 below -3, x above 3
 
 
 def _silu(x, sigmoid: Fn = jax.nn.sigmoid):
@@ -100,6 +101,17 @@ def _dleaky_relu(x):
     return jnp.where(x > 0, 1.0, LEAKY_SLOPE).astype(x.dtype)
 
 
+def _hardswish(x):
+    return x * jnp.clip(x + HARDSWISH_KNEE, 0.0, 2.0 * HARDSWISH_KNEE) / (2.0 * HARDSWISH_KNEE)
+
+
+def _dhardswish(x):
+    ramp = (2.0 * x + HARDSWISH_KNEE) / (2.0 * HARDSWISH_KNEE)
+    return jnp.where(x < -HARDSWISH_KNEE, 0.0, jnp.where(x > HARDSWISH_KNEE, 1.0, ramp)).astype(
+        x.dtype
+    )
+
+
 ACTIVATIONS: dict[str, tuple[Fn, Fn]] = {
     "silu": (_silu, _dsilu),
     "gelu": (_gelu, _dgelu),
@@ -109,6 +121,7 @@ ACTIVATIONS: dict[str, tuple[Fn, Fn]] = {
     "sigmoid": (_sigmoid, _dsigmoid),
     "identity": (_identity, _didentity),
     "leaky_relu": (_leaky_relu, _dleaky_relu),
+    "hardswish": (_hardswish, _dhardswish),
 }
 
 

@@ -40,6 +40,7 @@ INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 GELU_TANH_CUBIC = tl.constexpr(0.044715)
 LEAKY_SLOPE = tl.constexpr(0.01)  # common.activations.LEAKY_SLOPE
+HARDSWISH_KNEE = tl.constexpr(3.0)  # common.activations.HARDSWISH_KNEE
 # Tensors go first in products with these: Triton 3.9's interpreter cannot multiply
 # constexpr * tensor (the compiler can).
 
@@ -81,9 +82,12 @@ def activation(x, ACT: tl.constexpr, FAST_TANH: tl.constexpr):
         y = _sigmoid(x, FAST_TANH)
     elif ACT == "identity":
         y = x
-    else:
-        tl.static_assert(ACT == "leaky_relu", "unknown GDPA activation")
+    elif ACT == "leaky_relu":
         y = tl.where(x > 0, x, x * LEAKY_SLOPE)
+    else:
+        tl.static_assert(ACT == "hardswish", "unknown GDPA activation")
+        ramp = tl.minimum(tl.maximum(x + HARDSWISH_KNEE, 0.0), HARDSWISH_KNEE * 2.0)
+        y = x * ramp / (HARDSWISH_KNEE * 2.0)
     return y
 
 
@@ -108,9 +112,12 @@ def activation_grad(x, ACT: tl.constexpr, FAST_TANH: tl.constexpr):
         y = s * (1.0 - s)
     elif ACT == "identity":
         y = tl.full(x.shape, 1.0, tl.float32)
-    else:
-        tl.static_assert(ACT == "leaky_relu", "unknown GDPA activation")
+    elif ACT == "leaky_relu":
         y = tl.where(x > 0, 1.0, LEAKY_SLOPE)
+    else:
+        tl.static_assert(ACT == "hardswish", "unknown GDPA activation")
+        ramp = (x * 2.0 + HARDSWISH_KNEE) / (HARDSWISH_KNEE * 2.0)
+        y = tl.where(x < -HARDSWISH_KNEE, 0.0, tl.where(x > HARDSWISH_KNEE, 1.0, ramp))
     return y
 
 

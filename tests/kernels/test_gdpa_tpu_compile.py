@@ -8,7 +8,8 @@ self-attention B=8, T=4096, H=8 (the v5e / v6e rows' 8 heads a step: with operan
 large, in HBM, their dK/dV step needs 19 MiB, more than v5e's 16 MiB default scoped VMEM,
 so the rows' raised limit must reach Mosaic), with a causal window B=2, T=1024, H=4, and
 cross-attention B=2, Tq=1024 / Tkv=64, H=4, on v5e and v6e; and D=256 self-attention B=2,
-T=1024, H=4 (the D=256 rows' tiles and heads a step, in the default limit).
+T=1024, H=4 (the D=256 rows' tiles and heads a step, in the default limit). Every activation's
+kernels are compiled too (one program, cross-attention).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.gdpa.api import gdpa_pallas
 
 pytest.importorskip(
@@ -47,38 +49,38 @@ def tpu(request):
     return topologies.get_topology_desc(topology_name=request.param, platform="tpu").devices[0]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_fwd_and_bwd_compile_for_tpu(tpu, case):
-    b, tq, tkv, window, causal, heads, d = (
-        CASES[case][n] for n in ("batch", "tq", "tkv", "window", "causal", "heads", "d")
-    )
+def _compile(tpu, b, tq, tkv, window, causal, heads, d, activations):
+    """value_and_grad of the summed GDPA outputs of every activation, compiled for `tpu`."""
     replicated = NamedSharding(Mesh(np.array([tpu]), ("x",)), PartitionSpec())
 
     def arg(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
 
     def loss(q, k, v, q_lengths, kv_lengths):
-        o = gdpa_pallas(
-            q,
-            k,
-            v,
-            impl="pallas_tpu",
-            platform="tpu",
-            device_kind=tpu.device_kind,
-            interpret=False,
-            activation="silu",
-            qk_scale=d**-0.5,
-            out_scale=1.0 / tkv,
-            q_lengths=q_lengths,
-            kv_lengths=kv_lengths,
-            window=window,
-            causal=causal,
-            block_q=None,
-            block_kv=None,
-        )
-        return o.astype(jnp.float32).sum()
+        total = jnp.float32(0.0)
+        for activation in activations:
+            o = gdpa_pallas(
+                q,
+                k,
+                v,
+                impl="pallas_tpu",
+                platform="tpu",
+                device_kind=tpu.device_kind,
+                interpret=False,
+                activation=activation,
+                qk_scale=d**-0.5,
+                out_scale=1.0 / tkv,
+                q_lengths=q_lengths,
+                kv_lengths=kv_lengths,
+                window=window,
+                causal=causal,
+                block_q=None,
+                block_kv=None,
+            )
+            total += o.astype(jnp.float32).sum()
+        return total
 
-    compiled = (
+    return (
         jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
         .lower(
             arg((b, tq, heads, d), jnp.bfloat16),
@@ -89,7 +91,20 @@ def test_fwd_and_bwd_compile_for_tpu(tpu, case):
         )
         .compile()
     )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fwd_and_bwd_compile_for_tpu(tpu, case):
+    shape = (CASES[case][n] for n in ("batch", "tq", "tkv", "window", "causal", "heads", "d"))
+    compiled = _compile(tpu, *shape, activations=["silu"])
     hlo = compiled.as_text()
     for kernel in ("gdpa_fwd_tpu", "gdpa_dkdv_tpu", "gdpa_dq_tpu"):
         assert kernel in hlo, f"{kernel} missing from the compiled TPU program"
     assert compiled.memory_analysis() is not None
+
+
+def test_every_activation_compiles_for_tpu(tpu):
+    """Each activation's forward, dK/dV and dQ kernels through Mosaic (erf, the EUP's tanh
+    before v6, v6e's sigmoid, the piecewise ones), cross-attention B=2, Tq=512, Tkv=64."""
+    compiled = _compile(tpu, 2, 512, 64, None, False, 4, 128, activations=sorted(ACTIVATIONS))
+    assert compiled.as_text().count('custom_call_target="tpu_custom_call"') == 3 * len(ACTIVATIONS)
