@@ -95,14 +95,24 @@ class ModelConfig:
     skl_rank: int = 4  # k: Kronecker terms in SumKronLinear
     window: int = 16  # SWA half-window w (token t sees [t-w, t+w]); 0 = full attention
     causal: bool = False  # SWA mask j <= i (histories are newest-first: an event sees newer ones)
+    # Scores of the SWA layers' self-attention and of the HSP / PMA seed attention: softmax, or
+    # GDPA (gdpa_activation, gdpa_qk_scale; beta = gdpa_out_scale or 1 / T_e, the stream's
+    # maximum length: the paper's 1/tau).
+    seq_attention: Literal["softmax", "gdpa"] = "softmax"
+    seed_attention: Literal["softmax", "gdpa"] = "softmax"
     ffn: Literal["gdpa", "pffn"] = "gdpa"  # GDPA personalized FFN, or InterFormer's d x d PFFN
     gdpa_activation: str = "silu"
     gdpa_qk_scale: float = 1.0  # alpha: applied before the activation
-    gdpa_out_scale: float = 0.0  # beta after the activation; 0 = 1 / n_sum (Meta's kernels: 1/tau)
+    gdpa_out_scale: float = 0.0  # beta after the activation; 0 = 1 / n_sum in the FFN, 1 / T_e
+    # in GDPA self / seed attention (Meta's kernels: 1/tau)
     pooling: Literal["hsp", "pma", "mean"] = "hsp"
     compression: Literal["sumkron", "dense"] = "sumkron"
     rote: bool = True  # rotary temporal encoding on Q/K of the sequence self-attention
     rote_t_scale: float = 3600.0  # seconds: angle driven by log(1 + dt / t_scale)
+    rote_gap: Literal["request", "previous"] = (
+        "request"  # dt to the request, or to the previous event
+    )
+    rote_position: bool = False  # also rotate by the event's position (0 = newest), as RoPE
     compskip: bool = True  # alternate GDPA+fresh HSP / SWA+cached HSP layers
     event_personalization: bool = True  # per-stream tower sizes from `streams`
     num_experts: int = 2  # Wukong experts in the global interaction

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from kunlun_jax.config import ModelConfig, StreamTower
 from kunlun_jax.data.pipeline import trim_to_buckets
 from kunlun_jax.model import Kunlun
+from kunlun_jax.model.common import GdpaScoring
 from kunlun_jax.model.towers import layer_roles, resolve_towers
 from tests.conftest import random_batch
 
@@ -152,7 +153,9 @@ def test_events_beyond_a_streams_max_len_are_ignored(tiny_spec):
 ABLATIONS = [
     {"ffn": "pffn", "pooling": "pma", "window": 0, "rote": False, "causal": True},
     {"pooling": "mean", "compskip": False, "event_personalization": False, "num_experts": 1},
-    {"compression": "dense", "gdpa_activation": "sigmoid", "remat": "full", "dtype": "bfloat16"},
+    {"compression": "dense", "gdpa_activation": "sigmoid", "remat": "full", "dtype": "bfloat16"}
+    | {"seq_attention": "gdpa", "seed_attention": "gdpa", "rote_gap": "previous"}
+    | {"rote_position": True},
 ]
 
 
@@ -240,10 +243,11 @@ def test_depth_is_scanned_not_unrolled(tiny_spec):
     assert "block_view" not in params["segment_1"]["layer_0"]
 
 
-def test_sliding_window_attention_sees_only_its_window():
+@pytest.mark.parametrize("gdpa", [None, GdpaScoring("silu", 1.0, 0.1)], ids=["softmax", "gdpa"])
+def test_sliding_window_attention_sees_only_its_window(gdpa):
     from kunlun_jax.model.attention import SequenceSelfAttention
 
-    attn = SequenceSelfAttention(num_heads=2, window=2, rote=True)
+    attn = SequenceSelfAttention(num_heads=2, window=2, rote=True, gdpa=gdpa)
     s = jax.random.normal(jax.random.key(0), (1, 10, 8))
     dt = jnp.arange(10, dtype=jnp.float32)[None] * 600.0
     lengths = jnp.array([10])
@@ -252,8 +256,41 @@ def test_sliding_window_attention_sees_only_its_window():
     moved = attn.apply(params, s.at[0, 9].set(5.0), dt, lengths)
     changed = np.any(np.asarray(base != moved), axis=-1)[0]
     np.testing.assert_array_equal(changed, np.arange(10) >= 7)  # |t - 9| <= 2
-    causal = SequenceSelfAttention(num_heads=2, window=0, causal=True, rote=False)
+    causal = SequenceSelfAttention(num_heads=2, window=0, causal=True, rote=False, gdpa=gdpa)
     cp = causal.init(jax.random.key(1), s, dt, lengths)
     moved = causal.apply(cp, s.at[0, 4].set(5.0), dt, lengths)
     changed = np.any(np.asarray(causal.apply(cp, s, dt, lengths) != moved), axis=-1)[0]
     np.testing.assert_array_equal(changed, np.arange(10) >= 4)  # j <= i
+
+
+def test_gdpa_seed_attention_ignores_padding_and_empty_histories():
+    from kunlun_jax.model.hsp import SequenceSummary
+
+    pool = SequenceSummary(
+        n_tok=2, d_out=8, num_heads=2, n_seed=4, gdpa=GdpaScoring("gelu", 0.5, 0.1)
+    )
+    s = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    lengths = jnp.array([4, 0])
+    params = pool.init(jax.random.key(1), s, lengths)
+    out = pool.apply(params, s, lengths)
+    assert out.shape == (2, 2, 8)
+    assert np.all(np.isfinite(out))
+    padded_moved = pool.apply(params, s.at[:, 4:].set(7.0).at[1].set(3.0), lengths)
+    np.testing.assert_array_equal(out, padded_moved)
+    real_moved = pool.apply(params, s.at[0, 3].set(7.0), lengths)
+    assert not np.allclose(out[0], real_moved[0])
+
+
+def test_rote_gaps_and_positions():
+    from kunlun_jax.model.rote import event_gaps, rote_angles
+
+    dt = jnp.array([[10.0, 70.0, 100.0, 0.0], [5.0, 0.0, 0.0, 0.0]])  # newest first; padded
+    lengths = jnp.array([3, 1])
+    np.testing.assert_array_equal(event_gaps(dt, lengths), [[60, 30, 0, 0], [0, 0, 0, 0]])
+    request = rote_angles(dt, 4, t_scale=60.0)
+    np.testing.assert_allclose(request[..., 0], np.log1p(dt / 60.0), rtol=1e-6)
+    previous = rote_angles(dt, 4, t_scale=60.0, lengths=lengths, gap="previous", position=True)
+    phi = np.log1p(np.array([[60, 30, 0, 0], [0, 0, 0, 0]]) / 60.0) + np.arange(4)
+    np.testing.assert_allclose(previous, phi[..., None] * np.array([1.0, 0.01]), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the rows' lengths"):
+        rote_angles(dt, 4, t_scale=60.0, gap="previous")

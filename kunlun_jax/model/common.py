@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -11,6 +12,17 @@ import jax.numpy as jnp
 Dtype = jnp.dtype
 
 default_kernel_init = nn.initializers.lecun_normal()
+
+
+@dataclasses.dataclass(frozen=True)
+class GdpaScoring:
+    """GDPA in place of softmax in an attention module: O = β·Act(α·Q Kᵀ) V (masked positions
+    contribute 0; `pallas_kernels.ops.gdpa`). activation: a GDPA activation name; qk_scale = α,
+    out_scale = β."""
+
+    activation: str
+    qk_scale: float
+    out_scale: float
 
 
 def param_with_axes(init, axes: tuple[str | None, ...]):

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kunlun_jax.model.common import Dense, LayerNorm, length_mask, param_with_axes
+from kunlun_jax.model.common import Dense, GdpaScoring, LayerNorm, length_mask, param_with_axes
 from pallas_kernels import ops
 
 
@@ -53,6 +53,7 @@ class SequenceSummary(nn.Module):
     then compression n_seed -> n_tok (SumKronLinear or one dense map over the flattened seeds).
     pooling="pma": n_tok seeds attend to S, then a linear map d_e -> d_out (InterFormer's PMA).
     pooling="mean": the masked mean of S, repeated n_tok times through n_tok linear maps.
+    The seed attention is a softmax, or GDPA (seeds as queries) when `gdpa` is given.
     An empty sequence (length 0) yields zero attention output, never NaN.
     """
 
@@ -63,6 +64,7 @@ class SequenceSummary(nn.Module):
     pooling: Literal["hsp", "pma", "mean"] = "hsp"
     compression: Literal["sumkron", "dense"] = "sumkron"
     skl_rank: int = 4
+    gdpa: GdpaScoring | None = None  # None: softmax seed attention
     kernels: ops.Kernels = "reference"
     dtype: jnp.dtype = jnp.float32
 
@@ -79,9 +81,20 @@ class SequenceSummary(nn.Module):
         )
         kv = Dense(2 * d_e, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="kv")(s)
         k, v = (x.reshape(b, t, h, dh) for x in jnp.split(kv, 2, axis=-1))
-        pooled = ops.seed_pooling(
-            q.reshape(n_seeds, h, dh), k, v, kv_lengths=lengths, kernels=self.kernels
-        )
+        q = q.reshape(n_seeds, h, dh)
+        if self.gdpa is None:
+            pooled = ops.seed_pooling(q, k, v, kv_lengths=lengths, kernels=self.kernels)
+        else:
+            pooled = ops.gdpa(
+                jnp.broadcast_to(q, (b, n_seeds, h, dh)),
+                k,
+                v,
+                activation=self.gdpa.activation,
+                qk_scale=self.gdpa.qk_scale,
+                out_scale=self.gdpa.out_scale,
+                kv_lengths=lengths,
+                kernels=self.kernels,
+            )
         return Dense(d_e, ("heads", "embed"), use_bias=False, dtype=self.dtype, name="o")(
             pooled.reshape(b, n_seeds, d_e)
         )

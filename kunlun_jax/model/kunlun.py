@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
 from kunlun_jax.model.attention import SequenceSelfAttention
-from kunlun_jax.model.common import MLP, Dense, LayerNorm, batch_constraint
+from kunlun_jax.model.common import MLP, Dense, GdpaScoring, LayerNorm, batch_constraint
 from kunlun_jax.model.embedding import FeatureEmbedding
 from kunlun_jax.model.gdpa_ffn import GDPAFFN, PersonalizedFFN
 from kunlun_jax.model.hsp import SequenceSummary
@@ -22,6 +22,16 @@ from kunlun_jax.model.towers import (
 )
 from kunlun_jax.model.weight_gen import WeightGen
 from kunlun_jax.model.wukong import MixtureOfWukong
+
+
+def gdpa_scoring(cfg: ModelConfig, kind: str, max_len: int) -> GdpaScoring | None:
+    """GDPA in place of a softmax where `kind` (model.seq_attention / seed_attention) is
+    "gdpa", else None: the model's activation and α, β = model.gdpa_out_scale or 1 / max_len
+    (the paper's 1/τ, τ the maximum sequence length)."""
+    if kind == "softmax":
+        return None
+    out_scale = cfg.gdpa_out_scale or 1.0 / max_len
+    return GdpaScoring(cfg.gdpa_activation, cfg.gdpa_qk_scale, out_scale)
 
 
 class StreamBlock(nn.Module):
@@ -57,13 +67,16 @@ class StreamBlock(nn.Module):
             s = s + ffn(normed, x_sum, lengths)
         if self.use_attention:
             attn = SequenceSelfAttention(
-                t.num_heads,
-                t.window,
-                c.causal,
-                c.rote,
-                c.rote_t_scale,
-                c.kernels,
-                self.dtype,
+                num_heads=t.num_heads,
+                window=t.window,
+                causal=c.causal,
+                rote=c.rote,
+                rote_t_scale=c.rote_t_scale,
+                rote_gap=c.rote_gap,
+                rote_position=c.rote_position,
+                gdpa=gdpa_scoring(c, c.seq_attention, t.max_len),
+                kernels=c.kernels,
+                dtype=self.dtype,
                 name="swa",
             )
             s = s + attn(LayerNorm(self.dtype, name="attn_norm")(s), dt, lengths)
@@ -89,6 +102,7 @@ class TowerSummary(nn.Module):
             pooling=c.pooling,
             compression=c.compression,
             skl_rank=c.skl_rank,
+            gdpa=gdpa_scoring(c, c.seed_attention, t.max_len),
             kernels=c.kernels,
             dtype=self.dtype,
             name="pool",
