@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -138,13 +139,23 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import jax
+
     from kunlun_jax.train.loop import prepare_run_dir, train
 
     config = load_config(args.config, args.overrides)
     name = args.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    new_run = not args.resume
     run_dir = prepare_run_dir(args.runs_dir, name, overwrite=args.overwrite, resume=args.resume)
     print(f"run {name}: {run_dir}")
-    metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    try:
+        metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    except BaseException:
+        # A new run that failed before it started (no config.json yet) leaves no directory
+        # behind to block the retry.
+        if new_run and not (run_dir / "config.json").exists() and jax.process_index() == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if metrics.get("preempted"):
         print(
             f"preempted by signal {metrics['signal']} after step {metrics['step']}: checkpoint "
@@ -247,9 +258,23 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         print(json.dumps(to_dict(config), indent=2))
         return 0
-    except (ConfigError, BatchError, DataError, FileExistsError, FileNotFoundError) as e:
+    except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors printed as one line (exit code 2) instead of a traceback: bad configs, data and
+    paths, and (once training has loaded them) non-finite training and unrestorable
+    checkpoints."""
+    errors = [ConfigError, BatchError, DataError, FileExistsError, FileNotFoundError]
+    for module, name in (
+        ("kunlun_jax.train.loop", "NonFiniteError"),
+        ("kunlun_jax.train.checkpoint", "CheckpointError"),
+    ):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -237,6 +238,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -423,9 +426,20 @@ def validate(config: Config) -> None:
         f"{list(d.length_buckets)}",
     )
 
+    _require(d.seed >= 0, f"data.seed must be >= 0, got {d.seed}")
+    _require(t.seed >= 0, f"train.seed must be >= 0, got {t.seed}")
+    if d.source == "synthetic":
+        _require(
+            t.batch_size <= d.num_train,
+            f"train.batch_size ({t.batch_size}) exceeds the synthetic training set "
+            f"(data.num_train = {d.num_train}); lower one or raise the other",
+        )
+
     s = d.synthetic
-    for name in ("num_users", "num_items", "num_categories", "latent_dim", "max_history"):
+    counts = ("num_users", "num_items", "num_categories", "num_contexts", "num_devices")
+    for name in (*counts, "latent_dim", "max_history", "teacher_depth", "teacher_width"):
         _require(getattr(s, name) > 0, f"data.synthetic.{name} must be > 0")
+    _require(s.num_dense >= 0, f"data.synthetic.num_dense must be >= 0, got {s.num_dense}")
     _require(
         0 < s.mean_history <= s.max_history,
         f"data.synthetic.mean_history must be in (0, max_history={s.max_history}]",

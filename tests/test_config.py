@@ -61,6 +61,11 @@ def test_int_given_for_float_is_accepted_but_not_the_reverse():
         ("model.streams.click.num_layers=9", r"must be <= model\.num_layers"),
         ("model.streams.click.depth=1", r"unknown config key 'model\.streams\.click\.depth'"),
         ("model.window=-1", r"model\.window must be >= 0"),
+        ("data.synthetic.bias=nan", r"data\.synthetic\.bias must be a finite number"),
+        ("train.learning_rate=inf", r"train\.learning_rate must be a finite number"),
+        ("data.synthetic.num_contexts=0", r"data\.synthetic\.num_contexts must be > 0"),
+        ("data.seed=-1", r"data\.seed must be >= 0"),
+        ("train.batch_size=1000000", r"train\.batch_size \(1000000\) exceeds the synthetic"),
         ("nonsense", r"must look like section\.key=value"),
     ],
 )

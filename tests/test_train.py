@@ -75,6 +75,52 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys):
     assert both["summary"]["ne"]["n"] == 2
 
 
+def test_resume_refuses_what_would_break_exact_resume(cli_run, tmp_path, capsys):
+    """On a copy of the 6-step run: resuming to fewer steps than its checkpoint, or with a
+    train setting that changes the optimizer state or the batches, is a clear error that
+    leaves every checkpoint in place."""
+    shutil.copytree(cli_run[0], tmp_path / "r")
+    capsys.readouterr()
+    assert main([*_train_args(tmp_path, "r", "train.batch_size=32"), "--resume"]) == 2
+    assert "train.batch_size differ from the run's config" in capsys.readouterr().err
+    assert main([*_train_args(tmp_path, "r", "train.steps=4"), "--resume"]) == 2
+    assert "its checkpoint is at step 6; pass train.steps >= 6" in capsys.readouterr().err
+    assert Checkpointer(tmp_path / "r" / "checkpoints").all_steps() == [3, 6]
+    assert not (tmp_path / "r" / "corrupt_checkpoints").exists()
+
+
+def test_eval_of_a_split_the_data_lacks_is_a_clear_error(cli_run, capsys):
+    assert main(["eval", str(cli_run[0]), "--split", "test"]) == 2
+    assert "synthetic data has the splits ['eval']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "/abs"])
+def test_run_names_other_than_one_directory_are_refused(tmp_path, name):
+    from kunlun_jax.config import ConfigError
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("the user's")
+    with pytest.raises(ConfigError, match="must be one plain directory name"):
+        prepare_run_dir(tmp_path / "runs", name, overwrite=True, resume=False)
+    assert (tmp_path / "runs" / "keep.txt").read_text() == "the user's"
+
+
+def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, capsys):
+    assert main(_train_args(tmp_path, "r", "mesh.data=16")) == 2  # 8 devices
+    assert "mesh" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists(), "the retry would find it and refuse"
+
+
+def test_resume_refuses_when_only_quarantined_checkpoints_are_left(tmp_path):
+    from kunlun_jax.train.checkpoint import CheckpointError
+
+    (tmp_path / "corrupt_checkpoints" / "6-1").mkdir(parents=True)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match="no checkpoint left to resume from"):
+        ckpt.restore_latest_good(None, None)
+    ckpt.close()
+
+
 def test_bad_config_on_the_command_line_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--runs-dir", str(tmp_path), "--set", "model.num_layer=3"])
     assert code == 2
@@ -229,5 +275,5 @@ def test_resume_refuses_a_different_model(tmp_path):
     run_dir = prepare_run_dir(tmp_path, "r", overwrite=False, resume=False)
     (run_dir / "config.json").write_text(json.dumps(to_dict(load_config("tiny", FAST))))
     other = load_config("tiny", [*FAST, "model.d_model=32"])
-    with pytest.raises(ConfigError, match=r"cannot resume .*its model config differs"):
+    with pytest.raises(ConfigError, match=r"cannot resume .*: model\.\* differ"):
         train(other, run_dir, resume=True, progress=False)

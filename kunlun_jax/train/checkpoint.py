@@ -127,6 +127,13 @@ class Checkpointer:
         """The newest checkpoint that restores intact (None if the run has none). Bad ones are
         moved to `<run>/corrupt_checkpoints/` with a warning."""
         steps = self.all_steps()
+        quarantined = self.directory.parent / "corrupt_checkpoints"
+        if not steps and quarantined.is_dir() and any(quarantined.iterdir()):
+            raise CheckpointError(
+                f"{self.directory} has no checkpoint left to resume from, but {quarantined} "
+                "holds ones an earlier resume could not restore; move back the ones to retry, "
+                "or start a new run with --name"
+            )
         for step in reversed(steps):
             try:
                 return self.restore(step, target_state, data_iter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,11 @@ def prepare_run_dir(runs_dir: Path, name: str, *, overwrite: bool, resume: bool)
     Multi-host: every process checks, then process 0 alone deletes/creates, then the others
     create their (possibly host-local) directory.
     """
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ConfigError(
+            f"run name {name!r} must be one plain directory name (no '/', '.' or '..'): "
+            "the run lives in <runs dir>/<name>"
+        )
     run_dir = Path(runs_dir) / name
     if run_dir.exists() and not resume and not overwrite:
         raise RunExistsError(
@@ -93,8 +99,14 @@ def _non_finite_report(step: int, metrics: dict[str, Any]) -> str:
         for path, ok in jax.tree_util.tree_flatten_with_path(metrics["grad_finite"])[0]
         if not bool(ok)
     ]
+    loss = float(metrics["loss"])
+    if not bad and math.isfinite(loss):
+        return (
+            f"step {step}: loss = {loss} and gradients finite, but the update made parameters "
+            "non-finite (is train.learning_rate too large?)"
+        )
     return (
-        f"step {step}: loss = {float(metrics['loss'])}, non-finite gradients in "
+        f"step {step}: loss = {loss}, non-finite gradients in "
         f"{len(bad)} parameter(s): {', '.join(bad[:10]) or 'none (the loss itself)'}"
     )
 
@@ -108,7 +120,15 @@ def evaluate_run(
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    config = from_dict(json.loads(config_file.read_text()))
+    try:
+        config = from_dict(json.loads(config_file.read_text()))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_file} is not valid JSON ({e})") from e
+    splits = ("eval",) if config.data.source == "synthetic" else ("eval", "test")
+    if split not in splits:
+        raise ConfigError(
+            f"split {split!r}: {config.data.source} data has the splits {list(splits)}"
+        )
     exp = build_experiment(config)
     ckpt = Checkpointer(run_dir / "checkpoints")
     step = ckpt.latest_step()
@@ -185,10 +205,16 @@ def train(
     if resume and (restored := ckpt.restore_latest_good(state, exp.data_iter)) is not None:
         state = restored[0]
     start = int(state.step)
+    if start > tc.steps:
+        ckpt.close()
+        raise ConfigError(
+            f"cannot resume {run_dir} with train.steps = {tc.steps}: its checkpoint is at step "
+            f"{start}; pass train.steps >= {start}"
+        )
     log = _RunLog(run_dir, config, start, progress)
     with exp.activate(), PreemptionGuard() as guard:
         if jax.process_index() == 0:  # written once signals are caught (tests rely on it)
-            (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+            _write_atomically(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
         predict = exp.predict_step()
         state, stats = _train_steps(exp, state, predict, ckpt, log, guard, start)
         if stats.preempted is not None:
@@ -213,7 +239,7 @@ def train(
         "examples_per_sec": stats.examples_per_sec,
     }
     if jax.process_index() == 0:
-        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        _write_atomically(run_dir / "metrics.json", json.dumps(result, indent=2))
     return result
 
 
@@ -296,15 +322,49 @@ def _train_steps(
     return state, stats
 
 
+# train.* fields a resume may change: none alters the optimizer state, the batches or the
+# numbers of the steps already taken.
+RESUMABLE_TRAIN_FIELDS = (
+    "steps",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "keep_best",
+    "async_checkpoints",
+    "nan_policy",
+)
+
+
 def _check_same_run(run_dir: Path, config: Config) -> None:
-    """Resuming needs the run's data and model config; train settings (e.g. steps) may change."""
+    """Resuming needs the run's data and model config and its train config up to
+    RESUMABLE_TRAIN_FIELDS (the mesh may change: checkpoints restore onto any mesh)."""
     saved = run_dir / "config.json"
     if not saved.is_file():
         return
-    old, new = json.loads(saved.read_text()), to_dict(config)
-    changed = [section for section in ("data", "model") if old.get(section) != new[section]]
+    try:
+        old = json.loads(saved.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"cannot resume {run_dir}: {saved} is not valid JSON ({e})") from e
+    new = to_dict(config)
+    changed = [f"{section}.*" for section in ("data", "model") if old.get(section) != new[section]]
+    old_train = old.get("train", {})
+    changed += [
+        f"train.{key}"
+        for key, value in new["train"].items()
+        if key not in RESUMABLE_TRAIN_FIELDS and old_train.get(key) != value
+    ]
     if changed:
         raise ConfigError(
-            f"cannot resume {run_dir}: its {' and '.join(changed)} config differs from the one "
-            f"given; resume with --config {saved} (plus --set for train.* changes)"
+            f"cannot resume {run_dir}: {', '.join(changed)} differ from the run's config (a "
+            f"resume continues the same optimization and data order; only train."
+            f"{{{', '.join(RESUMABLE_TRAIN_FIELDS)}}} may change); resume with --config {saved}, "
+            "or start a new run with --name"
         )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """path's contents replaced by text all at once (a crash leaves the old file or the new)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -99,8 +99,8 @@ def micro_batches(batch: Batch, n: int) -> Batch:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int = 1):
     """(state, batch, rng) -> (state, metrics). With accum_steps > 1 the batch is split into
     micro-batches whose gradients are averaged (same result as one big batch, less memory).
-    A non-finite loss or gradient leaves the state unchanged and reports, per parameter,
-    which gradients were non-finite."""
+    A non-finite loss, gradient or updated parameter leaves the state unchanged and reports,
+    per parameter, which gradients were non-finite."""
 
     def loss_fn(params, batch: Batch, rng):
         logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
@@ -131,6 +131,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accum_st
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(jax.tree.leaves(grad_finite)))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # Finite gradients can still step to non-finite parameters (e.g. a learning rate too
+        # large): such an update is dropped too.
+        update_finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+        )
+        finite = finite & update_finite
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         kept = TrainState(step=state.step + 1, params=state.params, opt_state=state.opt_state)
         state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
@@ -139,6 +145,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accum_st
             "grad_norm": optax.tree.norm(grads),
             "finite": finite,
             "grad_finite": grad_finite,
+            "update_finite": update_finite,
         }
         return state, metrics
 
