@@ -66,7 +66,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def label_mean(source: Any, batch_size: int = 4096) -> float:
-    """The fraction of positive labels over every example of `source`."""
+    """The fraction of positive labels over every example of `source` (the real datasets
+    record it: `source.base_rate`)."""
+    if (recorded := getattr(source, "base_rate", None)) is not None:
+        return recorded
     total, positives = 0, 0.0
     for batch, n in eval_batches(source, min(batch_size, len(source))):
         positives += float(np.sum(batch["label"][:n]))

@@ -267,6 +267,11 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
     metrics = train(cfg, run_dir, progress=False)
     assert np.isfinite(metrics["ne"])
     assert "oracle_ne" not in metrics
+    # NE is normalized by the training labels' click rate (spec), not the evaluated split's.
+    from kunlun_jax.data.pipeline import make_source
+
+    train_rate = make_source(cfg.data, "train")[0].base_rate
+    assert metrics["base_rate"] == train_rate != make_source(cfg.data, "eval")[0].base_rate
 
 
 def test_resume_refuses_a_different_model(tmp_path):

@@ -115,7 +115,8 @@ def evaluate_run(
     run_dir: Path, split: str = "eval", *, base_rate: float | None = None
 ) -> dict[str, float]:
     """Evaluates the newest checkpoint of a run directory on `split` ("eval", or "test" for
-    the real datasets); base_rate: the click rate NE normalizes by (default: the split's)."""
+    the real datasets); base_rate: the click rate NE normalizes by (default:
+    `training_base_rate`)."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
@@ -144,7 +145,7 @@ def evaluate_run(
             source,
             config.train.batch_size,
             put=exp.global_batch,
-            base_rate=base_rate,
+            base_rate=training_base_rate(exp) if base_rate is None else base_rate,
             buckets=config.data.length_buckets,
         )
     return {**metrics, "step": step}
@@ -250,8 +251,17 @@ def _evaluate(exp: Experiment, predict: Any, state: Any) -> dict[str, float]:
         exp.eval_source,
         exp.config.train.batch_size,
         put=exp.global_batch,
+        base_rate=training_base_rate(exp),
         buckets=exp.config.data.length_buckets,
     )
+
+
+def training_base_rate(exp: Experiment) -> float | None:
+    """The training labels' click rate, which NE normalizes by (spec), where the data records
+    it (the real datasets' manifests); None (the evaluated labels' own rate) for synthetic
+    data, whose splits come from one generator: its training rate would take a pass over the
+    whole training set."""
+    return getattr(exp.train_source, "base_rate", None)
 
 
 def _save(
