@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from kunlun_jax.data import records
+from kunlun_jax.data.jagged import newest_first_positions
 from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
 from kunlun_jax.data.validate import (
     DataError,
@@ -858,16 +859,15 @@ class MovieLensSource:
     ) -> dict[str, np.ndarray]:
         """The stream arrays (spec format, [B, T]) of events[start:end], newest first."""
         a = self.prepared.arrays
-        length = np.minimum(end - start, self.max_len)
-        slot = np.arange(self.max_len)
-        real = slot[None, :] < length[:, None]
-        pos = timeline.events[np.where(real, end[:, None] - 1 - slot[None, :], -1)]
+        positions, length = newest_first_positions(start, end, self.max_len)
+        real = positions >= 0
+        pos = timeline.events[positions]  # -1: the trailing 0, a safe gather target
         ids = a["item_table"][a["event_item"][pos]]
         return {
             "item": np.where(real, ids[..., 0], PAD),
             "side": np.where(real, ids[..., 1], PAD),
             "dt": np.where(real, ts[:, None] - a["event_ts"][pos], 0).astype(np.float32),
-            "length": length.astype(np.int32),
+            "length": length,
         }
 
 
