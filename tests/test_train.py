@@ -121,6 +121,22 @@ def test_resume_refuses_when_only_quarantined_checkpoints_are_left(tmp_path):
     ckpt.close()
 
 
+def test_running_out_of_memory_while_restoring_quarantines_nothing(tmp_path, monkeypatch):
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints" / "6").mkdir()
+
+    def restore(*args, **kwargs):
+        raise RuntimeError("restore failed") from MemoryError("host memory")
+
+    monkeypatch.setattr(ckpt._manager, "all_steps", lambda: [6])
+    monkeypatch.setattr(ckpt._manager, "restore", restore)
+    with pytest.raises(RuntimeError, match="restore failed"):
+        ckpt.restore_latest_good(None, None)
+    assert (tmp_path / "checkpoints" / "6").is_dir()
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+    ckpt.close()
+
+
 def test_bad_config_on_the_command_line_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--runs-dir", str(tmp_path), "--set", "model.num_layer=3"])
     assert code == 2

@@ -113,6 +113,8 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
+            if _out_of_memory(e):  # not the checkpoint's fault: keep it where it is
+                raise
             raise CheckpointError(f"checkpoint {step} could not be read: {e}") from e
         expected = restored.meta.get("fingerprint")
         if expected is not None and not np.allclose(
@@ -161,3 +163,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _out_of_memory(error: BaseException | None) -> bool:
+    """Whether `error` (or an error that caused it) is running out of host or device memory."""
+    while error is not None:
+        if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
