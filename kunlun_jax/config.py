@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import tomllib
 import types
@@ -292,18 +293,22 @@ def available_configs() -> list[str]:
 
 
 def _load_named(name_or_path: str) -> dict[str, Any]:
+    """The values of a named config, a .toml file, or a run's config.json."""
     path = Path(name_or_path)
-    if path.suffix != ".toml":
+    if path.suffix not in (".toml", ".json"):
         path = CONFIG_DIR / f"{name_or_path}.toml"
     if not path.is_file():
         raise ConfigError(
             f"config {name_or_path!r} not found; named configs: {', '.join(available_configs())} "
-            "(or pass a path to a .toml file)"
+            "(or pass a path to a .toml file or a run's config.json)"
         )
     try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+        else:
+            values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
     values.setdefault("name", path.stem)
     return values
 

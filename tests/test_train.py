@@ -290,6 +290,20 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
     assert metrics["base_rate"] == train_rate != make_source(cfg.data, "eval")[0].base_rate
 
 
+def test_a_run_older_than_a_config_field_resumes_with_its_default(tmp_path):
+    """A run's config.json from before a field existed loads (as --config too) with the
+    field's default, which is what the run used: the resume check passes."""
+    from kunlun_jax.config import to_dict
+    from kunlun_jax.train.loop import _check_same_run
+
+    config = load_config("tiny", FAST)
+    saved = to_dict(config)
+    del saved["model"]["seq_attention"], saved["train"]["keep_best"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_config(str(tmp_path / "config.json")) == config
+    _check_same_run(tmp_path, config)
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     from kunlun_jax.config import ConfigError, to_dict
 

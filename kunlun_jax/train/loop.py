@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from kunlun_jax.config import Config, ConfigError, from_dict, to_dict
+from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
@@ -121,10 +121,7 @@ def evaluate_run(
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        config = from_dict(json.loads(config_file.read_text()))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_file} is not valid JSON ({e})") from e
+    config = load_config(str(config_file))
     splits = ("eval",) if config.data.source == "synthetic" else ("eval", "test")
     if split not in splits:
         raise ConfigError(
@@ -352,17 +349,13 @@ def _check_same_run(run_dir: Path, config: Config) -> None:
     saved = run_dir / "config.json"
     if not saved.is_file():
         return
-    try:
-        old = json.loads(saved.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"cannot resume {run_dir}: {saved} is not valid JSON ({e})") from e
-    new = to_dict(config)
-    changed = [f"{section}.*" for section in ("data", "model") if old.get(section) != new[section]]
-    old_train = old.get("train", {})
+    # Through load_config, so that fields newer than the run take their defaults.
+    old, new = to_dict(load_config(str(saved))), to_dict(config)
+    changed = [f"{section}.*" for section in ("data", "model") if old[section] != new[section]]
     changed += [
         f"train.{key}"
         for key, value in new["train"].items()
-        if key not in RESUMABLE_TRAIN_FIELDS and old_train.get(key) != value
+        if key not in RESUMABLE_TRAIN_FIELDS and old["train"][key] != value
     ]
     if changed:
         raise ConfigError(
