@@ -82,7 +82,7 @@ def test_resume_refuses_what_would_break_exact_resume(cli_run, tmp_path, capsys)
     shutil.copytree(cli_run[0], tmp_path / "r")
     capsys.readouterr()
     assert main([*_train_args(tmp_path, "r", "train.batch_size=32"), "--resume"]) == 2
-    assert "train.batch_size differ from the run's config" in capsys.readouterr().err
+    assert "train.batch_size differs from the run's config" in capsys.readouterr().err
     assert main([*_train_args(tmp_path, "r", "train.steps=4"), "--resume"]) == 2
     assert "its checkpoint is at step 6; pass train.steps >= 6" in capsys.readouterr().err
     assert Checkpointer(tmp_path / "r" / "checkpoints").all_steps() == [3, 6]

@@ -359,7 +359,8 @@ def _check_same_run(run_dir: Path, config: Config) -> None:
     ]
     if changed:
         raise ConfigError(
-            f"cannot resume {run_dir}: {', '.join(changed)} differ from the run's config (a "
+            f"cannot resume {run_dir}: {', '.join(changed)} "
+            f"{'differs' if len(changed) == 1 else 'differ'} from the run's config (a "
             f"resume continues the same optimization and data order; only train."
             f"{{{', '.join(RESUMABLE_TRAIN_FIELDS)}}} may change); resume with --config {saved}, "
             "or start a new run with --name"
