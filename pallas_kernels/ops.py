@@ -12,9 +12,6 @@ from typing import Literal
 import jax
 
 from pallas_kernels.common.sharding import per_batch_shard
-from pallas_kernels.gdpa.reference import gdpa_reference
-from pallas_kernels.hsp.reference import seed_pooling_reference
-from pallas_kernels.swa.reference import attention_reference
 
 Kernels = Literal["reference", "pallas", "auto"]
 
@@ -33,20 +30,19 @@ def gdpa(
     causal: bool = False,
     kernels: Kernels = "reference",
 ) -> jax.Array:
-    """GDPA, q [B, Tq, H, D], k/v [B, Tkv, H, D] -> [B, Tq, H, D]; see gdpa_reference."""
+    """GDPA, q [B, Tq, H, D], k/v [B, Tkv, H, D] -> [B, Tq, H, D]; see pallas_kernels.gdpa."""
+    from pallas_kernels.gdpa.api import gdpa as gdpa_op
+
     kwargs = dict(
         activation=activation, qk_scale=qk_scale, out_scale=out_scale, window=window, causal=causal
     )
-    if kernels == "reference":
-        return gdpa_reference(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, **kwargs)
-    from pallas_kernels.gdpa.api import gdpa as gdpa_kernel
 
     def call(q, k, v, q_lengths, kv_lengths):
-        return gdpa_kernel(
+        return gdpa_op(
             q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, backend=kernels, **kwargs
         )
 
-    return per_batch_shard(call, q, k, v, q_lengths, kv_lengths, batched=(True,) * 5)
+    return _sharded(kernels, call, q, k, v, q_lengths, kv_lengths, batched=(True,) * 5)
 
 
 def attention(
@@ -63,17 +59,21 @@ def attention(
     """Softmax attention (full or sliding-window), q [B, Tq, H, D] -> [B, Tq, H, D]; see
     pallas_kernels.swa.api. "pallas"/"auto": our Mosaic-TPU kernel on TPU, tokamax's named GPU
     kernel on GPU; "auto" falls back to the reference where none applies (CPU included)."""
-    mask = dict(window=window, causal=causal)
-    if kernels == "reference":
-        return attention_reference(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, **mask)
     from pallas_kernels.swa.api import swa_attention
 
     def call(q, k, v, q_lengths, kv_lengths):
         return swa_attention(
-            q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, backend=kernels, **mask
+            q,
+            k,
+            v,
+            q_lengths=q_lengths,
+            kv_lengths=kv_lengths,
+            window=window,
+            causal=causal,
+            backend=kernels,
         )
 
-    return per_batch_shard(call, q, k, v, q_lengths, kv_lengths, batched=(True,) * 5)
+    return _sharded(kernels, call, q, k, v, q_lengths, kv_lengths, batched=(True,) * 5)
 
 
 def seed_pooling(
@@ -89,11 +89,17 @@ def seed_pooling(
     "auto" falls back to the reference where no kernel applies (CPU, head dims outside 32–256,
     more seeds than the device's seed tile). The seeds are replicated across batch shards.
     """
-    if kernels == "reference":
-        return seed_pooling_reference(seeds, k, v, kv_lengths=kv_lengths)
-    from pallas_kernels.hsp.api import seed_pooling as seed_pooling_kernel
+    from pallas_kernels.hsp.api import seed_pooling as seed_pooling_op
 
     def call(seeds, k, v, kv_lengths):
-        return seed_pooling_kernel(seeds, k, v, kv_lengths=kv_lengths, backend=kernels)
+        return seed_pooling_op(seeds, k, v, kv_lengths=kv_lengths, backend=kernels)
 
-    return per_batch_shard(call, seeds, k, v, kv_lengths, batched=(False, True, True, True))
+    return _sharded(kernels, call, seeds, k, v, kv_lengths, batched=(False, True, True, True))
+
+
+def _sharded(kernels: Kernels, call, *args, batched: tuple[bool, ...]) -> jax.Array:
+    """call(*args), checked by the op's public API whatever `kernels` is; a kernel runs once
+    per batch shard (`per_batch_shard`), the reference (plain jnp) under XLA's sharding."""
+    if kernels == "reference":
+        return call(*args)
+    return per_batch_shard(call, *args, batched=batched)

@@ -5,6 +5,7 @@ Layout convention of every op: q [B, Tq, H, D], k / v [B, Tkv, H, D], lengths in
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import jax
@@ -21,20 +22,30 @@ def check_attention_inputs(
     q_lengths: jax.Array | None,
     kv_lengths: jax.Array | None,
     window: int | None,
+    causal: bool = False,
+    *,
+    names: tuple[str, str, str] = ("q", "k", "v"),
 ) -> None:
-    """ValueError naming the offending argument for bad shapes, dtypes, lengths or window.
+    """ValueError naming the offending argument for bad shapes, dtypes, lengths, window or
+    causal flag.
 
     op: the op's name for messages ("GDPA", "SWA"). q, k, v must be rank 4, share one dtype of
-    `DTYPES`, k and v one shape, and k/v batch, heads and head dim must equal q's.
+    `DTYPES`, k and v one shape, and k/v batch, heads and head dim must equal q's. names: how
+    the messages call q, k, v (seed pooling checks k in q's place).
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be True or False, got {causal!r}")
+    for name, x in zip(names, (q, k, v), strict=True):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, H, D], got shape {x.shape}")
         if jnp.dtype(x.dtype) not in DTYPES:
             supported = [str(d) for d in DTYPES]
             raise ValueError(f"{name} has dtype {x.dtype}; {op} supports {supported}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise ValueError(
+            f"{', '.join(dict.fromkeys(names))} must share one dtype, got "
+            f"{q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")
     b, _, h, d = q.shape
@@ -45,6 +56,8 @@ def check_attention_inputs(
     for name, lengths in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
         if lengths is None:
             continue
+        if not hasattr(lengths, "dtype"):
+            raise ValueError(f"{name} must be an integer array of shape ({b},), got {lengths!r}")
         if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise ValueError(
                 f"{name} must be an integer array of shape ({b},), "
@@ -54,6 +67,21 @@ def check_attention_inputs(
         isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0
     ):
         raise ValueError(f"window must be a non-negative int or None, got {window!r}")
+
+
+def check_scales(**scales: float) -> None:
+    """ValueError unless every scale is a finite Python number (the kernels take them as
+    compile-time constants, so a traced array cannot be one)."""
+    for name, value in scales.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must be a Python number (static), got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def nothing_to_attend(q: jax.Array, k: jax.Array) -> bool:
+    """Whether q or k is empty (B, T, H or D of 0): the output is zeros, no grid to launch."""
+    return q.size == 0 or k.size == 0
 
 
 def pad_sequence(x: jax.Array, length: int, dim: int) -> jax.Array:

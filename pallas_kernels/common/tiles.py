@@ -90,7 +90,11 @@ def on_128_mib_vmem(sizes: BlockSizes, heads: int = 8) -> BlockSizes:
 
 def check_heads_per_step(heads_per_step: int | None) -> None:
     """ValueError unless heads_per_step is None or a positive int."""
-    if heads_per_step is not None and (not isinstance(heads_per_step, int) or heads_per_step < 1):
+    if heads_per_step is not None and (
+        isinstance(heads_per_step, bool)
+        or not isinstance(heads_per_step, int)
+        or heads_per_step < 1
+    ):
         raise ValueError(f"heads_per_step must be a positive int or None, got {heads_per_step!r}")
 
 

@@ -29,7 +29,12 @@ import jax.numpy as jnp
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.common.activations import get_activation, kernel_tanh
-from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
+from pallas_kernels.common.inputs import (
+    check_attention_inputs,
+    check_scales,
+    nothing_to_attend,
+    pad_attention_inputs,
+)
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import (
     BlockSizes,
@@ -99,7 +104,10 @@ def gdpa(
     check_heads_per_step(heads_per_step)
     impl = _resolve_backend(backend, q.shape[-1])
     get_activation(activation)  # ValueError listing the valid names
-    check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window)
+    check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window, causal)
+    check_scales(qk_scale=qk_scale, out_scale=out_scale)
+    if nothing_to_attend(q, k):
+        return jnp.zeros_like(q)
     op = dict(
         activation=activation,
         qk_scale=qk_scale,
@@ -172,7 +180,7 @@ def gdpa_pallas(
     _check_head_dim(q.shape[-1])
     _, tq, _, dim = q.shape
     tkv = k.shape[1]
-    if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
+    if nothing_to_attend(q, k):  # no grid to launch
         return jnp.zeros_like(q)
     triton = impl == "pallas_triton"
     # 16-bit silu / sigmoid: σ through one hardware tanh where that is cheaper (exact tanh

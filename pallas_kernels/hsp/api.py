@@ -84,6 +84,8 @@ def seed_pooling(
     the compile target, `common.target.target_device()`).
     """
     _check_inputs(seeds, k, v, kv_lengths)
+    if k.size == 0:  # nothing to attend to (B, T, H or D of 0)
+        return jnp.zeros((k.shape[0], seeds.shape[0], *k.shape[2:]), k.dtype)
     impl = _resolve_backend(backend, seeds.shape, device_kind)
     if impl == "reference":
         return seed_pooling_reference(seeds, k, v, kv_lengths=kv_lengths)
@@ -95,8 +97,6 @@ def seed_pooling(
         device_kind = target_device().device_kind if native else ""
     num_seeds, _, dim = seeds.shape
     batch, t = k.shape[:2]
-    if t == 0:  # nothing to attend to
-        return jnp.zeros((batch, num_seeds, *k.shape[2:]), k.dtype)
     sizes = _fit_tiles(impl, platform, device_kind, k.dtype, num_seeds, dim, t, block_kv)
     cfg = KernelConfig(impl, dim**-0.5, sizes, bool(interpret))
     t_pad = sizes.padded_kv(t)
@@ -207,7 +207,7 @@ def _check_inputs(
     seeds: jax.Array, k: jax.Array, v: jax.Array, kv_lengths: jax.Array | None
 ) -> None:
     """ValueError naming the offending argument for bad shapes, dtypes or lengths."""
-    check_attention_inputs("seed pooling", k, k, v, None, kv_lengths, None)
+    check_attention_inputs("seed pooling", k, k, v, None, kv_lengths, None, names=("k", "k", "v"))
     if seeds.ndim != 3:
         raise ValueError(f"seeds must have rank 3 [S, H, D], got shape {seeds.shape}")
     if jnp.dtype(seeds.dtype) not in DTYPES:

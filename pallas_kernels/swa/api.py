@@ -29,7 +29,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
+from pallas_kernels.common.inputs import (
+    check_attention_inputs,
+    check_scales,
+    nothing_to_attend,
+    pad_attention_inputs,
+)
 from pallas_kernels.common.softmax import row_delta
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, check_heads_per_step, fit_block_sizes
@@ -93,11 +98,15 @@ def swa_attention(
     (`tuning.py`); heads_per_step overrides pallas_tpu's heads per grid step (the largest
     divisor of H up to it).
     """
-    check_attention_inputs("SWA", q, k, v, q_lengths, kv_lengths, window)
+    check_attention_inputs("SWA", q, k, v, q_lengths, kv_lengths, window, causal)
+    if scale is not None:
+        check_scales(scale=scale)
+    if nothing_to_attend(q, k):
+        return jnp.zeros_like(q)
     check_heads_per_step(heads_per_step)
     window = None if window is None else int(window)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    kw = dict(q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=bool(causal))
+    kw = dict(q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=causal)
     candidates = _resolve_backend(backend, q.shape[-1])
     for impl in candidates[:-1]:  # only "auto" has more than one: tokamax, then reference
         try:
@@ -162,7 +171,7 @@ def swa_pallas_tpu(
     shrunk to the sequence lengths."""
     _, tq, _, dim = q.shape
     tkv = k.shape[1]
-    if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
+    if nothing_to_attend(q, k):  # no grid to launch
         return jnp.zeros_like(q)
     device = target_device()
     platform = target_platform()

@@ -297,6 +297,12 @@ def test_auto_is_reference_on_cpu_and_pallas_is_tpu_interpret():
         (dict(kv_lengths=jnp.zeros((2,))), "kv_lengths must be an integer array"),
         (dict(window=-1), "window must be a non-negative int"),
         (dict(window=2.5), "window must be a non-negative int"),
+        (dict(causal="False"), "causal must be True or False"),
+        (dict(q_lengths=[8, 8]), r"q_lengths must be an integer array of shape \(2,\), got \[8"),
+        (dict(out_scale=float("inf")), "out_scale must be finite"),
+        (dict(qk_scale=float("nan")), "qk_scale must be finite"),
+        (dict(qk_scale=jnp.float32(0.5)), r"qk_scale must be a Python number \(static\)"),
+        (dict(backend="pallas_tpu", heads_per_step=True), "heads_per_step must be a positive"),
         (dict(backend="pallas_triton", block_q=24), "block_q=24 must be a power of two"),
         (dict(backend="pallas_tpu", block_kv=12), "block_kv=12 must be a positive multiple of 8"),
         (
@@ -310,6 +316,29 @@ def test_invalid_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         gdpa(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("shape", [(0, 8, 2, 32), (2, 8, 0, 32), (2, 0, 2, 32)])
+def test_empty_inputs_give_zeros_on_every_backend(backend, shape):
+    """No batch, no heads or no keys: a zero output of q's shape, as the reference gives."""
+    q = jnp.ones((*shape[:1], 5, *shape[2:]))
+    kv = jnp.ones(shape)
+    out = gdpa(q, kv, kv, activation="sigmoid", backend=backend)
+    assert out.shape == q.shape
+    assert not np.any(np.asarray(out))
+
+
+def test_the_model_op_layer_checks_inputs_on_the_reference_path_too():
+    from pallas_kernels import ops
+
+    q = jnp.zeros((2, 8, 2, 32))
+    with pytest.raises(ValueError, match="window must be a non-negative int"):
+        ops.gdpa(q, q, q, activation="silu", window=-1)
+    with pytest.raises(ValueError, match="q, k, v must share one dtype"):
+        ops.attention(q.astype(jnp.bfloat16), q, q)
+    with pytest.raises(ValueError, match="seeds heads and head dim"):
+        ops.seed_pooling(jnp.zeros((4, 1, 32)), q, q)
 
 
 def test_tuning_table():

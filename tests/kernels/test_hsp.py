@@ -230,7 +230,8 @@ def test_sequence_summary_pallas_matches_reference():
         (dict(seeds=jnp.zeros((4, 2, 32), jnp.int32)), "seeds has dtype int32"),
         (dict(seeds=jnp.zeros((4, 3, 32))), r"seeds heads and head dim \(3, 32\) must match"),
         (dict(seeds=jnp.zeros((0, 2, 32))), r"at least one seed"),
-        (dict(k=jnp.zeros((2, 8, 32))), "must have rank 4"),
+        (dict(k=jnp.zeros((2, 8, 32))), "k must have rank 4"),
+        (dict(k=jnp.zeros((2, 8, 2, 32), jnp.int32)), "k has dtype int32"),
         (dict(v=jnp.zeros((2, 9, 2, 32))), "k and v must have the same shape"),
         (dict(kv_lengths=jnp.zeros((3,), jnp.int32)), "kv_lengths must be an integer array"),
         (dict(backend="triton", block_kv=24), "block_kv=24 must be a power of two"),
@@ -246,6 +247,16 @@ def test_invalid_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         seed_pooling(args.pop("seeds"), args.pop("k"), args.pop("v"), **args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "tpu", "triton"])
+@pytest.mark.parametrize("shape", [(0, 8, 2, 32), (2, 8, 0, 32), (2, 0, 2, 32)])
+def test_empty_inputs_give_zeros_on_every_backend(backend, shape):
+    seeds = jnp.ones((4, *shape[2:]))
+    kv = jnp.ones(shape)
+    out = seed_pooling(seeds, kv, kv, backend=backend)
+    assert out.shape == (shape[0], 4, *shape[2:])
+    assert not np.any(np.asarray(out))
 
 
 def test_tuning_table():

@@ -374,6 +374,8 @@ def test_empty_sequences():
         (dict(window=-1), "window must be a non-negative int"),
         (dict(backend="pallas_tpu", block_kv=12), "block_kv=12 must be a positive multiple of 8"),
         (dict(heads_per_step=0), "heads_per_step must be a positive int or None, got 0"),
+        (dict(scale=float("nan")), "scale must be finite"),
+        (dict(causal=1), "causal must be True or False"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -381,6 +383,18 @@ def test_invalid_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         swa_attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "pallas_tpu", "jax_triton"])
+@pytest.mark.parametrize("shape", [(0, 8, 2, 32), (2, 8, 0, 32), (2, 0, 2, 32)])
+def test_empty_inputs_give_zeros_on_every_backend(backend, shape):
+    """No batch, no heads or no keys: a zero output of q's shape (a row with no visible key
+    outputs zero, `attention_reference`)."""
+    q = jnp.ones((*shape[:1], 5, *shape[2:]))
+    kv = jnp.ones(shape)
+    out = swa_attention(q, kv, kv, window=2, backend=backend)
+    assert out.shape == q.shape
+    assert not np.any(np.asarray(out))
 
 
 def test_tokamax_mapping_and_gpu_choice():
