@@ -17,7 +17,6 @@ selects on, and the JSON says which split was used.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -99,17 +98,6 @@ def model_cost(config: Config) -> dict[str, Any]:
     }
 
 
-def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
-    """The final eval metrics of a finished training of exactly `config` in `run_dir`, or None
-    (no such run, unfinished, or another config): a study re-run reads such runs back."""
-    metrics, saved = run_dir / "metrics.json", run_dir / "config.json"
-    if not (metrics.is_file() and saved.is_file()):
-        return None
-    if json.loads(saved.read_text()) != to_dict(config):  # to_dict is JSON-plain
-        return None
-    return json.loads(metrics.read_text())
-
-
 def run_config(
     config: Config, seeds: Sequence[int], runs_dir: Path, *, progress: bool = False
 ) -> dict[str, Any]:
@@ -117,7 +105,7 @@ def run_config(
     checkpoint on the test split. A seed whose run directory already holds a finished run of
     the same config is not trained again (its train_wall_s is then None). Returns the config's
     study entry (see `run_study`)."""
-    from kunlun_jax.train.loop import evaluate_run, prepare_run_dir, train
+    from kunlun_jax.train.loop import evaluate_run, finished_run, prepare_run_dir, train
 
     split = test_split(config)
     base_rate = label_mean(make_source(config.data, "train")[0])  # NE as the spec defines it

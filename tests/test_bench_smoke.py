@@ -108,6 +108,9 @@ def test_sweep_and_fit_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("already trained") == 2
+    # A rerun under another config refuses to read those runs back (or to replace them).
+    assert main([*args, "--set", "train.learning_rate=0.01"]) == 2
+    assert "holds a run of another config" in capsys.readouterr().err
     # Two points are too few for any fit: each form says why; the figure is still drawn.
     assert main(["scaling", "fit", str(out), "--n-boot", "20"]) == 0
     text = capsys.readouterr().out

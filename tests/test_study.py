@@ -117,7 +117,8 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     (again,) = json.loads(out.read_text())["entries"]
     assert [r["train_wall_s"] for r in again["runs"]] == [None, None]
     assert again["summary"] == entry["summary"]
-    # ... but a changed config trains again.
-    assert main([*args, "--set", "train.learning_rate=1e-2"]) == 0
-    (changed,) = json.loads(out.read_text())["entries"]
-    assert all(r["train_wall_s"] > 0 for r in changed["runs"])
+    # ... and never replaces them with runs of a changed config.
+    before = (tmp_path / "dcnv2-seed0" / "metrics.json").read_text()
+    assert main([*args, "--set", "train.learning_rate=1e-2"]) == 2
+    assert "dcnv2-seed0 holds a run of another config" in capsys.readouterr().err
+    assert (tmp_path / "dcnv2-seed0" / "metrics.json").read_text() == before

@@ -304,6 +304,26 @@ def test_a_run_older_than_a_config_field_resumes_with_its_default(tmp_path):
     _check_same_run(tmp_path, config)
 
 
+def test_finished_runs_are_read_back_and_other_runs_never_replaced(tmp_path):
+    from kunlun_jax.config import to_dict
+    from kunlun_jax.train.loop import finished_run
+
+    config = load_config("tiny", FAST)
+    run = tmp_path / "r"
+    assert finished_run(run, config) is None  # absent
+    run.mkdir()
+    assert finished_run(run, config) is None  # empty
+    (run / "config.json").write_text(json.dumps(to_dict(config)))
+    assert finished_run(run, config) is None  # unfinished: retrain
+    (run / "metrics.json").write_text('{"ne": 0.9}')
+    assert finished_run(run, config) == {"ne": 0.9}
+    with pytest.raises(FileExistsError, match="holds a run of another config"):
+        finished_run(run, load_config("tiny", [*FAST, "train.steps=7"]))
+    (run / "config.json").unlink()
+    with pytest.raises(FileExistsError, match="holds files but no run"):
+        finished_run(run, config)
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     from kunlun_jax.config import ConfigError, to_dict
 

@@ -33,7 +33,7 @@ from kunlun_jax.config import Config, ConfigError, load_config, parse_override, 
 from kunlun_jax.data.pipeline import make_source
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import build_experiment
-from kunlun_jax.train.loop import prepare_run_dir, train
+from kunlun_jax.train.loop import finished_run, prepare_run_dir, train
 
 SWEEP_FILE = "sweep.json"
 
@@ -179,9 +179,8 @@ def run_sweep(
         point, config = points[i], configs[i]
         name = point_name(point)
         run_dir = out_dir / name
-        metrics_file = run_dir / "metrics.json"
-        if metrics_file.is_file():
-            metrics = json.loads(metrics_file.read_text())
+        metrics = finished_run(run_dir, config)
+        if metrics is not None:
             log(f"[{i + 1}/{len(points)}] {name}: already trained, NE {metrics['ne']:.4f}")
         else:
             run_dir = prepare_run_dir(out_dir, name, overwrite=True, resume=False)

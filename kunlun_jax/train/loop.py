@@ -64,6 +64,28 @@ def prepare_run_dir(runs_dir: Path, name: str, *, overwrite: bool, resume: bool)
     return run_dir
 
 
+def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
+    """The final eval metrics of a finished training of exactly `config` in `run_dir` (read
+    back by study and sweep re-runs), or None where the directory may be (re)trained: absent,
+    empty, or an unfinished run of `config`. FileExistsError where training would replace
+    something else: a run of another config, or files that are no run."""
+    run_dir = Path(run_dir)
+    metrics, saved = run_dir / "metrics.json", run_dir / "config.json"
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    if not saved.is_file():
+        raise FileExistsError(
+            f"{run_dir} holds files but no run (no config.json); move them or pick another "
+            "output directory"
+        )
+    if to_dict(load_config(str(saved))) != to_dict(config):
+        raise FileExistsError(
+            f"{run_dir} holds a run of another config; pick another output directory (or "
+            "remove that run) rather than replace it"
+        )
+    return json.loads(metrics.read_text()) if metrics.is_file() else None
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
