@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 from kunlun_jax.bench import cli as bench_cli
-from kunlun_jax.config import ConfigError, available_configs, load_config, to_dict
-from kunlun_jax.data.spec import BatchError
-from kunlun_jax.data.validate import DataError
+from kunlun_jax.config import available_configs, load_config, to_dict
 from kunlun_jax.platform import prefer_present_accelerators
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 
@@ -169,12 +167,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from kunlun_jax.bench.schema import bench_document
     from kunlun_jax.parallel.aot import compile_train_step, format_report
 
     config = load_config(args.config, args.overrides)
     report = compile_train_step(config, args.topology, args.overrides or ())
     print(format_report(report))
-    record = report.pop("bench_record")
+    record = bench_document([report.pop("bench_record")])  # a file `compare` reads
     for path, payload in ((args.out, report), (args.record, record)):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +185,8 @@ def _eval(args: argparse.Namespace) -> int:
     from kunlun_jax.study import METRICS, mean_std
     from kunlun_jax.train.loop import evaluate_run
 
+    if len({Path(d).resolve() for d in args.run_dirs}) < len(args.run_dirs):
+        raise ValueError("a run directory is given twice: each run counts once in the summary")
     runs = [{"run_dir": str(d), **evaluate_run(d, args.split)} for d in args.run_dirs]
     if len(runs) == 1:
         print(json.dumps(runs[0], indent=2))
@@ -259,15 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(to_dict(config), indent=2))
         return 0
     except _user_errors() as e:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
+TRACEBACK_ENV = "KUNLUN_JAX_TRACEBACK"  # set (to anything) to see an error's traceback
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors printed as one line (exit code 2) instead of a traceback: bad configs, data and
-    paths, and (once training has loaded them) non-finite training and unrestorable
-    checkpoints."""
-    errors = [ConfigError, BatchError, DataError, FileExistsError, FileNotFoundError]
+    """Errors printed as one line (exit code 2) instead of a traceback: bad configs,
+    arguments, data and paths (ValueError, OSError), and (once training has loaded them)
+    non-finite training and unrestorable checkpoints."""
+    errors = [ValueError, OSError]
     for module, name in (
         ("kunlun_jax.train.loop", "NonFiniteError"),
         ("kunlun_jax.train.checkpoint", "CheckpointError"),

@@ -10,7 +10,7 @@ from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
 from kunlun_jax.bench.train_bench import ablation_variants
 from kunlun_jax.cli import main
 from kunlun_jax.config import ConfigError, load_config
-from tests.conftest import FAST_TINY
+from tests.conftest import FAST_TINY, REPO
 
 # tests/test_train.py's config too, so the compile cache shares programs with it. The
 # optimizer schedule decays over max(steps, warmup_steps + 1) = 51 steps for any steps <= 50,
@@ -68,7 +68,18 @@ def test_compare_cli_reports_a_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "kunlun-jax/bench", "schema_version": 1}))
     assert main(["compare", str(bad)]) == 2
-    assert "records must be a list" in capsys.readouterr().err
+    assert "records must be a non-empty list" in capsys.readouterr().err
+    # NaN is no measurement; the report never overwrites an input file.
+    good = tmp_path / "good.json"
+    record = json.loads((REPO / "benchmarks/results/aot_base_v5p_4x4x4_record.json").read_text())
+    good.write_text(json.dumps(record))
+    record["records"][0]["batch_size"] = float("nan")
+    bad.write_text(json.dumps(record))
+    assert main(["compare", str(bad)]) == 2
+    assert "batch_size must be" in capsys.readouterr().err
+    assert main(["compare", str(good), "--out", str(good)]) == 2
+    assert "is one of the input files" in capsys.readouterr().err
+    assert json.loads(good.read_text())["records"]
 
 
 def test_ablation_switches_each_technique_off_once():
@@ -112,6 +123,8 @@ def test_sweep_and_fit_cli(tmp_path, capsys):
     assert main([*args, "--set", "train.learning_rate=0.01"]) == 2
     assert "holds a run of another config" in capsys.readouterr().err
     # Two points are too few for any fit: each form says why; the figure is still drawn.
+    assert main(["scaling", "fit", str(out), "--n-boot", "1"]) == 2
+    assert "--n-boot must be >= 20" in capsys.readouterr().err
     assert main(["scaling", "fit", str(out), "--n-boot", "20"]) == 0
     text = capsys.readouterr().out
     assert "power      skipped: this fit needs >= 3 points, got 2" in text

@@ -58,7 +58,7 @@ def test_existing_run_is_never_overwritten_without_asking(cli_run, capsys):
     assert (run_dir / "metrics.json").read_text() == before
 
 
-def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys):
+def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path):
     run_dir, _ = cli_run
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 0
@@ -68,11 +68,14 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys):
     assert out["ne"] == pytest.approx(trained["ne"], rel=1e-6)
     assert out["auc"] == pytest.approx(trained["auc"], rel=1e-6)
     # Several runs (e.g. seeds): each run's metrics and their mean ± std.
-    assert main(["eval", str(run_dir), str(run_dir)]) == 0
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    assert main(["eval", str(run_dir), str(copy)]) == 0
     both = json.loads(capsys.readouterr().out)
     assert both["summary"]["ne"]["mean"] == pytest.approx(out["ne"], rel=1e-9)
     assert both["summary"]["ne"]["std"] == 0.0
     assert both["summary"]["ne"]["n"] == 2
+    assert main(["eval", str(run_dir), f"{run_dir}/"]) == 2  # one run is not two seeds
+    assert "given twice" in capsys.readouterr().err
 
 
 def test_resume_refuses_what_would_break_exact_resume(cli_run, tmp_path, capsys):

@@ -112,6 +112,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from kunlun_jax.bench.compare import load_records, markdown_report
 
+    inputs = {Path(f).resolve() for f in args.files}
+    for out in (args.out, args.plot):
+        if out is not None and out.resolve() in inputs:
+            raise ValueError(f"{out} is one of the input files: write the report elsewhere")
     records = load_records(args.files)
     text = markdown_report(records, link_dir=args.link_dir)
     print(text)
@@ -131,6 +135,7 @@ def _sweep_file(path: Path) -> Path:
     return path / SWEEP_FILE if path.is_dir() else path
 
 
+MIN_BOOTSTRAP = 20  # resamples: fewer give no meaningful 95% interval
 _DEVICE_KEYS = ("device_kind", "platform", "device_count", "jax", "jaxlib", "flax", "tokamax")
 
 
@@ -140,7 +145,11 @@ def _fit(args: argparse.Namespace) -> int:
     from kunlun_jax.bench.schema import SWEEP_SCHEMA, load
     from kunlun_jax.provenance import environment
 
-    files = [_sweep_file(p) for p in args.sweeps]
+    if args.n_boot < MIN_BOOTSTRAP:
+        raise ValueError(
+            f"--n-boot must be >= {MIN_BOOTSTRAP} for a 95% interval, got {args.n_boot}"
+        )
+    files = list(dict.fromkeys(_sweep_file(p).resolve() for p in args.sweeps))  # each file once
     points = [pt for f in files for pt in load(f, SWEEP_SCHEMA)["points"]]
     groups = [fit_group(pts, n_boot=args.n_boot) for pts in group_points(points).values()]
     for g in groups:
@@ -182,7 +191,7 @@ def _fit(args: argparse.Namespace) -> int:
         measured_on=[
             dict(env)
             for env in sorted(
-                {tuple((k, pt["environment"][k]) for k in _DEVICE_KEYS) for pt in points}
+                {tuple((k, pt["environment"].get(k)) for k in _DEVICE_KEYS) for pt in points}
             )
         ],
         environment=environment(),

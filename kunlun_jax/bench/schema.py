@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -217,8 +218,10 @@ _PY_TYPES = {"str": str, "bool": bool, "object": Mapping, "list": list}
 
 
 def _type_ok(value: Any, name: str) -> bool:
-    if name == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "number":  # finite: a NaN or Inf measurement is no measurement
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if name == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, _PY_TYPES[name])
@@ -281,8 +284,8 @@ def _check_header(doc: Mapping[str, Any], schema: str, key: str) -> None:
             f"schema_version {doc.get('schema_version')!r} is not supported "
             f"(this version reads {SCHEMA_VERSION})"
         )
-    if not isinstance(doc.get(key), list):
-        raise SchemaError(f"{key} must be a list")
+    if not isinstance(doc.get(key), list) or not doc[key]:
+        raise SchemaError(f"{key} must be a non-empty list")
 
 
 def validate_bench(doc: Mapping[str, Any]) -> None:

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from kunlun_jax.bench.accounting import xla_cost
 from kunlun_jax.bench.estimate import estimate_record
-from kunlun_jax.config import Config
+from kunlun_jax.config import Config, ConfigError
 from kunlun_jax.data.pipeline import first_batch, make_source
 from kunlun_jax.flops import model_flops
 from kunlun_jax.provenance import environment
@@ -44,7 +44,14 @@ def tpu_devices(topology: str) -> list[Any]:
     """Device descriptions of a TPU topology such as "v5e:2x2" or "v5p:4x4x4" (needs libtpu)."""
     from jax.experimental import topologies
 
-    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+    try:
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+    except Exception as e:  # libtpu's own error types; its message says what it could not use
+        raise ConfigError(
+            f"--topology {topology!r} is not a TPU topology libtpu knows ({e}); use "
+            "<chip>:<shape>, e.g. v5e:2x2, v5p:4x4x4, v6e:16x16"
+        ) from e
+    return list(desc.devices)
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
