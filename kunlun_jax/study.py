@@ -176,7 +176,10 @@ def markdown_table(study: Mapping[str, Any], source: str = "") -> str:
     """A Markdown table of a study: one row per config, test metrics as mean ± std over seeds.
 
     source: a link target (e.g. the JSON's path) added as the last column when given.
+    ValueError for anything but a study document.
     """
+    if not isinstance(study, Mapping) or not isinstance(study.get("entries"), list):
+        raise ValueError(f"{source or 'the file'} is not a study result (no 'entries' list)")
     oracle = any("oracle_ne" in e["summary"] for e in study["entries"])
     head = ["model", "config", "split", "seeds", "steps", "NE", "AUC", "log loss", "calibration"]
     head += ["Bayes-optimal NE"] if oracle else []

@@ -110,6 +110,10 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     assert "| dcnv2 | `dcnv2` | eval | 2 | 3 |" in printed
     assert (tmp_path / "t.md").read_text().strip() in printed
     assert main(["study", "--render", str(out)]) == 0
+    (tmp_path / "bench.json").write_text('{"schema": "kunlun-jax/bench", "records": []}')
+    capsys.readouterr()
+    assert main(["study", "--render", str(tmp_path / "bench.json")]) == 2
+    assert "is not a study result" in capsys.readouterr().err
     assert all(r["train_wall_s"] > 0 for r in entry["runs"])
 
     # Re-running the study reads the finished runs back instead of training them again ...
