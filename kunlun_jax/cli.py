@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,23 +136,13 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import jax
-
     from kunlun_jax.train.loop import prepare_run_dir, train
 
     config = load_config(args.config, args.overrides)
     name = args.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    new_run = not args.resume
     run_dir = prepare_run_dir(args.runs_dir, name, overwrite=args.overwrite, resume=args.resume)
     print(f"run {name}: {run_dir}")
-    try:
-        metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
-    except BaseException:
-        # A new run that failed before it started (no config.json yet) leaves no directory
-        # behind to block the retry.
-        if new_run and not (run_dir / "config.json").exists() and jax.process_index() == 0:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
     if metrics.get("preempted"):
         print(
             f"preempted by signal {metrics['signal']} after step {metrics['step']}: checkpoint "

@@ -208,9 +208,22 @@ def train(
     Writes config.json, TensorBoard events (tb/), orbax checkpoints (checkpoints/) and
     metrics.json. With resume, continues from the newest intact checkpoint with the same data
     order. SIGTERM/SIGINT finish the current step, save a checkpoint and return
-    {"preempted": True, "step": ...} instead of the eval metrics.
+    {"preempted": True, "step": ...} instead of the eval metrics. A new run that fails before
+    it starts (no config.json yet) removes its directory, so that a retry is not refused.
     """
     run_dir = Path(run_dir)
+    try:
+        return _train(config, run_dir, resume=resume, progress=progress, devices=devices)
+    except BaseException:
+        if not resume and not (run_dir / "config.json").exists() and jax.process_index() == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(
+    config: Config, run_dir: Path, *, resume: bool, progress: bool, devices: list[Any] | None
+) -> dict:
+    """`train`'s body."""
     tc = config.train
     if resume:
         _check_same_run(run_dir, config)
