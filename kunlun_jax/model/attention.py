@@ -3,6 +3,8 @@ window."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,16 +60,7 @@ class SequenceSelfAttention(nn.Module):
         if self.gdpa is None:
             o = ops.attention(q, k, v, **mask)
         else:
-            g = self.gdpa
-            o = ops.gdpa(
-                q,
-                k,
-                v,
-                activation=g.activation,
-                qk_scale=g.qk_scale,
-                out_scale=g.out_scale,
-                **mask,
-            )
+            o = ops.gdpa(q, k, v, **dataclasses.asdict(self.gdpa), **mask)
         return Dense(d_e, ("heads", "embed"), use_bias=False, dtype=self.dtype, name="o")(
             o.reshape(b, t, d_e)
         )

@@ -17,8 +17,8 @@ default_kernel_init = nn.initializers.lecun_normal()
 @dataclasses.dataclass(frozen=True)
 class GdpaScoring:
     """GDPA in place of softmax in an attention module: O = β·Act(α·Q Kᵀ) V (masked positions
-    contribute 0; `pallas_kernels.ops.gdpa`). activation: a GDPA activation name; qk_scale = α,
-    out_scale = β."""
+    contribute 0; `pallas_kernels.ops.gdpa`, whose keywords the fields are). activation: a
+    GDPA activation name; qk_scale = α, out_scale = β."""
 
     activation: str
     qk_scale: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import flax.linen as nn
@@ -89,9 +90,7 @@ class SequenceSummary(nn.Module):
                 jnp.broadcast_to(q, (b, n_seeds, h, dh)),
                 k,
                 v,
-                activation=self.gdpa.activation,
-                qk_scale=self.gdpa.qk_scale,
-                out_scale=self.gdpa.out_scale,
+                **dataclasses.asdict(self.gdpa),
                 kv_lengths=lengths,
                 kernels=self.kernels,
             )
