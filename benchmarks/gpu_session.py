@@ -7,10 +7,11 @@
 Stages, most important first: `preflight` (device and package versions, which imports fail),
 `tests` (the GPU kernel tests in bf16, so the timings that follow
 are of kernels known to be right on the hardware), `gdpa`, `swa`, `hsp` (the kernel benchmarks'
---quick profiles), `bench` (the `base` train step) and `tune` (the GDPA tile search, which
-resumes from benchmarks/results/gdpa_autotune_pallas_triton.json when that is from the same
-device kind). Each stage is a subprocess, so a crash
-or hang ends only that stage, with a timeout of what is left of the budget, capped per stage.
+--quick profiles), `bench` (the `base` train step), `tune` and `tune_mosaic` (the GDPA tile
+searches of pallas_triton and pallas_mosaic_gpu, which resume from
+benchmarks/results/gdpa_autotune_<impl>.json when that is from the same device kind). Each
+stage is a subprocess, so a crash or hang ends only that stage, with a timeout of what is left
+of the budget, capped per stage.
 Its output goes to OUT/<stage>.log; the benchmarks rewrite their JSON after every result, so
 a stage cut off by its timeout keeps what it measured. A stage whose minimum no longer fits
 is recorded as skipped. OUT/session.json lists every stage's command, return code, seconds
@@ -50,11 +51,16 @@ class Stage:
         return [sys.executable, *shlex.split(line)]
 
 
-_TUNE = (
-    "-m benchmarks.kernels.gdpa_autotune --impl pallas_triton"
-    " --resume-from benchmarks/results/gdpa_autotune_pallas_triton.json"
-    " --out {out}/gdpa_autotune_pallas_triton.json"
-)
+def _tune(impl: str) -> str:
+    """The GDPA tile search of `impl`, resumed from the committed report of an earlier session
+    (used when it is from the same device kind)."""
+    return (
+        f"-m benchmarks.kernels.gdpa_autotune --impl {impl}"
+        f" --resume-from benchmarks/results/gdpa_autotune_{impl}.json"
+        f" --out {{out}}/gdpa_autotune_{impl}.json"
+    )
+
+
 STAGES: dict[str, Stage] = {
     "preflight": Stage(
         "-m benchmarks.gpu_session --preflight --out {out}",
@@ -94,12 +100,19 @@ STAGES: dict[str, Stage] = {
         smoke="-m kunlun_jax.cli bench --config tiny --set mesh.data=1 --steps 2 --warmup 1"
         " --out {out}/bench_base.json",
     ),
-    # Resumes from the committed report of an earlier session on the same device kind.
     "tune": Stage(
-        _TUNE + " --budget-s 150",
+        _tune("pallas_triton") + " --budget-s 150",
         cap_s=200,
         min_s=60,
-        smoke=_TUNE + " --smoke --iters 1 --warmup 1 --budget-s 60",
+        smoke=_tune("pallas_triton") + " --smoke --iters 1 --warmup 1 --budget-s 60",
+    ),
+    # Four candidates a key on Hopper. Smoke: the command line and the report only (no budget:
+    # the Mosaic GPU interpreter takes about a minute for the smoke's candidates).
+    "tune_mosaic": Stage(
+        _tune("pallas_mosaic_gpu") + " --budget-s 90",
+        cap_s=120,
+        min_s=45,
+        smoke=_tune("pallas_mosaic_gpu") + " --smoke --budget-s 0",
     ),
 }
 

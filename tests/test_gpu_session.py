@@ -102,7 +102,8 @@ def test_every_real_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
     status = {s["stage"]: s["status"] for s in session["stages"]}
     logs = {name: (tmp_path / f"{name}.log").read_text()[-2000:] for name in status}
     assert status == dict.fromkeys(gpu_session.STAGES, "ok"), logs
-    for name in ("preflight", "gdpa", "swa", "hsp", "bench_base", "gdpa_autotune_pallas_triton"):
+    tuned = ("gdpa_autotune_pallas_triton", "gdpa_autotune_pallas_mosaic_gpu")
+    for name in ("preflight", "gdpa", "swa", "hsp", "bench_base", *tuned):
         assert json.loads((tmp_path / f"{name}.json").read_text()), name
     assert (tmp_path / "swa.png").stat().st_size > 0
     assert "collected" in logs["tests"] or "tests collected" in logs["tests"]

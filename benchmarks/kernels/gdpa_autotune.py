@@ -9,13 +9,17 @@ For each key (head dim, Tkv regime) of `KEYS`, at a production shape of that reg
 H = 8, Tq = 4096; Tkv = 64 "short" or 4096 "long", full lengths, silu), every candidate
 `BlockSizes` (the same tiles forward and backward, Triton warps per direction) is timed as
 one jitted fwd+bwd (`median_of_means`) under `tuning.override_block_sizes`, beside the
-hand-picked table's tiles.
+hand-picked table's tiles. pallas_mosaic_gpu: its untuned tiles beside the kv block of the
+forward and dQ (64, 128) times the query block of the dK/dV kernel (Hopper: 32, 64; at 64 a
+few loop-invariant registers spill, at 32 the score MMAs are half as wide: only a GPU says
+which costs more).
 For jax_triton on a GPU, candidates that spill registers inside their MMA loops or overflow
 shared memory (`compile_for_cuda`) are dropped without timing. The report is rewritten after every
 candidate; `--resume-from` an earlier report (same impl and device kind) skips the candidates
 it timed, and a run cut off by `--budget-s` keeps its best so far. `--install` merges each
-key's winner into `pallas_kernels/gdpa/tuned.json`, which `tuning.default_block_sizes` reads
-before the hand-picked table (exact device kind); commit it with the report it came from.
+key's winner into `pallas_kernels/gdpa/tuned.json`, which `tuning.default_block_sizes` (and
+`mosaic_gpu.block_sizes`) reads before the hand-picked table (exact device kind); commit it
+with the report it came from.
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from kunlun_jax.bench.ceilings import median_of_means
 from kunlun_jax.provenance import environment
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, triton_sizes
-from pallas_kernels.gdpa import gdpa
+from pallas_kernels.gdpa import gdpa, mosaic_gpu
 from pallas_kernels.gdpa.tuning import TUNED_PATH, override_block_sizes, table_block_sizes
 
-IMPLS = ("pallas_triton", "jax_triton", "pallas_tpu")
+IMPLS = ("pallas_triton", "jax_triton", "pallas_tpu", mosaic_gpu.IMPL)
 KEYS = ((64, "short"), (128, "short"), (64, "long"), (128, "long"))  # (head dim, regime)
 HEADS, TQ, BATCH = 8, 4096, 4
 TKV = {"short": 64, "long": 4096}
@@ -58,7 +62,15 @@ class Shape:
 
 def candidates(impl: str) -> list[BlockSizes]:
     """The search space: powers of two for Triton (with warps and stages), multiples of 128 for
-    the TPU MXU."""
+    the TPU MXU; Mosaic GPU: the streamed blocks its kernels take on this device's
+    architecture (`mosaic_gpu.block_sizes`)."""
+    if impl == mosaic_gpu.IMPL:
+        arch = _mosaic_arch()
+        untuned, kernels = mosaic_gpu.untuned_block_sizes(arch), mosaic_gpu.ARCHS[arch]
+        return [
+            dataclasses.replace(untuned, block_kv=kv, block_q_bwd=q_bwd)
+            for kv, q_bwd in itertools.product(mosaic_gpu.BLOCK_KV_CHOICES, kernels.DKDV_Q_BLOCKS)
+        ]
     if impl == "pallas_tpu":
         return [
             BlockSizes(q, kv, q, kv)
@@ -68,6 +80,19 @@ def candidates(impl: str) -> list[BlockSizes]:
     warps = ((4, 4), (8, 4), (8, 8))
     grid = itertools.product((64, 128), (32, 64, 128), warps, (2, 3))
     return [triton_sizes(q, kv, q, kv, warps=w, stages=(s, s)) for q, kv, w, s in grid]
+
+
+def _mosaic_arch() -> str:
+    """The Mosaic GPU kernels of the target device (Hopper's on CPU: the interpreter)."""
+    return mosaic_gpu.arch_for(target_device())
+
+
+def untuned_block_sizes(impl: str, device_kind: str, head_dim: int, regime: str) -> BlockSizes:
+    """The tiles `impl` takes without a measured row: the hand-picked table's, Mosaic GPU's own."""
+    if impl == mosaic_gpu.IMPL:
+        return mosaic_gpu.untuned_block_sizes(_mosaic_arch())
+    platform = "gpu" if impl == "jax_triton" else target_platform()
+    return table_block_sizes(platform, device_kind, head_dim, regime)
 
 
 def statically_fits(impl: str, shape: Shape, sizes: BlockSizes) -> str | None:
@@ -205,9 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["keys"].append(key)
         print(f"{args.impl} D={head_dim} {regime}: {len(pool)} candidates")
         if "table_ms" not in key and time.monotonic() < deadline:
-            platform = "gpu" if args.impl == "jax_triton" else target_platform()
             key["table_sizes"] = dataclasses.asdict(
-                table_block_sizes(platform, device_kind, head_dim, regime)
+                untuned_block_sizes(args.impl, device_kind, head_dim, regime)
             )
             key["table_ms"] = time_fwdbwd_ms(
                 args.impl, shape, BlockSizes(**key["table_sizes"]), args.iters, args.warmup

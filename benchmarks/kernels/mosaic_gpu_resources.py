@@ -13,9 +13,10 @@ its own process: Mosaic GPU caches kernels by module, and dumps only the first c
 XLA assembles it with the first ptxas on PATH: the one Triton bundles for the generation
 (CUDA 13.4 for sm_90 and sm_100, as a GPU machine's jax[cuda13] would), put first; the PTX
 is assembled again with it (`ptxas -v`: registers, spills) and disassembled (`common/sass.py`).
-Per kernel (fwd, dq, dkdv) and architecture the record
-gives registers, spill bytes, shared memory (Mosaic's scratch), and the SASS instruction mix:
-all instructions, MMA (HGMMA / tcgen05 UTC*MMA), MUFU, TMA (UTMA*) instructions. Shapes:
+Per kernel (fwd, dq, dkdv), architecture and query block of Hopper's dK/dV kernel
+(`--hopper-dkdv-block-q 32 64`; Blackwell's is 128) the record gives registers, spill bytes,
+shared memory (Mosaic's scratch), and the SASS instruction mix: all instructions, MMA (HGMMA /
+tcgen05 UTC*MMA), MUFU, TMA (UTMA*) instructions. Shapes:
 B=4, H=8, Tq=4096, D=128, bf16; Tkv=4096 causal ("long") and Tkv=64 ("short").
 Not timings: a spill or a shared-memory overflow here is one on the GPU too.
 """
@@ -23,6 +24,7 @@ Not timings: a spill or a shared-memory overflow here is one on the GPU too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -34,6 +36,7 @@ from pathlib import Path
 from benchmarks.kernels.triton_cuda_resources import compiler_versions
 from pallas_kernels.common.cuda_limits import sm_occupancy
 from pallas_kernels.common.gpu_lowering import B200, H100
+from pallas_kernels.gdpa import mosaic_gpu_hopper
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / ".gpu-aot"  # `make gpu-aot`: jax-cuda13-plugin + jax-cuda13-pjrt
@@ -53,7 +56,7 @@ def plugin_available() -> bool:
     return (PLUGIN_DIR / "jax_plugins" / "xla_cuda13").is_dir()
 
 
-def compile_and_dump(arch: str, regime: str, activation: str) -> None:
+def compile_and_dump(arch: str, regime: str, activation: str, dkdv_block_q: int) -> None:
     """(In a child process, `_child_env`.) Compile value_and_grad of the Mosaic GPU GDPA for
     `arch`'s compile-only device; Mosaic GPU dumps each kernel into MOSAIC_GPU_DUMP_TO."""
     import jax
@@ -84,6 +87,7 @@ def compile_and_dump(arch: str, regime: str, activation: str) -> None:
             kv_lengths=lengths,
             causal=regime == "long",
             arch=arch,
+            dkdv_block_q=dkdv_block_q,
         )
         return o.astype(jnp.float32).sum()
 
@@ -130,17 +134,26 @@ def _cuda_root(tmp: Path, capability: int) -> Path:
     return root
 
 
-def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
-    """One record per Mosaic GPU kernel of a GDPA forward + backward (see the docstring)."""
+def kernel_records(
+    arch: str, regime: str, activation: str, dkdv_block_q: int | None = None
+) -> list[dict]:
+    """One record per Mosaic GPU kernel of a GDPA forward + backward (see the docstring), with
+    the dK/dV kernel's query block `dkdv_block_q` (None: the untuned one)."""
     from pallas_kernels.common.sass import disassemble, is_mma, opcodes
     from pallas_kernels.common.triton_compile import ptxas_resources
+    from pallas_kernels.gdpa.mosaic_gpu import untuned_block_sizes
 
+    if dkdv_block_q is None:
+        dkdv_block_q = untuned_block_sizes(arch).block_q_bwd
     capability = ARCH_SPECS[arch][1].capability
     with tempfile.TemporaryDirectory() as tmp:
         dump, cuda_root = Path(tmp) / "dump", _cuda_root(Path(tmp), capability)
         dump.mkdir()
         proc = subprocess.run(
-            [sys.executable, "-m", __spec__.name, "--child", arch, regime, activation],
+            [
+                *(sys.executable, "-m", __spec__.name, "--child"),
+                *(arch, regime, activation, str(dkdv_block_q)),
+            ],
             env=_child_env(dump, cuda_root),
             capture_output=True,
             text=True,
@@ -165,6 +178,7 @@ def kernel_records(arch: str, regime: str, activation: str) -> list[dict]:
                     capability=capability,
                     regime=regime,
                     activation=activation,
+                    dkdv_block_q=dkdv_block_q,
                     kernel=kernel,
                     registers=registers,
                     spill_bytes=spills,
@@ -187,10 +201,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--archs", nargs="+", default=list(ARCH_SPECS), choices=list(ARCH_SPECS))
     parser.add_argument("--activations", nargs="+", default=["silu"])
     parser.add_argument("--regimes", nargs="+", default=list(TKV), choices=list(TKV))
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # arch regime activation
+    parser.add_argument(
+        "--hopper-dkdv-block-q",
+        nargs="+",
+        type=int,
+        choices=mosaic_gpu_hopper.DKDV_Q_BLOCKS,
+        default=[mosaic_gpu_hopper.DKDV_Q_BLOCK],
+        help="query blocks of Hopper's dK/dV kernel (Blackwell's is 128)",
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # arch regime act block
     args = parser.parse_args(argv)
     if args.child:
-        compile_and_dump(*args.child)
+        arch, regime, activation, block = args.child
+        compile_and_dump(arch, regime, activation, int(block))
         return None
     if not plugin_available():
         parser.error(f"jax's CUDA plugin is not in {PLUGIN_DIR}: run `make gpu-aot` first")
@@ -200,17 +223,20 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     records = []
     for arch in args.archs:
-        for regime in args.regimes:
-            for activation in args.activations:
-                for r in kernel_records(arch, regime, activation):
-                    records.append(r)
-                    print(
-                        f"{arch:9s} {regime:5s} {activation:5s} {r['kernel']:4s} regs "
-                        f"{r['registers']:3d} spills {r['spill_bytes']:4d} shared "
-                        f"{r['shared_bytes'] // 1024:3d} KiB instructions {r['instructions']:5d} "
-                        f"mma {r['mma']:3d} mufu {r['mufu']:3d} tma {r['tma']:2d} "
-                        f"programs/SM {r['programs_per_sm']}"
-                    )
+        dkdv_blocks = args.hopper_dkdv_block_q if arch == "hopper" else [None]
+        for regime, activation, block in itertools.product(
+            args.regimes, args.activations, dkdv_blocks
+        ):
+            for r in kernel_records(arch, regime, activation, block):
+                records.append(r)
+                print(
+                    f"{arch:9s} {regime:5s} {activation:5s} {r['kernel']:4s} "
+                    f"dK/dV q block {r['dkdv_block_q']:3d} regs "
+                    f"{r['registers']:3d} spills {r['spill_bytes']:4d} shared "
+                    f"{r['shared_bytes'] // 1024:3d} KiB instructions {r['instructions']:5d} "
+                    f"mma {r['mma']:3d} mufu {r['mufu']:3d} tma {r['tma']:2d} "
+                    f"programs/SM {r['programs_per_sm']}"
+                )
     report = dict(
         environment=environment(),
         compiler=compiler_versions(),

@@ -129,7 +129,16 @@ def gdpa(
             raise ValueError(
                 f"backend='pallas_mosaic_gpu' on {arch} has block_q={tile}, got {block_q}"
             )
-        return gdpa_mosaic_gpu(q, k, v, **op, block_kv=block_kv, arch=arch, interpret=not on_gpu)
+        return gdpa_mosaic_gpu(
+            q,
+            k,
+            v,
+            **op,
+            block_kv=block_kv,
+            arch=arch,
+            device_kind=device.device_kind,
+            interpret=not on_gpu,
+        )
     if impl == "jax_triton":
         device_kind, mode = triton_target(impl)  # triton is optional: imported only here
         from pallas_kernels.gdpa.jax_triton_op import gdpa_jax_triton

@@ -27,8 +27,8 @@ columns at D = 128).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from types import ModuleType
 
 import jax
@@ -38,15 +38,17 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.common import blocks
 from pallas_kernels.common.activations import get_activation, kernel_tanh
 from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
+from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
 from pallas_kernels.gdpa.blockwise import GdpaSpec
 from pallas_kernels.gdpa.mosaic_gpu_common import MosaicConfig
-from pallas_kernels.gdpa.tuning import dkdv_q_splits, sum_query_splits
+from pallas_kernels.gdpa.tuning import dkdv_q_splits, measured_block_sizes, sum_query_splits
 
 ARCHS: dict[str, ModuleType] = {"hopper": mosaic_gpu_hopper, "blackwell": mosaic_gpu_blackwell}
 CAPABILITY_ARCH = {"9": "hopper", "10": "blackwell"}  # compute capability major -> kernels
+IMPL = "pallas_mosaic_gpu"  # the backend's name (measured tiles in `tuning.TUNED_PATH`)
 BLOCK_KV_CHOICES = (64, 128)  # kv block of the forward and dQ kernels (the MMA N)
-DEFAULT_BLOCK_KV = 64  # not tuned: no measurement yet
+DEFAULT_BLOCK_KV = 64  # untuned: no measurement yet
 MAX_HEAD_DIM = 128  # padded D (see the module docstring)
 DIM_ALIGN = 64  # D padding: one 128-byte swizzle row of bf16/f16
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -68,6 +70,47 @@ def arch_for(device) -> str:
     return arch
 
 
+def untuned_block_sizes(arch: str) -> BlockSizes:
+    """The tiles before any measurement. As `BlockSizes`: block_q the forward and dQ query tile
+    and block_kv_bwd the dK/dV kv tile (both fixed by the architecture), block_kv the kv block
+    the forward and dQ stream, block_q_bwd the query block the dK/dV kernel streams."""
+    kernels = ARCHS[arch]
+    return BlockSizes(kernels.BLOCK_Q, DEFAULT_BLOCK_KV, kernels.DKDV_Q_BLOCK, kernels.DKDV_BLOCK)
+
+
+def block_sizes(
+    arch: str,
+    device_kind: str,
+    head_dim: int,
+    tkv: int,
+    block_kv: int | None = None,
+    dkdv_block_q: int | None = None,
+) -> BlockSizes:
+    """The tiles of a call: an `override_block_sizes` in effect or the row measured on this
+    exact device kind (`tuning.measured_block_sizes`), else `untuned_block_sizes`; explicit
+    block_kv / dkdv_block_q win. ValueError for tiles the architecture's kernels lack."""
+    kernels = ARCHS[arch]
+    sizes = measured_block_sizes(IMPL, device_kind, head_dim, tkv) or untuned_block_sizes(arch)
+    sizes = dataclasses.replace(
+        sizes,
+        block_kv=sizes.block_kv if block_kv is None else block_kv,
+        block_q_bwd=sizes.block_q_bwd if dkdv_block_q is None else dkdv_block_q,
+    )
+    fixed = (kernels.BLOCK_Q, kernels.DKDV_BLOCK)
+    if (sizes.block_q, sizes.block_kv_bwd) != fixed:
+        raise ValueError(
+            f"the {arch} Mosaic GPU kernels have block_q, block_kv_bwd = {fixed}, got {sizes}"
+        )
+    if sizes.block_kv not in BLOCK_KV_CHOICES:
+        raise ValueError(f"block_kv must be one of {BLOCK_KV_CHOICES}, got {sizes.block_kv}")
+    if sizes.block_q_bwd not in kernels.DKDV_Q_BLOCKS:
+        raise ValueError(
+            f"dkdv_block_q (block_q_bwd) must be one of {kernels.DKDV_Q_BLOCKS} on {arch}, "
+            f"got {sizes.block_q_bwd}"
+        )
+    return sizes
+
+
 def gdpa_mosaic_gpu(
     q: jax.Array,
     k: jax.Array,
@@ -81,17 +124,21 @@ def gdpa_mosaic_gpu(
     window: int | None = None,
     causal: bool = False,
     block_kv: int | None = None,
+    dkdv_block_q: int | None = None,
     arch: str = "hopper",
+    device_kind: str = "",
     interpret: bool | plgpu.InterpretGPUParams = False,
 ) -> jax.Array:
     """GDPA with the semantics of `reference.gdpa_reference`, forward and backward as Mosaic
     GPU kernels behind a `custom_vjp`; lengths get no gradient.
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D] in bf16 or f16, D <= 128; lengths int [B] (None =
-    full). block_kv: 64 or 128 (None: 64), the kv block of the forward and dQ kernels. arch:
-    "hopper" or "blackwell" (`arch_for`). Returns [B, Tq, H, D] in q's dtype. interpret: run
-    in the Mosaic GPU interpreter (CPU), or in it with these parameters (e.g. its race
-    detector: `plgpu.InterpretGPUParams(detect_races=True)`).
+    full). block_kv: 64 or 128, the kv block of the forward and dQ kernels; dkdv_block_q: the
+    query block of the dK/dV kernel (Hopper: 32 or 64; Blackwell: 128); None: measured for
+    `device_kind` or untuned (`block_sizes`). arch: "hopper" or "blackwell" (`arch_for`).
+    Returns [B, Tq, H, D] in q's dtype. interpret: run in the Mosaic GPU interpreter (CPU), or
+    in it with these parameters (e.g. its race detector:
+    `plgpu.InterpretGPUParams(detect_races=True)`).
     """
     check_attention_inputs("GDPA", q, k, v, q_lengths, kv_lengths, window)
     if jnp.dtype(q.dtype) not in DTYPES:
@@ -99,10 +146,8 @@ def gdpa_mosaic_gpu(
     get_activation(activation)  # a clear error for an unknown name
     if arch not in ARCHS:
         raise ValueError(f"unknown Mosaic GPU architecture {arch!r}; choose one of {list(ARCHS)}")
-    block_kv = DEFAULT_BLOCK_KV if block_kv is None else block_kv
-    if block_kv not in BLOCK_KV_CHOICES:
-        raise ValueError(f"block_kv must be one of {BLOCK_KV_CHOICES}, got {block_kv}")
     _, tq, _, d = q.shape
+    sizes = block_sizes(arch, device_kind, d, k.shape[1], block_kv, dkdv_block_q)
     d_pad = blocks.round_up(d, DIM_ALIGN)
     if d_pad > MAX_HEAD_DIM:
         raise ValueError(
@@ -111,22 +156,22 @@ def gdpa_mosaic_gpu(
         )
     if tq == 0 or k.shape[1] == 0:  # nothing to attend: no grid to launch
         return jnp.zeros_like(q)
-    kernels = ARCHS[arch]
     padded = pad_attention_inputs(
         q,
         k,
         v,
         q_lengths,
         kv_lengths,
-        tq_pad=blocks.round_up(tq, kernels.BLOCK_Q),
-        tkv_pad=blocks.round_up(k.shape[1], math.lcm(block_kv, kernels.DKDV_BLOCK)),
+        tq_pad=sizes.padded_q(tq),
+        tkv_pad=sizes.padded_kv(k.shape[1]),
         d_pad=d_pad,
     )
     # Mosaic GPU has no erf lowering: exact GELU through the rational erf. silu / sigmoid: the
     # kernels compile with approx_math, so jnp.tanh is one tanh.approx.f32 (`kernel_tanh`).
     tanh = kernel_tanh(activation, q.dtype, jnp.tanh)
     spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=True, tanh=tanh)
-    return _gdpa(MosaicConfig(spec, block_kv, interpret, arch), *padded)[:, :tq, :, :d]
+    cfg = MosaicConfig(spec, sizes.block_kv, interpret, arch, sizes.block_q_bwd)
+    return _gdpa(cfg, *padded)[:, :tq, :, :d]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -159,7 +204,7 @@ def _dkdv(cfg: MosaicConfig, q, k, v, do, q_lens, kv_lens) -> tuple[jax.Array, j
     if cfg.arch != "hopper":
         return kernels.dkdv_kernel(cfg, q.shape, tkv, jnp.dtype(q.dtype))(*args)
     kv_programs = batch * heads * (tkv // kernels.DKDV_BLOCK)
-    splits = dkdv_q_splits(kv_programs, tq // kernels.DKDV_Q_BLOCK)
+    splits = dkdv_q_splits(kv_programs, tq // cfg.dkdv_block_q)
     dk, dv = kernels.dkdv_kernel(cfg, q.shape, tkv, jnp.dtype(q.dtype), splits)(*args)
     return sum_query_splits(dk, dv, k.dtype)
 

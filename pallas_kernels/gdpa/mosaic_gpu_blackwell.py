@@ -42,6 +42,8 @@ from pallas_kernels.gdpa.mosaic_gpu_common import (
 
 BLOCK_Q = 128  # tcgen05 M on one CTA: query tiles
 DKDV_BLOCK = 128  # kv rows of the dK/dV kernel, and the query blocks it streams
+DKDV_Q_BLOCK = DKDV_BLOCK  # one tcgen05 M: no other choice (tiles: `mosaic_gpu.block_sizes`)
+DKDV_Q_BLOCKS = (DKDV_Q_BLOCK,)
 SCORE_COLUMNS = 32  # score columns in registers at once (an S and a dP slice: 64 a thread)
 _LAYOUT = plgpu.Layout.TCGEN05  # registers of a TMEM load
 _store_scores = functools.partial(store_scores, layout=_LAYOUT)

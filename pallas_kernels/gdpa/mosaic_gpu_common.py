@@ -29,9 +29,10 @@ class MosaicConfig:
     """The custom_vjp's non-differentiable configuration. arch: "hopper" | "blackwell"."""
 
     spec: GdpaSpec
-    block_kv: int
+    block_kv: int  # kv rows of the blocks the forward and dQ kernels stream
     interpret: bool | plgpu.InterpretGPUParams  # True: the interpreter's defaults
     arch: str
+    dkdv_block_q: int  # query rows of the blocks the dK/dV kernel streams
 
 
 def mosaic_kernel(

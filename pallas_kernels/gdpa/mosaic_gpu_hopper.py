@@ -10,9 +10,9 @@ streamed block is loaded once for 128 rows.
     forward  (b, h, q tile of 128):   S = Q Kᵀ, P = M ⊙ Act(α S) → SMEM, O += P V      (K, V stream)
     dQ       (b, h, q tile of 128):   S, dP = dO Vᵀ, dS = M ⊙ Act'(α S) dP, dQ += dS K (K, V stream)
     dK / dV  (b, h, kv tile of 128,   Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q (Q, dO stream
-              query split):           in blocks of 64; several splits when the kv tiles are too
-                                      few to fill the GPU, as in the short-K/V FFN: fp32
-                                      partials, summed by the caller)
+              query split):           in blocks of 64 or 32; several splits when the kv tiles
+                                      are too few to fill the GPU, as in the short-K/V FFN:
+                                      fp32 partials, summed by the caller)
 
 Accumulators live in registers (wgmma ACC refs; compute warpgroups get 240 registers a
 thread, the producer 24, as in FlashAttention-3); score tiles go through SMEM because both
@@ -50,7 +50,12 @@ WG_ROWS = 64  # one warpgroup's wgmma M
 COMPUTE_WGS = 2  # compute warpgroups per program; warpgroup COMPUTE_WGS is the producer
 BLOCK_Q = COMPUTE_WGS * WG_ROWS  # query tiles of the forward and dQ programs
 DKDV_BLOCK = COMPUTE_WGS * WG_ROWS  # kv tile of a dK/dV program
-DKDV_Q_BLOCK = 64  # query blocks the dK/dV kernel streams
+# Query rows of the blocks the dK/dV kernel streams: the choices and the untuned default. With
+# 64 its two fp32 accumulators (dK, dV) and two score tiles (Sᵀ, dPᵀ) leave too few of the 240
+# registers, and a few loop-invariant integers spill (README); 32 spills nothing but halves
+# the score MMAs' N (more SMEM operand traffic a FLOP). The autotuner measures both.
+DKDV_Q_BLOCKS = (32, 64)
+DKDV_Q_BLOCK = 64
 COMPUTE_REGISTERS, PRODUCER_REGISTERS = 240, 24  # per thread: 2·128·240 + 128·24 <= 64 Ki
 _store_scores = functools.partial(store_scores, layout=plgpu.Layout.WGMMA)  # wgmma results
 
@@ -184,11 +189,12 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
 
 def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
     """(dK, dV) [B, Tkv, H, D]: grid (b, h, kv tile of 128, query split); Q and dO stream in
-    blocks of 64, the transposed score tiles [kv, q] make Pᵀ and dSᵀ direct wgmma left
-    operands. With splits > 1 each program covers 1/splits of the query blocks and writes fp32
-    partials [splits, B, Tkv, H, D] (staged through an fp32 tile) for the caller to sum."""
+    blocks of cfg.dkdv_block_q rows (one of DKDV_Q_BLOCKS), the transposed score tiles [kv, q]
+    make Pᵀ and dSᵀ direct wgmma left operands. With splits > 1 each program covers 1/splits
+    of the query blocks and writes fp32 partials [splits, B, Tkv, H, D] (staged through an fp32
+    tile) for the caller to sum."""
     b, tq, h, d = shape
-    spec, bq = cfg.spec, DKDV_Q_BLOCK
+    spec, bq = cfg.spec, cfg.dkdv_block_q
     split_blocks = blocks.cdiv(tq // bq, splits)
 
     def body(q_gmem, k_gmem, v_gmem, do_gmem, ql_gmem, kvl_gmem, dk_gmem, dv_gmem, *scratch):

@@ -144,20 +144,26 @@ def tuned_block_sizes(
     return BlockSizes(**min(fits, key=lambda r: r["head_dim"])["sizes"])
 
 
+def measured_block_sizes(
+    impl: str | None, device_kind: str, head_dim: int, kv_len: int
+) -> BlockSizes | None:
+    """An `override_block_sizes` in effect, else the measured row of `impl` ("pallas_tpu",
+    "pallas_triton", "jax_triton", "pallas_mosaic_gpu") on this exact device kind
+    (`tuned.json`), else None."""
+    if (override := _OVERRIDE.get()) is not None:
+        return override
+    if impl is None:
+        return None
+    return tuned_block_sizes(tuned_rows(), impl, device_kind, head_dim, kv_regime(kv_len))
+
+
 def default_block_sizes(
     platform: str, device_kind: str, head_dim: int, kv_len: int, impl: str | None = None
 ) -> BlockSizes:
-    """Tiles for a call: an `override_block_sizes` in effect, else the measured row of `impl`
-    ("pallas_tpu", "pallas_triton", "jax_triton") on this exact device kind (`tuned.json`),
-    else the hand-picked table row; `platform` is jax's ("tpu", "gpu", "cpu")."""
-    regime = kv_regime(kv_len)
-    if (override := _OVERRIDE.get()) is not None:
-        return override
-    if impl is not None and (
-        tuned := tuned_block_sizes(tuned_rows(), impl, device_kind, head_dim, regime)
-    ):
-        return tuned
-    return table_block_sizes(platform, device_kind, head_dim, regime)
+    """Tiles for a call: `measured_block_sizes`, else the hand-picked table row; `platform`
+    is jax's ("tpu", "gpu", "cpu")."""
+    measured = measured_block_sizes(impl, device_kind, head_dim, kv_len)
+    return measured or table_block_sizes(platform, device_kind, head_dim, kv_regime(kv_len))
 
 
 def table_block_sizes(platform: str, device_kind: str, head_dim: int, regime: str) -> BlockSizes:

@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks.kernels import gdpa_autotune
 from pallas_kernels.common.tiles import BlockSizes
-from pallas_kernels.gdpa import gdpa
+from pallas_kernels.gdpa import gdpa, mosaic_gpu
 from pallas_kernels.gdpa.tuning import (
     default_block_sizes,
     override_block_sizes,
@@ -96,3 +96,16 @@ def test_search_spaces():
         c.block_q % 128 == 0 and c.block_kv % 128 == 0
         for c in gdpa_autotune.candidates("pallas_tpu")
     )
+    # Mosaic GPU on CPU: Hopper's kernels (the interpreter); each candidate a valid tile.
+    mosaic = gdpa_autotune.candidates("pallas_mosaic_gpu")
+    assert {(c.block_kv, c.block_q_bwd) for c in mosaic} == {
+        (64, 32),
+        (64, 64),
+        (128, 32),
+        (128, 64),
+    }
+    assert all(
+        mosaic_gpu.block_sizes("hopper", "", 64, 64, c.block_kv, c.block_q_bwd) == c for c in mosaic
+    )
+    untuned = gdpa_autotune.untuned_block_sizes("pallas_mosaic_gpu", "cpu", 64, "long")
+    assert untuned == mosaic_gpu.untuned_block_sizes("hopper") in mosaic

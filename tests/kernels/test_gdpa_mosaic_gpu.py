@@ -9,6 +9,7 @@ sm_90 and sm_100). Tolerances and error normalization as in test_gdpa.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import types
 from unittest import mock
@@ -21,8 +22,10 @@ from hypothesis import strategies as st
 
 from pallas_kernels.common.activations import ACTIVATIONS
 from pallas_kernels.common.target import compile_target
-from pallas_kernels.gdpa import gdpa, gdpa_reference, mosaic_gpu
+from pallas_kernels.common.tiles import BlockSizes
+from pallas_kernels.gdpa import gdpa, gdpa_reference, mosaic_gpu, tuning
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
+from pallas_kernels.gdpa.tuning import override_block_sizes
 from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
 
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
@@ -49,6 +52,7 @@ pytestmark = pytest.mark.timeout(600, method="thread")
 def test_values_and_gradients_match_the_reference(
     arch, batch, tq, tkv, heads, head_dim, activation, dtype, window, causal, block_kv, data
 ):
+    dkdv_block_q = data.draw(st.sampled_from(ARCHS[arch].DKDV_Q_BLOCKS), "dkdv_block_q")
     q_lens = np.array(data.draw(st.lists(st.integers(0, tq), min_size=batch, max_size=batch)))
     kv_lens = np.array(data.draw(st.lists(st.integers(0, tkv), min_size=batch, max_size=batch)))
     q, k, v, do = normal_inputs(
@@ -74,7 +78,12 @@ def test_values_and_gradients_match_the_reference(
         causal=causal,
     )
     kernel = functools.partial(
-        gdpa_mosaic_gpu, interpret=True, arch=arch, block_kv=block_kv, **kwargs
+        gdpa_mosaic_gpu,
+        interpret=True,
+        arch=arch,
+        block_kv=block_kv,
+        dkdv_block_q=dkdv_block_q,
+        **kwargs,
     )
     got, got_grads = value_and_grads(kernel, q, k, v, do)
     assert got.shape == q.shape
@@ -90,13 +99,14 @@ def test_values_and_gradients_match_the_reference(
 
 
 @pytest.mark.parametrize(
-    ("tq", "tkv", "window", "causal", "splits"),
-    [(600, 40, None, False, 3), (520, 300, 70, True, 2), (300, 64, None, True, 8)],
+    ("tq", "tkv", "window", "causal", "splits", "dkdv_block_q"),
+    [(600, 40, None, False, 3, 64), (520, 300, 70, True, 2, 32), (300, 64, None, True, 8, 64)],
 )
-def test_hopper_dkdv_query_splits(tq, tkv, window, causal, splits):
+def test_hopper_dkdv_query_splits(tq, tkv, window, causal, splits, dkdv_block_q):
     """Hopper's dK/dV grid split over query ranges (fp32 partials summed after) gives the
-    reference's gradients, also with empty splits (8 splits of 6 query blocks). Real shapes
-    split only at >= 8 query blocks a split (`tuning.dkdv_q_splits`): forced here."""
+    reference's gradients, also with empty splits (8 splits of 6 query blocks) and with
+    32-row query blocks. Real shapes split only at >= 8 query blocks a split
+    (`tuning.dkdv_q_splits`): forced here."""
     q, k, v, do = normal_inputs(
         tq + tkv, [(2, tq, 2, 64), *[(2, tkv, 2, 64)] * 2, (2, tq, 2, 64)], "bfloat16"
     )
@@ -110,9 +120,10 @@ def test_hopper_dkdv_query_splits(tq, tkv, window, causal, splits):
         causal=causal,
     )
     with mock.patch.object(mosaic_gpu, "dkdv_q_splits", return_value=splits):
-        _, got = value_and_grads(
-            functools.partial(gdpa_mosaic_gpu, interpret=True, arch="hopper", **kwargs), q, k, v, do
+        kernel = functools.partial(
+            gdpa_mosaic_gpu, interpret=True, arch="hopper", dkdv_block_q=dkdv_block_q, **kwargs
         )
+        _, got = value_and_grads(kernel, q, k, v, do)
     _, want = value_and_grads(
         functools.partial(gdpa_reference, **kwargs), *as_f32(q, k, v), do.astype(jnp.float32)
     )
@@ -154,6 +165,34 @@ def test_block_kv_outside_the_choices_is_a_clear_error():
     q, k, v = normal_inputs(0, [(1, 64, 1, 64)] * 3, "bfloat16")
     with pytest.raises(ValueError, match="block_kv must be one of"):
         gdpa_mosaic_gpu(q, k, v, block_kv=32, interpret=True)
+
+
+def test_tiles_are_the_measured_row_else_untuned_and_checked():
+    h100, untuned = "NVIDIA H100 80GB HBM3", mosaic_gpu.untuned_block_sizes("hopper")
+    assert untuned == BlockSizes(128, 64, 64, 128)
+    assert mosaic_gpu.block_sizes("hopper", h100, 128, 4096) == untuned
+    assert mosaic_gpu.block_sizes("blackwell", "NVIDIA B200", 128, 64).block_q_bwd == 128
+    tuned = BlockSizes(128, 128, 32, 128)
+    row = dict(
+        impl="pallas_mosaic_gpu",
+        device_kind=h100,
+        head_dim=128,
+        regime="long",
+        sizes=dataclasses.asdict(tuned),
+    )
+    with mock.patch.object(tuning, "tuned_rows", return_value=(row,)):
+        assert mosaic_gpu.block_sizes("hopper", h100, 128, 4096) == tuned
+        assert mosaic_gpu.block_sizes("hopper", h100, 128, 64) == untuned  # the short regime
+        assert mosaic_gpu.block_sizes("hopper", "NVIDIA H200", 128, 4096) == untuned
+        explicit = mosaic_gpu.block_sizes("hopper", h100, 128, 4096, block_kv=64)
+        assert explicit == dataclasses.replace(tuned, block_kv=64)
+    triton_tile = override_block_sizes(BlockSizes(64, 64, 64, 64))
+    with triton_tile, pytest.raises(ValueError, match=r"block_q, block_kv_bwd = \(128, 128\)"):
+        mosaic_gpu.block_sizes("hopper", h100, 128, 4096)
+    with pytest.raises(ValueError, match=r"dkdv_block_q \(block_q_bwd\).*\(32, 64\) on hopper"):
+        mosaic_gpu.block_sizes("hopper", h100, 64, 64, dkdv_block_q=128)
+    with pytest.raises(ValueError, match=r"\(128,\) on blackwell"):
+        mosaic_gpu.block_sizes("blackwell", "NVIDIA B200", 64, 64, dkdv_block_q=64)
 
 
 def test_fp32_inputs_are_refused():

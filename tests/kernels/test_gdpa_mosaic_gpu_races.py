@@ -38,8 +38,8 @@ MASKS = {"full": (None, False), "window": (100, True)}
 
 
 def _kernel_runs(arch: str, spec: GdpaSpec):
-    cfg = MosaicConfig(spec, BLOCK_KV, DETECT, arch)
     kernels, dtype = ARCHS[arch], jnp.dtype(jnp.bfloat16)
+    cfg = MosaicConfig(spec, BLOCK_KV, DETECT, arch, kernels.DKDV_Q_BLOCK)
     q, k, v, do = normal_inputs(0, [(B, TQ, H, D), *[(B, TKV, H, D)] * 2, (B, TQ, H, D)], dtype)
     lens = jnp.asarray(Q_LENS, jnp.int32), jnp.asarray(KV_LENS, jnp.int32)
     runs = {

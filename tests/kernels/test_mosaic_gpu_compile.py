@@ -10,7 +10,8 @@ Blackwell's forward, one of every other kernel), and its SASS has the architectu
 hardware tanh); no Blackwell kernel spills (the dK/dV kernel takes its 128x128 score tiles
 from tensor memory 32 columns at a time), nor do Hopper's forward and dQ. Hopper's dK/dV
 spills 28 to 88 bytes a thread (loop-invariant integers; its dK and dV accumulators take 128
-of the 240 registers): recorded, and pinned by a strict xfail that fails once it stops.
+of the 240 registers): recorded, and pinned by a strict xfail that fails once it stops. Its
+other tile, streaming 32 query rows instead of 64 (an autotuner candidate), spills nothing.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @functools.cache
-def _records(arch: str) -> tuple[dict, ...]:
+def _records(arch: str, dkdv_block_q: int | None = None) -> tuple[dict, ...]:
     """The long-Tkv (causal) forward, dQ and dK/dV records of `arch`, compiled once."""
-    return tuple(resources.kernel_records(arch, "long", "silu"))
+    return tuple(resources.kernel_records(arch, "long", "silu", dkdv_block_q))
 
 
 @pytest.mark.parametrize("arch", list(resources.ARCH_SPECS))
@@ -59,4 +60,14 @@ def test_kernels_assemble_within_shared_memory_with_their_architectures_instruct
 @pytest.mark.xfail(strict=True, reason="Hopper's dK/dV kernel spills registers (see the README)")
 def test_hopper_dkdv_kernel_spills_nothing():
     (dkdv,) = (r for r in _records("hopper") if r["kernel"] == "dkdv")
+    assert dkdv["dkdv_block_q"] == 64
     assert dkdv["spill_bytes"] == 0
+
+
+def test_hopper_dkdv_kernel_streaming_32_query_rows_spills_nothing():
+    """The autotuner's other Hopper dK/dV candidate: score tiles half as wide, no spill."""
+    (dkdv,) = (r for r in _records("hopper", 32) if r["kernel"] == "dkdv")
+    assert dkdv["dkdv_block_q"] == 32
+    assert dkdv["spill_bytes"] == 0
+    assert dkdv["mma"] > 0
+    assert dkdv["programs_per_sm"] == 1
