@@ -23,5 +23,7 @@ def environment() -> dict[str, object]:
         tokamax=metadata.version("tokamax"),
         python=sys.version.split()[0],
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        command=shlex.join([sys.executable, *sys.argv]),  # quoted: pastes back into a shell
+        # As run (`-m module` kept: sys.argv has the module's file path instead, which does
+        # not run the same way), quoted: pastes back into a shell.
+        command=shlex.join([sys.executable, *sys.orig_argv[1:]]),
     )

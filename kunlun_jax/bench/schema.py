@@ -105,7 +105,9 @@ FLOPS = {
         nullable=True,
     ),
     "xla_train_per_example": _num(
-        "XLA cost_analysis FLOPs of the whole compiled step / global batch", nullable=True
+        "XLA cost_analysis FLOPs of the whole step with plain-jnp kernels, lowered (each op "
+        "once, before partitioning) / global batch",
+        nullable=True,
     ),
     "xla_over_analytic_dense": _num(
         "xla_train_per_example / dense_train_per_example (near 1 when both agree)", nullable=True

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from kunlun_jax.bench.accounting import analytic_arch, flops_section, mfu, xla_cost
+from kunlun_jax.bench.accounting import analytic_arch, flops_section, mfu
 from kunlun_jax.bench.ceilings import Ceilings, StepTimes, measure_ceilings
 from kunlun_jax.bench.roofline import table_peak
 from kunlun_jax.bench.step import compile_train_step, compiled_devices, memory_analysis
@@ -39,7 +39,7 @@ from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.spec import validate_batch
 from kunlun_jax.model.towers import resolve_towers
 from kunlun_jax.provenance import environment
-from kunlun_jax.train.experiment import build_experiment
+from kunlun_jax.train.experiment import Experiment, build_experiment, plan_training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +134,27 @@ def _real_lengths(config: Config, spec: Any, batches: Sequence[Any]) -> dict[str
     }
 
 
-def _flops(config: Config, spec: Any, batches: Sequence[Any], compiled: Any, n_dev: int) -> dict:
-    """The record's flops section; XLA's per-device count of the step scaled to the global batch."""
+def xla_train_flops(exp: Experiment, batch: Any, rng: jax.Array) -> float | None:
+    """XLA's FLOPs of one train step over the global batch (None where XLA reports none).
+
+    Counted on the step with plain-jnp kernels (`model.kernels = "reference"`; XLA's cost
+    analysis counts nothing inside Pallas calls, jax drops their cost estimates on GPU),
+    lowered for the same mesh and analysed before partitioning, so every operation counts once:
+    a compiled program's per-device count times the devices also counts the work each device
+    repeats (e.g. the optimizer's update of replicated weights) once per device."""
+    model = dataclasses.replace(exp.config.model, kernels="reference")
+    config = dataclasses.replace(exp.config, model=model)
+    layout = plan_training(config, exp.spec, batch, list(exp.plan.mesh.devices.flat))
+    with layout.activate():
+        lowered = layout.train_step().lower(layout.abstract_state, batch, rng)
+    flops = (lowered.cost_analysis() or {}).get("flops")
+    return None if flops is None else float(flops)
+
+
+def _flops(config: Config, spec: Any, batches: Sequence[Any], xla_step: float | None) -> dict:
+    """The record's flops section from XLA's count of one step over the global batch."""
     batch_size = config.train.batch_size
-    xla_step, _ = xla_cost(compiled)
-    xla = None if xla_step is None else xla_step * n_dev / batch_size
+    xla = None if xla_step is None else xla_step / batch_size
     lengths = _real_lengths(config, spec, batches) if analytic_arch(config) else None
     return flops_section(
         config, spec, batch_size=batch_size, xla_train_per_example=xla, real_lengths=lengths
@@ -208,7 +224,7 @@ def measure(
         final_loss=float(metrics["loss"]),
         batch_size=config.train.batch_size,
         num_devices=n_dev,
-        flops=_flops(config, exp.spec, batches, step, n_dev),
+        flops=_flops(config, exp.spec, batches, xla_train_flops(exp, device_batches[0], rngs[0])),
         memory=_memory(step),
         notes=notes,
     )
