@@ -7,6 +7,7 @@ import json
 import jax
 import pytest
 
+from kunlun_jax.bench import sweep
 from kunlun_jax.bench.accounting import xla_cost
 from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
 from kunlun_jax.bench.step import compile_train_step
@@ -154,3 +155,14 @@ def test_xla_counts_the_plain_jnp_step_once_over_the_global_batch():
             own, _ = xla_cost(compile_train_step(exp, batch, rng))
     assert counts["auto"] == pytest.approx(counts["reference"], rel=0.01)
     assert counts["reference"] == pytest.approx(own, rel=0.08)
+
+
+def test_a_baseline_without_an_analytic_model_is_counted_by_xla():
+    """Sweep points of a baseline arch take XLA's count per example (lowered, plain jnp),
+    near the compiled one-device program's own."""
+    config = load_config("tiny", [*SMALL, "model.arch=dcnv2"])
+    per_example = sweep._xla_train_per_example(config)
+    exp = build_experiment(config)
+    batch = exp.device_batch(next(exp.data_iter))
+    own, _ = xla_cost(compile_train_step(exp, batch, jax.random.key(0)))
+    assert per_example == pytest.approx(own / config.train.batch_size, rel=0.08)

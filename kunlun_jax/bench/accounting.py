@@ -10,14 +10,15 @@ Conventions (stated in every result file, `FLOPS_CONVENTION`):
   model's useful work, not what the hardware was made to do;
 * MFU = model FLOPs per step / step time / peak FLOP/s of the devices that ran the step.
 
-`xla` cross-check: XLA's `cost_analysis()` of the compiled step counts everything it
-executes (dense attention scores on the reference path, norms, optimizer). It is compared
-with the analytic count under the dense-attention convention; their ratio should be near 1
-(a few percent above, from the ops the analytic model leaves out).
+`xla` cross-check: XLA's `cost_analysis()` of the train step counts everything it executes
+(dense attention scores on the plain-jnp path, norms, optimizer). Measured records take it
+from the step with plain-jnp kernels, lowered before partitioning
+(`train_bench.xla_train_flops`); compile-only estimates from the compiled program, per device.
+It is compared with the analytic count under the dense-attention convention; their ratio
+should be near 1 (a few percent above, from the ops the analytic model leaves out).
 
-Configs without an analytic model (an `arch` other than Kunlun, once baselines exist) fall
-back to XLA's count of the compiled train step, divided by 3 for "forward"; the source is
-recorded as "xla".
+Configs without an analytic model (the baselines' `arch`) fall back to XLA's count of the
+train step, divided by 3 for "forward"; the source is recorded as "xla".
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ from typing import Any
 
 import jax
 
-from kunlun_jax.bench.accounting import analytic_arch, example_flops, xla_cost
+from kunlun_jax.bench.accounting import analytic_arch, example_flops
 from kunlun_jax.bench.schema import sweep_document
-from kunlun_jax.bench.step import compile_train_step, compiled_devices
+from kunlun_jax.bench.train_bench import xla_train_flops
 from kunlun_jax.config import Config, ConfigError, load_config, parse_override, to_dict
 from kunlun_jax.data.pipeline import make_source
 from kunlun_jax.provenance import environment
@@ -102,14 +102,13 @@ def data_label(config: Config) -> str:
 
 
 def _xla_train_per_example(config: Config) -> float:
-    """XLA's FLOPs of the compiled train step per example (architectures without an analytic
-    model)."""
+    """XLA's FLOPs of the train step per example (architectures without an analytic model;
+    `train_bench.xla_train_flops`)."""
     exp = build_experiment(config)
-    compiled = compile_train_step(exp, exp.device_batch(next(exp.data_iter)), jax.random.key(0))
-    flops, _ = xla_cost(compiled)
+    flops = xla_train_flops(exp, exp.device_batch(next(exp.data_iter)), jax.random.key(0))
     if flops is None:
         raise RuntimeError("XLA reported no FLOPs for the train step on this backend")
-    return flops * len(compiled_devices(compiled)) / config.train.batch_size
+    return flops / config.train.batch_size
 
 
 def make_point(
