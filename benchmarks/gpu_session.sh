@@ -18,6 +18,6 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 {
   nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv || true
-  python3 -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|flax|optax|orbax|tokamax|triton|jax-triton|grain) ' || true
+  python3 -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|flax|optax|orbax-checkpoint|tokamax|triton|jax-triton|grain|nvidia-cudnn-cu[0-9]+) ' || true
 } >"$out/device.txt"
 python3 -m benchmarks.gpu_session --out "$out" "$@"

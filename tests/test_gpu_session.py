@@ -81,7 +81,8 @@ def test_quick_profiles():
     }
     assert swa.parse_args(["--quick", "--out", "x.json"]).impls == list(swa.QUICK_IMPLS)
     assert {c.t for c in hsp.quick_cases()} == {1024, 4096}
-    assert hsp.parse_args(["--quick", "--out", "x.json"]).impls == list(hsp.ALL_IMPLS)
+    assert hsp.parse_args(["--quick", "--out", "x.json"]).impls == list(hsp.QUICK_IMPLS)
+    assert {"hsp_pallas", "hsp_reference"} <= set(hsp.QUICK_IMPLS)  # the >= 3x target
 
 
 def test_preflight_records_devices_and_versions(tmp_path):

@@ -9,8 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from benchmarks.kernels.gdpa import Case, attention_fn, quick_cases
+from benchmarks.kernels import gdpa
+from benchmarks.kernels.gdpa import PADDED_IMPL, Case, attention_fn, forward_flops, quick_cases
+from pallas_kernels.common.masks import attention_mask
 from tests.kernels.helpers import (
     MOSAIC_GPU_CALL,
     REPO,
@@ -35,20 +39,21 @@ def test_benchmark_smoke_writes_report(tmp_path):
         for key in ("name", "batch", "heads", "tq", "tkv", "head_dim", "lengths", "fwd_flops"):
             assert key in r, key
         assert all(r[k] > 0 for k in TIMING_KEYS), r
-        # FLOPs on real tokens: Σ_rows 4·q_len·min(kv_len, 2w + 1)·D·H (the smoke case is a
-        # jagged, windowed, non-causal cross-attention).
+        # FLOPs: 4·D·H per pair the kernels' mask leaves (the smoke case is a jagged,
+        # windowed, non-causal cross-attention: the window cuts rows at both edges).
         assert r["window"] is not None
         assert not r["causal"]
-        kv_eff = [min(n, 2 * r["window"] + 1) for n in r["kv_lengths"]]
-        real = sum(q * kv for q, kv in zip(r["q_lengths"], kv_eff, strict=True))
-        assert r["fwd_flops"] == 4 * real * r["head_dim"] * r["heads"]
+        assert r["fwd_flops"] == 4 * _mask_pairs(r) * r["head_dim"] * r["heads"]
         assert max(r["q_lengths"]) <= r["tq"]
         assert min(r["q_lengths"]) >= 1
-        # Minimal traffic on real tokens (bf16): fwd Q, O, K, V; bwd Q, dO, dQ, K, V, dK, dV.
+        assert r["computes"] == "real tokens"
+        # Minimal traffic (bf16): real rows of the inputs, whole outputs (padded rows are
+        # written as zeros): fwd Q, K, V, O; bwd Q, dO, K, V, dQ, dK, dV.
         row = 2 * r["heads"] * r["head_dim"]
         q_sum, kv_sum = sum(r["q_lengths"]), sum(r["kv_lengths"])
-        assert r["fwd_bytes"] == row * (2 * q_sum + 2 * kv_sum)
-        assert r["bwd_bytes"] == row * (3 * q_sum + 4 * kv_sum)
+        all_q, all_kv = r["batch"] * r["tq"], r["batch"] * r["tkv"]
+        assert r["fwd_bytes"] == row * (q_sum + 2 * kv_sum + all_q)
+        assert r["bwd_bytes"] == row * (2 * q_sum + 2 * kv_sum + all_q + 2 * all_kv)
         for kind in ("fwd", "bwd"):
             gbps = r[f"{kind}_bytes"] / r[f"{kind}_ms"] * 1e-6
             assert np.isclose(r[f"{kind}_gbps"], gbps)
@@ -56,6 +61,67 @@ def test_benchmark_smoke_writes_report(tmp_path):
                 r[f"{kind}_fraction_of_copy"], gbps / report["baselines"]["copy_gbps"]
             )
             assert r[f"{kind}_fraction_of_matmul"] > 0
+
+
+def _mask_pairs(r: dict) -> int:
+    """Positions the kernels' mask (`attention_mask`, the reference's) leaves for a result."""
+    mask = attention_mask(
+        r["batch"],
+        r["tq"],
+        r["tkv"],
+        q_lengths=jnp.asarray(r["q_lengths"]),
+        kv_lengths=jnp.asarray(r["kv_lengths"]),
+        window=r["window"],
+        causal=r["causal"],
+    )
+    return int(mask.sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tq=st.integers(1, 40),
+    tkv=st.integers(1, 40),
+    window=st.sampled_from([None, 0, 1, 3, 50]),
+    causal=st.booleans(),
+    data=st.data(),
+)
+def test_flops_count_the_pairs_the_mask_leaves(tq, tkv, window, causal, data):
+    q_lens = data.draw(st.lists(st.integers(0, tq), min_size=2, max_size=2))
+    kv_lens = data.draw(st.lists(st.integers(0, tkv), min_size=2, max_size=2))
+    case = Case("cross", 2, 3, tq, tkv, 8, "uniform", window, causal)
+    flops = forward_flops(case, np.array(q_lens), np.array(kv_lens))
+    result = dict(
+        batch=2, tq=tq, tkv=tkv, q_lengths=q_lens, kv_lengths=kv_lens, window=window, causal=causal
+    )
+    assert flops == 4 * 8 * 3 * _mask_pairs(result)
+
+
+def _timed(impl: str, ms: float, **case) -> dict:
+    row = dict(name="self_T8", heads=1, lengths="longtail", window=None, causal=False)
+    row |= dict(impl=impl, error=None, fwd_ms=ms, bwd_ms=2 * ms, fwdbwd_ms=3 * ms)
+    fractions = dict(fwd_fraction_of_matmul=0.5, bwd_fraction_of_matmul=0.4)
+    return row | fractions | dict(fwd_fraction_of_copy=0.1) | case
+
+
+def test_summary_puts_each_kernel_beside_the_targets_baselines():
+    results = [
+        _timed("gdpa_pallas", 1.0),
+        _timed("gdpa_reference", 4.0),
+        _timed(PADDED_IMPL, 2.0),
+        _timed("tokamax_cudnn", 0.5),
+        _timed("gdpa_jax_triton", 1.0) | dict(error="boom"),
+        _timed("gdpa_pallas", 1.0, lengths="full"),  # another case: no baselines ran
+    ]
+    jagged, full = gdpa.target_summary(results)
+    assert jagged["impl"] == "gdpa_pallas"
+    assert jagged["lengths"] == "longtail"
+    assert (jagged["fwd_fraction_of_matmul"], jagged["bwd_fraction_of_matmul"]) == (0.5, 0.4)
+    for kind in ("fwd", "bwd", "fwdbwd"):
+        assert jagged[f"{kind}_speedup_vs_reference"] == 4.0
+        assert jagged[f"{kind}_speedup_vs_cudnn_padded"] == 2.0
+        assert jagged[f"{kind}_speedup_vs_cudnn"] == 0.5
+    assert full["lengths"] == "full"
+    assert full["fwdbwd_speedup_vs_reference"] is None
 
 
 def test_padded_yardstick_computes_the_whole_padded_batch():

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.kernels import hsp
 from benchmarks.kernels.hsp import pool_fn, quick_cases
 from tests.kernels.helpers import (
     MOSAIC_GPU_CALL,
@@ -44,6 +45,19 @@ def test_benchmark_smoke_writes_report(tmp_path):
         assert e["examples_per_s"] == r["batch"] / e["hsp_fwdbwd_ms"] * 1e3
         assert e["hsp_speedup_vs_reference"] > 0
     assert r["impls"]["hsp_reference"]["hsp_speedup_vs_reference"] == 1.0
+
+
+def test_a_case_is_saved_after_the_tail_and_after_every_implementation():
+    """A GPU session's time limit may end a case midway: what was measured is on disk."""
+    args = hsp.parse_args(["--smoke", "--out", "unused.json"])
+    saved = []
+
+    def save(result):
+        saved.append((result["tail"]["tail_fwdbwd_ms"], sorted(result["impls"])))
+
+    hsp.run_case(hsp.smoke_cases()[0], ["hsp_reference"], args, save)
+    assert [impls for _, impls in saved] == [[], ["hsp_reference"]]
+    assert saved[0][0] > 0
 
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")

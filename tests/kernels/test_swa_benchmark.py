@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks.kernels.swa import attention_fn, quick_cases
+from benchmarks.kernels.swa import attention_fn, quick_cases, sweep_summary
 from tests.kernels.helpers import (
     MOSAIC_GPU_CALL,
     TRITON_CALL,
@@ -31,12 +31,11 @@ def test_benchmark_smoke_writes_report(tmp_path):
     for r in results:
         assert r["error"] is None, r["error"]
         assert all(r[k] > 0 for k in TIMING_KEYS), r
-        # FLOPs on real tokens: Σ_rows 4·q_len·min(kv_len, 2w + 1)·D·H (full lengths here).
-        kv_eff = [
-            n if r["window"] is None else min(n, 2 * r["window"] + 1) for n in r["kv_lengths"]
-        ]
-        real = sum(q * kv for q, kv in zip(r["q_lengths"], kv_eff, strict=True))
-        assert r["fwd_flops"] == 4 * real * r["head_dim"] * r["heads"]
+        # FLOPs: 4·D·H per (query, key) pair inside the window (full lengths here; the
+        # window is shorter at both ends of the sequence).
+        t, w = r["tq"], r["window"]
+        pairs = t * t if w is None else sum(min(i + w, t - 1) - max(i - w, 0) + 1 for i in range(t))
+        assert r["fwd_flops"] == 4 * r["batch"] * pairs * r["head_dim"] * r["heads"]
 
     sweep = report["sweep"]
     assert sweep["window"] == 2
@@ -52,6 +51,26 @@ def test_benchmark_smoke_writes_report(tmp_path):
         assert series["speedup_vs_full"] == [
             f / s for s, f in zip(series["swa_fwdbwd_ms"], series["full_fwdbwd_ms"], strict=True)
         ]
+        # One implementation ran: the fastest full attention is its own.
+        assert series["speedup_vs_best_full"] == series["speedup_vs_full"]
+    assert [b["impl"] for b in sweep["best_full"]] == ["tokamax_xla"] * 2
+
+
+def test_the_swa_target_compares_with_the_fastest_full_attention():
+    def row(impl, t, window, ms):
+        return dict(impl=impl, tq=t, window=window, lengths="full", causal=False, fwdbwd_ms=ms)
+
+    results = [
+        row("jax_triton", 4096, 128, 1.0),
+        row("jax_triton", 4096, None, 8.0),
+        row("tokamax_cudnn", 4096, 128, 2.0),
+        row("tokamax_cudnn", 4096, None, 4.0),
+    ]
+    sweep = sweep_summary(results)
+    assert sweep["best_full"] == [dict(impl="tokamax_cudnn", fwdbwd_ms=4.0)]
+    assert sweep["impls"]["jax_triton"]["speedup_vs_full"] == [8.0]
+    assert sweep["impls"]["jax_triton"]["speedup_vs_best_full"] == [4.0]
+    assert sweep["impls"]["tokamax_cudnn"]["speedup_vs_best_full"] == [2.0]
 
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
