@@ -57,6 +57,9 @@ def test_bench_writes_a_valid_measured_record(bench_file):
     assert r["memory"]["peak_bytes"] > 0
     assert r["memory"]["peak_source"] == "memory_analysis"
     assert "smoke test" in r["notes"]
+    (traced,) = (n for n in r["notes"] if n.startswith("kernels traced"))
+    assert traced.startswith("kernels traced (model.kernels=reference): attention: reference × ")
+    assert "gdpa: reference × " in traced
 
 
 def test_compare_cli_renders_the_bench_file(bench_file, tmp_path, capsys):

@@ -5,8 +5,9 @@ Protocol (what the numbers mean):
 1. `build_experiment(config)` (model, optimizer, initial state, data), exactly as training;
 2. `distinct_batches` batches are drawn from the training iterator, validated and put on the
    device before timing, then cycled: the data pipeline is not timed;
-3. the step from `step.compile_train_step` is compiled (timed as compile_s), run `warmup`
-   times untimed, then `steps` times, each step timed to `jax.block_until_ready`;
+3. the step from `step.compile_train_step` is compiled (timed as compile_s; the record's
+   notes say which implementation each attention-shaped op took, `common.dispatch`), run
+   `warmup` times untimed, then `steps` times, each step timed to `jax.block_until_ready`;
 4. after every variant has run, the matmul and copy ceilings are measured in the same
    process (`ceilings.measure_ceilings`; after, so they do not raise the device's peak memory).
 
@@ -40,6 +41,7 @@ from kunlun_jax.data.spec import validate_batch
 from kunlun_jax.model.towers import resolve_towers
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import Experiment, build_experiment, plan_training
+from pallas_kernels.common import dispatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +193,8 @@ def measure(
     rngs = [jax.random.fold_in(base, i) for i in range(total)]
 
     start = time.perf_counter()
-    step = compile_train_step(exp, device_batches[0], rngs[0])
+    with dispatch.recording() as ran:  # which implementation every attention-shaped op took
+        step = compile_train_step(exp, device_batches[0], rngs[0])
     compile_s = time.perf_counter() - start
     n_dev = len(compiled_devices(step))
 
@@ -204,7 +207,8 @@ def measure(
             if i >= options.warmup:
                 seconds.append(time.perf_counter() - t0)
 
-    notes = list(options.notes)
+    traced = dispatch.describe(ran) or "none"
+    notes = [*options.notes, f"kernels traced (model.kernels={config.model.kernels}): {traced}"]
     platform = jax.devices()[0].platform
     if platform == "cpu" and n_dev > 1:
         notes.append(

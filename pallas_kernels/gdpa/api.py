@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.common import dispatch
 from pallas_kernels.common.activations import get_activation, kernel_tanh
 from pallas_kernels.common.inputs import (
     check_attention_inputs,
@@ -108,6 +109,7 @@ def gdpa(
     check_scales(qk_scale=qk_scale, out_scale=out_scale)
     if nothing_to_attend(q, k):
         return jnp.zeros_like(q)
+    dispatch.record("gdpa", impl)
     op = dict(
         activation=activation,
         qk_scale=qk_scale,

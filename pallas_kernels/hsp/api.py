@@ -39,6 +39,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common import dispatch
 from pallas_kernels.common.inputs import DTYPES, check_attention_inputs, clip_lengths, pad_sequence
 from pallas_kernels.common.target import target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes, pow2_at_least
@@ -87,6 +88,7 @@ def seed_pooling(
     if k.size == 0:  # nothing to attend to (B, T, H or D of 0)
         return jnp.zeros((k.shape[0], seeds.shape[0], *k.shape[2:]), k.dtype)
     impl = _resolve_backend(backend, seeds.shape, device_kind)
+    dispatch.record("seed_pooling", impl)
     if impl == "reference":
         return seed_pooling_reference(seeds, k, v, kv_lengths=kv_lengths)
     native = target_platform() == _NATIVE_PLATFORM[impl]

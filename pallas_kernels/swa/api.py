@@ -29,6 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common import dispatch
 from pallas_kernels.common.inputs import (
     check_attention_inputs,
     check_scales,
@@ -107,13 +108,16 @@ def swa_attention(
     window = None if window is None else int(window)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     kw = dict(q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=causal)
-    candidates = _resolve_backend(backend, q.shape[-1])
-    for impl in candidates[:-1]:  # only "auto" has more than one: tokamax, then reference
+    *fallible, last = _resolve_backend(backend, q.shape[-1])
+    for impl in fallible:  # only "auto" has more than one: tokamax, then reference
         try:
-            return _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step)
+            out = _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step)
         except NotImplementedError:
             continue
-    return _run(candidates[-1], q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step)
+        dispatch.record("attention", impl)
+        return out
+    dispatch.record("attention", last)
+    return _run(last, q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step)
 
 
 def _run(impl, q, k, v, scale, kw, interpret, block_q, block_kv, heads_per_step) -> jax.Array:
