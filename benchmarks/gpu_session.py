@@ -69,7 +69,8 @@ STAGES: dict[str, Stage] = {
         smoke="-m benchmarks.gpu_session --preflight --out {out}",
     ),
     "tests": Stage(
-        "-m pytest -m gpu -q -rA tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
+        # -v: each test's result is in the log as it ends, also when the stage is cut off.
+        "-m pytest -m gpu -v -rA tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
         cap_s=150,
         min_s=60,
         smoke="-m pytest -m gpu -q --co tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",

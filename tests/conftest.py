@@ -16,15 +16,17 @@ os.environ.setdefault("JAX_PLATFORMS", os.environ.get("KUNLUN_TEST_PLATFORMS", "
 # cubin compile test runs in a subprocess without it.
 if os.environ["JAX_PLATFORMS"] == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# The suite's time is mostly XLA compiles of small programs: trade generated-code speed for
-# compile speed (about 2x), and share compiled programs between tests through a cache
+# On CPU the suite's time is mostly XLA compiles of small programs: trade generated-code speed
+# for compile speed (about 2x), and share compiled programs between tests through a cache
 # (identical train steps are built many times, e.g. to check exact resume).
 # 8 simulated CPU devices for the sharding tests (device 0 alone for everything else:
-# training tests pin `mesh.data=1`, plain `jax.jit` uses the default device).
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
-).strip()
+# training tests pin `mesh.data=1`, plain `jax.jit` uses the default device). A GPU run
+# (KUNLUN_TEST_PLATFORMS=cuda) compiles as the benchmarks do: no CPU flags.
+if os.environ["JAX_PLATFORMS"] == "cpu":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
+    ).strip()
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix=f"kunlun-jax-cache-{os.getppid()}-")
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from benchmarks import gpu_session
 from benchmarks.gpu_session import Stage
 from benchmarks.kernels import gdpa, hsp, swa
+from tests.conftest import REPO
 
 
 def _stage(code: str, cap_s: float = 30, min_s: float = 0) -> Stage:
@@ -108,3 +110,14 @@ def test_every_real_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
         assert json.loads((tmp_path / f"{name}.json").read_text()), name
     assert (tmp_path / "swa.png").stat().st_size > 0
     assert "collected" in logs["tests"] or "tests collected" in logs["tests"]
+
+
+def test_the_carried_wheels_are_the_locked_versions():
+    """benchmarks/device_wheels.sh downloads each of its packages at requirements.lock's pin
+    (jax-triton at the gpu extra's): a package it names that the lock lost would stop it."""
+    script = (REPO / "benchmarks" / "device_wheels.sh").read_text()
+    names = re.search(r"^NAMES=\((.*)\)$", script, re.MULTILINE)[1].split()
+    lock = (REPO / "requirements.lock").read_text().splitlines()
+    pinned = {line.split("==")[0] for line in lock if "==" in line}
+    assert {"grain", "tokamax", "xprof", "pydantic"} <= set(names) <= pinned
+    assert re.search(r"jax-triton==[0-9.]+", (REPO / "pyproject.toml").read_text())

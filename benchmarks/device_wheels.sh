@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The wheels a GPU session carries: what the device image lacks (its package list: the device
+# library's KINDS.md) at the versions requirements.lock pins, for CPython 3.12 on manylinux
+# x86_64, into .device/wheels (git-ignored; about 42 MB of the 64 MiB a call may carry).
+#
+#   benchmarks/device_wheels.sh
+#   then one device call with carry [".device"]: bash benchmarks/gpu_session.sh $OUT
+#
+# grain and tokamax, and what they import that the image lacks: xprof (tokamax's benchmarking
+# module imports xprof.cli, which imports fire and termcolor), pydantic, immutabledict,
+# portpicker (grain). jax-triton at the `gpu` extra's pin; it needs triton >= 3.7, which the
+# image may lack: its rows then fail one by one, recorded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAMES=(grain tokamax array_record qwix einshape xprof fire termcolor pydantic pydantic_core annotated-types typing-inspection immutabledict portpicker)
+pins=()
+for name in "${NAMES[@]}"; do
+  pins+=("$(grep -E "^${name}==" requirements.lock)") || {
+    echo "error: $name is not pinned in requirements.lock" >&2
+    exit 1
+  }
+done
+pins+=("$(grep -oE 'jax-triton==[0-9.]+' pyproject.toml)")
+mkdir -p .device/wheels
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .device/wheels "${pins[@]}"
+du -sh .device/wheels
