@@ -61,6 +61,7 @@ PADDED_IMPL = "tokamax_cudnn_padded"
 ALL_IMPLS = (*GDPA_BACKENDS, *(f"tokamax_{i}" for i in TOKAMAX_IMPLS), PADDED_IMPL)
 SMOKE_IMPLS = ("gdpa_reference", "tokamax_xla")
 BWD_FLOPS_FACTOR = 2.5
+FLOPS_CONVENTION = "fwd 4·D per visible (query, key) pair of real tokens and head; bwd 2.5× fwd"
 TOKENS_PER_BATCH = 16384  # batch = TOKENS_PER_BATCH // Tq keeps the work per case similar
 
 
@@ -324,9 +325,14 @@ def target_summary(results: list[dict]) -> list[dict]:
         for impl in OUR_KERNELS:
             if (r := by_impl.get(impl)) is None:
                 continue
-            row = dict(name=name, heads=heads, lengths=lengths, window=window, causal=causal)
-            row |= dict(impl=impl, fwd_fraction_of_matmul=r["fwd_fraction_of_matmul"])
-            row |= dict(
+            row = dict(
+                name=name,
+                heads=heads,
+                lengths=lengths,
+                window=window,
+                causal=causal,
+                impl=impl,
+                fwd_fraction_of_matmul=r["fwd_fraction_of_matmul"],
                 bwd_fraction_of_matmul=r["bwd_fraction_of_matmul"],
                 fwd_fraction_of_copy=r["fwd_fraction_of_copy"],
             )
@@ -445,8 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = dict(
         environment=environment(),
         baselines=baselines(args.smoke, args.iters),
-        flops_convention="fwd 4·D per visible (query, key) pair of real tokens and head; "
-        "bwd 2.5× fwd",
+        flops_convention=FLOPS_CONVENTION,
         results=[],
     )
     print(describe_baselines(report))

@@ -27,6 +27,7 @@ import argparse
 from collections.abc import Callable
 
 from benchmarks.kernels.gdpa import (
+    FLOPS_CONVENTION,
     TOKENS_PER_BATCH,
     Case,
     add_fractions,
@@ -181,8 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = dict(
         environment=environment(),
         baselines=baselines(args.smoke, args.iters),
-        flops_convention="fwd 4·D per visible (query, key) pair of real tokens and head; "
-        "bwd 2.5× fwd",
+        flops_convention=FLOPS_CONVENTION,
         results=[],
     )
     env = report["environment"]

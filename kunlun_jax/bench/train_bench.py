@@ -40,7 +40,7 @@ from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.spec import validate_batch
 from kunlun_jax.model.towers import resolve_towers
 from kunlun_jax.provenance import environment
-from kunlun_jax.train.experiment import Experiment, build_experiment, plan_training
+from kunlun_jax.train.experiment import Experiment, Layout, build_experiment, plan_training
 from pallas_kernels.common import dispatch
 
 
@@ -144,9 +144,11 @@ def xla_train_flops(exp: Experiment, batch: Any, rng: jax.Array) -> float | None
     lowered for the same mesh and analysed before partitioning, so every operation counts once:
     a compiled program's per-device count times the devices also counts the work each device
     repeats (e.g. the optimizer's update of replicated weights) once per device."""
-    model = dataclasses.replace(exp.config.model, kernels="reference")
-    config = dataclasses.replace(exp.config, model=model)
-    layout = plan_training(config, exp.spec, batch, list(exp.plan.mesh.devices.flat))
+    layout: Layout = exp  # already plain jnp: no second plan (a trace of init and optimizer)
+    if exp.config.model.kernels != "reference":
+        model = dataclasses.replace(exp.config.model, kernels="reference")
+        config = dataclasses.replace(exp.config, model=model)
+        layout = plan_training(config, exp.spec, batch, list(exp.plan.mesh.devices.flat))
     with layout.activate():
         lowered = layout.train_step().lower(layout.abstract_state, batch, rng)
     flops = (lowered.cost_analysis() or {}).get("flops")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.activations import approximates_tanh
 from pallas_kernels.common.blocks import cdiv
-from pallas_kernels.common.inputs import clip_lengths
+from pallas_kernels.common.inputs import clip_lengths, nothing_to_attend
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.triton_launch import TritonLaunch, attention_launch, launch
 from pallas_kernels.gdpa import triton_lang
@@ -64,7 +64,7 @@ def gdpa_jax_triton(
     """
     batch, tq, _, dim = q.shape
     tkv = k.shape[1]
-    if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
+    if nothing_to_attend(q, k):  # no grid to launch
         return jnp.zeros_like(q)
     sizes = default_block_sizes("gpu", device_kind, dim, tkv, "jax_triton")
     sizes = sizes.with_overrides(block_q, block_kv)

@@ -37,7 +37,11 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.common import blocks
 from pallas_kernels.common.activations import get_activation, kernel_tanh
-from pallas_kernels.common.inputs import check_attention_inputs, pad_attention_inputs
+from pallas_kernels.common.inputs import (
+    check_attention_inputs,
+    nothing_to_attend,
+    pad_attention_inputs,
+)
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
 from pallas_kernels.gdpa.blockwise import GdpaSpec
@@ -154,7 +158,7 @@ def gdpa_mosaic_gpu(
             f"head dim D={d} is above the Mosaic GPU kernels' {MAX_HEAD_DIM} (their fp32 "
             "accumulators would not fit); use backend='pallas_triton'"
         )
-    if tq == 0 or k.shape[1] == 0:  # nothing to attend: no grid to launch
+    if nothing_to_attend(q, k):  # no grid to launch
         return jnp.zeros_like(q)
     padded = pad_attention_inputs(
         q,

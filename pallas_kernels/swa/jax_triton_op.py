@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.inputs import clip_lengths
+from pallas_kernels.common.inputs import clip_lengths, nothing_to_attend
 from pallas_kernels.common.softmax import row_delta
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.triton_launch import TritonLaunch, attention_launch, launch
@@ -59,7 +59,7 @@ def swa_jax_triton(
     """
     batch, tq, _, dim = q.shape
     tkv = k.shape[1]
-    if tq == 0 or tkv == 0:  # nothing to attend: no grid to launch
+    if nothing_to_attend(q, k):  # no grid to launch
         return jnp.zeros_like(q)
     sizes = default_block_sizes("gpu", device_kind, dim, window).with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, "pallas_triton", q.dtype, tq, tkv, block_q, block_kv)
