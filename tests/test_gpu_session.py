@@ -8,8 +8,6 @@ import json
 import re
 import shlex
 
-import pytest
-
 from benchmarks import gpu_session
 from benchmarks.gpu_session import Stage
 from benchmarks.kernels import gdpa, hsp, swa
@@ -97,18 +95,57 @@ def test_preflight_records_devices_and_versions(tmp_path):
     assert report["versions"]["jax_triton"].startswith("import failed")
 
 
-@pytest.mark.slow
-def test_every_real_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
+# Stages whose CPU-sized twin its own test runs, by the stage's `--smoke` command line:
+# the kernel benchmarks' (tests/kernels/helpers.run_benchmark_smoke) and the train-step bench
+# (the same CLI at `tiny` size in-process: tests/test_bench_smoke.py; as a subprocess it takes
+# ~45 s of compiles here).
+RUN_ELSEWHERE = ("gdpa", "swa", "hsp", "bench")
+
+
+def test_every_real_stage_command_line_parses(tmp_path):
+    """The command lines a GPU session runs (not their CPU twins), through each module's own
+    argument parser, and `bench`'s config loads: a typo in a flag fails here."""
+    from benchmarks.kernels import gdpa_autotune
+    from kunlun_jax.cli import _parser
+    from kunlun_jax.config import load_config
+
+    parsers = {
+        "benchmarks.kernels.gdpa": gdpa.parse_args,
+        "benchmarks.kernels.swa": swa.parse_args,
+        "benchmarks.kernels.hsp": hsp.parse_args,
+        "benchmarks.kernels.gdpa_autotune": gdpa_autotune.parse_args,
+        "kunlun_jax.cli": _parser().parse_args,
+    }
+    parsed = {}
+    for name, stage in gpu_session.STAGES.items():
+        for smoke in (False, True):
+            flag, module, *argv = stage.command(tmp_path, smoke=smoke)[1:]
+            assert flag == "-m", (name, smoke)
+            if module in parsers:
+                parsed[name, smoke] = parsers[module](argv)
+    assert {name for name, _ in parsed} == {"gdpa", "swa", "hsp", "bench", "tune", "tune_mosaic"}
+    assert all(parsed[name, False].quick for name in ("gdpa", "swa", "hsp"))
+    assert parsed["swa", False].window == 128
+    assert {parsed[n, False].impl for n in ("tune", "tune_mosaic")} == {
+        "pallas_triton",
+        "pallas_mosaic_gpu",
+    }
+    bench = parsed["bench", False]
+    assert bench.command == "bench"
+    load_config(bench.config, bench.overrides)
+
+
+def test_every_other_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
     """`--smoke`: the same modules and flags at CPU shapes, so a typo in a stage's command line
-    is found here, not in a GPU session."""
-    session = gpu_session.main(["--out", str(tmp_path), "--smoke", "--budget-s", "900"])
+    is found here, not in a GPU session (the stages in RUN_ELSEWHERE are run by their tests)."""
+    stages = [name for name in gpu_session.STAGES if name not in RUN_ELSEWHERE]
+    argv = ["--out", str(tmp_path), "--smoke", "--budget-s", "900", "--stages", *stages]
+    session = gpu_session.main(argv)
     status = {s["stage"]: s["status"] for s in session["stages"]}
     logs = {name: (tmp_path / f"{name}.log").read_text()[-2000:] for name in status}
-    assert status == dict.fromkeys(gpu_session.STAGES, "ok"), logs
-    tuned = ("gdpa_autotune_pallas_triton", "gdpa_autotune_pallas_mosaic_gpu")
-    for name in ("preflight", "gdpa", "swa", "hsp", "bench_base", *tuned):
+    assert status == dict.fromkeys(stages, "ok"), logs
+    for name in ("preflight", "gdpa_autotune_pallas_triton", "gdpa_autotune_pallas_mosaic_gpu"):
         assert json.loads((tmp_path / f"{name}.json").read_text()), name
-    assert (tmp_path / "swa.png").stat().st_size > 0
     assert "collected" in logs["tests"] or "tests collected" in logs["tests"]
 
 

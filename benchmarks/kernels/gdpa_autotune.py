@@ -189,7 +189,7 @@ def install(report: dict, path: Path = TUNED_PATH) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", choices=IMPLS, required=True)
     parser.add_argument("--out", type=Path, required=True, help="JSON report path")
@@ -203,7 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--install", action="store_true", help=f"merge winners into {TUNED_PATH.name}"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     report = dict(environment=environment(), impl=args.impl, keys=[])
     if args.resume_from and args.resume_from.exists():

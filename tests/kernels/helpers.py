@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from unittest import mock
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import tokamax.config
 
+from benchmarks import gpu_session
 from pallas_kernels.common.gpu_lowering import (  # noqa: F401 (re-exported to the tests)
     B200,
     H100,
@@ -92,18 +94,16 @@ def assert_trees_equal(got, want) -> None:
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
-def run_benchmark_smoke(args: Sequence[str], out: Path, *, timeout: int) -> dict:
-    """Run `python *args --smoke --out out` on CPU from the repo root, assert it exits 0 and
-    its report names the environment and a positive matmul baseline; return the report."""
-    run_python(
-        *args,
-        "--smoke",
-        "--out",
-        str(out),
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=timeout,
-    )
-    report = json.loads(out.read_text())
+def run_benchmark_smoke(stage: str, out: Path, *, timeout: int) -> dict:
+    """Run the GPU session's `stage` (gdpa, swa, hsp) at CPU size, by the very command line
+    that `benchmarks.gpu_session --smoke` runs (`--smoke --out OUT/<stage>.json`), on CPU
+    from the repo root; assert it exits 0 and its report names the environment and positive
+    matmul and copy baselines; return the report."""
+    command = gpu_session.STAGES[stage].command(out, smoke=True)
+    assert command[0] == sys.executable, command
+    assert "--smoke" in command, command
+    run_python(*command[1:], env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=timeout)
+    report = json.loads((out / f"{stage}.json").read_text())
     env_info = report["environment"]
     for key in ("device_kind", "platform", "jax", "jaxlib", "tokamax", "date", "command"):
         assert env_info[key], key

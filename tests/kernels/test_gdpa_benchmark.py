@@ -17,19 +17,17 @@ from benchmarks.kernels.gdpa import PADDED_IMPL, Case, attention_fn, forward_flo
 from pallas_kernels.common.masks import attention_mask
 from tests.kernels.helpers import (
     MOSAIC_GPU_CALL,
-    REPO,
     TRITON_CALL,
     gpu_kernel_calls,
     normal_inputs,
     run_benchmark_smoke,
 )
 
-SCRIPT = REPO / "benchmarks" / "kernels" / "gdpa.py"
 TIMING_KEYS = ("fwd_ms", "bwd_ms", "fwdbwd_ms", "fwd_tflops", "bwd_tflops", "fwdbwd_tflops")
 
 
 def test_benchmark_smoke_writes_report(tmp_path):
-    report = run_benchmark_smoke([str(SCRIPT)], tmp_path / "gdpa.json", timeout=120)
+    report = run_benchmark_smoke("gdpa", tmp_path, timeout=120)
     assert report["baselines"]["copy_gbps"] > 0
 
     results = report["results"]

@@ -21,9 +21,7 @@ RATES = ("pool_fwd_tflops", "pool_fwdbwd_tflops", "kv_gbps", "examples_per_s")
 
 
 def test_benchmark_smoke_writes_report(tmp_path):
-    report = run_benchmark_smoke(
-        ["-m", "benchmarks.kernels.hsp"], tmp_path / "hsp.json", timeout=180
-    )
+    report = run_benchmark_smoke("hsp", tmp_path, timeout=180)
 
     (r,) = report["results"]
     assert set(r["impls"]) == {"hsp_reference", "tokamax_xla"}
