@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 
-import jax
 import pytest
 
 from kunlun_jax.bench import sweep
 from kunlun_jax.bench.accounting import xla_cost
 from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
-from kunlun_jax.bench.step import compile_train_step
 from kunlun_jax.bench.train_bench import ablation_variants, xla_train_flops
 from kunlun_jax.cli import main
 from kunlun_jax.config import ConfigError, load_config
-from kunlun_jax.train.experiment import build_experiment
+from kunlun_jax.data.pipeline import first_batch, make_source
+from kunlun_jax.parallel.aot import lower_train_step
+from kunlun_jax.train.experiment import plan_training
 from tests.conftest import FAST_TINY, REPO
 
 # tests/test_train.py's config too, so the compile cache shares programs with it. The
@@ -150,14 +150,21 @@ def test_xla_counts_the_plain_jnp_step_once_over_the_global_batch():
     MFLOP: it counts replicated work 4 times."""
     counts = {}
     for kernels, data in (("reference", 1), ("auto", 4)):
-        overrides = [*SMALL, f"model.kernels={kernels}", f"mesh.data={data}"]
-        exp = build_experiment(load_config("tiny", overrides))
-        batch, rng = exp.device_batch(next(exp.data_iter)), jax.random.key(0)
-        counts[kernels] = xla_train_flops(exp, batch, rng)
+        config = load_config("tiny", [*SMALL, f"model.kernels={kernels}", f"mesh.data={data}"])
+        layout, example = _abstract_layout(config)
+        counts[kernels] = xla_train_flops(layout, example)
         if data == 1:
-            own, _ = xla_cost(compile_train_step(exp, batch, rng))
+            with layout.activate():
+                own, _ = xla_cost(lower_train_step(layout, example).compile())
     assert counts["auto"] == pytest.approx(counts["reference"], rel=0.01)
     assert counts["reference"] == pytest.approx(own, rel=0.08)
+
+
+def _abstract_layout(config):
+    """`config`'s layout (nothing allocated) and a first batch."""
+    source, spec = make_source(config.data, "train")
+    example = first_batch(source, config.train.batch_size)
+    return plan_training(config, spec, example), example
 
 
 def test_a_baseline_without_an_analytic_model_is_counted_by_xla():
@@ -165,7 +172,7 @@ def test_a_baseline_without_an_analytic_model_is_counted_by_xla():
     near the compiled one-device program's own."""
     config = load_config("tiny", [*SMALL, "model.arch=dcnv2"])
     per_example = sweep._xla_train_per_example(config)
-    exp = build_experiment(config)
-    batch = exp.device_batch(next(exp.data_iter))
-    own, _ = xla_cost(compile_train_step(exp, batch, jax.random.key(0)))
+    layout, example = _abstract_layout(config)
+    with layout.activate():
+        own, _ = xla_cost(lower_train_step(layout, example).compile())
     assert per_example == pytest.approx(own / config.train.batch_size, rel=0.08)

@@ -39,8 +39,9 @@ from kunlun_jax.bench.step import compile_train_step, compiled_devices, memory_a
 from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.spec import validate_batch
 from kunlun_jax.model.towers import resolve_towers
+from kunlun_jax.parallel.aot import lower_train_step
 from kunlun_jax.provenance import environment
-from kunlun_jax.train.experiment import Experiment, Layout, build_experiment, plan_training
+from kunlun_jax.train.experiment import Layout, build_experiment, plan_training
 from pallas_kernels.common import dispatch
 
 
@@ -136,21 +137,21 @@ def _real_lengths(config: Config, spec: Any, batches: Sequence[Any]) -> dict[str
     }
 
 
-def xla_train_flops(exp: Experiment, batch: Any, rng: jax.Array) -> float | None:
-    """XLA's FLOPs of one train step over the global batch (None where XLA reports none).
+def xla_train_flops(layout: Layout, example: Any) -> float | None:
+    """XLA's FLOPs of one train step over the global batch shaped like `example` (None where
+    XLA reports none). Abstract: nothing is allocated, `layout` need not be materialized.
 
     Counted on the step with plain-jnp kernels (`model.kernels = "reference"`; XLA's cost
     analysis counts nothing inside Pallas calls, jax drops their cost estimates on GPU),
     lowered for the same mesh and analysed before partitioning, so every operation counts once:
     a compiled program's per-device count times the devices also counts the work each device
     repeats (e.g. the optimizer's update of replicated weights) once per device."""
-    layout: Layout = exp  # already plain jnp: no second plan (a trace of init and optimizer)
-    if exp.config.model.kernels != "reference":
-        model = dataclasses.replace(exp.config.model, kernels="reference")
-        config = dataclasses.replace(exp.config, model=model)
-        layout = plan_training(config, exp.spec, batch, list(exp.plan.mesh.devices.flat))
+    if layout.config.model.kernels != "reference":  # else already plain jnp: no second plan
+        model = dataclasses.replace(layout.config.model, kernels="reference")
+        config = dataclasses.replace(layout.config, model=model)
+        layout = plan_training(config, layout.spec, example, list(layout.plan.mesh.devices.flat))
     with layout.activate():
-        lowered = layout.train_step().lower(layout.abstract_state, batch, rng)
+        lowered = lower_train_step(layout, example)
     flops = (lowered.cost_analysis() or {}).get("flops")
     return None if flops is None else float(flops)
 
@@ -230,7 +231,7 @@ def measure(
         final_loss=float(metrics["loss"]),
         batch_size=config.train.batch_size,
         num_devices=n_dev,
-        flops=_flops(config, exp.spec, batches, xla_train_flops(exp, device_batches[0], rngs[0])),
+        flops=_flops(config, exp.spec, batches, xla_train_flops(exp, device_batches[0])),
         memory=_memory(step),
         notes=notes,
     )
