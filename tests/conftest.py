@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,9 +28,11 @@ if os.environ["JAX_PLATFORMS"] == "cpu":
         os.environ.get("XLA_FLAGS", "")
         + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
     ).strip()
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix=f"kunlun-jax-cache-{os.getppid()}-")
-)
+# Made by the first process (with xdist, the controller: its workers inherit the variables),
+# which removes it at the end (pytest_unconfigure).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kunlun-jax-cache-")
+    os.environ["KUNLUN_TEST_CACHE_OWNER"] = str(os.getpid())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -122,3 +125,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `slow` (a minute or more on CI's 2 cores) run first, so that under
     `pytest -n 2` no worker is left with one of them at the end while the other idles."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The compile cache this session created (some 100 MB) is not left in the temp dir."""
+    if os.environ.get("KUNLUN_TEST_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
