@@ -1,5 +1,6 @@
 """End-to-end training: CLI, run directories, checkpoints, exact resume, learning toward NE*."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from kunlun_jax.cli import main
 from kunlun_jax.config import load_config
 from kunlun_jax.train.checkpoint import Checkpointer
-from kunlun_jax.train.experiment import build_experiment
+from kunlun_jax.train.experiment import Layout, build_experiment
 from kunlun_jax.train.loop import prepare_run_dir, train
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 from tests.conftest import FAST_TINY, run_python
@@ -58,8 +59,19 @@ def test_existing_run_is_never_overwritten_without_asking(cli_run, capsys):
     assert (run_dir / "metrics.json").read_text() == before
 
 
-def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path):
+def _no_fresh_state(monkeypatch):
+    """Creating a fresh train state fails: what restores a checkpoint must not make one (it
+    would hold a second copy of the state beside the restored one)."""
+
+    def refuse(self, example):
+        raise AssertionError("a fresh train state was created beside the restored one")
+
+    monkeypatch.setattr(Layout, "initial_state", refuse)
+
+
+def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkeypatch):
     run_dir, _ = cli_run
+    _no_fresh_state(monkeypatch)
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -112,6 +124,23 @@ def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, capsys):
     assert main(_train_args(tmp_path, "r", "mesh.data=16")) == 2  # 8 devices
     assert "mesh" in capsys.readouterr().err
     assert not (tmp_path / "r").exists(), "the retry would find it and refuse"
+
+
+def test_resume_restores_into_abstract_targets_or_starts_fresh(cli_run, tmp_path, monkeypatch):
+    """A resume with a checkpoint restores it without creating a fresh state; one with none
+    yet (killed before its first save) starts fresh and trains the straight run's numbers."""
+    run_dir, _ = cli_run
+    straight = json.loads((run_dir / "metrics.json").read_text())
+    cfg = load_config(str(run_dir / "config.json"))
+    (tmp_path / "empty").mkdir()
+    fresh = train(cfg, tmp_path / "empty", resume=True, progress=False)
+    for key in ("ne", "auc", "log_loss"):
+        assert fresh[key] == straight[key], key
+    _no_fresh_state(monkeypatch)
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
+    assert train(longer, copy, resume=True, progress=False)["steps"] == 8
+    assert Checkpointer(copy / "checkpoints").latest_step() == 8
 
 
 def test_resume_refuses_when_only_quarantined_checkpoints_are_left(tmp_path):

@@ -121,18 +121,12 @@ def mosaic_kernels(hlo_text: str) -> dict[str, int]:
     return dict(collections.Counter(names))
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
-
-
 def lower_train_step(layout: Any, example: Any, **lower_kwargs: Any) -> Any:
     """`layout`'s sharded train step lowered for abstract arguments: its state, a batch shaped
     like `example` (split over the batch axes) and a key. Call inside `layout.activate()` (and
     a `compile_target`); lower_kwargs go to `Traced.lower` (e.g. lowering_platforms)."""
     mesh = layout.plan.mesh
-    state = _abstract(layout.abstract_state, layout.state_shardings)
+    state = layout.sharded_abstract_state()
     batch_sharding = layout.plan.batch_sharding()
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding), example

@@ -72,6 +72,22 @@ class Layout:
         ):
             yield
 
+    def sharded_abstract_state(self) -> TrainState:
+        """The train state as ShapeDtypeStructs carrying their shardings: what a checkpoint
+        restores into, or a step lowers for, without allocating anything."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            self.abstract_state,
+            self.state_shardings,
+        )
+
+    def initial_state(self, example: Batch) -> TrainState:
+        """A fresh train state (seed `train.seed`), created directly in its sharded layout;
+        `example`: a batch (shapes only)."""
+        with self.activate():
+            init = jax.jit(_state_init(self.model, self.tx), out_shardings=self.state_shardings)
+            return init(_init_key(self.config.train.seed), example)
+
     def train_step(self) -> Any:
         """jit(state, batch, rng) -> (state, metrics): state donated, batch split over the
         batch axes, metrics replicated."""
@@ -124,7 +140,8 @@ def _state_init(model: nn.Module, tx: Any) -> Any:
 
 @dataclasses.dataclass
 class Experiment(Layout):
-    """A Layout plus its data and the materialized, sharded train state."""
+    """A Layout plus its data and the materialized, sharded train state (None when built with
+    `init_state=False`, for a checkpoint to be restored into `sharded_abstract_state()`)."""
 
     train_source: Any = None
     eval_source: Any = None
@@ -144,18 +161,19 @@ class Experiment(Layout):
         return self.device_batch(jax.tree.map(lambda x: x[rows], batch))
 
 
-def build_experiment(config: Config, devices: list[Any] | None = None) -> Experiment:
+def build_experiment(
+    config: Config, devices: list[Any] | None = None, *, init_state: bool = True
+) -> Experiment:
     """Data, model, optimizer and the train state, created directly in its sharded layout on
-    a mesh of `devices` (default: all) shaped by `config.mesh`."""
+    a mesh of `devices` (default: all) shaped by `config.mesh`. init_state=False leaves the
+    state None: a run restored from a checkpoint never holds a second, fresh copy."""
     tc = config.train
     train_source, spec = make_source(config.data, "train")
     eval_source, _ = make_source(config.data, "eval")
     example = first_batch(eval_source, tc.batch_size)
     validate_batch(example, spec)
     layout = plan_training(config, spec, example, devices)
-    with layout.activate():
-        init = jax.jit(_state_init(layout.model, layout.tx), out_shardings=layout.state_shardings)
-        state = init(_init_key(tc.seed), example)
+    state = layout.initial_state(example) if init_state else None
     rows = host_rows(layout.plan.batch_sharding(), tc.batch_size)
     data_iter = train_iterator(
         train_source,

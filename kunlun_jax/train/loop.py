@@ -17,7 +17,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from kunlun_jax.config import Config, ConfigError, load_config, to_dict
-from kunlun_jax.data.pipeline import eval_batches, make_source
+from kunlun_jax.data.pipeline import eval_batches, first_batch, make_source
 from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
 from kunlun_jax.parallel.distributed import to_host
@@ -149,12 +149,12 @@ def evaluate_run(
         raise ConfigError(
             f"split {split!r}: {config.data.source} data has the splits {list(splits)}"
         )
-    exp = build_experiment(config)
+    exp = build_experiment(config, init_state=False)
     ckpt = Checkpointer(run_dir / "checkpoints")
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint to evaluate")
-    state, _ = ckpt.restore(step, exp.state, exp.data_iter)
+    state, _ = ckpt.restore(step, exp.sharded_abstract_state(), exp.data_iter)
     ckpt.close()
     source = exp.eval_source if split == "eval" else make_source(config.data, split)[0]
     with exp.activate():
@@ -227,7 +227,7 @@ def _train(
     tc = config.train
     if resume:
         _check_same_run(run_dir, config)
-    exp = build_experiment(config, devices)
+    exp = build_experiment(config, devices, init_state=not resume)
     ckpt = Checkpointer(
         run_dir / "checkpoints",
         keep=tc.keep_checkpoints,
@@ -235,8 +235,12 @@ def _train(
         async_save=tc.async_checkpoints,
     )
     state = exp.state
-    if resume and (restored := ckpt.restore_latest_good(state, exp.data_iter)) is not None:
-        state = restored[0]
+    if resume:  # restored into abstract targets: no fresh state beside the restored one
+        restored = ckpt.restore_latest_good(exp.sharded_abstract_state(), exp.data_iter)
+        if restored is not None:
+            state = restored[0]
+        else:
+            state = exp.initial_state(first_batch(exp.eval_source, tc.batch_size))
     start = int(state.step)
     if start > tc.steps:
         ckpt.close()
