@@ -1,6 +1,6 @@
 """Multi-host training for real: two processes (2 CPU devices each, gloo collectives) joined by
 `jax.distributed`, each reading only its rows of every batch, against one process with the
-same 4 devices. Slow (three separate trainings), still part of `make test`."""
+same 4 devices (the test's own). Slow (three trainings), still part of `make test`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
+
+from kunlun_jax.config import load_config
+from kunlun_jax.train.loop import prepare_run_dir, train
 
 pytestmark = pytest.mark.slow
 
@@ -77,12 +81,11 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
     outs = [p.communicate(timeout=900)[0] for p in hosts]
     for p, out in zip(hosts, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    single = _train(tmp_path, "single", 4)
-    out = single.communicate(timeout=900)[0]
-    assert single.returncode == 0, out[-3000:]
+    # The same 4 devices in one process: this one (its 8 simulated devices, the first 4).
+    single = prepare_run_dir(tmp_path, "single", overwrite=False, resume=False)
+    one = train(load_config("tiny", SETS), single, progress=False, devices=jax.devices()[:4])
 
     multi = json.loads((tmp_path / "multi" / "metrics.json").read_text())
-    one = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert multi["mesh"] == one["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
     for key in ("ne", "auc", "log_loss", "calibration"):
         assert multi[key] == pytest.approx(one[key], rel=1e-5), key
