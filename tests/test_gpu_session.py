@@ -95,10 +95,10 @@ def test_preflight_records_devices_and_versions(tmp_path):
     assert report["versions"]["jax_triton"].startswith("import failed")
 
 
-# Stages whose CPU-sized twin its own test runs, by the stage's `--smoke` command line:
-# the kernel benchmarks' (tests/kernels/helpers.run_benchmark_smoke) and the train-step bench
-# (the same CLI at `tiny` size in-process: tests/test_bench_smoke.py; as a subprocess it takes
-# ~45 s of compiles here).
+# Stages not run by the twin test: the kernel benchmarks' smoke tests run their `--smoke`
+# command lines (tests/kernels/helpers.run_benchmark_smoke); bench's is parsed and its config
+# loaded (the parse test), and the bench CLI runs in-process at a smaller `tiny` in
+# tests/test_bench_smoke.py (as a subprocess the twin takes ~45 s of compiles).
 RUN_ELSEWHERE = ("gdpa", "swa", "hsp", "bench")
 
 
@@ -130,14 +130,15 @@ def test_every_real_stage_command_line_parses(tmp_path):
         "pallas_triton",
         "pallas_mosaic_gpu",
     }
-    bench = parsed["bench", False]
-    assert bench.command == "bench"
-    load_config(bench.config, bench.overrides)
+    for smoke in (False, True):
+        bench = parsed["bench", smoke]
+        assert bench.command == "bench"
+        load_config(bench.config, bench.overrides)
 
 
 def test_every_other_stage_command_runs_in_its_cpu_sized_twin(tmp_path):
     """`--smoke`: the same modules and flags at CPU shapes, so a typo in a stage's command line
-    is found here, not in a GPU session (the stages in RUN_ELSEWHERE are run by their tests)."""
+    is found here, not in a GPU session (RUN_ELSEWHERE: see there)."""
     stages = [name for name in gpu_session.STAGES if name not in RUN_ELSEWHERE]
     argv = ["--out", str(tmp_path), "--smoke", "--budget-s", "900", "--stages", *stages]
     session = gpu_session.main(argv)

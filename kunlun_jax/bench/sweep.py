@@ -101,7 +101,8 @@ def data_label(config: Config) -> str:
 
 def _xla_train_per_example(config: Config) -> float:
     """XLA's FLOPs of the train step per example (architectures without an analytic model;
-    `train_bench.xla_train_flops`: lowered for abstract arguments, no state allocated)."""
+    `train_bench.xla_train_flops`: lowered for abstract arguments, no state allocated), at
+    the histories' stored lengths (not `data.length_buckets`), as the analytic model counts."""
     source, spec = make_source(config.data, "train")
     example = first_batch(source, config.train.batch_size)
     flops = xla_train_flops(plan_training(config, spec, example), example)

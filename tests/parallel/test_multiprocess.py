@@ -62,6 +62,8 @@ def _free_port() -> int:
 
 
 def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+    if jax.default_backend() != "cpu" or jax.device_count() < 4:
+        pytest.skip("the one-process reference trains on 4 of this process's CPU devices")
     port = _free_port()
     hosts = [
         _train(
