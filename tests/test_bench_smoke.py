@@ -12,9 +12,8 @@ from kunlun_jax.bench.schema import SWEEP_SCHEMA, load, validate_bench
 from kunlun_jax.bench.train_bench import ablation_variants, xla_train_flops
 from kunlun_jax.cli import main
 from kunlun_jax.config import ConfigError, load_config
-from kunlun_jax.data.pipeline import first_batch, make_source
 from kunlun_jax.parallel.aot import lower_train_step
-from kunlun_jax.train.experiment import plan_training
+from kunlun_jax.train.experiment import plan_config
 from tests.conftest import FAST_TINY, REPO
 
 # tests/test_train.py's config too, so the compile cache shares programs with it. The
@@ -151,7 +150,7 @@ def test_xla_counts_the_plain_jnp_step_once_over_the_global_batch():
     counts = {}
     for kernels, data in (("reference", 1), ("auto", 4)):
         config = load_config("tiny", [*SMALL, f"model.kernels={kernels}", f"mesh.data={data}"])
-        layout, example = _abstract_layout(config)
+        layout, example = plan_config(config)
         counts[kernels] = xla_train_flops(layout, example)
         if data == 1:
             with layout.activate():
@@ -160,19 +159,12 @@ def test_xla_counts_the_plain_jnp_step_once_over_the_global_batch():
     assert counts["reference"] == pytest.approx(own, rel=0.08)
 
 
-def _abstract_layout(config):
-    """`config`'s layout (nothing allocated) and a first batch."""
-    source, spec = make_source(config.data, "train")
-    example = first_batch(source, config.train.batch_size)
-    return plan_training(config, spec, example), example
-
-
 def test_a_baseline_without_an_analytic_model_is_counted_by_xla():
     """Sweep points of a baseline arch take XLA's count per example (lowered, plain jnp),
     near the compiled one-device program's own."""
     config = load_config("tiny", [*SMALL, "model.arch=dcnv2"])
     per_example = sweep._xla_train_per_example(config)
-    layout, example = _abstract_layout(config)
+    layout, example = plan_config(config)
     with layout.activate():
         own, _ = xla_cost(lower_train_step(layout, example).compile())
     assert per_example == pytest.approx(own / config.train.batch_size, rel=0.08)

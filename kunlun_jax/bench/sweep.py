@@ -28,9 +28,9 @@ from kunlun_jax.bench.accounting import analytic_arch, example_flops
 from kunlun_jax.bench.schema import sweep_document
 from kunlun_jax.bench.train_bench import xla_train_flops
 from kunlun_jax.config import Config, ConfigError, load_config, parse_override, to_dict
-from kunlun_jax.data.pipeline import first_batch, make_source
+from kunlun_jax.data.pipeline import make_source
 from kunlun_jax.provenance import environment
-from kunlun_jax.train.experiment import plan_training
+from kunlun_jax.train.experiment import plan_config
 from kunlun_jax.train.loop import finished_run, prepare_run_dir, train
 
 SWEEP_FILE = "sweep.json"
@@ -103,9 +103,7 @@ def _xla_train_per_example(config: Config) -> float:
     """XLA's FLOPs of the train step per example (architectures without an analytic model;
     `train_bench.xla_train_flops`: lowered for abstract arguments, no state allocated), at
     the histories' stored lengths (not `data.length_buckets`), as the analytic model counts."""
-    source, spec = make_source(config.data, "train")
-    example = first_batch(source, config.train.batch_size)
-    flops = xla_train_flops(plan_training(config, spec, example), example)
+    flops = xla_train_flops(*plan_config(config))
     if flops is None:
         raise RuntimeError("XLA reported no FLOPs for the train step on this backend")
     return flops / config.train.batch_size

@@ -24,10 +24,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from kunlun_jax.bench.accounting import xla_cost
 from kunlun_jax.bench.estimate import estimate_record
 from kunlun_jax.config import Config, ConfigError
-from kunlun_jax.data.pipeline import first_batch, make_source
 from kunlun_jax.flops import model_flops
 from kunlun_jax.provenance import environment
-from kunlun_jax.train.experiment import plan_training
+from kunlun_jax.train.experiment import plan_config
 from pallas_kernels.common.target import compile_target
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -142,9 +141,8 @@ def compile_train_step(
     """Compiles `config`'s sharded train step for `topology`; returns the report (JSON-able).
     overrides: the `--set` items `config` was loaded with (recorded in the compare record)."""
     devices = tpu_devices(topology)
-    eval_source, spec = make_source(config.data, "eval")
-    example = first_batch(eval_source, config.train.batch_size)
-    layout = plan_training(config, spec, example, devices)
+    layout, example = plan_config(config, devices)
+    spec = layout.spec
     mesh = layout.plan.mesh
     with compile_target(devices[0]), layout.activate():
         compiled = lower_train_step(layout, example).compile()

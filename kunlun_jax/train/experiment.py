@@ -130,6 +130,15 @@ def plan_training(
     return Layout(config, spec, model, tx, plan, abstract, state_shardings(abstract, specs, mesh))
 
 
+def plan_config(config: Config, devices: list[Any] | None = None) -> tuple[Layout, Batch]:
+    """`config`'s Layout on a mesh of `devices` (nothing allocated), planned from its first
+    eval batch of `train.batch_size` examples (validated), and that batch."""
+    eval_source, spec = make_source(config.data, "eval")
+    example = first_batch(eval_source, config.train.batch_size)
+    validate_batch(example, spec)
+    return plan_training(config, spec, example, devices), example
+
+
 def _state_init(model: nn.Module, tx: Any) -> Any:
     def init(key: jax.Array, example: Batch) -> TrainState:
         params = nn.unbox(model.init(key, example)["params"])

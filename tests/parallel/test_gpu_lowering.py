@@ -17,9 +17,8 @@ import jax
 import pytest
 
 from kunlun_jax.config import load_config
-from kunlun_jax.data.pipeline import first_batch, make_source
 from kunlun_jax.parallel.aot import lower_train_step
-from kunlun_jax.train.experiment import plan_training
+from kunlun_jax.train.experiment import plan_config
 from tests.kernels.helpers import (
     H100,
     MOSAIC_GPU_CALL,
@@ -60,9 +59,7 @@ def _kernels_in_step(name: str, overrides: list[str], n_devices: int):
     """(custom call targets, Triton kernel names) of config `name`'s step on n_devices,
     lowered for H100s."""
     config = load_config(name, overrides)
-    source, spec = make_source(config.data, "eval")
-    example = first_batch(source, config.train.batch_size)
-    layout = plan_training(config, spec, example, jax.devices()[:n_devices])
+    layout, example = plan_config(config, jax.devices()[:n_devices])
     with layout.activate(), lowering_for_gpu(H100, layout.plan.mesh):
         text = lower_train_step(layout, example, lowering_platforms=("cuda",)).as_text()
     targets = custom_calls(text)
