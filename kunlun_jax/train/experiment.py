@@ -154,6 +154,7 @@ class Experiment(Layout):
 
     train_source: Any = None
     eval_source: Any = None
+    example: Batch | None = None  # the first eval batch, which the layout was planned from
     data_iter: Any = None  # this host's rows of every global batch
     state: TrainState | None = None
 
@@ -195,6 +196,7 @@ def build_experiment(
         **{f.name: getattr(layout, f.name) for f in dataclasses.fields(Layout)},
         train_source=train_source,
         eval_source=eval_source,
+        example=example,
         data_iter=data_iter,
         state=state,
     )

@@ -17,7 +17,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from kunlun_jax.config import Config, ConfigError, load_config, to_dict
-from kunlun_jax.data.pipeline import eval_batches, first_batch, make_source
+from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import StreamingMetrics
 from kunlun_jax.parallel.distributed import to_host
@@ -237,10 +237,7 @@ def _train(
     state = exp.state
     if resume:  # restored into abstract targets: no fresh state beside the restored one
         restored = ckpt.restore_latest_good(exp.sharded_abstract_state(), exp.data_iter)
-        if restored is not None:
-            state = restored[0]
-        else:
-            state = exp.initial_state(first_batch(exp.eval_source, tc.batch_size))
+        state = restored[0] if restored is not None else exp.initial_state(exp.example)
     start = int(state.step)
     if start > tc.steps:
         ckpt.close()
