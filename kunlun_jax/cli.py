@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         help="held-out split (test: real datasets only); NE is normalized by its base rate",
     )
 
-    data = sub.add_parser("data", help="prepare or download real datasets")
+    data = sub.add_parser(
+        "data", help="prepare or download real datasets; NE ceilings of the synthetic data"
+    )
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="raw MovieLens files -> compact arrays + manifest")
     prep.add_argument("name", help="movielens-100k | movielens-1m | movielens-latest-small")
@@ -80,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     dl = data_sub.add_parser("download", help="fetch a dataset from GroupLens (checksum checked)")
     dl.add_argument("name")
     dl.add_argument("dest", type=Path)
+    ceil = data_sub.add_parser(
+        "ceilings",
+        help="synthetic data: NE a model reaches once it has learned each set of planted terms",
+    )
+    _add_config_args(ceil)
+    ceil.add_argument("--examples", type=int, default=20_000, help="eval examples to fit on")
+    ceil.add_argument("--out", type=Path, help="also write the report as JSON here")
 
     study = sub.add_parser(
         "study", help="train configs over seeds; test NE/AUC/log loss/calibration mean ± std"
@@ -196,6 +205,15 @@ def _data(args: argparse.Namespace) -> int:
         )
         print(json.dumps(manifest, indent=2))
         print(f"prepared {args.name} into {args.out}: use --set data.path={args.out}")
+        return 0
+    if args.data_command == "ceilings":
+        from kunlun_jax.data import ceilings
+
+        report = ceilings.ceilings(load_config(args.config, args.overrides), args.examples)
+        print(ceilings.render(report))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
         return 0
     print(f"downloaded {args.name} to {movielens.download(args.name, args.dest)}")
     return 0

@@ -115,6 +115,9 @@ class ModelConfig:
         "request"  # dt to the request, or to the previous event
     )
     rote_position: bool = False  # also rotate by the event's position (0 = newest), as RoPE
+    # ROTE on the keys of the HSP / PMA seed attention: events rotated by their time before the
+    # request, seeds at the request (angle 0), so a seed's scores see each event's recency
+    seed_rote: bool = False
     compskip: bool = True  # alternate GDPA+fresh HSP / SWA+cached HSP layers
     event_personalization: bool = True  # per-stream tower sizes from `streams`
     num_experts: int = 2  # Wukong experts in the global interaction
@@ -384,6 +387,11 @@ def validate(config: Config) -> None:
     )
     _require(m.num_experts >= 1, f"model.num_experts must be >= 1, got {m.num_experts}")
     _require(m.rote_t_scale > 0, f"model.rote_t_scale must be > 0, got {m.rote_t_scale}")
+    _require(
+        not (m.seed_rote and m.pooling == "mean"),
+        "model.seed_rote rotates the keys of a seed attention, which model.pooling = 'mean' "
+        "does not have; use pooling 'hsp' or 'pma', or seed_rote = false",
+    )
     _require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     _require(all(h > 0 for h in m.head_hidden), "model.head_hidden entries must be > 0")
     for sname, tower in m.streams.items():

@@ -114,3 +114,9 @@ def test_config_accepts_exactly_the_kernels_activations():
 
     assert sorted(ACTIVATIONS) == sorted(KERNEL_ACTIVATIONS)
     assert load_config("tiny", ["model.gdpa_activation=hardswish"]).model.gdpa_activation
+
+
+def test_seed_rote_needs_a_seed_attention():
+    with pytest.raises(ConfigError, match=r"model\.seed_rote rotates the keys of a seed attention"):
+        load_config("tiny", ["model.seed_rote=true", "model.pooling=mean"])
+    assert load_config("tiny", ["model.seed_rote=true", "model.pooling=pma"]).model.seed_rote

@@ -155,7 +155,7 @@ ABLATIONS = [
     {"pooling": "mean", "compskip": False, "event_personalization": False, "num_experts": 1},
     {"compression": "dense", "gdpa_activation": "sigmoid", "remat": "full", "dtype": "bfloat16"}
     | {"seq_attention": "gdpa", "seed_attention": "gdpa", "rote_gap": "previous"}
-    | {"rote_position": True},
+    | {"rote_position": True, "seed_rote": True},
 ]
 
 
@@ -279,6 +279,35 @@ def test_gdpa_seed_attention_ignores_padding_and_empty_histories():
     np.testing.assert_array_equal(out, padded_moved)
     real_moved = pool.apply(params, s.at[0, 3].set(7.0), lengths)
     assert not np.allclose(out[0], real_moved[0])
+
+
+@pytest.mark.parametrize("gdpa", [None, GdpaScoring("silu", 1.0, 0.2)], ids=["softmax", "gdpa"])
+def test_seed_rote_lets_the_pooling_see_recency_and_nothing_else(gdpa):
+    """model.seed_rote: the seed attention's keys are rotated by the events' time before the
+    request, so moving a real event in time changes the summary; padded events' times and a
+    summary without seed ROTE never depend on dt."""
+    from kunlun_jax.model.hsp import SequenceSummary
+
+    s = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    dt = jnp.tile(jnp.array([60.0, 600.0, 3600.0, 7200.0, 86400.0, 90000.0]), (2, 1))
+    lengths = jnp.array([4, 6])
+    kwargs = dict(n_tok=2, d_out=8, num_heads=2, n_seed=4, gdpa=gdpa)
+    rote = SequenceSummary(**kwargs, rote_t_scale=3600.0)
+    params = rote.init(jax.random.key(1), s, lengths, dt)
+    out = rote.apply(params, s, lengths, dt)
+    later = rote.apply(params, s, lengths, dt.at[:, 1].set(50_000.0))
+    assert not np.allclose(out, later, atol=1e-3)
+    padded_moved = rote.apply(params, s, lengths, dt.at[0, 4:].set(1e7))
+    np.testing.assert_array_equal(out[0], padded_moved[0])
+    plain = SequenceSummary(**kwargs)
+    np.testing.assert_array_equal(
+        plain.apply(params, s, lengths, dt), plain.apply(params, s, lengths, 3 * dt)
+    )
+    np.testing.assert_array_equal(
+        plain.apply(params, s, lengths), plain.apply(params, s, lengths, dt)
+    )
+    with pytest.raises(ValueError, match="needs the events' dt"):
+        rote.apply(params, s, lengths)
 
 
 def test_rote_gaps_and_positions():

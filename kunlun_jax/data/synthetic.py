@@ -611,6 +611,11 @@ class SyntheticSource:
         alone, so edited examples show each term's effect."""
         return self._terms(_inputs(example))
 
+    def event_recency(self, example: Mapping[str, Any]) -> np.ndarray:
+        """r(dt) [..., len(STREAMS), T] of every history event, 0 at padded positions: the
+        weights of the planted sequence term, streams in STREAMS order."""
+        return _inputs(example).recency
+
     def logit(self, example: Mapping[str, Any]) -> np.ndarray:
         """The click logit [...] of the active model (the teacher in teacher mode)."""
         return self._logit(_inputs(example))

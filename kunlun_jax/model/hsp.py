@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from kunlun_jax.model.common import Dense, GdpaScoring, LayerNorm, length_mask, param_with_axes
+from kunlun_jax.model.rote import apply_rote, rote_angles
 from pallas_kernels import ops
 
 
@@ -54,7 +55,9 @@ class SequenceSummary(nn.Module):
     then compression n_seed -> n_tok (SumKronLinear or one dense map over the flattened seeds).
     pooling="pma": n_tok seeds attend to S, then a linear map d_e -> d_out (InterFormer's PMA).
     pooling="mean": the masked mean of S, repeated n_tok times through n_tok linear maps.
-    The seed attention is a softmax, or GDPA (seeds as queries) when `gdpa` is given.
+    The seed attention is a softmax, or GDPA (seeds as queries) when `gdpa` is given. With
+    `rote_t_scale` > 0 its keys get ROTE at the events' time before the request (dt [B, T]) and
+    the seeds sit at the request (angle 0): q·R(φ(dt_j)) k_j, so the pooling sees recency.
     An empty sequence (length 0) yields zero attention output, never NaN.
     """
 
@@ -67,9 +70,12 @@ class SequenceSummary(nn.Module):
     skl_rank: int = 4
     gdpa: GdpaScoring | None = None  # None: softmax seed attention
     kernels: ops.Kernels = "reference"
+    rote_t_scale: float = 0.0  # > 0: ROTE on the seed attention's keys (seconds, see rote.py)
     dtype: jnp.dtype = jnp.float32
 
-    def _seed_attention(self, s: jax.Array, lengths: jax.Array, n_seeds: int) -> jax.Array:
+    def _seed_attention(
+        self, s: jax.Array, dt: jax.Array | None, lengths: jax.Array, n_seeds: int
+    ) -> jax.Array:
         b, t, d_e = s.shape
         h, dh = self.num_heads, d_e // self.num_heads
         seeds = self.param(
@@ -82,6 +88,8 @@ class SequenceSummary(nn.Module):
         )
         kv = Dense(2 * d_e, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="kv")(s)
         k, v = (x.reshape(b, t, h, dh) for x in jnp.split(kv, 2, axis=-1))
+        if self.rote_t_scale > 0:
+            k = apply_rote(k, rote_angles(dt, dh, t_scale=self.rote_t_scale))
         q = q.reshape(n_seeds, h, dh)
         if self.gdpa is None:
             pooled = ops.seed_pooling(q, k, v, kv_lengths=lengths, kernels=self.kernels)
@@ -99,7 +107,11 @@ class SequenceSummary(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, s: jax.Array, lengths: jax.Array) -> jax.Array:
+    def __call__(self, s: jax.Array, lengths: jax.Array, dt: jax.Array | None = None) -> jax.Array:
+        """s [B, T, d_e], lengths [B], dt [B, T] (seconds before the request; needed with
+        rote_t_scale > 0) -> [B, n_tok, d_out]."""
+        if self.rote_t_scale > 0 and dt is None:
+            raise ValueError("SequenceSummary with rote_t_scale > 0 needs the events' dt [B, T]")
         b = s.shape[0]
         if self.pooling == "mean":
             real = length_mask(lengths, s.shape[1])[..., None]
@@ -111,9 +123,9 @@ class SequenceSummary(nn.Module):
             )
             return out.reshape(b, self.n_tok, self.d_out)
         if self.pooling == "pma":
-            pooled = self._seed_attention(s, lengths, self.n_tok)
+            pooled = self._seed_attention(s, dt, lengths, self.n_tok)
             return Dense(self.d_out, ("embed", "mlp"), dtype=self.dtype, name="proj")(pooled)
-        pooled = self._seed_attention(s, lengths, self.n_seed)
+        pooled = self._seed_attention(s, dt, lengths, self.n_seed)
         if self.compression == "sumkron":
             return SumKronLinear(
                 self.n_tok, self.d_out, self.skl_rank, self.dtype, name="compress"

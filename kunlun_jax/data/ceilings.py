@@ -1,0 +1,103 @@
+"""Where a model's NE sits on the synthetic data: NE ceilings of nested feature sets.
+
+The planted click model (`kunlun_jax.data.synthetic`) is a sum of terms that differ in how hard
+they are to learn: the context biases and dense features are a few parameters away, history
+lengths and recency-weighted event counts need only the events' times, while the sequence term
+(the candidate's similarity to past items) and the affinity term (user taste x candidate) need
+embeddings that recover the world's latent item and user geometry from labels. A logistic
+regression on each nested set of these quantities gives the NE a model reaches once it has
+learned exactly that set: comparing a model's eval NE with these ceilings says which terms it
+has learned. The last set is every planted term, whose NE is the Bayes optimum up to sampling.
+
+    kunlun-jax data ceilings --config tiny --out ceilings.json
+
+Fits are in-sample on the eval split's examples (a few dozen parameters for tens of thousands
+of examples), by Newton's method; NE is normalized by those examples' base rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kunlun_jax.config import Config
+from kunlun_jax.data.synthetic import STREAMS, SyntheticSource
+from kunlun_jax.metrics import normalized_entropy
+
+# (name, what a model must have learned to reach it), cumulative: each set adds to the last.
+FEATURE_SETS: tuple[tuple[str, str], ...] = (
+    ("context_dense", "hour / device biases and the dense features"),
+    ("history_lengths", "+ log(1 + length) of each history"),
+    ("recency_counts", "+ log(1 + 2 Σ r(dt)) of each history: event times, not items"),
+    ("sequence", "+ the planted sequence term: the latent similarity of past items"),
+    ("affinity", "+ the planted user x candidate affinity: every planted term"),
+)
+
+
+def ceilings(config: Config, num_examples: int = 20_000) -> dict:
+    """NE of a logistic regression on each nested feature set of FEATURE_SETS, on
+    `num_examples` eval examples of `config`'s synthetic data (planted model, not teacher
+    mode), beside the Bayes-optimal NE of the same examples."""
+    data = config.data
+    if data.source != "synthetic" or data.synthetic.teacher:
+        raise ValueError(
+            "feature ceilings need the planted synthetic click model: data.source = "
+            f"'synthetic' with data.synthetic.teacher = false (got source {data.source!r}, "
+            f"teacher = {data.synthetic.teacher})"
+        )
+    if num_examples < 100:
+        raise ValueError(f"num_examples must be >= 100, got {num_examples}")
+    source = SyntheticSource(
+        data.synthetic, num_examples=num_examples, seed=data.seed, split="eval"
+    )
+    batch = source.batch(range(num_examples))
+    terms = source.logit_terms(batch)
+    label = batch["label"].astype(np.float64)
+    recency = source.event_recency(batch)  # [N, S, T]
+    lengths = [np.log1p(batch["seqs"][stream]["length"]) for stream in STREAMS]
+    counts = [np.log1p(2.0 * recency[:, s].sum(-1)) for s in range(len(STREAMS))]
+    dense = [batch["dense"][:, i] for i in range(batch["dense"].shape[1])]
+    added = {
+        "context_dense": [terms["context"], *dense],
+        "history_lengths": lengths,
+        "recency_counts": counts,
+        "sequence": [terms["sequence"]],
+        "affinity": [terms["affinity"]],
+    }
+    features: list[np.ndarray] = []
+    rows = []
+    for name, meaning in FEATURE_SETS:
+        features += added[name]
+        rows.append(dict(features=name, meaning=meaning, ne=_fitted_ne(features, label)))
+    return dict(
+        examples=num_examples,
+        base_rate=float(label.mean()),
+        oracle_ne=normalized_entropy(label, batch["oracle_p"]),
+        ceilings=rows,
+    )
+
+
+def _fitted_ne(columns: Sequence[np.ndarray], label: np.ndarray, iterations: int = 50) -> float:
+    """NE of the logistic regression of label on standardized columns (+ intercept)."""
+    x = np.column_stack([np.asarray(c, np.float64) for c in columns])
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    x = np.column_stack([np.ones(len(label)), x])
+    w = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(x.shape[1])
+        step = np.linalg.solve(hessian, x.T @ (label - p))
+        w += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return normalized_entropy(label, 1.0 / (1.0 + np.exp(-x @ w)))
+
+
+def render(report: dict) -> str:
+    """The ceilings as aligned text lines."""
+    lines = [f"NE ceilings on {report['examples']} eval examples (lower is better):"]
+    for row in report["ceilings"]:
+        lines.append(f"  {row['ne']:.4f}  {row['features']:16s} {row['meaning']}")
+    lines.append(f"  {report['oracle_ne']:.4f}  {'bayes_optimal':16s} the labels' own p_true")
+    return "\n".join(lines)
