@@ -87,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic data: NE a model reaches once it has learned each set of planted terms",
     )
     _add_config_args(ceil)
-    ceil.add_argument("--examples", type=int, default=20_000, help="eval examples to fit on")
+    ceil.add_argument(
+        "--examples",
+        type=int,
+        help="eval examples to fit on (default: data.num_eval, the ones `train` evaluates)",
+    )
     ceil.add_argument("--out", type=Path, help="also write the report as JSON here")
 
     study = sub.add_parser(
