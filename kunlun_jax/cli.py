@@ -92,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="eval examples to fit on (default: data.num_eval, the ones `train` evaluates)",
     )
+    ceil.add_argument(
+        "--run",
+        dest="run_dirs",
+        type=Path,
+        action="append",
+        default=[],
+        help="a trained run directory: also report its embedding tables' spread and learned "
+        "item geometry, against its own config's world (repeatable)",
+    )
     ceil.add_argument("--out", type=Path, help="also write the report as JSON here")
 
     study = sub.add_parser(
@@ -214,6 +223,7 @@ def _data(args: argparse.Namespace) -> int:
         from kunlun_jax.data import ceilings
 
         report = ceilings.ceilings(load_config(args.config, args.overrides), args.examples)
+        report["runs"] = [ceilings.run_embeddings(run) for run in args.run_dirs]
         print(ceilings.render(report))
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,9 @@ eval NE on synthetic data is, so with the default examples the two compare direc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import jax
 import numpy as np
 
 from kunlun_jax.config import Config
@@ -84,6 +86,39 @@ def ceilings(config: Config, num_examples: int | None = None) -> dict:
     )
 
 
+def item_geometry(item_table: np.ndarray, source: SyntheticSource, top: int = 300) -> float:
+    """Correlation, over pairs of the `top` most popular items, between the cosine similarities
+    of a learned item table [rows >= num_items + 1, d] (row = item id) and of the world's item
+    vectors, on which the planted sequence and affinity terms depend: about 0 for a table that
+    has learned none of that geometry, 1 for one that holds it exactly."""
+    items = source.world.popularity_table[:top]
+    learned = np.asarray(item_table, np.float64)[items]
+    learned /= np.maximum(np.linalg.norm(learned, axis=1, keepdims=True), 1e-12)
+    true = source.world.item_unit[items].astype(np.float64)
+    pairs = np.triu_indices(len(items), 1)
+    return float(np.corrcoef((learned @ learned.T)[pairs], (true @ true.T)[pairs])[0, 1])
+
+
+def run_embeddings(run_dir: Path) -> dict:
+    """A trained run's (newest checkpoint) embedding tables: per sparse feature the std of its
+    table's rows (the initialization's is 0.05), and `item_geometry` of the item table."""
+    from kunlun_jax.train.loop import restore_run
+
+    exp, state, step = restore_run(run_dir)
+    data = exp.config.data
+    tables = jax.device_get(state.params["embedding"])
+    source = SyntheticSource(data.synthetic, num_examples=1, seed=data.seed, split="eval")
+    return dict(
+        run_dir=str(run_dir),
+        step=step,
+        table_std={
+            name: float(np.std(tables[name][:vocab]))  # padding rows are never trained
+            for name, vocab in zip(exp.spec.sparse_names, exp.spec.sparse_vocab_sizes, strict=True)
+        },
+        item_geometry=item_geometry(tables["item_id"], source),
+    )
+
+
 def _fitted_ne(columns: Sequence[np.ndarray], label: np.ndarray, iterations: int = 50) -> float:
     """NE of the logistic regression of label on standardized columns (+ intercept)."""
     x = np.column_stack([np.asarray(c, np.float64) for c in columns])
@@ -109,4 +144,10 @@ def render(report: dict) -> str:
     lines.append(
         f"  {report['oracle_ne']:.4f}  {'oracle_ne':16s} its expectation, as `train` reports"
     )
+    for run in report.get("runs", []):
+        spread = ", ".join(f"{k} {v:.4f}" for k, v in run["table_std"].items())
+        lines.append(
+            f"run {run['run_dir']} (step {run['step']}): item geometry "
+            f"{run['item_geometry']:+.3f}; embedding std (init 0.05): {spread}"
+        )
     return "\n".join(lines)

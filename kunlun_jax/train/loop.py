@@ -133,29 +133,41 @@ def _non_finite_report(step: int, metrics: dict[str, Any]) -> str:
     )
 
 
-def evaluate_run(
-    run_dir: Path, split: str = "eval", *, base_rate: float | None = None
-) -> dict[str, float]:
-    """Evaluates the newest checkpoint of a run directory on `split` ("eval", or "test" for
-    the real datasets); base_rate: the click rate NE normalizes by (default:
-    `training_base_rate`)."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
+def run_config(run_dir: Path) -> Config:
+    """The config a run directory was trained with (its config.json)."""
+    config_file = Path(run_dir) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    config = load_config(str(config_file))
-    splits = ("eval",) if config.data.source == "synthetic" else ("eval", "test")
-    if split not in splits:
-        raise ConfigError(
-            f"split {split!r}: {config.data.source} data has the splits {list(splits)}"
-        )
-    exp = build_experiment(config, init_state=False)
+    return load_config(str(config_file))
+
+
+def restore_run(run_dir: Path) -> tuple[Experiment, Any, int]:
+    """(experiment, train state, step) of a run directory's newest checkpoint, restored into
+    abstract targets (no fresh state is initialized beside it)."""
+    run_dir = Path(run_dir)
+    exp = build_experiment(run_config(run_dir), init_state=False)
     ckpt = Checkpointer(run_dir / "checkpoints")
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint to evaluate")
     state, _ = ckpt.restore(step, exp.sharded_abstract_state(), exp.data_iter)
     ckpt.close()
+    return exp, state, step
+
+
+def evaluate_run(
+    run_dir: Path, split: str = "eval", *, base_rate: float | None = None
+) -> dict[str, float]:
+    """Evaluates the newest checkpoint of a run directory on `split` ("eval", or "test" for
+    the real datasets); base_rate: the click rate NE normalizes by (default:
+    `training_base_rate`)."""
+    config = run_config(run_dir)
+    splits = ("eval",) if config.data.source == "synthetic" else ("eval", "test")
+    if split not in splits:
+        raise ConfigError(
+            f"split {split!r}: {config.data.source} data has the splits {list(splits)}"
+        )
+    exp, state, step = restore_run(run_dir)
     source = exp.eval_source if split == "eval" else make_source(config.data, split)[0]
     with exp.activate():
         metrics = evaluate(

@@ -58,3 +58,15 @@ def test_cli_prints_and_writes_the_ceilings(tmp_path, capsys):
     assert len(json.loads(out.read_text())["ceilings"]) == len(ceilings.FEATURE_SETS)
     assert main(["data", "ceilings", "--set", "data.synthetic.teacher=true"]) == 2
     assert "teacher = false" in capsys.readouterr().err
+
+
+def test_item_geometry_is_one_for_the_worlds_own_vectors_and_near_zero_for_random_ones():
+    source = SyntheticSource(
+        load_config("tiny").data.synthetic, num_examples=1, seed=0, split="eval"
+    )
+    own = np.pad(source.world.item_vec, ((0, 5), (0, 3)))  # padding rows and columns
+    assert ceilings.item_geometry(own, source) == pytest.approx(1.0, abs=1e-9)
+    rotated = own[:, :8] @ np.linalg.qr(np.random.default_rng(0).normal(size=(8, 8)))[0]
+    assert ceilings.item_geometry(rotated, source) == pytest.approx(1.0, abs=1e-9)
+    random = np.random.default_rng(1).normal(size=own.shape)
+    assert abs(ceilings.item_geometry(random, source)) < 0.05
