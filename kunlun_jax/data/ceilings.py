@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from kunlun_jax.config import Config
+from kunlun_jax.config import Config, DataConfig
 from kunlun_jax.data.synthetic import STREAMS, SyntheticSource
 from kunlun_jax.metrics import binary_entropy, normalized_entropy
 
@@ -45,12 +45,7 @@ def ceilings(config: Config, num_examples: int | None = None) -> dict:
     the same examples."""
     data = config.data
     num_examples = data.num_eval if num_examples is None else num_examples
-    if data.source != "synthetic" or data.synthetic.teacher:
-        raise ValueError(
-            "feature ceilings need the planted synthetic click model: data.source = "
-            f"'synthetic' with data.synthetic.teacher = false (got source {data.source!r}, "
-            f"teacher = {data.synthetic.teacher})"
-        )
+    _require_planted_model(data, "feature ceilings")
     if num_examples < 100:
         raise ValueError(f"num_examples must be >= 100, got {num_examples}")
     source = SyntheticSource(
@@ -86,6 +81,15 @@ def ceilings(config: Config, num_examples: int | None = None) -> dict:
     )
 
 
+def _require_planted_model(data: DataConfig, what: str) -> None:
+    if data.source != "synthetic" or data.synthetic.teacher:
+        raise ValueError(
+            f"{what} need the planted synthetic click model: data.source = 'synthetic' with "
+            f"data.synthetic.teacher = false (got source {data.source!r}, teacher = "
+            f"{data.synthetic.teacher})"
+        )
+
+
 def item_geometry(item_table: np.ndarray, source: SyntheticSource, top: int = 300) -> float:
     """Correlation, over pairs of the `top` most popular items, between the cosine similarities
     of a learned item table [rows >= num_items + 1, d] (row = item id) and of the world's item
@@ -102,10 +106,11 @@ def item_geometry(item_table: np.ndarray, source: SyntheticSource, top: int = 30
 def run_embeddings(run_dir: Path) -> dict:
     """A trained run's (newest checkpoint) embedding tables: per sparse feature the std of its
     table's rows (the initialization's is 0.05), and `item_geometry` of the item table."""
-    from kunlun_jax.train.loop import restore_run
+    from kunlun_jax.train.loop import restore_run, run_config
 
+    data = run_config(run_dir).data
+    _require_planted_model(data, f"the embeddings of run {run_dir}")
     exp, state, step = restore_run(run_dir)
-    data = exp.config.data
     tables = jax.device_get(state.params["embedding"])
     source = SyntheticSource(data.synthetic, num_examples=1, seed=data.seed, split="eval")
     return dict(

@@ -45,6 +45,8 @@ def test_event_recency_is_the_sequence_terms_weights():
 def test_ceilings_refuse_data_without_the_planted_model():
     with pytest.raises(ValueError, match="teacher = false"):
         ceilings.ceilings(load_config("tiny", ["data.synthetic.teacher=true"]))
+    with pytest.raises(ValueError, match="need the planted synthetic click model"):
+        ceilings.ceilings(load_config("movielens", ["data.path=/nonexistent"]))
     with pytest.raises(ValueError, match="num_examples must be >= 100"):
         ceilings.ceilings(load_config("tiny"), num_examples=10)
 
