@@ -1,5 +1,6 @@
 """The research quickstart notebook runs end to end on CPU and computes sensible values."""
 
+import itertools
 import json
 import os
 import sys
@@ -61,6 +62,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert 0 < results["oracle_ne"] < 1
     assert results["eval_oracle_ne"] <= results["eval_ne"] < 1
     assert results["eval_auc"] > 0.6
+    # The data's NE ceilings: nested fits never worse; all planted terms beat a 40-step model,
+    # whose item table has not learned the world's item geometry.
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(results["ceilings"]))
+    assert results["ceilings"][-1] < results["eval_ne"]
+    assert abs(results["item_geometry"]) < 0.3
     assert results["gdpa_max_abs_diff"] < 1e-4
     assert [s["steps"] for s in results["scaling"]] == [10, 20, 40]
     compute = [s["train_compute"] for s in results["scaling"]]
