@@ -222,7 +222,9 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_command == "ceilings":
         from kunlun_jax.data import ceilings
 
-        report = ceilings.ceilings(load_config(args.config, args.overrides), args.examples)
+        config = load_config(args.config, args.overrides)
+        ceilings.check_runs_share_the_world(config, args.run_dirs)
+        report = ceilings.ceilings(config, args.examples)
         report["runs"] = [ceilings.run_embeddings(run) for run in args.run_dirs]
         print(ceilings.render(report))
         if args.out:

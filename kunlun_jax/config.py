@@ -141,7 +141,8 @@ class TrainConfig:
     embedding_learning_rate: float = 5e-2  # embedding tables (Adagrad)
     # Adagrad's starting sum of squared gradients. 0.1 is far above the rows' squared gradients
     # on `tiny`, so the tables barely leave their initialization; ~1e-6 lets them learn, which
-    # pays with fresh data and overfits data seen several times (README, "Where tiny stops").
+    # helps a little with fresh data and overfits data seen several times (README, "Where tiny
+    # stops").
     embedding_initial_accumulator: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 1e-4
@@ -390,6 +391,10 @@ def validate(config: Config) -> None:
     )
     _require(m.num_experts >= 1, f"model.num_experts must be >= 1, got {m.num_experts}")
     _require(m.rote_t_scale > 0, f"model.rote_t_scale must be > 0, got {m.rote_t_scale}")
+    _require(
+        not (m.seed_rote and m.arch != "kunlun"),
+        f"model.seed_rote applies to model.arch = 'kunlun' (got {m.arch!r}); set it false",
+    )
     _require(
         not (m.seed_rote and m.pooling == "mean"),
         "model.seed_rote rotates the keys of a seed attention, which model.pooling = 'mean' "

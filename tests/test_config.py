@@ -120,3 +120,5 @@ def test_seed_rote_needs_a_seed_attention():
     with pytest.raises(ConfigError, match=r"model\.seed_rote rotates the keys of a seed attention"):
         load_config("tiny", ["model.seed_rote=true", "model.pooling=mean"])
     assert load_config("tiny", ["model.seed_rote=true", "model.pooling=pma"]).model.seed_rote
+    with pytest.raises(ConfigError, match=r"model\.seed_rote applies to model\.arch = 'kunlun'"):
+        load_config("din", ["model.seed_rote=true"])

@@ -11,6 +11,10 @@ has learned. The last set is every planted term, whose NE is the Bayes optimum u
 
     kunlun-jax data ceilings --config tiny --out ceilings.json
 
+The features use each history as the data holds it (up to data.synthetic.max_history events),
+as the planted model does; a model that keeps fewer events of a stream (a tower's max_len, e.g.
+`tiny`'s impression stream: 16 of up to 32) can reach a little less.
+
 Fits are in-sample on the eval split's examples (a few dozen parameters for tens of thousands
 of examples), by Newton's method; NE is normalized by those examples' base rate, as `train`'s
 eval NE on synthetic data is, so with the default examples the two compare directly.
@@ -26,7 +30,7 @@ import numpy as np
 
 from kunlun_jax.config import Config, DataConfig
 from kunlun_jax.data.synthetic import STREAMS, SyntheticSource
-from kunlun_jax.metrics import binary_entropy, normalized_entropy
+from kunlun_jax.metrics import StreamingMetrics, normalized_entropy
 
 # (name, what a model must have learned to reach it), cumulative: each set adds to the last.
 FEATURE_SETS: tuple[tuple[str, str], ...] = (
@@ -47,7 +51,10 @@ def ceilings(config: Config, num_examples: int | None = None) -> dict:
     num_examples = data.num_eval if num_examples is None else num_examples
     _require_planted_model(data, "feature ceilings")
     if num_examples < 100:
-        raise ValueError(f"num_examples must be >= 100, got {num_examples}")
+        raise ValueError(
+            f"the ceilings need >= 100 eval examples (--examples, default data.num_eval), got "
+            f"{num_examples}"
+        )
     source = SyntheticSource(
         data.synthetic, num_examples=num_examples, seed=data.seed, split="eval"
     )
@@ -70,13 +77,16 @@ def ceilings(config: Config, num_examples: int | None = None) -> dict:
     for name, meaning in FEATURE_SETS:
         features += added[name]
         rows.append(dict(features=name, meaning=meaning, ne=_fitted_ne(features, label)))
+    oracle = StreamingMetrics()
+    oracle.update(label, batch["oracle_p"], batch["oracle_p"])
+    oracle = oracle.compute()
     return dict(
         examples=num_examples,
-        base_rate=float(label.mean()),
-        # p_true's log loss on these labels (what a fit can reach), and its expectation
+        base_rate=oracle["base_rate"],
+        # p_true's NE on these labels (what a fit can reach), and its expectation
         # E[H(p_true)] / H(p̄): the oracle_ne that `train` reports.
-        bayes_ne=normalized_entropy(label, batch["oracle_p"]),
-        oracle_ne=float(np.mean(binary_entropy(batch["oracle_p"])) / binary_entropy(label.mean())),
+        bayes_ne=oracle["ne"],
+        oracle_ne=oracle["oracle_ne"],
         ceilings=rows,
     )
 
@@ -101,6 +111,24 @@ def item_geometry(item_table: np.ndarray, source: SyntheticSource, top: int = 30
     true = source.world.item_unit[items].astype(np.float64)
     pairs = np.triu_indices(len(items), 1)
     return float(np.corrcoef((learned @ learned.T)[pairs], (true @ true.T)[pairs])[0, 1])
+
+
+def check_runs_share_the_world(config: Config, run_dirs: Sequence[Path]) -> None:
+    """Raises unless every run was trained in `config`'s world (data.source, data.seed and
+    data.synthetic equal; the number of training examples may differ), so that its numbers
+    sit beside these ceilings."""
+    from kunlun_jax.train.loop import run_config
+
+    def world(data: DataConfig) -> tuple:
+        return data.source, data.seed, data.synthetic
+
+    for run_dir in run_dirs:
+        if world(run_config(run_dir).data) != world(config.data):
+            raise ValueError(
+                f"run {run_dir} was trained in another synthetic world (data.source, data.seed "
+                f"or data.synthetic) than the ceilings' config: pass its config, --config "
+                f"{Path(run_dir) / 'config.json'}"
+            )
 
 
 def run_embeddings(run_dir: Path) -> dict:
@@ -135,9 +163,12 @@ def _fitted_ne(columns: Sequence[np.ndarray], label: np.ndarray, iterations: int
         hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(x.shape[1])
         step = np.linalg.solve(hessian, x.T @ (label - p))
         w += step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return normalized_entropy(label, 1.0 / (1.0 + np.exp(-x @ w)))
+        if np.max(np.abs(step)) < 1e-8:
+            return normalized_entropy(label, 1.0 / (1.0 + np.exp(-x @ w)))
+    raise RuntimeError(
+        f"the logistic regression did not converge in {iterations} Newton steps (separable "
+        "labels?): use more examples"
+    )
 
 
 def render(report: dict) -> str:

@@ -93,7 +93,7 @@ class TowerSummary(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, s: jax.Array, dt: jax.Array, lengths: jax.Array) -> jax.Array:
+    def __call__(self, s: jax.Array, lengths: jax.Array, dt: jax.Array) -> jax.Array:
         c, t = self.cfg, self.tower
         summary = SequenceSummary(
             n_tok=t.n_tok,
@@ -138,7 +138,7 @@ class KunlunLayer(nn.Module):
             s = seqs[t.name]
             if fresh:
                 summarize = TowerSummary(c, t, x.shape[-1], self.dtype, name=f"summary_{t.name}")
-                new_summaries[t.name] = summarize(s, dts[t.name], lengths[t.name])
+                new_summaries[t.name] = summarize(s, lengths[t.name], dts[t.name])
             block = StreamBlock(c, t, use_ffn, use_attention, self.dtype, name=f"block_{t.name}")
             new_seqs[t.name] = block(s, dts[t.name], lengths[t.name], x_sum)
         z = jnp.concatenate([x_sum, *(new_summaries[t.name] for t in self.towers)], axis=1)
@@ -253,7 +253,7 @@ class Kunlun(nn.Module):
         # updates reach the output (with CompSkip the last layer's own summary is a cached one).
         final = [
             TowerSummary(c, t, c.d_model, dtype, name=f"final_summary_{t.name}")(
-                seqs[t.name], dts[t.name], lengths[t.name]
+                seqs[t.name], lengths[t.name], dts[t.name]
             ).reshape(b, -1)
             for t in towers
         ]

@@ -147,11 +147,13 @@ def restore_run(run_dir: Path) -> tuple[Experiment, Any, int]:
     run_dir = Path(run_dir)
     exp = build_experiment(run_config(run_dir), init_state=False)
     ckpt = Checkpointer(run_dir / "checkpoints")
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"run {run_dir} has no checkpoint to evaluate")
-    state, _ = ckpt.restore(step, exp.sharded_abstract_state(), exp.data_iter)
-    ckpt.close()
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"run {run_dir} has no checkpoint to restore")
+        state, _ = ckpt.restore(step, exp.sharded_abstract_state(), exp.data_iter)
+    finally:
+        ckpt.close()
     return exp, state, step
 
 

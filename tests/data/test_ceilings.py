@@ -47,7 +47,7 @@ def test_ceilings_refuse_data_without_the_planted_model():
         ceilings.ceilings(load_config("tiny", ["data.synthetic.teacher=true"]))
     with pytest.raises(ValueError, match="need the planted synthetic click model"):
         ceilings.ceilings(load_config("movielens", ["data.path=/nonexistent"]))
-    with pytest.raises(ValueError, match="num_examples must be >= 100"):
+    with pytest.raises(ValueError, match=r"need >= 100 eval examples \(--examples"):
         ceilings.ceilings(load_config("tiny"), num_examples=10)
 
 
