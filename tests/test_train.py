@@ -17,7 +17,6 @@ import pytest
 
 from kunlun_jax.cli import main
 from kunlun_jax.config import load_config
-from kunlun_jax.data.ceilings import run_embeddings
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Layout, build_experiment
 from kunlun_jax.train.loop import prepare_run_dir, train
@@ -91,19 +90,20 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkey
     assert "given twice" in capsys.readouterr().err
 
 
-def test_ceilings_report_a_trained_runs_embeddings(cli_run, capsys, monkeypatch):
+def test_ceilings_report_a_trained_runs_embeddings(cli_run, capsys, monkeypatch, tmp_path):
     """`kunlun-jax data ceilings --run DIR`: the run's tables restored (no fresh state), their
     spread and learned item geometry; 6 Adagrad steps barely move the 0.05-std tables."""
     run_dir, _ = cli_run
+    out = tmp_path / "ceilings.json"
     _no_fresh_state(monkeypatch)
     capsys.readouterr()
     # The run has shorter histories than `tiny`: its numbers do not sit beside tiny's ceilings.
     assert main(["data", "ceilings", "--run", str(run_dir)]) == 2
     assert "trained in another synthetic world" in capsys.readouterr().err
-    own = ["--config", str(run_dir / "config.json")]
-    assert main(["data", "ceilings", *own, "--examples", "500", "--run", str(run_dir)]) == 0
+    own = ["--config", str(run_dir / "config.json"), "--examples", "500", "--out", str(out)]
+    assert main(["data", "ceilings", *own, "--run", str(run_dir)]) == 0
     assert f"run {run_dir} (step 6): item geometry" in capsys.readouterr().out
-    run = run_embeddings(run_dir)
+    (run,) = json.loads(out.read_text())["runs"]
     assert run["step"] == 6
     assert set(run["table_std"]) == {"user_id", "item_id", "item_category", "hour", "device"}
     assert all(abs(std - 0.05) < 0.01 for std in run["table_std"].values()), run

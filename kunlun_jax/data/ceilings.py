@@ -136,9 +136,10 @@ def run_embeddings(run_dir: Path) -> dict:
     table's rows (the initialization's is 0.05), and `item_geometry` of the item table."""
     from kunlun_jax.train.loop import restore_run, run_config
 
-    data = run_config(run_dir).data
+    config = run_config(run_dir)
+    data = config.data
     _require_planted_model(data, f"the embeddings of run {run_dir}")
-    exp, state, step = restore_run(run_dir)
+    exp, state, step = restore_run(run_dir, config)
     tables = jax.device_get(state.params["embedding"])
     source = SyntheticSource(data.synthetic, num_examples=1, seed=data.seed, split="eval")
     return dict(

@@ -134,6 +134,13 @@ def plan_config(config: Config, devices: list[Any] | None = None) -> tuple[Layou
     """`config`'s Layout on a mesh of `devices` (nothing allocated), planned from its first
     eval batch of `train.batch_size` examples (validated), and that batch."""
     eval_source, spec = make_source(config.data, "eval")
+    return _plan_from_eval(config, eval_source, spec, devices)
+
+
+def _plan_from_eval(
+    config: Config, eval_source: Any, spec: FeatureSpec, devices: list[Any] | None
+) -> tuple[Layout, Batch]:
+    """The Layout planned from `eval_source`'s first batch (validated), and that batch."""
     example = first_batch(eval_source, config.train.batch_size)
     validate_batch(example, spec)
     return plan_training(config, spec, example, devices), example
@@ -180,9 +187,7 @@ def build_experiment(
     tc = config.train
     train_source, spec = make_source(config.data, "train")
     eval_source, _ = make_source(config.data, "eval")
-    example = first_batch(eval_source, tc.batch_size)
-    validate_batch(example, spec)
-    layout = plan_training(config, spec, example, devices)
+    layout, example = _plan_from_eval(config, eval_source, spec, devices)
     state = layout.initial_state(example) if init_state else None
     rows = host_rows(layout.plan.batch_sharding(), tc.batch_size)
     data_iter = train_iterator(

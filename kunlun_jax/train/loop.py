@@ -141,11 +141,11 @@ def run_config(run_dir: Path) -> Config:
     return load_config(str(config_file))
 
 
-def restore_run(run_dir: Path) -> tuple[Experiment, Any, int]:
+def restore_run(run_dir: Path, config: Config) -> tuple[Experiment, Any, int]:
     """(experiment, train state, step) of a run directory's newest checkpoint, restored into
-    abstract targets (no fresh state is initialized beside it)."""
+    abstract targets (no fresh state is initialized beside it); config: `run_config(run_dir)`."""
     run_dir = Path(run_dir)
-    exp = build_experiment(run_config(run_dir), init_state=False)
+    exp = build_experiment(config, init_state=False)
     ckpt = Checkpointer(run_dir / "checkpoints")
     try:
         step = ckpt.latest_step()
@@ -169,7 +169,7 @@ def evaluate_run(
         raise ConfigError(
             f"split {split!r}: {config.data.source} data has the splits {list(splits)}"
         )
-    exp, state, step = restore_run(run_dir)
+    exp, state, step = restore_run(run_dir, config)
     source = exp.eval_source if split == "eval" else make_source(config.data, split)[0]
     with exp.activate():
         metrics = evaluate(
