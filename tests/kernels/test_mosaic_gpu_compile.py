@@ -57,7 +57,9 @@ def test_kernels_assemble_within_shared_memory_with_their_architectures_instruct
         assert records[kernel]["spill_bytes"] == 0, f"{arch} {kernel} spills"
 
 
-@pytest.mark.xfail(strict=True, reason="Hopper's dK/dV kernel spills registers (see the README)")
+@pytest.mark.xfail(
+    strict=True, reason="Hopper's dK/dV kernel spills registers (see pallas_kernels/README.md)"
+)
 def test_hopper_dkdv_kernel_spills_nothing():
     (dkdv,) = (r for r in _records("hopper") if r["kernel"] == "dkdv")
     assert dkdv["dkdv_block_q"] == 64
