@@ -116,6 +116,13 @@ def test_config_accepts_exactly_the_kernels_activations():
     assert load_config("tiny", ["model.gdpa_activation=hardswish"]).model.gdpa_activation
 
 
+def test_weight_gen_norm_is_refused_where_there_is_no_weight_gen():
+    with pytest.raises(ConfigError, match=r"model\.weight_gen_norm applies to .* \(got 'din'\)"):
+        load_config("din", ["model.weight_gen_norm=true"])
+    for name in ("tiny", "interformer"):
+        assert load_config(name, ["model.weight_gen_norm=true"]).model.weight_gen_norm
+
+
 def test_seed_rote_needs_a_seed_attention():
     with pytest.raises(ConfigError, match=r"model\.seed_rote rotates the keys of a seed attention"):
         load_config("tiny", ["model.seed_rote=true", "model.pooling=mean"])

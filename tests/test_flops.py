@@ -205,7 +205,7 @@ def test_backward_conventions_and_breakdowns():
         {"compskip": False},
         {"ffn": "pffn"},
         {"pooling": "pma", "num_experts": 3, "wukong_fm_tokens": 2},
-        {"pooling": "mean", "event_personalization": False},
+        {"pooling": "mean", "event_personalization": False, "weight_gen_norm": True},
         {"compression": "dense", "num_layers": 3},
     ],
     ids=["default", "no_compskip", "pffn", "pma", "mean", "dense_compress"],

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,7 +153,8 @@ def test_events_beyond_a_streams_max_len_are_ignored(tiny_spec):
 # Every ablation switch away from its default, grouped so that each group compiles once.
 ABLATIONS = [
     {"ffn": "pffn", "pooling": "pma", "window": 0, "rote": False, "causal": True},
-    {"pooling": "mean", "compskip": False, "event_personalization": False, "num_experts": 1},
+    {"pooling": "mean", "compskip": False, "event_personalization": False, "num_experts": 1}
+    | {"weight_gen_norm": True},
     {"compression": "dense", "gdpa_activation": "sigmoid", "remat": "full", "dtype": "bfloat16"}
     | {"seq_attention": "gdpa", "seed_attention": "gdpa", "rote_gap": "previous"}
     | {"rote_position": True, "seed_rote": True},
@@ -241,6 +243,43 @@ def test_depth_is_scanned_not_unrolled(tiny_spec):
     wg = params["segment_1"]["layer_0"]["weight_gen"]["token_mix"]
     assert wg.value.shape[0] == 2  # two stacked CompSkip pairs
     assert "block_view" not in params["segment_1"]["layer_0"]
+
+
+@pytest.mark.parametrize("arch", ["kunlun", "interformer"])
+def test_weight_gen_norm_switch_removes_the_norm_and_its_scale_invariance(arch, tiny_spec):
+    """With the norm (model.weight_gen_norm = true), WeightGen's X_sum does not see the size
+    of the tokens (LN); without it (the default) the size of an embedding row reaches X_sum,
+    and the two parameter trees differ by exactly the norm's scale and bias in every
+    WeightGen."""
+    from kunlun_jax.model.factory import build_model
+    from kunlun_jax.model.weight_gen import WeightGen
+
+    x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+    for norm in (True, False):
+        gen = WeightGen(4, norm=norm)
+        params = gen.init(jax.random.key(1), x)
+        small, large = gen.apply(params, x), gen.apply(params, 20.0 * x)
+        assert small.shape == (3, 4, 16)
+        if norm:
+            np.testing.assert_allclose(small, large, rtol=1e-4, atol=1e-4)
+        else:
+            assert float(jnp.max(jnp.abs(large - small))) > 0.1
+
+    batch = random_batch(tiny_spec, 2)
+
+    def leaves(norm: bool) -> dict[str, tuple[int, ...]]:
+        cfg = dataclasses.replace(SMALL, arch=arch, weight_gen_norm=norm)
+        shapes = jax.eval_shape(build_model(cfg, tiny_spec).init, jax.random.key(0), batch)
+        flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes["params"]))[0]
+        return {jax.tree_util.keystr(k): v.shape for k, v in flat}
+
+    with_norm, without = leaves(True), leaves(False)
+    removed = sorted(set(with_norm) - set(without))
+    assert set(without) <= set(with_norm)
+    # Each WeightGen (the modules owning a token_mix) loses its LayerNorm's scale and bias.
+    gens = {k.removesuffix("['token_mix']") for k in without if k.endswith("['token_mix']")}
+    assert {k.split("['LayerNorm_0']")[0] for k in removed} == gens
+    assert len(removed) == 2 * len(gens) >= 4  # Kunlun: one a layer; InterFormer: more
 
 
 @pytest.mark.parametrize("gdpa", [None, GdpaScoring("silu", 1.0, 0.1)], ids=["softmax", "gdpa"])

@@ -101,7 +101,7 @@ class InterFormerLayer(nn.Module):
     def __call__(self, x, seqs, lengths):
         c = self.cfg
         b, n_ns, d = x.shape
-        x_sum = WeightGen(c.n_sum, c.mlp_ratio, self.dtype, name="weight_gen")(x)
+        x_sum = WeightGen(c.n_sum, c.mlp_ratio, self.dtype, c.weight_gen_norm, name="weight_gen")(x)
         summaries = [
             summarize(c, self.dtype, f"summary_{n}")(seqs[n], lengths[n]) for n in self.streams
         ]
@@ -132,7 +132,7 @@ class InterFormer(nn.Module):
     InterFormer layers, head MLP([X_sum ; S_sum]) over fresh summaries of the final state.
 
     Reads model.d_model, num_heads, num_layers, n_sum (#CLS), n_tok (#PMA = #recent), mlp_ratio,
-    head_hidden, dropout, kernels, dtype; every stream keeps all its `spec` events.
+    weight_gen_norm, head_hidden, dropout, kernels, dtype; every stream keeps all its `spec` events.
     """
 
     cfg: ModelConfig
@@ -143,13 +143,16 @@ class InterFormer(nn.Module):
         c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         x, tokens = embed(c, self.spec, batch)
         b = x.shape[0]
-        cls = WeightGen(c.n_sum, c.mlp_ratio, dtype, name="cls")(x)
+        cls = WeightGen(c.n_sum, c.mlp_ratio, dtype, c.weight_gen_norm, name="cls")(x)
         names = self.spec.stream_names
         seqs = {n: jnp.concatenate([cls, tokens[n]], axis=1) for n in names}
         lengths = {n: batch["seqs"][n]["length"].astype(jnp.int32) + c.n_sum for n in names}
         for i in range(c.num_layers):
             x, seqs = InterFormerLayer(c, names, dtype, name=f"layer_{i}")(x, seqs, lengths)
-        x_sum = WeightGen(c.n_sum, c.mlp_ratio, dtype, name="final_weight_gen")(x)
+        final_gen = WeightGen(
+            c.n_sum, c.mlp_ratio, dtype, c.weight_gen_norm, name="final_weight_gen"
+        )
+        x_sum = final_gen(x)
         s_sum = [summarize(c, dtype, f"final_summary_{n}")(seqs[n], lengths[n]) for n in names]
         h = jnp.concatenate([x_sum, *s_sum], axis=1).reshape(b, -1)
         h = nn.Dropout(c.dropout, deterministic=not train)(h)

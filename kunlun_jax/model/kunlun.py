@@ -130,7 +130,7 @@ class KunlunLayer(nn.Module):
     def __call__(self, x, seqs, dts, lengths, summaries):
         c = self.cfg
         use_ffn, use_attention, fresh = layer_roles(c, self.layer)
-        x_sum = WeightGen(c.n_sum, c.mlp_ratio, self.dtype, name="weight_gen")(x)
+        x_sum = WeightGen(c.n_sum, c.mlp_ratio, self.dtype, c.weight_gen_norm, name="weight_gen")(x)
         new_seqs, new_summaries = dict(seqs), dict(summaries)
         for t in self.towers:
             if t.name not in self.active:

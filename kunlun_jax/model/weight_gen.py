@@ -13,13 +13,14 @@ class WeightGen(nn.Module):
     """X [B, n_ns, d] -> X_sum [B, n_sum, d].
 
     A linear map along the token axis (n_ns -> n_sum), then a gated per-token MLP:
-    Z = LN(X) mixed over tokens; X_sum = Z ⊙ σ(MLP(Z)). X_sum is the GDPA FFN's K/V source
-    and joins the global interaction.
+    Z = X mixed over tokens (LN(X) with `norm`); X_sum = Z ⊙ σ(MLP(Z)). X_sum is the GDPA
+    FFN's K/V source and joins the global interaction.
     """
 
     n_sum: int
     mlp_ratio: int = 2
     dtype: jnp.dtype = jnp.float32
+    norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -29,6 +30,8 @@ class WeightGen(nn.Module):
             param_with_axes(nn.initializers.lecun_normal(), ("tokens", "sum_tokens")),
             (n_ns, self.n_sum),
         )
-        z = jnp.einsum("bnd,nm->bmd", LayerNorm(self.dtype)(x), mix.astype(self.dtype))
+        if self.norm:
+            x = LayerNorm(self.dtype)(x)
+        z = jnp.einsum("bnd,nm->bmd", x, mix.astype(self.dtype))
         gate = MLP((self.mlp_ratio * d,), d, dtype=self.dtype, name="gate_mlp")(z)
         return z * jax.nn.sigmoid(gate)
