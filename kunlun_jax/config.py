@@ -95,7 +95,7 @@ class ModelConfig:
     # LayerNorm on the tokens WeightGen mixes (Kunlun, InterFormer). In the first layer they
     # are the raw embeddings: the norm scales every id's row to unit size, rows that training
     # barely moved (rare and unseen ids) included. Off by default: on ML-100K the norm cost
-    # 0.034 test NE (README, "Kunlun vs baselines on ML-100K").
+    # 0.034 test NE against a rerun with it (README, "Kunlun vs baselines on ML-100K").
     weight_gen_norm: bool = False
     n_seed: int = 16  # HSP learnable seeds (overcomplete: > n_tok)
     n_tok: int = 4  # HSP output tokens per stream
@@ -322,7 +322,21 @@ def _load_named(name_or_path: str) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
     values.setdefault("name", path.stem)
+    if path.suffix == ".json":
+        _restore_former_defaults(values)
     return values
+
+
+def _restore_former_defaults(values: dict[str, Any]) -> None:
+    """A run's config.json written before a field existed ran with that field's behaviour of
+    the time; where the default has changed since, reads it back with the old value, so that a
+    resume, `kunlun-jax eval` or a study's read-back rebuilds the model that run trained.
+    model.weight_gen_norm (default false since it was added) was always on before."""
+    model = values.get("model")
+    if not isinstance(model, dict) or "weight_gen_norm" in model:
+        return
+    if model.get("arch", "kunlun") in ("kunlun", "interformer"):
+        model["weight_gen_norm"] = True
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

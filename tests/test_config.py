@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from kunlun_jax.config import (
@@ -121,6 +123,22 @@ def test_weight_gen_norm_is_refused_where_there_is_no_weight_gen():
         load_config("din", ["model.weight_gen_norm=true"])
     for name in ("tiny", "interformer"):
         assert load_config(name, ["model.weight_gen_norm=true"]).model.weight_gen_norm
+
+
+def test_a_run_config_from_before_weight_gen_norm_reads_back_with_the_norm(tmp_path):
+    """Runs saved before the field existed trained with WeightGen's norm: a resume or eval of
+    them must rebuild that model, not the new default's."""
+    for name, expected in (("tiny", True), ("interformer", True), ("din", False)):
+        saved = to_dict(load_config(name))
+        del saved["model"]["weight_gen_norm"]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(saved))
+        assert load_config(str(path)).model.weight_gen_norm is expected, name
+    # A named config or a run saved with the field keeps its value.
+    assert load_config("tiny").model.weight_gen_norm is False
+    current = tmp_path / "current.json"
+    current.write_text(json.dumps(to_dict(load_config("tiny"))))
+    assert load_config(str(current)).model.weight_gen_norm is False
 
 
 def test_seed_rote_needs_a_seed_attention():

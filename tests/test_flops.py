@@ -208,7 +208,7 @@ def test_backward_conventions_and_breakdowns():
         {"pooling": "mean", "event_personalization": False, "weight_gen_norm": True},
         {"compression": "dense", "num_layers": 3},
     ],
-    ids=["default", "no_compskip", "pffn", "pma", "mean", "dense_compress"],
+    ids=["default", "no_compskip", "pffn", "pma", "mean_norm", "dense_compress"],
 )
 def test_params_match_model_tree(overrides, batch):
     cfg = dataclasses.replace(CFG, **overrides)

@@ -52,8 +52,9 @@ BLOCK_Q = COMPUTE_WGS * WG_ROWS  # query tiles of the forward and dQ programs
 DKDV_BLOCK = COMPUTE_WGS * WG_ROWS  # kv tile of a dK/dV program
 # Query rows of the blocks the dK/dV kernel streams: the choices and the untuned default. With
 # 64 its two fp32 accumulators (dK, dV) and two score tiles (Sᵀ, dPᵀ) leave too few of the 240
-# registers, and a few loop-invariant integers spill (README); 32 spills nothing but halves
-# the score MMAs' N (more SMEM operand traffic a FLOP). The autotuner measures both.
+# registers, and a few loop-invariant integers spill (pallas_kernels/README.md); 32 spills
+# nothing but halves the score MMAs' N (more SMEM operand traffic a FLOP). The autotuner
+# measures both.
 DKDV_Q_BLOCKS = (32, 64)
 DKDV_Q_BLOCK = 64
 COMPUTE_REGISTERS, PRODUCER_REGISTERS = 240, 24  # per thread: 2·128·240 + 128·24 <= 64 Ki
