@@ -82,6 +82,8 @@ class DataConfig:
 # Model architectures, built by kunlun_jax.model.factory.build_model.
 Arch = Literal["kunlun", "interformer", "wukong", "dcnv2", "din"]
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
+# The archs built around WeightGen, the only ones that read model.weight_gen_norm.
+WEIGHT_GEN_ARCHS = ("kunlun", "interformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +337,7 @@ def _restore_former_defaults(values: dict[str, Any]) -> None:
     model = values.get("model")
     if not isinstance(model, dict) or "weight_gen_norm" in model:
         return
-    if model.get("arch", "kunlun") in ("kunlun", "interformer"):
+    if model.get("arch", "kunlun") in WEIGHT_GEN_ARCHS:
         model["weight_gen_norm"] = True
 
 
@@ -415,9 +417,9 @@ def validate(config: Config) -> None:
         f"model.seed_rote applies to model.arch = 'kunlun' (got {m.arch!r}); set it false",
     )
     _require(
-        not m.weight_gen_norm or m.arch in ("kunlun", "interformer"),
-        "model.weight_gen_norm applies to the archs with a WeightGen, 'kunlun' and "
-        f"'interformer' (got {m.arch!r}); leave it false",
+        not m.weight_gen_norm or m.arch in WEIGHT_GEN_ARCHS,
+        f"model.weight_gen_norm applies to the archs with a WeightGen, {list(WEIGHT_GEN_ARCHS)} "
+        f"(got {m.arch!r}); leave it false",
     )
     _require(
         not (m.seed_rote and m.pooling == "mean"),
