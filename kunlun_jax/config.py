@@ -73,10 +73,26 @@ class DataConfig:
     # history (else the stored length) instead of always to the stored length; each distinct
     # padded shape compiles the step once. () = always the stored length.
     length_buckets: tuple[int, ...] = ()
+    # The labels to predict (multi-task: one head output each, the first is the primary task
+    # whose metrics are the unprefixed ones); () = the source's first in SOURCE_TASKS.
+    tasks: tuple[str, ...] = ()
     num_train: int = 100_000  # synthetic: examples per epoch
     num_eval: int = 10_000  # synthetic: held-out examples
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# The labels each data source has (data.tasks), its default first: the synthetic click, and
+# MovieLens "like" (rating >= 4 stars) and "love" (5 stars).
+SOURCE_TASKS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("click",),
+    **{f"movielens-{v}": ("like", "love") for v in ("100k", "1m", "latest-small")},
+}
+
+
+def task_names(data: DataConfig) -> tuple[str, ...]:
+    """The tasks a model of `data` predicts: data.tasks, or the source's default one."""
+    return tuple(data.tasks) or SOURCE_TASKS[data.source][:1]
 
 
 # Model architectures, built by kunlun_jax.model.factory.build_model.
@@ -128,6 +144,9 @@ class ModelConfig:
     compskip: bool = True  # alternate GDPA+fresh HSP / SWA+cached HSP layers
     event_personalization: bool = True  # per-stream tower sizes from `streams`
     num_experts: int = 2  # Wukong experts in the global interaction
+    # The experts' input tokens [X_sum ; summaries]: contiguous blocks (with 2 experts, one
+    # sees X_sum and the other the sequence summaries) or interleaved (each sees both).
+    expert_partition: Literal["contiguous", "interleaved"] = "contiguous"
     wukong_fm_rank: int = 4  # k_fm: low-rank FM projection
     wukong_fm_tokens: int = 0  # n_F tokens out of the FM block; 0 = half the tokens
     mlp_ratio: int = 2  # hidden width of token MLPs = mlp_ratio * d
@@ -161,6 +180,8 @@ class TrainConfig:
     seed: int = 0
     nan_policy: Literal["stop", "skip"] = "stop"
     grad_accum_steps: int = 1  # micro-batches per step; batch_size is the global batch
+    # Multi-task loss: sum_k w_k BCE_k / sum_k w_k over the data.tasks; () = equal weights.
+    task_weights: tuple[float, ...] = ()
     embedding_optimizer: Literal["adagrad", "rowwise_adagrad"] = "adagrad"
     keep_best: int = 0  # also keep this many checkpoints with the lowest eval NE
     async_checkpoints: bool = True  # save in a background thread (still atomic)
@@ -473,6 +494,7 @@ def validate(config: Config) -> None:
         f"{list(d.length_buckets)}",
     )
 
+    _validate_tasks(d, t)
     _require(d.seed >= 0, f"data.seed must be >= 0, got {d.seed}")
     _require(t.seed >= 0, f"train.seed must be >= 0, got {t.seed}")
     if d.source == "synthetic":
@@ -492,6 +514,26 @@ def validate(config: Config) -> None:
         f"data.synthetic.mean_history must be in (0, max_history={s.max_history}]",
     )
     _require(0.0 <= s.label_noise <= 1.0, "data.synthetic.label_noise must be in [0, 1]")
+
+
+def _validate_tasks(d: DataConfig, t: TrainConfig) -> None:
+    known = SOURCE_TASKS[d.source]
+    unknown = [name for name in d.tasks if name not in known]
+    _require(
+        not unknown,
+        f"data.tasks {unknown} are not labels of {d.source}; choose from {list(known)}",
+    )
+    _require(len(set(d.tasks)) == len(d.tasks), f"data.tasks lists a task twice: {list(d.tasks)}")
+    tasks = task_names(d)
+    _require(
+        not t.task_weights or len(t.task_weights) == len(tasks),
+        f"train.task_weights has {len(t.task_weights)} weights for the {len(tasks)} tasks "
+        f"{list(tasks)}; give one per task or none (equal weights)",
+    )
+    _require(
+        all(math.isfinite(w) and w > 0 for w in t.task_weights),
+        f"train.task_weights must be finite and > 0, got {list(t.task_weights)}",
+    )
 
 
 MESH_AXES = ("data", "fsdp", "model")

@@ -7,6 +7,7 @@ evaluated labels; pass the training base rate to follow the paper's definition e
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -110,4 +111,38 @@ class StreamingMetrics:
             oracle = np.concatenate(self._oracle)
             out["oracle_log_loss"] = float(np.mean(binary_entropy(oracle)))
             out["oracle_ne"] = out["oracle_log_loss"] / h
+        return out
+
+
+class TaskMetrics:
+    """StreamingMetrics per task over labels and probs [B] (one task) or [B, K] (the tasks'
+    columns in order). `compute()` gives the first (primary) task's metrics unprefixed and every
+    other task's as "<task>/<metric>"; oracle probabilities belong to the primary task."""
+
+    def __init__(self, tasks: Sequence[str], base_rates: Sequence[float] | None = None):
+        if base_rates is not None and len(base_rates) != len(tasks):
+            raise ValueError(f"{len(base_rates)} base rates for the {len(tasks)} tasks {tasks}")
+        self.tasks = tuple(tasks)
+        rates = base_rates if base_rates is not None else [None] * len(self.tasks)
+        self._per_task = [StreamingMetrics(base_rate=r) for r in rates]
+
+    def update(
+        self, labels: np.ndarray, probs: np.ndarray, oracle_p: np.ndarray | None = None
+    ) -> None:
+        labels, probs = np.asarray(labels), np.asarray(probs)
+        k = len(self.tasks)
+        expected = (labels.shape[0], k) if k > 1 else (labels.shape[0],)
+        if labels.shape != expected or probs.shape != expected:
+            raise ValueError(
+                f"labels {labels.shape} and probs {probs.shape} must both be "
+                f"{'[B]' if k == 1 else f'[B, {k}]'} for the tasks {list(self.tasks)}"
+            )
+        columns = (labels[:, None], probs[:, None]) if k == 1 else (labels, probs)
+        for t, metrics in enumerate(self._per_task):
+            metrics.update(columns[0][:, t], columns[1][:, t], oracle_p if t == 0 else None)
+
+    def compute(self) -> dict[str, float]:
+        out = self._per_task[0].compute()
+        for name, metrics in zip(self.tasks[1:], self._per_task[1:], strict=True):
+            out.update({f"{name}/{key}": value for key, value in metrics.compute().items()})
         return out

@@ -58,22 +58,29 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(x.mean()), "std": std, "n": int(x.size)}
 
 
+def metric_keys(metrics: Mapping[str, Any]) -> list[str]:
+    """The keys of `metrics` that are METRICS: the primary task's ("ne") and the other tasks'
+    ("love/ne")."""
+    return [k for k in metrics if k.rsplit("/", 1)[-1] in METRICS]
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean ± std over runs of every METRICS entry all runs' "test" metrics have."""
-    keys = [k for k in METRICS if all(k in r["test"] for r in runs)]
+    """Mean ± std over runs of every METRICS entry (of every task) all runs' "test" metrics
+    have."""
+    keys = [k for k in metric_keys(runs[0]["test"]) if all(k in r["test"] for r in runs)]
     return {k: mean_std([r["test"][k] for r in runs]) for k in keys}
 
 
-def label_mean(source: Any, batch_size: int = 4096) -> float:
-    """The fraction of positive labels over every example of `source` (the real datasets
-    record it: `source.base_rate`)."""
-    if (recorded := getattr(source, "base_rate", None)) is not None:
+def label_means(source: Any, batch_size: int = 4096) -> tuple[float, ...]:
+    """Per task, the fraction of positive labels over every example of `source` (the real
+    datasets have it at hand: `source.base_rates`)."""
+    if (recorded := getattr(source, "base_rates", None)) is not None:
         return recorded
     total, positives = 0, 0.0
     for batch, n in eval_batches(source, min(batch_size, len(source))):
-        positives += float(np.sum(batch["label"][:n]))
+        positives += np.sum(batch["label"][:n].reshape(n, -1), axis=0, dtype=np.float64)
         total += n
-    return positives / total
+    return tuple(float(p) for p in positives / total)
 
 
 def model_cost(config: Config) -> dict[str, Any]:
@@ -108,7 +115,7 @@ def run_config(
     from kunlun_jax.train.loop import evaluate_run, finished_run, prepare_run_dir, train
 
     split = test_split(config)
-    base_rate = label_mean(make_source(config.data, "train")[0])  # NE as the spec defines it
+    base_rates = label_means(make_source(config.data, "train")[0])  # NE as the spec defines it
     runs = []
     for seed in seeds:
         cfg = seeded(config, seed)
@@ -123,8 +130,8 @@ def run_config(
             {
                 "seed": seed,
                 "run_dir": str(run_dir),
-                "test": evaluate_run(run_dir, split, base_rate=base_rate),
-                "eval": {k: final_eval[k] for k in METRICS if k in final_eval},
+                "test": evaluate_run(run_dir, split, base_rates=base_rates),
+                "eval": {k: final_eval[k] for k in metric_keys(final_eval)},
                 "train_wall_s": wall,
                 "examples_per_sec": final_eval["examples_per_sec"],
             }
@@ -173,7 +180,8 @@ def _cell(stat: Mapping[str, float] | None, digits: int = 4) -> str:
 
 
 def markdown_table(study: Mapping[str, Any], source: str = "") -> str:
-    """A Markdown table of a study: one row per config, test metrics as mean ± std over seeds.
+    """A Markdown table of a study: one row per config, test metrics as mean ± std over seeds
+    (the primary task's, and the NE of every other task some config predicts).
 
     source: a link target (e.g. the JSON's path) added as the last column when given.
     ValueError for anything but a study document.
@@ -183,6 +191,8 @@ def markdown_table(study: Mapping[str, Any], source: str = "") -> str:
     oracle = any("oracle_ne" in e["summary"] for e in study["entries"])
     head = ["model", "config", "split", "seeds", "steps", "NE", "AUC", "log loss", "calibration"]
     head += ["Bayes-optimal NE"] if oracle else []
+    other_ne = sorted({k for e in study["entries"] for k in e["summary"] if k.endswith("/ne")})
+    head += [f"NE ({k.removesuffix('/ne')})" for k in other_ne]
     head += ["params", "fwd MFLOPs/example (XLA)"] + (["source"] if source else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
     for e in study["entries"]:
@@ -190,6 +200,7 @@ def markdown_table(study: Mapping[str, Any], source: str = "") -> str:
         row = [e["arch"], f"`{e['config']}`", e["split"], str(len(e["seeds"])), str(e["steps"])]
         row += [_cell(s.get(k)) for k in ("ne", "auc", "log_loss", "calibration")]
         row += [_cell(s.get("oracle_ne"))] if oracle else []
+        row += [_cell(s.get(k)) for k in other_ne]
         row += [f"{e['params']:,}", f"{e['forward_flops_per_example'] / 1e6:.2f}"]
         row += [f"[json]({source})"] if source else []
         lines.append("| " + " | ".join(row) + " |")

@@ -14,6 +14,7 @@ import pytest
 from kunlun_jax.config import ARCHS, ModelConfig, load_config
 from kunlun_jax.data.movielens import open_source
 from kunlun_jax.data.pipeline import make_source
+from kunlun_jax.data.spec import validate_batch
 from kunlun_jax.model.factory import MODELS, build_model
 from tests.conftest import random_batch
 
@@ -68,6 +69,25 @@ def built(synthetic_batch, movielens_batch):
         return cache[arch, data]
 
     return get
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_predicts_one_logit_per_task(arch):
+    """With data.tasks = like, love, the labels and every model's logits are [B, 2], and the
+    two columns are different outputs of the shared head."""
+    source = open_source(
+        "movielens-latest-small", FIXTURE, "train", max_len=6, tasks=("like", "love")
+    )
+    batch = source.batch(range(16))
+    validate_batch(batch, source.spec)
+    np.testing.assert_array_equal(batch["label"][:, 1] <= batch["label"][:, 0], True)
+    model = build_model(small_model(arch), source.spec)
+    params = jax.jit(model.init)(jax.random.key(0), batch)
+    logits = jax.jit(model.apply)(params, batch)
+    assert logits.shape == (16, 2)
+    assert logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+    assert not np.allclose(logits[:, 0], logits[:, 1])
 
 
 @pytest.mark.parametrize("arch", BASELINES)

@@ -147,3 +147,31 @@ def test_seed_rote_needs_a_seed_attention():
     assert load_config("tiny", ["model.seed_rote=true", "model.pooling=pma"]).model.seed_rote
     with pytest.raises(ConfigError, match=r"model\.seed_rote applies to model\.arch = 'kunlun'"):
         load_config("din", ["model.seed_rote=true"])
+
+
+def test_tasks_default_to_the_sources_first_label_and_are_checked():
+    from kunlun_jax.config import SOURCE_TASKS, task_names
+    from kunlun_jax.data.movielens import DEFAULT_TASKS, TASK_HALF_STARS
+
+    assert task_names(load_config("tiny").data) == ("click",)
+    ml = load_config("movielens", ['data.tasks=["love", "like"]', "train.task_weights=[2, 1]"])
+    assert task_names(ml.data) == ("love", "like")
+    assert ml.train.task_weights == (2.0, 1.0)
+    assert task_names(load_config("movielens").data) == DEFAULT_TASKS
+    for source, tasks in SOURCE_TASKS.items():  # the config's names are the loaders' labels
+        if source.startswith("movielens-"):
+            assert tasks == tuple(TASK_HALF_STARS)
+            assert tasks[:1] == DEFAULT_TASKS
+    bad = {
+        r"data\.tasks \['love'\] are not labels of synthetic; choose from \['click'\]": [
+            'data.tasks=["love"]'
+        ],
+        r"data\.tasks lists a task twice": ['data.tasks=["click", "click"]'],
+        r"train\.task_weights has 2 weights for the 1 tasks \['click'\]": [
+            "train.task_weights=[1, 2]"
+        ],
+        r"train\.task_weights must be finite and > 0": ["train.task_weights=[0]"],
+    }
+    for message, overrides in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", overrides)

@@ -234,3 +234,11 @@ def test_cli_prints_tiny_table(capsys):
     shapes = _param_shapes(config.model, spec, random_batch(spec, 2))
     n_params = sum(x.size for x in jax.tree.leaves(shapes))
     assert f"| **total** | {n_params:,} |" in out
+
+
+def test_each_task_adds_one_head_output(batch):
+    spec = dataclasses.replace(SPEC, tasks=("like", "love", "share"))
+    tree = _tree_params_by_component(_param_shapes(CFG, spec, batch), CFG)
+    report = model_flops(CFG, spec)
+    assert report.params_by_component == tree
+    assert report.params - model_flops(CFG, SPEC).params == 2 * (CFG.head_hidden[-1] + 1)

@@ -15,6 +15,7 @@ from kunlun_jax.data.pipeline import trim_to_buckets
 from kunlun_jax.model import Kunlun
 from kunlun_jax.model.common import GdpaScoring
 from kunlun_jax.model.towers import layer_roles, resolve_towers
+from kunlun_jax.model.wukong import MixtureOfWukong, expert_partition
 from tests.conftest import random_batch
 
 SMALL = ModelConfig(
@@ -152,7 +153,8 @@ def test_events_beyond_a_streams_max_len_are_ignored(tiny_spec):
 
 # Every ablation switch away from its default, grouped so that each group compiles once.
 ABLATIONS = [
-    {"ffn": "pffn", "pooling": "pma", "window": 0, "rote": False, "causal": True},
+    {"ffn": "pffn", "pooling": "pma", "window": 0, "rote": False, "causal": True}
+    | {"expert_partition": "interleaved"},
     {"pooling": "mean", "compskip": False, "event_personalization": False, "num_experts": 1}
     | {"weight_gen_norm": True},
     {"compression": "dense", "gdpa_activation": "sigmoid", "remat": "full", "dtype": "bfloat16"}
@@ -191,6 +193,41 @@ def test_every_ablation_switch_builds_and_trains(tiny_spec, overrides):
         losses.append(float(loss))
     assert all(np.isfinite(losses))
     assert losses[-1] < losses[0], f"{overrides}: loss did not decrease {losses}"
+
+
+KINDS = ("contiguous", "interleaved")
+
+
+@given(n_in=st.integers(1, 40), m=st.integers(1, 6))
+def test_expert_partitions_cover_every_token_once_with_the_same_share_sizes(n_in, m):
+    m = min(m, n_in)
+    tokens = np.arange(n_in)
+    parts = {kind: [tokens[s] for s in expert_partition(n_in, m, kind)] for kind in KINDS}
+    for kind, shares in parts.items():
+        np.testing.assert_array_equal(np.sort(np.concatenate(shares)), tokens, err_msg=kind)
+    assert [len(s) for s in parts["contiguous"]] == [len(s) for s in parts["interleaved"]]
+    assert all(np.all(np.diff(s) == 1) for s in parts["contiguous"])
+    assert all(np.all(s % m == e) for e, s in enumerate(parts["interleaved"]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_wukong_expert_sees_only_its_share_of_the_tokens(kind):
+    """Changing input token i changes exactly the output block of the expert that owns i."""
+    n_in, n_out, m = 7, 6, 2
+    z = jax.random.normal(jax.random.key(0), (2, n_in, 8))
+    layer = MixtureOfWukong(n_out, num_experts=m, partition=kind)
+    params = layer.init(jax.random.key(1), z)
+    base = layer.apply(params, z)
+    owner = {
+        int(t): e for e, s in enumerate(expert_partition(n_in, m, kind)) for t in np.arange(n_in)[s]
+    }
+    out_blocks = np.array_split(np.arange(n_out), m)
+    for token, e in owner.items():
+        moved = np.abs(np.asarray(layer.apply(params, z.at[:, token].add(1.0)) - base))
+        changed = np.flatnonzero(moved.max(axis=(0, 2)) > 1e-6)
+        np.testing.assert_array_equal(changed, out_blocks[e], err_msg=f"{kind}: token {token}")
+    with pytest.raises(ValueError, match="'contiguous' or 'interleaved'"):
+        expert_partition(n_in, m, "random")
 
 
 def test_pallas_kernels_match_the_reference_inside_the_model(tiny_spec):

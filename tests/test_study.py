@@ -34,6 +34,23 @@ def test_aggregate_keeps_metrics_every_run_has():
     assert out["ne"]["std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
 
 
+def test_aggregate_and_table_carry_every_tasks_metrics():
+    runs = [
+        {"test": {"ne": 0.9, "auc": 0.7, "love/ne": 0.95, "love/auc": 0.6, "love/count": 9.0}},
+        {"test": {"ne": 0.8, "auc": 0.7, "love/ne": 0.85, "love/auc": 0.8, "love/count": 9.0}},
+    ]
+    out = study.aggregate(runs)
+    assert set(out) == {"ne", "auc", "love/ne", "love/auc"}
+    assert out["love/ne"]["mean"] == pytest.approx(0.9)
+    multi = _entry("kunlun", [0.8, 0.82])
+    multi["summary"]["love/ne"] = study.mean_std([0.9, 0.92])
+    lines = study.markdown_table({"entries": [multi, _entry("din", [0.85])]}).splitlines()
+    assert "| NE (love) |" in lines[0]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 0.9100 ± 0.0141 |" in lines[2]
+    assert "| – |" in lines[3]
+
+
 def test_seeds_vary_shuffling_only_on_real_data():
     synthetic = study.seeded(load_config("tiny"), 7)
     assert (synthetic.train.seed, synthetic.data.seed) == (7, 0)

@@ -329,17 +329,22 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
             "train.steps=3",
             "train.batch_size=64",
             "mesh.data=1",
+            'data.tasks=["like", "love"]',  # multi-task: two labels, two head outputs
+            "train.task_weights=[1.0, 0.5]",
         ],
     )
     run_dir = prepare_run_dir(tmp_path, "ml", overwrite=False, resume=False)
     metrics = train(cfg, run_dir, progress=False)
     assert np.isfinite(metrics["ne"])
+    assert np.isfinite(metrics["love/ne"])
     assert "oracle_ne" not in metrics
-    # NE is normalized by the training labels' click rate (spec), not the evaluated split's.
+    # NE is normalized by each task's training label rate (spec), not the evaluated split's.
     from kunlun_jax.data.pipeline import make_source
 
-    train_rate = make_source(cfg.data, "train")[0].base_rate
-    assert metrics["base_rate"] == train_rate != make_source(cfg.data, "eval")[0].base_rate
+    train_rates = make_source(cfg.data, "train")[0].base_rates
+    eval_rates = make_source(cfg.data, "eval")[0].base_rates
+    assert (metrics["base_rate"], metrics["love/base_rate"]) == train_rates != eval_rates
+    assert 0 < train_rates[1] < train_rates[0] < 1  # 5 stars is rarer than >= 4
 
 
 def test_a_run_older_than_a_config_field_resumes_with_its_default(tmp_path):
@@ -384,3 +389,16 @@ def test_resume_refuses_a_different_model(tmp_path):
     other = load_config("tiny", [*FAST, "model.d_model=32"])
     with pytest.raises(ConfigError, match=r"cannot resume .*: model\.\* differ"):
         train(other, run_dir, resume=True, progress=False)
+
+
+def test_multi_task_loss_weights_each_tasks_mean_cross_entropy():
+    from kunlun_jax.train.state import bce_loss
+
+    logits = np.array([[2.0, -1.0], [0.5, 0.3], [-1.0, 2.0]], np.float32)
+    labels = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    per_task = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p), axis=0)
+    assert float(bce_loss(logits, labels)) == pytest.approx(per_task.mean(), rel=1e-6)
+    weighted = (3 * per_task[0] + per_task[1]) / 4
+    assert float(bce_loss(logits, labels, (3.0, 1.0))) == pytest.approx(weighted, rel=1e-6)
+    assert float(bce_loss(logits[:, 1], labels[:, 1])) == pytest.approx(per_task[1], rel=1e-6)

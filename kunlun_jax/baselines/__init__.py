@@ -1,7 +1,8 @@
 """Baseline ranking models trained by the same loop as Kunlun (dispatch: `model.arch`).
 
-Each takes a `kunlun_jax.data.spec` batch and returns click logits [B]; every parameter carries
-logical axis names, embedding tables first 'vocab' (the optimizer's 'embedding' group).
+Each takes a `kunlun_jax.data.spec` batch and returns click logits [B] (or [B, K] for K > 1
+tasks, `spec.tasks`, from the shared `task_logits` head); every parameter carries logical axis
+names, embedding tables first 'vocab' (the optimizer's 'embedding' group).
 """
 
 from kunlun_jax.baselines.dcnv2 import DCNv2

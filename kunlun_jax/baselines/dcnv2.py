@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from kunlun_jax.baselines.common import tokens_with_mean_summaries
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
-from kunlun_jax.model.common import MLP, Dense
+from kunlun_jax.model.common import Dense, task_logits
 
 
 class CrossNetwork(nn.Module):
@@ -51,5 +51,4 @@ class DCNv2(nn.Module):
         z = tokens_with_mean_summaries(c, self.spec, batch, 1)
         x0 = z.reshape(z.shape[0], -1)
         h = CrossNetwork(c.num_layers, dtype=dtype, name="cross")(x0)
-        h = nn.Dropout(c.dropout, deterministic=not train)(h)
-        return MLP(c.head_hidden, 1, dtype=dtype, name="deep")(h)[:, 0].astype(jnp.float32)
+        return task_logits(h, c, self.spec, train=train, name="deep")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from kunlun_jax.baselines.common import LearnedQuery, TargetAttention, candidate_query, embed
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
-from kunlun_jax.model.common import MLP
+from kunlun_jax.model.common import task_logits
 
 
 class DIN(nn.Module):
@@ -38,5 +38,4 @@ class DIN(nn.Module):
             attend = TargetAttention(c.mlp_ratio * c.d_model, dtype, name=f"attention_{s.name}")
             pooled.append(attend(seqs[s.name], query, raw["dt"], raw["length"]))
         h = jnp.concatenate([x.reshape(b, -1), *pooled], axis=-1)
-        h = nn.Dropout(c.dropout, deterministic=not train)(h)
-        return MLP(c.head_hidden, 1, dtype=dtype, name="head")(h)[:, 0].astype(jnp.float32)
+        return task_logits(h, c, self.spec, train=train)

@@ -18,7 +18,7 @@ from kunlun_jax.baselines.common import embed
 from kunlun_jax.baselines.dcnv2 import CrossNetwork
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
-from kunlun_jax.model.common import MLP, Dense, LayerNorm
+from kunlun_jax.model.common import MLP, Dense, LayerNorm, task_logits
 from kunlun_jax.model.gdpa_ffn import PersonalizedFFN
 from kunlun_jax.model.hsp import SequenceSummary
 from kunlun_jax.model.rote import apply_rote
@@ -155,5 +155,4 @@ class InterFormer(nn.Module):
         x_sum = final_gen(x)
         s_sum = [summarize(c, dtype, f"final_summary_{n}")(seqs[n], lengths[n]) for n in names]
         h = jnp.concatenate([x_sum, *s_sum], axis=1).reshape(b, -1)
-        h = nn.Dropout(c.dropout, deterministic=not train)(h)
-        return MLP(c.head_hidden, 1, dtype=dtype, name="head")(h)[:, 0].astype(jnp.float32)
+        return task_logits(h, c, self.spec, train=train)

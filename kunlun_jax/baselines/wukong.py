@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from kunlun_jax.baselines.common import tokens_with_mean_summaries
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
-from kunlun_jax.model.common import MLP, LayerNorm
+from kunlun_jax.model.common import LayerNorm, task_logits
 from kunlun_jax.model.wukong import MixtureOfWukong
 
 
@@ -20,7 +20,7 @@ class WukongRanker(nn.Module):
 
     Reads model.d_model (d), num_layers, n_tok (summary tokens per stream), num_experts (1 =
     the paper's plain Wukong layer; more = Kunlun's mixture over token partitions),
-    wukong_fm_rank, wukong_fm_tokens, mlp_ratio, head_hidden, dropout, dtype.
+    expert_partition, wukong_fm_rank, wukong_fm_tokens, mlp_ratio, head_hidden, dropout, dtype.
     n = n_ns + n_tok · streams.
     """
 
@@ -36,6 +36,7 @@ class WukongRanker(nn.Module):
             layer = MixtureOfWukong(
                 z.shape[1],
                 num_experts=c.num_experts,
+                partition=c.expert_partition,
                 fm_rank=c.wukong_fm_rank,
                 fm_tokens=c.wukong_fm_tokens,
                 mlp_ratio=c.mlp_ratio,
@@ -43,5 +44,4 @@ class WukongRanker(nn.Module):
                 name=f"wukong_{i}",
             )
             z = LayerNorm(dtype, name=f"norm_{i}")(z + layer(z))
-        h = nn.Dropout(c.dropout, deterministic=not train)(z.reshape(b, -1))
-        return MLP(c.head_hidden, 1, dtype=dtype, name="head")(h)[:, 0].astype(jnp.float32)
+        return task_logits(z.reshape(b, -1), c, self.spec, train=train)

@@ -70,6 +70,9 @@ SPLITS = ("train", "eval", "test")
 SPLIT_QUANTILES = (0.8, 0.9)  # timestamp quantiles where eval and test begin
 STREAMS = ("liked", "other")
 LIKE_HALF_STARS = 8  # label = rating >= 4 stars; ratings are stored as half stars (2 x stars)
+# The labels a model can predict (data.tasks): the rating at or above this many half stars.
+TASK_HALF_STARS = {"like": LIKE_HALF_STARS, "love": 10}
+DEFAULT_TASKS = ("like",)
 PAD, OOV = 0, 1  # reserved ids of every vocabulary; train values start at 2
 USER_FEATURES = ("age", "gender", "occupation", "zip_prefix")  # 100K and 1M only
 ITEM_FEATURES = ("item_id", "genre", "year")
@@ -690,10 +693,17 @@ def _check_prepared(path: Path, arrays: Mapping[str, np.ndarray], manifest: Mapp
         )
 
 
-def feature_spec(manifest: Mapping[str, Any], max_len: int = DEFAULT_MAX_LEN) -> FeatureSpec:
+def feature_spec(
+    manifest: Mapping[str, Any],
+    max_len: int = DEFAULT_MAX_LEN,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+) -> FeatureSpec:
     """The FeatureSpec of a prepared dataset: its sparse features, genre multi-hot + 4 history
-    dense features, and the "liked" / "other" streams of length `max_len`, whose items and sides
-    share the "item_id" and "genre" tables."""
+    dense features, the "liked" / "other" streams of length `max_len`, whose items and sides
+    share the "item_id" and "genre" tables, and the labels `tasks` (TASK_HALF_STARS)."""
+    unknown = [t for t in tasks if t not in TASK_HALF_STARS]
+    if unknown or not tasks:
+        raise ValueError(f"MovieLens tasks must be some of {list(TASK_HALF_STARS)}, got {tasks}")
     names = tuple(manifest["sparse_names"])
     sizes = manifest["vocab_sizes"]
     return FeatureSpec(
@@ -711,6 +721,7 @@ def feature_spec(manifest: Mapping[str, Any], max_len: int = DEFAULT_MAX_LEN) ->
             )
             for name in STREAMS
         ),
+        tasks=tuple(tasks),
     )
 
 
@@ -755,6 +766,7 @@ class MovieLensSource:
         split: str = "train",
         *,
         max_len: int = DEFAULT_MAX_LEN,
+        tasks: Sequence[str] = DEFAULT_TASKS,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -764,7 +776,7 @@ class MovieLensSource:
         self.split = split
         self.max_len = max_len
         manifest, a = self.prepared.manifest, self.prepared.arrays
-        self.feature_spec = feature_spec(manifest, max_len)
+        self.feature_spec = feature_spec(manifest, max_len, tasks)
         counts = manifest["counts"]
         k = SPLITS.index(split)
         self._start = sum(counts[s] for s in SPLITS[:k])
@@ -785,9 +797,10 @@ class MovieLensSource:
         return self.feature_spec
 
     @property
-    def base_rate(self) -> float:
-        """The fraction of positive labels in this split."""
-        return float(self.prepared.manifest["base_rate"][self.split])
+    def base_rates(self) -> tuple[float, ...]:
+        """The fraction of positive labels in this split, per task (`spec.tasks`)."""
+        stars = self.prepared.arrays["event_half_stars"][self._start : self._start + self._len]
+        return tuple(float(np.mean(stars >= TASK_HALF_STARS[t])) for t in self.spec.tasks)
 
     def __len__(self) -> int:
         return self._len
@@ -829,9 +842,15 @@ class MovieLensSource:
         return {
             "sparse": np.concatenate([a["user_table"][user], a["item_table"][item]], axis=1),
             "dense": np.concatenate([a["item_genres"][item], history], axis=1).astype(np.float32),
-            "label": (a["event_half_stars"][p] >= LIKE_HALF_STARS).astype(np.float32),
+            "label": self._labels(a["event_half_stars"][p]),
             "seqs": seqs,
         }
+
+    def _labels(self, half_stars: np.ndarray) -> np.ndarray:
+        """float32 [B] (one task) or [B, K]: each task's label of ratings `half_stars` [B]."""
+        thresholds = np.array([TASK_HALF_STARS[t] for t in self.spec.tasks])
+        labels = (half_stars[:, None] >= thresholds).astype(np.float32)
+        return labels[:, 0] if len(thresholds) == 1 else labels
 
     def lengths(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """{stream: int32 [B]} the history lengths of `batch(indices)`, without building it."""
@@ -882,7 +901,12 @@ def _build_cached(name: str, src: str) -> Prepared:
 
 
 def open_source(
-    name: str, path: str | Path, split: str, *, max_len: int = DEFAULT_MAX_LEN
+    name: str,
+    path: str | Path,
+    split: str,
+    *,
+    max_len: int = DEFAULT_MAX_LEN,
+    tasks: Sequence[str] = DEFAULT_TASKS,
 ) -> MovieLensSource:
     """Split `split` of MovieLens `name` from `path`: a prepared directory (with manifest.json)
     or a raw one. A raw directory is prepared in memory, never written to (nothing is added next
@@ -902,7 +926,7 @@ def open_source(
             )
     else:
         data = _build_cached(name, str(path.resolve()))
-    return MovieLensSource(data, split, max_len=max_len)
+    return MovieLensSource(data, split, max_len=max_len, tasks=tasks)
 
 
 # ---------------------------------------------------------------------------------------------

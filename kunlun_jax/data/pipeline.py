@@ -9,7 +9,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from kunlun_jax.config import DataConfig
+from kunlun_jax.config import DataConfig, task_names
 from kunlun_jax.data.spec import Batch, FeatureSpec
 
 
@@ -30,7 +30,9 @@ def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
     if cfg.source.startswith("movielens-"):
         from kunlun_jax.data.movielens import open_source
 
-        source = open_source(cfg.source, cfg.path, split, max_len=cfg.max_len)
+        source = open_source(
+            cfg.source, cfg.path, split, max_len=cfg.max_len, tasks=task_names(cfg)
+        )
         return source, source.feature_spec
     raise ValueError(f"data.source = {cfg.source!r} has no loader")
 

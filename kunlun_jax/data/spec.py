@@ -5,7 +5,8 @@ One example (a batch adds a leading `B` axis to every array):
     {
       "sparse": int32 [F]          one id per sparse feature, 0 <= id < sparse_vocab_sizes[f]
       "dense":  float32 [n_dense]  finite dense features
-      "label":  float32 []         click label in {0, 1}
+      "label":  float32 [] or [K]  click label in {0, 1}; with K > 1 tasks (spec.tasks), one
+                                   label per task in that order
       "seqs": {stream_name: {
           "item":   int32 [T]      item ids, newest event first; 0 is padding (T <= max_len:
                                    the stored length, or a shorter bucket, data.length_buckets)
@@ -52,6 +53,9 @@ class FeatureSpec:
     sparse_vocab_sizes: tuple[int, ...]
     num_dense: int
     streams: tuple[StreamSpec, ...]
+    # The labels the model predicts, one logit each; one task: label and logits are [B], more:
+    # [B, K] in this order. The first is the primary task (the unprefixed eval metrics).
+    tasks: tuple[str, ...] = ("click",)
 
     @property
     def stream_names(self) -> tuple[str, ...]:
@@ -91,10 +95,15 @@ def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
     user-supplied batches), not for the jitted step.
     """
     label = np.asarray(batch.get("label"))
-    _check("label" in batch and label.ndim == 1, "batch field 'label' must have shape [B]")
+    k = len(spec.tasks)
+    expected = "[B]" if k == 1 else f"[B, {k}] (one column per task: {list(spec.tasks)})"
+    _check(
+        "label" in batch and label.ndim == (1 if k == 1 else 2),
+        f"batch field 'label' must have shape {expected}",
+    )
     b = label.shape[0]
     _check(b > 0, "batch is empty (B = 0)")
-    label = _check_array(batch, "label", "f", (b,))
+    label = _check_array(batch, "label", "f", (b,) if k == 1 else (b, k))
     _check(
         bool(np.all((label == 0) | (label == 1))),
         "batch field 'label' must hold only 0 or 1 (binarize ratings before batching)",

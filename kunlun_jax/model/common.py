@@ -9,6 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kunlun_jax.config import ModelConfig
+from kunlun_jax.data.spec import FeatureSpec
+
 Dtype = jnp.dtype
 
 default_kernel_init = nn.initializers.lecun_normal()
@@ -80,6 +83,20 @@ class MLP(nn.Module):
         for width in self.hidden:
             x = jax.nn.silu(Dense(width, ("embed", "mlp"), dtype=self.dtype)(x))
         return Dense(self.out, ("mlp", "embed"), dtype=self.dtype)(x)
+
+
+def task_logits(
+    features: jax.Array, cfg: ModelConfig, spec: FeatureSpec, *, train: bool, name: str = "head"
+) -> jax.Array:
+    """The ranking head (call inside a compact method): dropout (cfg.dropout), then an MLP
+    `name` (cfg.head_hidden) with one output per task of `spec.tasks` on shared hidden layers.
+    features [B, F] -> float32 logits [B] for one task, [B, K] for K tasks (the label's shape,
+    `kunlun_jax.data.spec`)."""
+    n_tasks = len(spec.tasks)
+    h = nn.Dropout(cfg.dropout, deterministic=not train)(features)
+    logits = MLP(cfg.head_hidden, n_tasks, dtype=jnp.dtype(cfg.dtype), name=name)(h)
+    logits = logits.astype(jnp.float32)
+    return logits[:, 0] if n_tasks == 1 else logits
 
 
 def length_mask(lengths: jax.Array, t: int) -> jax.Array:

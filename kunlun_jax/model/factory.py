@@ -19,7 +19,8 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def build_model(cfg: ModelConfig, spec: FeatureSpec) -> nn.Module:
-    """The Flax module for `cfg.arch`: `model.apply({"params": p}, batch, train=...)` -> [B]."""
+    """The Flax module for `cfg.arch`: `model.apply({"params": p}, batch, train=...)` -> [B]
+    logits, or [B, K] for K > 1 tasks (`spec.tasks`)."""
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch = {cfg.arch!r} is not valid; choose one of {list(MODELS)}")
     return MODELS[cfg.arch](cfg, spec)

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec
 from kunlun_jax.model.attention import SequenceSelfAttention
-from kunlun_jax.model.common import MLP, Dense, GdpaScoring, LayerNorm, batch_constraint
+from kunlun_jax.model.common import (
+    Dense,
+    GdpaScoring,
+    LayerNorm,
+    batch_constraint,
+    task_logits,
+)
 from kunlun_jax.model.embedding import FeatureEmbedding
 from kunlun_jax.model.gdpa_ffn import GDPAFFN, PersonalizedFFN
 from kunlun_jax.model.hsp import SequenceSummary
@@ -145,6 +151,7 @@ class KunlunLayer(nn.Module):
         mixed = MixtureOfWukong(
             x.shape[1],
             num_experts=c.num_experts,
+            partition=c.expert_partition,
             fm_rank=c.wukong_fm_rank,
             fm_tokens=c.wukong_fm_tokens,
             mlp_ratio=c.mlp_ratio,
@@ -205,7 +212,8 @@ def scanned_group(cfg: ModelConfig, repeats: int) -> type[nn.Module]:
 
 
 class Kunlun(nn.Module):
-    """Click logits [B] from a batch (kunlun_jax.data.spec format).
+    """Click logits [B] from a batch (kunlun_jax.data.spec format); [B, K] for K > 1 tasks
+    (`spec.tasks`, one output each of the shared head).
 
     Each stream keeps its T_e most recent events and is projected to its tower width d_e.
     """
@@ -258,6 +266,4 @@ class Kunlun(nn.Module):
             for t in towers
         ]
         features = jnp.concatenate([x.reshape(b, -1), *final], axis=-1)
-        features = nn.Dropout(c.dropout, deterministic=not train)(features)
-        logit = MLP(c.head_hidden, 1, dtype=dtype, name="head")(features)
-        return logit[:, 0].astype(jnp.float32)
+        return task_logits(features, c, self.spec, train=train)

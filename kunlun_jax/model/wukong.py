@@ -47,12 +47,25 @@ class WukongLayer(nn.Module):
         return jnp.concatenate([fmb, lcb], axis=1)
 
 
+def expert_partition(n_in: int, m: int, kind: str) -> list[slice]:
+    """The input tokens of each of m experts over n_in tokens, as slices of the token axis:
+    "contiguous" blocks (expert 0 takes the first ceil(n_in / m)), or "interleaved" (expert e
+    takes e, e + m, ...). Either way the shares have the same sizes, the larger ones first."""
+    if kind == "contiguous":
+        return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(n_in), m)]
+    if kind == "interleaved":
+        return [slice(e, n_in, m) for e in range(m)]
+    raise ValueError(f"expert partition must be 'contiguous' or 'interleaved', got {kind!r}")
+
+
 class MixtureOfWukong(nn.Module):
     """Z [B, n_in, d] -> [B, n_out, d]: M Wukong experts, each on a fixed partition of the
-    input tokens, producing its share of the output tokens; outputs are concatenated."""
+    input tokens (`expert_partition`), producing its share of the output tokens (contiguous
+    blocks); outputs are concatenated."""
 
     n_out: int
     num_experts: int = 1
+    partition: str = "contiguous"
     fm_rank: int = 4
     fm_tokens: int = 0
     mlp_ratio: int = 2
@@ -61,10 +74,10 @@ class MixtureOfWukong(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         m = min(self.num_experts, z.shape[1], self.n_out)
-        in_parts = np.array_split(np.arange(z.shape[1]), m)
+        in_parts = expert_partition(z.shape[1], m, self.partition)
         out_sizes = [len(p) for p in np.array_split(np.arange(self.n_out), m)]
         outs = []
-        for e, (idx, n_out) in enumerate(zip(in_parts, out_sizes, strict=True)):
+        for e, (part, n_out) in enumerate(zip(in_parts, out_sizes, strict=True)):
             expert = WukongLayer(
                 n_out,
                 fm_rank=self.fm_rank,
@@ -73,5 +86,5 @@ class MixtureOfWukong(nn.Module):
                 dtype=self.dtype,
                 name=f"expert_{e}",
             )
-            outs.append(expert(z[:, int(idx[0]) : int(idx[-1]) + 1]))
+            outs.append(expert(z[:, part]))
         return jnp.concatenate(outs, axis=1)

@@ -92,7 +92,8 @@ class Layout:
         """jit(state, batch, rng) -> (state, metrics): state donated, batch split over the
         batch axes, metrics replicated."""
         replicated = NamedSharding(self.plan.mesh, PartitionSpec())
-        step = make_train_step(self.model, self.tx, self.config.train.grad_accum_steps)
+        train = self.config.train
+        step = make_train_step(self.model, self.tx, train.grad_accum_steps, train.task_weights)
         return jax.jit(
             step,
             in_shardings=(self.state_shardings, self.plan.batch_sharding(), replicated),

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.data.spec import Batch, validate_batch
-from kunlun_jax.metrics import StreamingMetrics
+from kunlun_jax.metrics import TaskMetrics
 from kunlun_jax.parallel.distributed import to_host
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
@@ -98,7 +98,7 @@ def evaluate(
     batch_size: int,
     *,
     put: Callable[[Batch], Batch] = lambda b: b,
-    base_rate: float | None = None,
+    base_rates: Sequence[float] | None = None,
     buckets: Sequence[int] = (),
 ) -> dict[str, float]:
     """NE, AUC, log loss, calibration (and the oracle NE on synthetic data) over `source`.
@@ -107,7 +107,7 @@ def evaluate(
     put: host batch -> device batch (e.g. `Experiment.global_batch` to shard it).
     buckets: history length buckets (`data.length_buckets`).
     """
-    metrics = StreamingMetrics(base_rate=base_rate)
+    metrics = TaskMetrics(source.spec.tasks, base_rates)
     for batch, n in eval_batches(source, batch_size, buckets):
         probs = to_host(predict(params, put(batch)))[:n]
         oracle = batch["oracle_p"][:n] if "oracle_p" in batch else None
@@ -158,11 +158,11 @@ def restore_run(run_dir: Path, config: Config) -> tuple[Experiment, Any, int]:
 
 
 def evaluate_run(
-    run_dir: Path, split: str = "eval", *, base_rate: float | None = None
+    run_dir: Path, split: str = "eval", *, base_rates: Sequence[float] | None = None
 ) -> dict[str, float]:
     """Evaluates the newest checkpoint of a run directory on `split` ("eval", or "test" for
-    the real datasets); base_rate: the click rate NE normalizes by (default:
-    `training_base_rate`)."""
+    the real datasets); base_rates: per task, the label rate NE normalizes by (default:
+    `training_base_rates`)."""
     config = run_config(run_dir)
     splits = ("eval",) if config.data.source == "synthetic" else ("eval", "test")
     if split not in splits:
@@ -178,7 +178,7 @@ def evaluate_run(
             source,
             config.train.batch_size,
             put=exp.global_batch,
-            base_rate=training_base_rate(exp) if base_rate is None else base_rate,
+            base_rates=training_base_rates(exp) if base_rates is None else base_rates,
             buckets=config.data.length_buckets,
         )
     return {**metrics, "step": step}
@@ -298,17 +298,17 @@ def _evaluate(exp: Experiment, predict: Any, state: Any) -> dict[str, float]:
         exp.eval_source,
         exp.config.train.batch_size,
         put=exp.global_batch,
-        base_rate=training_base_rate(exp),
+        base_rates=training_base_rates(exp),
         buckets=exp.config.data.length_buckets,
     )
 
 
-def training_base_rate(exp: Experiment) -> float | None:
-    """The training labels' click rate, which NE normalizes by (spec), where the data records
-    it (the real datasets' manifests); None (the evaluated labels' own rate) for synthetic
+def training_base_rates(exp: Experiment) -> tuple[float, ...] | None:
+    """Per task, the training labels' rate, which NE normalizes by (spec), where the data
+    has it at hand (the real datasets); None (the evaluated labels' own rate) for synthetic
     data, whose splits come from one generator: its training rate would take a pass over the
     whole training set."""
-    return getattr(exp.train_source, "base_rate", None)
+    return getattr(exp.train_source, "base_rates", None)
 
 
 def _save(

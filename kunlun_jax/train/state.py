@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -85,9 +86,16 @@ def make_optimizer(cfg: TrainConfig, labels: Any) -> optax.GradientTransformatio
     return optax.chain(*chain)
 
 
-def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean binary cross-entropy with logits [B] and labels [B] in {0, 1}."""
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+def bce_loss(logits: jax.Array, labels: jax.Array, task_weights: Sequence[float] = ()) -> jax.Array:
+    """Mean binary cross-entropy of logits and labels in {0, 1}, both [B] (one task) or [B, K]:
+    sum_k w_k mean_b BCE_bk / sum_k w_k, with equal weights where `task_weights` is ()."""
+    per_task = jnp.mean(
+        optax.sigmoid_binary_cross_entropy(logits, labels).reshape(len(labels), -1), axis=0
+    )
+    if not task_weights:
+        return jnp.mean(per_task)
+    w = jnp.asarray(task_weights, jnp.float32)
+    return jnp.sum(per_task * w) / jnp.sum(w)
 
 
 def micro_batches(batch: Batch, n: int) -> Batch:
@@ -96,15 +104,21 @@ def micro_batches(batch: Batch, n: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int = 1):
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    accum_steps: int = 1,
+    task_weights: Sequence[float] = (),
+):
     """(state, batch, rng) -> (state, metrics). With accum_steps > 1 the batch is split into
     micro-batches whose gradients are averaged (same result as one big batch, less memory).
+    task_weights: the multi-task loss's weights (`bce_loss`).
     A non-finite loss, gradient or updated parameter leaves the state unchanged and reports,
     per parameter, which gradients were non-finite."""
 
     def loss_fn(params, batch: Batch, rng):
         logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-        return bce_loss(logits, batch["label"])
+        return bce_loss(logits, batch["label"], task_weights)
 
     grad_fn = jax.value_and_grad(loss_fn)
 

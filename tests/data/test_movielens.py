@@ -21,7 +21,7 @@ from kunlun_jax.config import DataConfig
 from kunlun_jax.data import movielens as ml
 from kunlun_jax.data import records
 from kunlun_jax.data.pipeline import eval_batches, make_source
-from kunlun_jax.data.spec import validate_batch
+from kunlun_jax.data.spec import BatchError, validate_batch
 from kunlun_jax.data.synthetic import stack_examples
 from kunlun_jax.data.validate import DataError
 
@@ -94,9 +94,28 @@ def test_labels_are_ratings_of_at_least_4(sources: dict[str, ml.MovieLensSource]
         keys = list(zip(users.tolist(), items.tolist(), ts.tolist(), strict=True))
         expected = np.array([rating[k] >= 4.0 for k in keys], np.float32)
         np.testing.assert_array_equal(_whole(source)["label"], expected)
-        assert source.base_rate == pytest.approx(expected.mean())
+        assert source.base_rates == pytest.approx((expected.mean(),))
+        assert source.base_rates[0] == source.prepared.manifest["base_rate"][source.split]
         seen.update(keys)
     assert seen == set(rating)
+
+
+def test_multi_task_labels_are_columns_in_the_tasks_order(prepared: Path) -> None:
+    rating = {(u, i, t): r for u, i, r, t in _raw_fixture()}
+    source = ml.MovieLensSource(prepared, "train", tasks=("love", "like"))
+    assert source.spec.tasks == ("love", "like")
+    keys = list(zip(*(x.tolist() for x in _raw_ids(source)), strict=True))
+    stars = np.array([rating[k] for k in keys])
+    expected = np.stack([stars == 5.0, stars >= 4.0], axis=1).astype(np.float32)
+    assert 0 < expected[:, 0].sum() < expected[:, 1].sum()
+    labels = _whole(source)["label"]
+    np.testing.assert_array_equal(labels, expected)
+    assert source.base_rates == pytest.approx(tuple(expected.mean(axis=0)))
+    validate_batch(source.batch(range(8)), source.spec)
+    with pytest.raises(BatchError, match=r"'label' must have shape \[B, 2\]"):
+        validate_batch({**source.batch(range(8)), "label": labels[:8, 0]}, source.spec)
+    with pytest.raises(ValueError, match="MovieLens tasks must be some of"):
+        ml.MovieLensSource(prepared, "train", tasks=("click",))
 
 
 def test_histories_and_features_come_from_the_strict_past(prepared: Path) -> None:
