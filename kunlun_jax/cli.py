@@ -193,7 +193,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from kunlun_jax.study import METRICS, mean_std
+    from kunlun_jax.study import aggregate
     from kunlun_jax.train.loop import evaluate_run
 
     if len({Path(d).resolve() for d in args.run_dirs}) < len(args.run_dirs):
@@ -202,7 +202,7 @@ def _eval(args: argparse.Namespace) -> int:
     if len(runs) == 1:
         print(json.dumps(runs[0], indent=2))
         return 0
-    summary = {k: mean_std([m[k] for m in runs]) for k in METRICS if all(k in m for m in runs)}
+    summary = aggregate(runs)
     print(json.dumps({"split": args.split, "runs": runs, "summary": summary}, indent=2))
     return 0
 

@@ -64,11 +64,10 @@ def metric_keys(metrics: Mapping[str, Any]) -> list[str]:
     return [k for k in metrics if k.rsplit("/", 1)[-1] in METRICS]
 
 
-def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean ± std over runs of every METRICS entry (of every task) all runs' "test" metrics
-    have."""
-    keys = [k for k in metric_keys(runs[0]["test"]) if all(k in r["test"] for r in runs)]
-    return {k: mean_std([r["test"][k] for r in runs]) for k in keys}
+def aggregate(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean ± std over runs' metrics of every METRICS entry (of every task) all of them have."""
+    keys = [k for k in metric_keys(metrics[0]) if all(k in m for m in metrics)]
+    return {k: mean_std([m[k] for m in metrics]) for k in keys}
 
 
 def label_means(source: Any, batch_size: int = 4096) -> tuple[float, ...]:
@@ -144,7 +143,7 @@ def run_config(
         "batch_size": config.train.batch_size,
         "seeds": list(seeds),
         **model_cost(config),
-        "summary": aggregate(runs),
+        "summary": aggregate([r["test"] for r in runs]),
         "runs": runs,
         "resolved_config": to_dict(config),
     }

@@ -25,8 +25,8 @@ def test_mean_std_is_the_sample_statistic():
 
 def test_aggregate_keeps_metrics_every_run_has():
     runs = [
-        {"test": {"ne": 0.9, "auc": 0.70, "log_loss": 0.6, "calibration": 1.0, "oracle_ne": 0.5}},
-        {"test": {"ne": 0.8, "auc": 0.74, "log_loss": 0.5, "calibration": 1.1}},
+        {"ne": 0.9, "auc": 0.70, "log_loss": 0.6, "calibration": 1.0, "oracle_ne": 0.5},
+        {"ne": 0.8, "auc": 0.74, "log_loss": 0.5, "calibration": 1.1, "step": 300},
     ]
     out = study.aggregate(runs)
     assert set(out) == {"ne", "auc", "log_loss", "calibration"}
@@ -36,8 +36,8 @@ def test_aggregate_keeps_metrics_every_run_has():
 
 def test_aggregate_and_table_carry_every_tasks_metrics():
     runs = [
-        {"test": {"ne": 0.9, "auc": 0.7, "love/ne": 0.95, "love/auc": 0.6, "love/count": 9.0}},
-        {"test": {"ne": 0.8, "auc": 0.7, "love/ne": 0.85, "love/auc": 0.8, "love/count": 9.0}},
+        {"ne": 0.9, "auc": 0.7, "love/ne": 0.95, "love/auc": 0.6, "love/count": 9.0},
+        {"ne": 0.8, "auc": 0.7, "love/ne": 0.85, "love/auc": 0.8, "love/count": 9.0},
     ]
     out = study.aggregate(runs)
     assert set(out) == {"ne", "auc", "love/ne", "love/auc"}
