@@ -2,6 +2,7 @@
 
 NE = mean log loss / H(p̄), with H the binary entropy and p̄ the base rate (by default of the
 evaluated labels; pass the training base rate to follow the paper's definition exactly).
+`StreamingMetrics` streams one task's predictions; `TaskMetrics` one stream per task.
 """
 
 from __future__ import annotations
