@@ -345,6 +345,10 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
     eval_rates = make_source(cfg.data, "eval")[0].base_rates
     assert (metrics["base_rate"], metrics["love/base_rate"]) == train_rates != eval_rates
     assert 0 < train_rates[1] < train_rates[0] < 1  # 5 stars is rarer than >= 4
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0  # a multi-task run restores and evaluates
+    again = json.loads(capsys.readouterr().out)
+    assert again["love/ne"] == pytest.approx(metrics["love/ne"], rel=1e-6)
 
 
 def test_a_run_older_than_a_config_field_resumes_with_its_default(tmp_path):
