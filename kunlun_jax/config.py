@@ -151,6 +151,9 @@ class ModelConfig:
     wukong_fm_tokens: int = 0  # n_F tokens out of the FM block; 0 = half the tokens
     mlp_ratio: int = 2  # hidden width of token MLPs = mlp_ratio * d
     head_hidden: tuple[int, ...] = (64, 32)
+    # With several tasks (data.tasks): one head MLP with an output per task ("shared"), or a
+    # head MLP (tower) per task on the shared features ("per_task"). One task: one head.
+    task_heads: Literal["shared", "per_task"] = "shared"
     dropout: float = 0.0
     kernels: Literal["reference", "pallas", "auto"] = "reference"
     vocab_multiple: int = 64  # embedding tables get rows rounded up to this (even row shards)
@@ -494,7 +497,7 @@ def validate(config: Config) -> None:
         f"{list(d.length_buckets)}",
     )
 
-    _validate_tasks(d, t)
+    _validate_tasks(d, t, m)
     _require(d.seed >= 0, f"data.seed must be >= 0, got {d.seed}")
     _require(t.seed >= 0, f"train.seed must be >= 0, got {t.seed}")
     if d.source == "synthetic":
@@ -516,7 +519,7 @@ def validate(config: Config) -> None:
     _require(0.0 <= s.label_noise <= 1.0, "data.synthetic.label_noise must be in [0, 1]")
 
 
-def _validate_tasks(d: DataConfig, t: TrainConfig) -> None:
+def _validate_tasks(d: DataConfig, t: TrainConfig, m: ModelConfig) -> None:
     known = SOURCE_TASKS[d.source]
     unknown = [name for name in d.tasks if name not in known]
     _require(
@@ -533,6 +536,11 @@ def _validate_tasks(d: DataConfig, t: TrainConfig) -> None:
     _require(
         all(math.isfinite(w) and w > 0 for w in t.task_weights),
         f"train.task_weights must be finite and > 0, got {list(t.task_weights)}",
+    )
+    _require(
+        m.task_heads == "shared" or len(tasks) > 1,
+        f"model.task_heads = {m.task_heads!r} needs several data.tasks (got {list(tasks)}); "
+        "with one task there is one head",
     )
 
 

@@ -425,7 +425,12 @@ def model_flops(
     for t in towers:
         _summary(c, cfg, t, tokens[t.name], d, "final_summary", "output", batch_size)
     head_in = (n_ns + sum(t.n_tok for t in towers)) * d
-    c.mlp("head", "mlp", head_in, (*cfg.head_hidden, len(spec.tasks)), 1, "output")
+    n_tasks = len(spec.tasks)
+    if n_tasks > 1 and cfg.task_heads == "per_task":
+        for task in spec.tasks:
+            c.mlp("head", f"mlp_{task}", head_in, (*cfg.head_hidden, 1), 1, "output")
+    else:
+        c.mlp("head", "mlp", head_in, (*cfg.head_hidden, n_tasks), 1, "output")
     return FlopReport.from_entries(c.entries, remat=cfg.remat)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import flax.linen as nn
@@ -73,21 +74,26 @@ def built(synthetic_batch, movielens_batch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_predicts_one_logit_per_task(arch):
-    """With data.tasks = like, love, the labels and every model's logits are [B, 2], and the
-    two columns are different outputs of the shared head."""
+    """With data.tasks = like, love, the labels and every model's logits are [B, 2]: two
+    outputs of one head, or (model.task_heads = per_task) one head per task."""
     source = open_source(
         "movielens-latest-small", FIXTURE, "train", max_len=6, tasks=("like", "love")
     )
     batch = source.batch(range(16))
     validate_batch(batch, source.spec)
     np.testing.assert_array_equal(batch["label"][:, 1] <= batch["label"][:, 0], True)
-    model = build_model(small_model(arch), source.spec)
-    params = jax.jit(model.init)(jax.random.key(0), batch)
-    logits = jax.jit(model.apply)(params, batch)
-    assert logits.shape == (16, 2)
-    assert logits.dtype == jnp.float32
-    assert np.all(np.isfinite(logits))
-    assert not np.allclose(logits[:, 0], logits[:, 1])
+    heads = {"shared": {"head"}, "per_task": {"head_like", "head_love"}}
+    for task_heads, names in heads.items():
+        cfg = dataclasses.replace(small_model(arch), task_heads=task_heads)
+        model = build_model(cfg, source.spec)
+        params = jax.jit(model.init)(jax.random.key(0), batch)
+        top = {n.replace("deep", "head") for n in params["params"]}  # DCNv2's head is "deep"
+        assert names <= top, (task_heads, sorted(top))
+        logits = jax.jit(model.apply)(params, batch)
+        assert logits.shape == (16, 2)
+        assert logits.dtype == jnp.float32
+        assert np.all(np.isfinite(logits))
+        assert not np.allclose(logits[:, 0], logits[:, 1])
 
 
 @pytest.mark.parametrize("arch", BASELINES)

@@ -171,6 +171,7 @@ def test_tasks_default_to_the_sources_first_label_and_are_checked():
             "train.task_weights=[1, 2]"
         ],
         r"train\.task_weights must be finite and > 0": ["train.task_weights=[0]"],
+        r"model\.task_heads = 'per_task' needs several data\.tasks": ["model.task_heads=per_task"],
     }
     for message, overrides in bad.items():
         with pytest.raises(ConfigError, match=message):

@@ -68,7 +68,7 @@ def _component(path: tuple[str, ...], cfg: ModelConfig) -> str:
         return "stream_proj"
     if top.startswith("final_summary_"):
         return "final_summary"
-    if top == "head":
+    if top == "head" or top.startswith("head_"):
         return "head"
     assert top.startswith("layer_"), path
     sub = path[1]
@@ -236,9 +236,14 @@ def test_cli_prints_tiny_table(capsys):
     assert f"| **total** | {n_params:,} |" in out
 
 
-def test_each_task_adds_one_head_output(batch):
+def test_each_task_adds_one_head_output_or_one_tower(batch):
     spec = dataclasses.replace(SPEC, tasks=("like", "love", "share"))
-    tree = _tree_params_by_component(_param_shapes(CFG, spec, batch), CFG)
-    report = model_flops(CFG, spec)
-    assert report.params_by_component == tree
-    assert report.params - model_flops(CFG, SPEC).params == 2 * (CFG.head_hidden[-1] + 1)
+    one_task = model_flops(CFG, SPEC)
+    for heads in ("shared", "per_task"):
+        cfg = dataclasses.replace(CFG, task_heads=heads)
+        tree = _tree_params_by_component(_param_shapes(cfg, spec, batch), cfg)
+        report = model_flops(cfg, spec)
+        assert report.params_by_component == tree, heads
+        head = one_task.params_by_component["head"]
+        extra = 2 * (CFG.head_hidden[-1] + 1) if heads == "shared" else 2 * head
+        assert report.params - one_task.params == extra, heads

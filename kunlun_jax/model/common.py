@@ -88,14 +88,17 @@ class MLP(nn.Module):
 def task_logits(
     features: jax.Array, cfg: ModelConfig, spec: FeatureSpec, *, train: bool, name: str = "head"
 ) -> jax.Array:
-    """The ranking head (call inside a compact method): dropout (cfg.dropout), then an MLP
-    `name` (cfg.head_hidden) with one output per task of `spec.tasks` on shared hidden layers.
-    features [B, F] -> float32 logits [B] for one task, [B, K] for K tasks (the label's shape,
-    `kunlun_jax.data.spec`)."""
-    n_tasks = len(spec.tasks)
+    """The ranking head (call inside a compact method): dropout (cfg.dropout), then MLPs
+    (cfg.head_hidden) with one output per task of `spec.tasks`: one MLP `name` whose hidden
+    layers the tasks share, or with cfg.task_heads = "per_task" and several tasks one MLP
+    `name`_<task> each. features [B, F] -> float32 logits [B] for one task, [B, K] for K tasks
+    (the label's shape, `kunlun_jax.data.spec`)."""
+    n_tasks, dtype = len(spec.tasks), jnp.dtype(cfg.dtype)
     h = nn.Dropout(cfg.dropout, deterministic=not train)(features)
-    logits = MLP(cfg.head_hidden, n_tasks, dtype=jnp.dtype(cfg.dtype), name=name)(h)
-    logits = logits.astype(jnp.float32)
+    if n_tasks > 1 and cfg.task_heads == "per_task":
+        towers = [MLP(cfg.head_hidden, 1, dtype=dtype, name=f"{name}_{t}")(h) for t in spec.tasks]
+        return jnp.concatenate(towers, axis=-1).astype(jnp.float32)
+    logits = MLP(cfg.head_hidden, n_tasks, dtype=dtype, name=name)(h).astype(jnp.float32)
     return logits[:, 0] if n_tasks == 1 else logits
 
 
