@@ -328,7 +328,7 @@ def test_data_prepare_cli_and_training_on_movielens(tmp_path, capsys):
             "model.head_hidden=[16]",
             "train.steps=3",
             "train.batch_size=64",
-            "mesh.data=1",
+            "mesh.data=2",  # labels [B, 2] split over two devices
             'data.tasks=["like", "love"]',  # multi-task: two labels, two head outputs
             "train.task_weights=[1.0, 0.5]",
         ],
