@@ -386,9 +386,8 @@ def model_flops(
         stage = f"layer_{layer}"
         use_ffn, use_attention, fresh = layer_roles(cfg, layer)
         # WeightGen: LN (model.weight_gen_norm), token mix n_ns -> n_sum, gated MLP.
-        norm_params = 2 * d if cfg.weight_gen_norm else 0
-        c.add("weight_gen", "token_mix", 2.0 * n_ns * cfg.n_sum * d, n_ns * cfg.n_sum + norm_params,
-              stage)  # fmt: skip
+        mix_params = n_ns * cfg.n_sum + (2 * d if cfg.weight_gen_norm else 0)
+        c.add("weight_gen", "token_mix", 2.0 * n_ns * cfg.n_sum * d, mix_params, stage)
         c.mlp("weight_gen", "gate_mlp", d, (r * d, d), cfg.n_sum, stage)
         for t in towers:
             if layer >= t.num_layers:

@@ -138,9 +138,9 @@ class TaskMetrics:
                 f"labels {labels.shape} and probs {probs.shape} must both be "
                 f"{'[B]' if k == 1 else f'[B, {k}]'} for the tasks {list(self.tasks)}"
             )
-        columns = (labels[:, None], probs[:, None]) if k == 1 else (labels, probs)
+        labels, probs = labels.reshape(-1, k), probs.reshape(-1, k)
         for t, metrics in enumerate(self._per_task):
-            metrics.update(columns[0][:, t], columns[1][:, t], oracle_p if t == 0 else None)
+            metrics.update(labels[:, t], probs[:, t], oracle_p if t == 0 else None)
 
     def compute(self) -> dict[str, float]:
         out = self._per_task[0].compute()

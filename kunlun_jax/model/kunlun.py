@@ -213,7 +213,7 @@ def scanned_group(cfg: ModelConfig, repeats: int) -> type[nn.Module]:
 
 class Kunlun(nn.Module):
     """Click logits [B] from a batch (kunlun_jax.data.spec format); [B, K] for K > 1 tasks
-    (`spec.tasks`, one output each of the shared head).
+    (`spec.tasks`, `task_logits`).
 
     Each stream keeps its T_e most recent events and is projected to its tower width d_e.
     """
