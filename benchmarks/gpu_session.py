@@ -15,7 +15,11 @@ of the budget, capped per stage.
 Its output goes to OUT/<stage>.log; the benchmarks rewrite their JSON after every result, so
 a stage cut off by its timeout keeps what it measured. A stage whose minimum no longer fits
 is recorded as skipped. OUT/session.json lists every stage's command, return code, seconds
-and files. The device allowance (15 minutes per session) also pays for the machine's start,
+and files. The device tool returns at most 8 files from its OUT, so with `--archive A` the
+whole output directory is also packed into A (a .tar.gz, replaced atomically after every
+stage: a call killed mid-stage still returns what the finished stages wrote);
+`gpu_session.sh` points OUT at a work directory and A into the device's OUT. The device
+allowance (15 minutes per session) also pays for the machine's start,
 so the default budget leaves time to rerun one stage. `--smoke` runs every stage's CPU-sized
 twin (benchmarks --smoke, tests collected only, `tiny` step): a dry run of the command lines.
 """
@@ -30,6 +34,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -174,6 +179,16 @@ def preflight(out: Path) -> dict:
     return report
 
 
+def archive(out: Path, path: Path) -> None:
+    """Pack the files of `out` (names relative to it) into the .tar.gz `path`, atomically: a
+    reader sees the previous archive or the new one, never a partial file."""
+    partial = path.with_name(f".{path.name}.partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for file in sorted(p for p in out.rglob("*") if p.is_file()):
+            tar.add(file, arcname=str(file.relative_to(out)))
+    os.replace(partial, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
@@ -183,8 +198,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--budget-s", type=float, default=480, help="wall-clock budget")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument(
+        "--archive", type=Path, help="also pack OUT into this .tar.gz after every stage"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.archive and args.archive.resolve().is_relative_to(args.out.resolve()):
+        parser.error(f"--archive {args.archive} must lie outside --out {args.out}")
     if args.preflight:
         return preflight(args.out)
     deadline = time.monotonic() + args.budget_s
@@ -207,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         session["stages"].append(record)
         session["files"] = sorted(p.name for p in args.out.iterdir())
         (args.out / "session.json").write_text(json.dumps(session, indent=1))
+        if args.archive:
+            archive(args.out, args.archive)
     return session
 
 

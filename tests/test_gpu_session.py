@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
 
 from benchmarks import gpu_session
 from benchmarks.gpu_session import Stage
@@ -42,6 +49,51 @@ def test_stages_run_in_order_under_the_budget(tmp_path, monkeypatch):
     assert (tmp_path / "ok.log").read_text().strip() == "hello env passed"
     assert not (tmp_path / "late.log").exists()
     assert json.loads((tmp_path / "session.json").read_text()) == session
+
+
+def test_the_archive_holds_every_file_after_every_stage(tmp_path, monkeypatch):
+    """The device tool returns at most 8 files, so `--archive` packs the whole output
+    directory, replaced after each stage (a later stage's failure keeps the earlier files)."""
+    monkeypatch.setattr(
+        gpu_session,
+        "STAGES",
+        {
+            "writes": _stage(f"open({str(tmp_path / 'work' / 'r.json')!r}, 'w').write('1')"),
+            "fails": _stage("raise SystemExit(1)"),
+        },
+    )
+    work, packed = tmp_path / "work", tmp_path / "out" / "gpu_session.tar.gz"
+    packed.parent.mkdir()
+    gpu_session.main(["--out", str(work), "--archive", str(packed)])
+    with tarfile.open(packed) as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("r.json").read() == b"1"
+        assert json.load(tar.extractfile("session.json"))["stages"][1]["status"] == "failed"
+    assert names == {"writes.log", "fails.log", "r.json", "session.json"}
+    assert [p.name for p in packed.parent.iterdir()] == ["gpu_session.tar.gz"]
+    with pytest.raises(SystemExit):
+        gpu_session.main(["--out", str(work), "--archive", str(work / "a.tar.gz")])
+
+
+def test_the_shell_driver_returns_two_files_and_archives_the_rest(tmp_path):
+    """`gpu_session.sh OUT` as the device call runs it (here: the preflight stage on CPU, no
+    carried wheels): OUT gets the archive and session.json only, the archive everything."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # python3: this venv's
+        "GPU_SESSION_WORK": str(tmp_path / "work"),
+        "GPU_SESSION_WHEELS": str(tmp_path / "no_wheels"),
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = tmp_path / "out"
+    command = ["bash", "benchmarks/gpu_session.sh", str(out), "--stages", "preflight"]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_session.tar.gz", "session.json"]
+    with tarfile.open(out / "gpu_session.tar.gz") as tar:
+        names = set(tar.getnames())
+        preflight = json.load(tar.extractfile("preflight.json"))
+    assert names == {"device.txt", "imports.log", "preflight.json", "preflight.log", "session.json"}
+    assert preflight["platform"] == "cpu"
 
 
 def test_a_stage_gets_only_what_is_left_of_the_budget(tmp_path, monkeypatch):
