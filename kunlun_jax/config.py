@@ -151,9 +151,12 @@ class ModelConfig:
     wukong_fm_tokens: int = 0  # n_F tokens out of the FM block; 0 = half the tokens
     mlp_ratio: int = 2  # hidden width of token MLPs = mlp_ratio * d
     head_hidden: tuple[int, ...] = (64, 32)
-    # With several tasks (data.tasks): one head MLP with an output per task ("shared"), or a
-    # head MLP (tower) per task on the shared features ("per_task"). One task: one head.
-    task_heads: Literal["shared", "per_task"] = "shared"
+    # With several tasks (data.tasks): one head MLP with an output per task ("shared"), a
+    # head MLP (tower) per task on the shared features ("per_task"), or "mmoe": task_experts
+    # expert layers (width head_hidden[0]) mixed by a softmax gate per task, each mixture
+    # through its task's tower (the rest of head_hidden). One task: one head.
+    task_heads: Literal["shared", "per_task", "mmoe"] = "shared"
+    task_experts: int = 4
     dropout: float = 0.0
     kernels: Literal["reference", "pallas", "auto"] = "reference"
     vocab_multiple: int = 64  # embedding tables get rows rounded up to this (even row shards)
@@ -541,6 +544,11 @@ def _validate_tasks(d: DataConfig, t: TrainConfig, m: ModelConfig) -> None:
         m.task_heads == "shared" or len(tasks) > 1,
         f"model.task_heads = {m.task_heads!r} needs several data.tasks (got {list(tasks)}); "
         "with one task there is one head",
+    )
+    _require(m.task_experts >= 1, f"model.task_experts must be >= 1, got {m.task_experts}")
+    _require(
+        m.task_heads != "mmoe" or len(m.head_hidden) >= 1,
+        "model.task_heads = 'mmoe' needs model.head_hidden to have a width (the experts'); got []",
     )
 
 

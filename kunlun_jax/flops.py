@@ -428,6 +428,13 @@ def model_flops(
     if n_tasks > 1 and cfg.task_heads == "per_task":
         for task in spec.tasks:
             c.mlp("head", f"mlp_{task}", head_in, (*cfg.head_hidden, 1), 1, "output")
+    elif n_tasks > 1 and cfg.task_heads == "mmoe":
+        e, (width, *tower) = cfg.task_experts, cfg.head_hidden
+        c.add("head", "experts", 2.0 * e * head_in * width, e * (head_in + 1) * width, "output")
+        gate_and_mix = 2.0 * n_tasks * e * (head_in + width)
+        c.add("head", "gates", gate_and_mix, head_in * n_tasks * e, "output")
+        for task in spec.tasks:
+            c.mlp("head", f"mlp_{task}", width, (*tower, 1), 1, "output")
     else:
         c.mlp("head", "mlp", head_in, (*cfg.head_hidden, n_tasks), 1, "output")
     return FlopReport.from_entries(c.entries, remat=cfg.remat)

@@ -75,14 +75,19 @@ def built(synthetic_batch, movielens_batch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_predicts_one_logit_per_task(arch):
     """With data.tasks = like, love, the labels and every model's logits are [B, 2]: two
-    outputs of one head, or (model.task_heads = per_task) one head per task."""
+    outputs of one head, or one head per task (model.task_heads = per_task; mmoe: on
+    mixtures of shared experts)."""
     source = open_source(
         "movielens-latest-small", FIXTURE, "train", max_len=6, tasks=("like", "love")
     )
     batch = source.batch(range(16))
     validate_batch(batch, source.spec)
     np.testing.assert_array_equal(batch["label"][:, 1] <= batch["label"][:, 0], True)
-    heads = {"shared": {"head"}, "per_task": {"head_like", "head_love"}}
+    heads = {
+        "shared": {"head"},
+        "per_task": {"head_like", "head_love"},
+        "mmoe": {"head_experts", "head_like", "head_love"},
+    }
     for task_heads, names in heads.items():
         cfg = dataclasses.replace(small_model(arch), task_heads=task_heads)
         model = build_model(cfg, source.spec)

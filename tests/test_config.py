@@ -172,7 +172,12 @@ def test_tasks_default_to_the_sources_first_label_and_are_checked():
         ],
         r"train\.task_weights must be finite and > 0": ["train.task_weights=[0]"],
         r"model\.task_heads = 'per_task' needs several data\.tasks": ["model.task_heads=per_task"],
+        r"model\.task_experts must be >= 1": ["model.task_experts=0"],
     }
     for message, overrides in bad.items():
         with pytest.raises(ConfigError, match=message):
             load_config("tiny", overrides)
+    mmoe = ['data.tasks=["like", "love"]', "model.task_heads=mmoe"]
+    assert load_config("movielens", mmoe).model.task_experts == 4
+    with pytest.raises(ConfigError, match=r"'mmoe' needs model\.head_hidden to have a width"):
+        load_config("movielens", [*mmoe, "model.head_hidden=[]"])

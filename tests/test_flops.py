@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -239,11 +240,39 @@ def test_cli_prints_tiny_table(capsys):
 def test_each_task_adds_one_head_output_or_one_tower(batch):
     spec = dataclasses.replace(SPEC, tasks=("like", "love", "share"))
     one_task = model_flops(CFG, SPEC)
-    for heads in ("shared", "per_task"):
-        cfg = dataclasses.replace(CFG, task_heads=heads)
+    (width,), e = CFG.head_hidden, 3
+    head = one_task.params_by_component["head"]  # (F + 1)·W + W + 1
+    head_in = (head - width - 1) // width - 1
+    extra = {
+        "shared": 2 * (width + 1),
+        "per_task": 2 * head,
+        # experts (F + 1)·W each, a gate column per (task, expert), towers Dense(W, 1)
+        "mmoe": e * (head_in + 1) * width + head_in * 3 * e + 3 * (width + 1) - head,
+    }
+    for heads, more in extra.items():
+        cfg = dataclasses.replace(CFG, task_heads=heads, task_experts=e)
         tree = _tree_params_by_component(_param_shapes(cfg, spec, batch), cfg)
         report = model_flops(cfg, spec)
         assert report.params_by_component == tree, heads
-        head = one_task.params_by_component["head"]
-        extra = 2 * (CFG.head_hidden[-1] + 1) if heads == "shared" else 2 * head
-        assert report.params - one_task.params == extra, heads
+        assert report.params - one_task.params == more, heads
+
+
+def test_mmoe_head_flops_match_xla():
+    """The analytic MMoE head (experts, gates and mixtures, towers) against XLA's count of
+    `task_logits` alone; XLA also counts the SiLU, the softmax and the biases."""
+    from kunlun_jax.model.common import task_logits
+
+    spec = dataclasses.replace(SPEC, tasks=("like", "love", "share"))
+    cfg = dataclasses.replace(CFG, task_heads="mmoe", task_experts=4, head_hidden=(64, 32))
+    report = model_flops(cfg, spec)
+    analytic = sum(e.flops for e in report.entries if e.component == "head")
+
+    class Head(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return task_logits(x, cfg, spec, train=False)
+
+    head_in = next(e for e in report.entries if e.op == "experts").params // 4 // 64 - 1
+    x = jnp.ones((B, head_in))
+    params = Head().init(jax.random.key(0), x)
+    assert xla_flops(Head().apply, params, x) / B == pytest.approx(analytic, rel=0.05)

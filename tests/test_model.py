@@ -230,6 +230,37 @@ def test_each_wukong_expert_sees_only_its_share_of_the_tokens(kind):
         expert_partition(n_in, m, "random")
 
 
+def test_mmoe_mixes_the_same_experts_with_one_gate_per_task():
+    """At init (zero gates) every task's mixture is the experts' mean; a gate that favours
+    one expert gives that expert's output for its task only; every parameter gets gradient."""
+    import flax.linen as nn
+
+    from kunlun_jax.model.common import MultiGateExperts
+
+    x = jax.random.normal(jax.random.key(0), (5, 12))
+    layer = MultiGateExperts(num_experts=3, width=8, num_tasks=2)
+    params = nn.unbox(layer.init(jax.random.key(1), x))
+    p = params["params"]
+    experts = jax.nn.silu(jnp.einsum("bf,efw->bew", x, p["experts"]) + p["experts_bias"])
+    mixed = layer.apply(params, x)
+    assert mixed.shape == (5, 2, 8)
+    np.testing.assert_allclose(
+        mixed, np.broadcast_to(experts.mean(1)[:, None], mixed.shape), rtol=1e-5, atol=1e-6
+    )
+    # task 1's gate scores expert 2 by 1e3·x_0, so x_0 > 0 picks it (and x_0 < 0 the others)
+    gates = p["gates"].at[0, 1, 2].set(1e3)
+    picked = layer.apply({"params": {**p, "gates": gates}}, x)
+    np.testing.assert_allclose(picked[:, 0], mixed[:, 0], rtol=1e-6)
+    positive = np.asarray(x[:, 0] > 0)
+    np.testing.assert_allclose(picked[positive, 1], experts[positive, 2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        picked[~positive, 1], experts[~positive, :2].mean(1), rtol=1e-4, atol=1e-5
+    )
+    grads = jax.grad(lambda q: (layer.apply(q, x) * jnp.arange(16.0).reshape(2, 8)).sum())(params)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
+
+
 def test_pallas_kernels_match_the_reference_inside_the_model(tiny_spec):
     batch = random_batch(tiny_spec, 4)
     cfg = dataclasses.replace(SMALL, d_model=64, num_layers=1)  # Pallas GDPA needs head dim >= 32

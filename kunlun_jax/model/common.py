@@ -85,18 +85,66 @@ class MLP(nn.Module):
         return Dense(self.out, ("mlp", "embed"), dtype=self.dtype)(x)
 
 
+class MultiGateExperts(nn.Module):
+    """Multi-gate mixture of experts (MMoE, Ma et al., KDD 2018): x [B, F] -> [B, K, W], one
+    mixture of the same `num_experts` expert layers (Dense F -> W, SiLU) per task, weighted by
+    that task's softmax gate over the experts (a linear map of x; zero-initialized, so every
+    mixture starts as the experts' mean)."""
+
+    num_experts: int
+    width: int
+    num_tasks: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        e, f = self.num_experts, x.shape[-1]
+        kernel_init = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in F per expert
+        w = self.param(
+            "experts", param_with_axes(kernel_init, (None, "embed", "mlp")), (e, f, self.width)
+        )
+        b = self.param(
+            "experts_bias", param_with_axes(nn.initializers.zeros, (None, "mlp")), (e, self.width)
+        )
+        gate = self.param(
+            "gates",
+            param_with_axes(nn.initializers.zeros, ("embed", None, None)),
+            (f, self.num_tasks, e),
+        )
+        x = x.astype(self.dtype)
+        experts = jax.nn.silu(
+            jnp.einsum("bf,efw->bew", x, w.astype(self.dtype)) + b.astype(self.dtype)
+        )
+        weights = jax.nn.softmax(
+            jnp.einsum("bf,fke->bke", x, gate.astype(self.dtype)).astype(jnp.float32), axis=-1
+        )
+        return jnp.einsum("bke,bew->bkw", weights.astype(self.dtype), experts)
+
+
 def task_logits(
     features: jax.Array, cfg: ModelConfig, spec: FeatureSpec, *, train: bool, name: str = "head"
 ) -> jax.Array:
     """The ranking head (call inside a compact method): dropout (cfg.dropout), then MLPs
-    (cfg.head_hidden) with one output per task of `spec.tasks`: one MLP `name` whose hidden
-    layers the tasks share, or with cfg.task_heads = "per_task" and several tasks one MLP
-    `name`_<task> each. features [B, F] -> float32 logits [B] for one task, [B, K] for K tasks
-    (the label's shape, `kunlun_jax.data.spec`)."""
+    (cfg.head_hidden) with one output per task of `spec.tasks`. cfg.task_heads: "shared", one
+    MLP `name` whose hidden layers the tasks share; with several tasks "per_task", one MLP
+    `name`_<task> each; or "mmoe", cfg.task_experts expert layers of width head_hidden[0]
+    (`name`_experts, `MultiGateExperts`) mixed per task, each mixture through its task's tower
+    `name`_<task> (the rest of head_hidden). features [B, F] -> float32 logits [B] for one
+    task, [B, K] for K tasks (the label's shape, `kunlun_jax.data.spec`)."""
     n_tasks, dtype = len(spec.tasks), jnp.dtype(cfg.dtype)
     h = nn.Dropout(cfg.dropout, deterministic=not train)(features)
-    if n_tasks > 1 and cfg.task_heads == "per_task":
-        towers = [MLP(cfg.head_hidden, 1, dtype=dtype, name=f"{name}_{t}")(h) for t in spec.tasks]
+    if n_tasks > 1 and cfg.task_heads != "shared":
+        hidden, inputs = cfg.head_hidden, [h] * n_tasks
+        if cfg.task_heads == "mmoe":
+            width, *hidden = cfg.head_hidden
+            mixed = MultiGateExperts(
+                cfg.task_experts, width, n_tasks, dtype, name=f"{name}_experts"
+            )(h)
+            inputs = [mixed[:, k] for k in range(n_tasks)]
+        towers = [
+            MLP(hidden, 1, dtype=dtype, name=f"{name}_{t}")(x)
+            for t, x in zip(spec.tasks, inputs, strict=True)
+        ]
         return jnp.concatenate(towers, axis=-1).astype(jnp.float32)
     logits = MLP(cfg.head_hidden, n_tasks, dtype=dtype, name=name)(h).astype(jnp.float32)
     return logits[:, 0] if n_tasks == 1 else logits
