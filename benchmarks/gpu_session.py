@@ -15,13 +15,15 @@ of the budget, capped per stage.
 Its output goes to OUT/<stage>.log; the benchmarks rewrite their JSON after every result, so
 a stage cut off by its timeout keeps what it measured. A stage whose minimum no longer fits
 is recorded as skipped. OUT/session.json lists every stage's command, return code, seconds
-and files. The device tool returns at most 8 files from its OUT, so with `--archive A` the
-whole output directory is also packed into A (a .tar.gz, replaced atomically after every
-stage: a call killed mid-stage still returns what the finished stages wrote);
-`gpu_session.sh` points OUT at a work directory and A into the device's OUT. The device
-allowance (15 minutes per session) also pays for the machine's start,
-so the default budget leaves time to rerun one stage. `--smoke` runs every stage's CPU-sized
-twin (benchmarks --smoke, tests collected only, `tiny` step): a dry run of the command lines.
+and files. Last it prints the measured numbers beside the issues' targets (`target_lines`),
+which the device call's output tail carries. The device tool returns at most 8 files from
+its OUT, so with `--archive A` the whole output directory is also packed into A (a .tar.gz,
+replaced atomically after every stage: a call killed mid-stage still returns what the
+finished stages wrote); `gpu_session.sh` points OUT at a work directory and A into the
+device's OUT. The device allowance (15 minutes per session) also pays for the machine's
+start, so the default budget leaves time to rerun one stage. `--smoke` runs every stage's
+CPU-sized twin (benchmarks --smoke, tests collected only, `tiny` step): a dry run of the
+command lines.
 """
 
 from __future__ import annotations
@@ -179,6 +181,40 @@ def preflight(out: Path) -> dict:
     return report
 
 
+def _number(value: float | None, prefix: str = "") -> str:
+    return "n/a" if value is None else f"{prefix}{value:.2f}"
+
+
+def target_lines(out: Path) -> list[str]:
+    """The issues' H100 targets beside what the benchmark JSONs in `out` measured (those that
+    exist), one line each: GDPA's `summary` rows (forward / backward fractions of the same-run
+    matmul, >= 0.70 / 0.50; fwd+bwd speedups over the XLA reference, >= 3, and over padded
+    cuDNN, > 1 on jagged lengths), SWA's speedup over the fastest full attention per T (>= 5
+    at w = 128, T = 4096) and HSP's over the XLA composition (>= 3)."""
+    lines = []
+    if (path := out / "gdpa.json").exists():
+        for r in json.loads(path.read_text()).get("summary", []):
+            lines.append(
+                f"gdpa {r['name']} H{r['heads']} {r['lengths']} {r['impl']}: of matmul fwd"
+                f" {_number(r['fwd_fraction_of_matmul'])}"
+                f" bwd {_number(r['bwd_fraction_of_matmul'])};"
+                f" fwd+bwd {_number(r['fwdbwd_speedup_vs_reference'], 'x')} vs reference,"
+                f" {_number(r['fwdbwd_speedup_vs_cudnn_padded'], 'x')} vs padded cuDNN"
+            )
+    if (path := out / "swa.json").exists() and (sweep := json.loads(path.read_text()).get("sweep")):
+        for impl, series in sweep["impls"].items():
+            speedups = zip(sweep["t"], series["speedup_vs_best_full"], strict=True)
+            points = ", ".join(f"T={t} {_number(x, 'x')}" for t, x in speedups)
+            lines.append(f"swa w={sweep['window']} {impl} vs best full attention: {points}")
+    if (path := out / "hsp.json").exists():
+        for r in json.loads(path.read_text())["results"]:
+            for impl, e in r["impls"].items():
+                if e.get("error") is None and impl != "hsp_reference":
+                    speedup = _number(e["hsp_speedup_vs_reference"], "x")
+                    lines.append(f"hsp {r['name']} {impl}: fwd+bwd {speedup} vs reference")
+    return lines
+
+
 def archive(out: Path, path: Path) -> None:
     """Pack the files of `out` (names relative to it) into the .tar.gz `path`, atomically: a
     reader sees the previous archive or the new one, never a partial file."""
@@ -229,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         (args.out / "session.json").write_text(json.dumps(session, indent=1))
         if args.archive:
             archive(args.out, args.archive)
+    print("\n".join(["targets (issues 5 and 6):", *target_lines(args.out)]), flush=True)
     return session
 
 

@@ -5,6 +5,8 @@ could have shown)."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.gpu_session import target_lines
 from benchmarks.kernels import gdpa
 from benchmarks.kernels.gdpa import PADDED_IMPL, Case, attention_fn, forward_flops, quick_cases
 from pallas_kernels.common.masks import attention_mask
@@ -101,7 +104,7 @@ def _timed(impl: str, ms: float, **case) -> dict:
     return row | fractions | dict(fwd_fraction_of_copy=0.1) | case
 
 
-def test_summary_puts_each_kernel_beside_the_targets_baselines():
+def test_summary_puts_each_kernel_beside_the_targets_baselines(tmp_path):
     results = [
         _timed("gdpa_pallas", 1.0),
         _timed("gdpa_reference", 4.0),
@@ -120,6 +123,14 @@ def test_summary_puts_each_kernel_beside_the_targets_baselines():
         assert jagged[f"{kind}_speedup_vs_cudnn"] == 0.5
     assert full["lengths"] == "full"
     assert full["fwdbwd_speedup_vs_reference"] is None
+    # what a GPU session prints of it beside the issue's targets
+    (tmp_path / "gdpa.json").write_text(json.dumps(dict(summary=[jagged, full])))
+    assert target_lines(tmp_path) == [
+        "gdpa self_T8 H1 longtail gdpa_pallas: of matmul fwd 0.50 bwd 0.40;"
+        " fwd+bwd x4.00 vs reference, x2.00 vs padded cuDNN",
+        "gdpa self_T8 H1 full gdpa_pallas: of matmul fwd 0.50 bwd 0.40;"
+        " fwd+bwd n/a vs reference, n/a vs padded cuDNN",
+    ]
 
 
 def test_padded_yardstick_computes_the_whole_padded_batch():

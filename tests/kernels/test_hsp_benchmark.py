@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.gpu_session import target_lines
 from benchmarks.kernels import hsp
 from benchmarks.kernels.hsp import pool_fn, quick_cases
 from tests.kernels.helpers import (
@@ -22,6 +23,10 @@ RATES = ("pool_fwd_tflops", "pool_fwdbwd_tflops", "kv_gbps", "examples_per_s")
 
 def test_benchmark_smoke_writes_report(tmp_path):
     report = run_benchmark_smoke("hsp", tmp_path, timeout=180)
+    speedup = report["results"][0]["impls"]["tokamax_xla"]["hsp_speedup_vs_reference"]
+    assert target_lines(tmp_path) == [  # what a GPU session prints beside the target
+        f"hsp B2_T32_longtail tokamax_xla: fwd+bwd x{speedup:.2f} vs reference"
+    ]
 
     (r,) = report["results"]
     assert set(r["impls"]) == {"hsp_reference", "tokamax_xla"}

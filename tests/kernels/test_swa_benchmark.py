@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks.gpu_session import target_lines
 from benchmarks.kernels.swa import attention_fn, quick_cases, sweep_summary
 from tests.kernels.helpers import (
     MOSAIC_GPU_CALL,
@@ -21,6 +22,11 @@ TIMING_KEYS = ("fwd_ms", "bwd_ms", "fwdbwd_ms", "fwd_tflops", "bwd_tflops", "fwd
 
 def test_benchmark_smoke_writes_report(tmp_path):
     report = run_benchmark_smoke("swa", tmp_path, timeout=180)
+    (line,) = target_lines(tmp_path)  # what a GPU session prints beside the issue's target
+    speedups = report["sweep"]["impls"]["tokamax_xla"]["speedup_vs_best_full"]
+    assert line == "swa w=2 tokamax_xla vs best full attention: " + ", ".join(
+        f"T={t} x{x:.2f}" for t, x in zip((16, 32), speedups, strict=True)
+    )
     assert (tmp_path / "swa.png").stat().st_size > 0
 
     results = report["results"]
