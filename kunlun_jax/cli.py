@@ -152,9 +152,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(metrics: dict) -> None:
-    for key in SUMMARY_KEYS:
-        if key in metrics:
-            print(f"  {key:>16s}: {metrics[key]:.4f}")
+    """SUMMARY_KEYS of the first task, then those of every other task ("<task>/<key>")."""
+    tasks = ["", *dict.fromkeys(k.split("/")[0] + "/" for k in metrics if "/" in k)]
+    for task in tasks:
+        for key in SUMMARY_KEYS:
+            if task + key in metrics:
+                print(f"  {task + key:>16s}: {metrics[task + key]:.4f}")
 
 
 def _train(args: argparse.Namespace) -> int:

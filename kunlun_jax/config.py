@@ -85,7 +85,7 @@ class DataConfig:
 # The labels each data source has (data.tasks), its default first: the synthetic click, and
 # MovieLens "like" (rating >= 4 stars) and "love" (5 stars).
 SOURCE_TASKS: dict[str, tuple[str, ...]] = {
-    "synthetic": ("click",),
+    "synthetic": ("click", "conversion"),
     **{f"movielens-{v}": ("like", "love") for v in ("100k", "1m", "latest-small")},
 }
 

@@ -118,7 +118,8 @@ class StreamingMetrics:
 class TaskMetrics:
     """StreamingMetrics per task over labels and probs [B] (one task) or [B, K] (the tasks'
     columns in order). `compute()` gives the first (primary) task's metrics unprefixed and every
-    other task's as "<task>/<metric>"; oracle probabilities belong to the primary task."""
+    other task's as "<task>/<metric>"; oracle probabilities (synthetic data) have the labels'
+    shape."""
 
     def __init__(self, tasks: Sequence[str], base_rates: Sequence[float] | None = None):
         if base_rates is not None and len(base_rates) != len(tasks):
@@ -138,9 +139,14 @@ class TaskMetrics:
                 f"labels {labels.shape} and probs {probs.shape} must both be "
                 f"{'[B]' if k == 1 else f'[B, {k}]'} for the tasks {list(self.tasks)}"
             )
+        if oracle_p is not None and np.shape(oracle_p) != expected:
+            raise ValueError(
+                f"oracle_p {np.shape(oracle_p)} must have the labels' shape {expected}"
+            )
         labels, probs = labels.reshape(-1, k), probs.reshape(-1, k)
+        oracle = None if oracle_p is None else np.asarray(oracle_p).reshape(-1, k)
         for t, metrics in enumerate(self._per_task):
-            metrics.update(labels[:, t], probs[:, t], oracle_p if t == 0 else None)
+            metrics.update(labels[:, t], probs[:, t], None if oracle is None else oracle[:, t])
 
     def compute(self) -> dict[str, float]:
         out = self._per_task[0].compute()

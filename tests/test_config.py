@@ -151,6 +151,7 @@ def test_seed_rote_needs_a_seed_attention():
 
 def test_tasks_default_to_the_sources_first_label_and_are_checked():
     from kunlun_jax.config import SOURCE_TASKS, task_names
+    from kunlun_jax.data import synthetic
     from kunlun_jax.data.movielens import DEFAULT_TASKS, TASK_HALF_STARS
 
     assert task_names(load_config("tiny").data) == ("click",)
@@ -158,12 +159,13 @@ def test_tasks_default_to_the_sources_first_label_and_are_checked():
     assert task_names(ml.data) == ("love", "like")
     assert ml.train.task_weights == (2.0, 1.0)
     assert task_names(load_config("movielens").data) == DEFAULT_TASKS
+    assert SOURCE_TASKS["synthetic"] == synthetic.TASKS
     for source, tasks in SOURCE_TASKS.items():  # the config's names are the loaders' labels
         if source.startswith("movielens-"):
             assert tasks == tuple(TASK_HALF_STARS)
             assert tasks[:1] == DEFAULT_TASKS
     bad = {
-        r"data\.tasks \['love'\] are not labels of synthetic; choose from \['click'\]": [
+        r"data\.tasks \['love'\] are not labels of synthetic; choose from \['click', 'co": [
             'data.tasks=["love"]'
         ],
         r"data\.tasks lists a task twice": ['data.tasks=["click", "click"]'],

@@ -8,6 +8,7 @@ embeddings that recover the world's latent item and user geometry from labels. A
 regression on each nested set of these quantities gives the NE a model reaches once it has
 learned exactly that set: comparing a model's eval NE with these ceilings says which terms it
 has learned. The last set is every planted term, whose NE is the Bayes optimum up to sampling.
+The ceilings are the click's, whatever `data.tasks` holds.
 
     kunlun-jax data ceilings --config tiny --out ceilings.json
 

@@ -25,8 +25,11 @@ def make_source(cfg: DataConfig, split: str) -> tuple[Any, FeatureSpec]:
         from kunlun_jax.data.synthetic import SyntheticSource, feature_spec
 
         n = cfg.num_train if split == "train" else cfg.num_eval
-        source = SyntheticSource(cfg.synthetic, num_examples=n, seed=cfg.seed, split=split)
-        return source, feature_spec(cfg.synthetic)
+        tasks = task_names(cfg)
+        source = SyntheticSource(
+            cfg.synthetic, num_examples=n, seed=cfg.seed, split=split, tasks=tasks
+        )
+        return source, feature_spec(cfg.synthetic, tasks)
     if cfg.source.startswith("movielens-"):
         from kunlun_jax.data.movielens import open_source
 

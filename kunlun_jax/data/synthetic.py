@@ -61,6 +61,16 @@ mean click probability TEACHER_BASE_RATE.
 
 In both modes p_true = (1 - label_noise) · sigmoid(logit) + label_noise / 2 and
 label ~ Bernoulli(p_true).
+
+A second task, "conversion" (`data.tasks`), follows a click: conversion = click · Bernoulli(q)
+with its own planted logit over the same standardized terms (CONVERSION_WEIGHTS: mostly the
+user-candidate affinity and the dense features, little of the histories, and the context
+against its sign in the click),
+
+    q = sigmoid(CONVERSION_BIAS + Σ_term CONVERSION_WEIGHTS_term · standardized term),
+
+drawn from the request's own random stream. P(conversion) = p_true · q is also a function of
+the observed features, so its Bayes-optimal NE is exact. Adding the task changes no click.
 """
 
 from __future__ import annotations
@@ -107,14 +117,23 @@ TEACHER_EMBED_DIM = 8
 TEACHER_GAIN = 1.5  # tanh layers, weights N(0, gain² / fan_in): a nonlinear random function
 TEACHER_LOGIT_STD = 2.0
 TEACHER_BASE_RATE = 0.3
+TASKS = ("click", "conversion")  # the labels (`data.tasks`); a conversion needs a click
+CONVERSION_WEIGHTS = np.array([1.0, 0.3, -0.4, 0.8])  # per standardized term of TERMS
+CONVERSION_BIAS = -1.5  # q = sigmoid(-1.5) = 0.18 for an average request
+_CONVERSION_SLOT = 1 << 32  # the random slot of the conversion draw (past every event slot)
 
 Example = dict[str, Any]
 
 
-def feature_spec(cfg: SyntheticConfig) -> FeatureSpec:
+def feature_spec(cfg: SyntheticConfig, tasks: Sequence[str] = TASKS[:1]) -> FeatureSpec:
     """The synthetic data's FeatureSpec: 5 sparse features, `num_dense` dense, 3 streams whose
-    item and side (category) ids share the candidate's "item_id" and "item_category" tables."""
+    item and side (category) ids share the candidate's "item_id" and "item_category" tables,
+    and the labels of `tasks` (of TASKS)."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"synthetic tasks must be distinct names of {list(TASKS)}, got {tasks}")
     return FeatureSpec(
+        tasks=tuple(tasks),
         sparse_names=SPARSE_NAMES,
         sparse_vocab_sizes=(
             cfg.num_users,
@@ -542,13 +561,22 @@ def _teacher_raw(teacher: Teacher, x: _Inputs) -> np.ndarray:
 class SyntheticSource:
     """Random-access synthetic requests, a grain data source: `len(src)`, `src[i]`.
 
-    `src[i]` is one unbatched example in the `kunlun_jax.data.spec` format plus "oracle_p"
-    (float32 []), the click probability its label was drawn from. Deterministic in
-    (seed, split, i), whatever the access order; thread-safe; the world depends only on `seed`.
-    `src.batch(indices)` returns the same examples stacked, ~10x faster per example.
+    `src[i]` is one unbatched example in the `kunlun_jax.data.spec` format plus "oracle_p",
+    the probability its label was drawn from: float32 [] with one task, [K] (the labels'
+    columns) with K `tasks`. Deterministic in (seed, split, i), whatever the access order and
+    the tasks; thread-safe; the world depends only on `seed`. `src.batch(indices)` returns the
+    same examples stacked, ~10x faster per example.
     """
 
-    def __init__(self, cfg: SyntheticConfig, *, num_examples: int, seed: int, split: str):
+    def __init__(
+        self,
+        cfg: SyntheticConfig,
+        *,
+        num_examples: int,
+        seed: int,
+        split: str,
+        tasks: Sequence[str] = TASKS[:1],
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         if num_examples < 0:
@@ -559,7 +587,7 @@ class SyntheticSource:
         self.num_examples = num_examples
         self.seed = seed
         self.split = split
-        self.spec = feature_spec(cfg)
+        self.spec = feature_spec(cfg, tasks)
         self.world = _make_world(cfg, seed)
 
     def __len__(self) -> int:
@@ -568,7 +596,7 @@ class SyntheticSource:
     def __repr__(self) -> str:
         return (
             f"SyntheticSource(num_examples={self.num_examples}, seed={self.seed}, "
-            f"split={self.split!r}, teacher={self.cfg.teacher})"
+            f"split={self.split!r}, teacher={self.cfg.teacher}, tasks={list(self.spec.tasks)})"
         )
 
     def __getitem__(self, index: int) -> Example:
@@ -584,9 +612,18 @@ class SyntheticSource:
             return _concatenate(parts)
         keys = _request_keys(self.seed, SPLITS[self.split], index)
         batch, inputs, u_label = _sample_requests(self.cfg, self.world, keys)
-        p = self._probability(inputs)
-        batch["label"] = (u_label < p).astype(np.float32)
-        batch["oracle_p"] = p.astype(np.float32)
+        p_click = self._probability(inputs)
+        click = u_label < p_click
+        drawn = {"click": (click, p_click)}
+        if "conversion" in self.spec.tasks:
+            q = self._conversion_given_click(inputs)
+            converts = _uniforms(keys, _CONVERSION_SLOT, 1)[:, 0] < q
+            drawn["conversion"] = (click & converts, p_click * q)
+        label = np.stack([drawn[t][0] for t in self.spec.tasks], -1).astype(np.float32)
+        oracle_p = np.stack([drawn[t][1] for t in self.spec.tasks], -1).astype(np.float32)
+        if len(self.spec.tasks) == 1:  # [B], as the spec has it for one task
+            label, oracle_p = label[:, 0], oracle_p[:, 0]
+        batch["label"], batch["oracle_p"] = label, oracle_p
         return batch
 
     def lengths(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
@@ -624,6 +661,11 @@ class SyntheticSource:
         """p_true [...] = (1 - label_noise) · sigmoid(logit) + label_noise / 2."""
         return self._probability(_inputs(example))
 
+    def conversion_probability(self, example: Mapping[str, Any]) -> np.ndarray:
+        """P(conversion) [...] = p_true · q, q the planted P(conversion | click)."""
+        x = _inputs(example)
+        return self._probability(x) * self._conversion_given_click(x)
+
     def _terms(self, x: _Inputs) -> dict[str, np.ndarray]:
         cfg, world = self.cfg, self.world
         weights = np.array(
@@ -643,6 +685,13 @@ class SyntheticSource:
     def _probability(self, x: _Inputs) -> np.ndarray:
         noise = self.cfg.label_noise
         return (1.0 - noise) * _sigmoid(self._logit(x)) + 0.5 * noise
+
+    def _conversion_given_click(self, x: _Inputs) -> np.ndarray:
+        world = self.world
+        standardized = (_raw_terms(self.cfg, world, x) - world.term_mean) / world.term_std
+        return _sigmoid(
+            CONVERSION_BIAS + np.einsum("...j,j->...", standardized, CONVERSION_WEIGHTS)
+        )
 
 
 def _unbatch(batch: Mapping[str, Any]) -> Example:
@@ -677,21 +726,27 @@ def stack_examples(examples: Sequence[Mapping[str, Any]]) -> Batch:
 
 
 def oracle_probabilities(source: SyntheticSource, num: int = 10_000) -> np.ndarray:
-    """p_true [n] of the first n = min(num, len(source)) examples."""
+    """The probabilities [n] (one task) or [n, K] the labels of the first
+    n = min(num, len(source)) examples were drawn from."""
     return source.batch(range(min(num, len(source))))["oracle_p"].astype(np.float64)
 
 
+def _first_task(p: np.ndarray) -> np.ndarray:
+    return p if p.ndim == 1 else p[:, 0]
+
+
 def base_rate(source: SyntheticSource, num: int = 10_000) -> float:
-    """The expected click rate p̄: mean p_true over the first `num` examples."""
-    return float(oracle_probabilities(source, num).mean())
+    """The expected rate p̄ of the first task's label (the click, by default): mean p_true over
+    the first `num` examples."""
+    return float(_first_task(oracle_probabilities(source, num)).mean())
 
 
 def bayes_optimal_ne(source: SyntheticSource, num: int = 10_000) -> float:
-    """NE of the Bayes-optimal predictor p_true over the first `num` examples:
-    mean H(p_true) / H(mean p_true).
+    """NE of the Bayes-optimal predictor of the first task (p_true, by default) over the first
+    `num` examples: mean H(p_true) / H(mean p_true).
 
     NE = mean log loss / entropy of the base rate (spec, "Quality metric"); predicting p_true
     has expected log loss E[H(p_true)], the lowest any model can reach on this data.
     """
-    p = oracle_probabilities(source, num)
+    p = _first_task(oracle_probabilities(source, num))
     return float(binary_entropy(p).mean() / binary_entropy(p.mean()))

@@ -209,6 +209,48 @@ def test_bayes_optimal_ne(source: syn.SyntheticSource, big: dict) -> None:
     assert abs(syn.base_rate(source, num=4000) - p[:4000].mean()) < 1e-6
 
 
+def test_conversions_follow_clicks_with_their_own_planted_model(
+    source: syn.SyntheticSource, big: dict
+) -> None:
+    """tasks (conversion, click): the click column is the one-task data's label, unchanged; a
+    conversion needs a click; both columns are Bernoulli of their oracle_p column, and the
+    conversion's is p_true · q, with q the planted P(conversion | click)."""
+    both = syn.SyntheticSource(
+        source.cfg, num_examples=N, seed=0, split="train", tasks=("conversion", "click")
+    )
+    assert both.spec.tasks == ("conversion", "click")
+    batch = both.batch(range(N))
+    validate_batch(batch, both.spec)
+    (conv, click), (p_conv, p_click) = batch["label"].T, batch["oracle_p"].astype(np.float64).T
+    for key in ("sparse", "dense", "seqs"):
+        _assert_same(batch[key], big[key])
+    np.testing.assert_array_equal(click, big["label"])
+    np.testing.assert_array_equal(p_click, big["oracle_p"].astype(np.float64))
+    assert np.all(conv <= click)
+    np.testing.assert_allclose(p_conv, both.conversion_probability(big), rtol=1e-6)
+    assert np.all(p_conv <= p_click)
+    q = p_conv / p_click
+    assert 0.1 < q.mean() < 0.35
+    assert q.std() > 0.05  # a task of its own, not a fixed fraction of the clicks
+    assert np.corrcoef(q, p_click)[0, 1] < 0.9
+    sd = np.sqrt((p_conv * (1 - p_conv)).sum()) / N
+    assert abs(conv.mean() - p_conv.mean()) < 4 * sd
+    clicked = click == 1  # among clicks, conversions are Bernoulli(q)
+    sd_q = np.sqrt((q[clicked] * (1 - q[clicked])).sum()) / clicked.sum()
+    assert abs(conv[clicked].mean() - q[clicked].mean()) < 4 * sd_q
+    assert np.array_equal(both[5]["label"], batch["label"][5])  # one by one: the same draws
+    only = syn.SyntheticSource(
+        source.cfg, num_examples=N, seed=0, split="train", tasks=("conversion",)
+    )
+    one = only.batch(range(1000))
+    np.testing.assert_array_equal(one["label"], conv[:1000])
+    assert syn.bayes_optimal_ne(only, num=4000) < 1.0
+    assert syn.base_rate(only, num=4000) == pytest.approx(p_conv[:4000].mean(), rel=1e-6)
+    for tasks in (("purchase",), ("click", "click"), ()):
+        with pytest.raises(ValueError, match="synthetic tasks must be distinct names"):
+            syn.feature_spec(source.cfg, tasks)
+
+
 def test_logit_terms_sum_to_the_logit(source: syn.SyntheticSource, big: dict) -> None:
     terms = source.logit_terms(big)
     assert set(terms) == {"bias", *syn.TERMS}
