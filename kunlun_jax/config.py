@@ -88,6 +88,8 @@ SOURCE_TASKS: dict[str, tuple[str, ...]] = {
     "synthetic": ("click", "conversion"),
     **{f"movielens-{v}": ("like", "love") for v in ("100k", "1m", "latest-small")},
 }
+# Labels that imply another (a conversion needs a click, 5 stars are >= 4): child -> parent.
+TASK_PARENTS: dict[str, str] = {"conversion": "click", "love": "like"}
 
 
 def task_names(data: DataConfig) -> tuple[str, ...]:
@@ -152,10 +154,12 @@ class ModelConfig:
     mlp_ratio: int = 2  # hidden width of token MLPs = mlp_ratio * d
     head_hidden: tuple[int, ...] = (64, 32)
     # With several tasks (data.tasks): one head MLP with an output per task ("shared"), a
-    # head MLP (tower) per task on the shared features ("per_task"), or "mmoe": task_experts
+    # head MLP (tower) per task on the shared features ("per_task"), "mmoe": task_experts
     # expert layers (width head_hidden[0]) mixed by a softmax gate per task, each mixture
-    # through its task's tower (the rest of head_hidden). One task: one head.
-    task_heads: Literal["shared", "per_task", "mmoe"] = "shared"
+    # through its task's tower (the rest of head_hidden), or "esmm": the shared head, where a
+    # task whose parent (TASK_PARENTS) is also trained predicts P(child | parent), so that
+    # P(child) = P(parent) · P(child | parent) <= P(parent). One task: one head.
+    task_heads: Literal["shared", "per_task", "mmoe", "esmm"] = "shared"
     task_experts: int = 4
     dropout: float = 0.0
     kernels: Literal["reference", "pallas", "auto"] = "reference"

@@ -75,8 +75,8 @@ def built(synthetic_batch, movielens_batch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_predicts_one_logit_per_task(arch):
     """With data.tasks = like, love, the labels and every model's logits are [B, 2]: two
-    outputs of one head, or one head per task (model.task_heads = per_task; mmoe: on
-    mixtures of shared experts)."""
+    outputs of one head (esmm: love's output read as P(love | like)), or one head per task
+    (model.task_heads = per_task; mmoe: on mixtures of shared experts)."""
     source = open_source(
         "movielens-latest-small", FIXTURE, "train", max_len=6, tasks=("like", "love")
     )
@@ -87,6 +87,7 @@ def test_every_arch_predicts_one_logit_per_task(arch):
         "shared": {"head"},
         "per_task": {"head_like", "head_love"},
         "mmoe": {"head_experts", "head_like", "head_love"},
+        "esmm": {"head"},
     }
     for task_heads, names in heads.items():
         cfg = dataclasses.replace(small_model(arch), task_heads=task_heads)
@@ -99,6 +100,8 @@ def test_every_arch_predicts_one_logit_per_task(arch):
         assert logits.dtype == jnp.float32
         assert np.all(np.isfinite(logits))
         assert not np.allclose(logits[:, 0], logits[:, 1])
+        if task_heads == "esmm":  # love needs like: P(love) = P(like) · P(love | like)
+            assert np.all(logits[:, 1] <= logits[:, 0])
 
 
 @pytest.mark.parametrize("arch", BASELINES)

@@ -245,6 +245,7 @@ def test_each_task_adds_one_head_output_or_one_tower(batch):
     head_in = (head - width - 1) // width - 1
     extra = {
         "shared": 2 * (width + 1),
+        "esmm": 2 * (width + 1),  # the shared head, read as P(child | parent)
         "per_task": 2 * head,
         # experts (F + 1)·W each, a gate column per (task, expert), towers Dense(W, 1)
         "mmoe": e * (head_in + 1) * width + head_in * 3 * e + 3 * (width + 1) - head,

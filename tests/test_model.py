@@ -261,6 +261,29 @@ def test_mmoe_mixes_the_same_experts_with_one_gate_per_task():
         assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
 
 
+def test_entire_space_logits_multiply_a_child_by_its_parent():
+    """ESMM: σ(and_logit(a, b)) = σ(a)·σ(b), finite with finite gradients at any scale; a task
+    whose parent is trained gets P(parent)·P(task | parent), in any column order; a task
+    without one keeps its logit."""
+    from kunlun_jax.model.common import and_logit, entire_space_logits
+
+    a = jnp.array([-100.0, -20.0, -3.0, 0.0, 2.5, 20.0, 100.0])
+    a, b = jnp.meshgrid(a, a)
+    z = and_logit(a, b)
+    np.testing.assert_allclose(
+        jax.nn.sigmoid(z), np.minimum(jax.nn.sigmoid(a) * jax.nn.sigmoid(b), 1 - 1e-6), rtol=2e-5
+    )
+    grads = jax.grad(lambda x, y: and_logit(x, y).sum(), argnums=(0, 1))(a, b)
+    assert all(np.all(np.isfinite(g)) for g in (z, *grads))
+    logits = jax.random.normal(jax.random.key(0), (6, 3)) * 3
+    out = entire_space_logits(logits, ("love", "click", "like"))
+    np.testing.assert_allclose(out[:, 1:], logits[:, 1:])
+    np.testing.assert_allclose(out[:, 0], and_logit(logits[:, 2], logits[:, 0]), rtol=1e-6)
+    out = entire_space_logits(logits[:, :2], ("click", "conversion"))
+    np.testing.assert_allclose(out[:, 1], and_logit(logits[:, 0], logits[:, 1]), rtol=1e-6)
+    assert np.all(out[:, 1] < out[:, 0])
+
+
 def test_pallas_kernels_match_the_reference_inside_the_model(tiny_spec):
     batch = random_batch(tiny_spec, 4)
     cfg = dataclasses.replace(SMALL, d_model=64, num_layers=1)  # Pallas GDPA needs head dim >= 32

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kunlun_jax.config import ModelConfig
+from kunlun_jax.config import TASK_PARENTS, ModelConfig
 from kunlun_jax.data.spec import FeatureSpec
 
 Dtype = jnp.dtype
@@ -129,11 +129,12 @@ def task_logits(
     MLP `name` whose hidden layers the tasks share; with several tasks "per_task", one MLP
     `name`_<task> each; or "mmoe", cfg.task_experts expert layers of width head_hidden[0]
     (`name`_experts, `MultiGateExperts`) mixed per task, each mixture through its task's tower
-    `name`_<task> (the rest of head_hidden). features [B, F] -> float32 logits [B] for one
-    task, [B, K] for K tasks (the label's shape, `kunlun_jax.data.spec`)."""
+    `name`_<task> (the rest of head_hidden); or "esmm", the shared MLP read as
+    `entire_space_logits`. features [B, F] -> float32 logits [B] for one task, [B, K] for K
+    tasks (the label's shape, `kunlun_jax.data.spec`)."""
     n_tasks, dtype = len(spec.tasks), jnp.dtype(cfg.dtype)
     h = nn.Dropout(cfg.dropout, deterministic=not train)(features)
-    if n_tasks > 1 and cfg.task_heads != "shared":
+    if n_tasks > 1 and cfg.task_heads in ("per_task", "mmoe"):
         hidden, inputs = cfg.head_hidden, [h] * n_tasks
         if cfg.task_heads == "mmoe":
             width, *hidden = cfg.head_hidden
@@ -147,7 +148,35 @@ def task_logits(
         ]
         return jnp.concatenate(towers, axis=-1).astype(jnp.float32)
     logits = MLP(cfg.head_hidden, n_tasks, dtype=dtype, name=name)(h).astype(jnp.float32)
-    return logits[:, 0] if n_tasks == 1 else logits
+    if n_tasks == 1:
+        return logits[:, 0]
+    return entire_space_logits(logits, spec.tasks) if cfg.task_heads == "esmm" else logits
+
+
+def entire_space_logits(logits: jax.Array, tasks: Sequence[str]) -> jax.Array:
+    """ESMM (Ma et al., SIGIR 2018) over logits [B, K] of `tasks`: a task whose parent
+    (TASK_PARENTS) is among the tasks reads its column as the logit of P(task | parent) and gets
+    the logit of P(parent) · P(task | parent) (`and_logit`); the others keep theirs."""
+    final: dict[str, jax.Array] = {}
+
+    def resolve(k: int) -> jax.Array:
+        task = tasks[k]
+        if task not in final:
+            parent = TASK_PARENTS.get(task)
+            own = logits[:, k]
+            final[task] = (
+                own if parent not in tasks else and_logit(resolve(tasks.index(parent)), own)
+            )
+        return final[task]
+
+    return jnp.stack([resolve(k) for k in range(len(tasks))], axis=-1)
+
+
+def and_logit(a: jax.Array, b: jax.Array) -> jax.Array:
+    """The logit of σ(a)·σ(b), computed in log space (finite for any finite a, b: the
+    product's probability is capped at 1 - 1e-6)."""
+    log_p = jnp.minimum(jax.nn.log_sigmoid(a) + jax.nn.log_sigmoid(b), -1e-6)
+    return log_p - jnp.log(-jnp.expm1(log_p))
 
 
 def length_mask(lengths: jax.Array, t: int) -> jax.Array:
