@@ -5,8 +5,8 @@ One example (a batch adds a leading `B` axis to every array):
     {
       "sparse": int32 [F]          one id per sparse feature, 0 <= id < sparse_vocab_sizes[f]
       "dense":  float32 [n_dense]  finite dense features
-      "label":  float32 [] or [K]  click label in {0, 1}; with K > 1 tasks (spec.tasks), one
-                                   label per task in that order
+      "label":  float32 [] or [K]  label in {0, 1} (a click); with K > 1 tasks (spec.tasks),
+                                   one label per task in that order
       "seqs": {stream_name: {
           "item":   int32 [T]      item ids, newest event first; 0 is padding (T <= max_len:
                                    the stored length, or a shorter bucket, data.length_buckets)
@@ -14,7 +14,8 @@ One example (a batch adds a leading `B` axis to every array):
           "dt":     float32 [T]    seconds between the event and the request (>= 0)
           "length": int32 []       number of real events; positions >= length are padding
       }},
-      optional "oracle_p": float32 []  the true click probability (synthetic data only)
+      optional "oracle_p": float32 [] or [K]  the probability each label was drawn from
+                                   (synthetic data only; the label's shape)
     }
 
 Histories are stored newest-first, so keeping the `T_e` most recent events of a stream is a
