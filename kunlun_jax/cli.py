@@ -154,10 +154,10 @@ def _parser() -> argparse.ArgumentParser:
 def _print_metrics(metrics: dict) -> None:
     """SUMMARY_KEYS of the first task, then those of every other task ("<task>/<key>")."""
     tasks = ["", *dict.fromkeys(k.split("/")[0] + "/" for k in metrics if "/" in k)]
-    for task in tasks:
-        for key in SUMMARY_KEYS:
-            if task + key in metrics:
-                print(f"  {task + key:>16s}: {metrics[task + key]:.4f}")
+    keys = [t + k for t in tasks for k in SUMMARY_KEYS if t + k in metrics]
+    width = max(map(len, keys), default=0)
+    for key in keys:
+        print(f"  {key:>{width}s}: {metrics[key]:.4f}")
 
 
 def _train(args: argparse.Namespace) -> int:
