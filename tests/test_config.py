@@ -150,7 +150,7 @@ def test_seed_rote_needs_a_seed_attention():
 
 
 def test_tasks_default_to_the_sources_first_label_and_are_checked():
-    from kunlun_jax.config import SOURCE_TASKS, task_names
+    from kunlun_jax.config import SOURCE_TASKS, TASK_PARENTS, task_names
     from kunlun_jax.data import synthetic
     from kunlun_jax.data.movielens import DEFAULT_TASKS, TASK_HALF_STARS
 
@@ -160,6 +160,9 @@ def test_tasks_default_to_the_sources_first_label_and_are_checked():
     assert ml.train.task_weights == (2.0, 1.0)
     assert task_names(load_config("movielens").data) == DEFAULT_TASKS
     assert SOURCE_TASKS["synthetic"] == synthetic.TASKS
+    for child, parent in TASK_PARENTS.items():  # ESMM: a child and its parent share a source
+        assert any({child, parent} <= set(tasks) for tasks in SOURCE_TASKS.values())
+        assert parent not in TASK_PARENTS  # parents are unconditioned (entire_space_logits)
     for source, tasks in SOURCE_TASKS.items():  # the config's names are the loaders' labels
         if source.startswith("movielens-"):
             assert tasks == tuple(TASK_HALF_STARS)

@@ -54,7 +54,7 @@ import numpy as np
 
 from kunlun_jax.data import records
 from kunlun_jax.data.jagged import newest_first_positions
-from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
+from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec, task_columns
 from kunlun_jax.data.validate import (
     DataError,
     OnError,
@@ -849,8 +849,7 @@ class MovieLensSource:
     def _labels(self, half_stars: np.ndarray) -> np.ndarray:
         """float32 [B] (one task) or [B, K]: each task's label of ratings `half_stars` [B]."""
         thresholds = np.array([TASK_HALF_STARS[t] for t in self.spec.tasks])
-        labels = (half_stars[:, None] >= thresholds).astype(np.float32)
-        return labels[:, 0] if len(thresholds) == 1 else labels
+        return task_columns((half_stars[:, None] >= thresholds).astype(np.float32))
 
     def lengths(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """{stream: int32 [B]} the history lengths of `batch(indices)`, without building it."""

@@ -38,6 +38,12 @@ class BatchError(ValueError):
     """A batch does not match its FeatureSpec; the message names the field and the fix."""
 
 
+def task_columns(columns: Any) -> Any:
+    """Per-task columns [B, K] (numpy or jax) in the label's shape: [B] for one task (K = 1),
+    else [B, K] unchanged."""
+    return columns[:, 0] if columns.shape[1] == 1 else columns
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
     name: str

@@ -82,7 +82,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kunlun_jax.config import SyntheticConfig
-from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
+from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec, task_columns
 from kunlun_jax.metrics import binary_entropy
 
 SPLITS = {"train": 0, "eval": 1}
@@ -619,11 +619,9 @@ class SyntheticSource:
             q = self._conversion_given_click(inputs)
             converts = _uniforms(keys, _CONVERSION_SLOT, 1)[:, 0] < q
             drawn["conversion"] = (click & converts, p_click * q)
-        label = np.stack([drawn[t][0] for t in self.spec.tasks], -1).astype(np.float32)
-        oracle_p = np.stack([drawn[t][1] for t in self.spec.tasks], -1).astype(np.float32)
-        if len(self.spec.tasks) == 1:  # [B], as the spec has it for one task
-            label, oracle_p = label[:, 0], oracle_p[:, 0]
-        batch["label"], batch["oracle_p"] = label, oracle_p
+        for key, part in (("label", 0), ("oracle_p", 1)):
+            columns = np.stack([drawn[t][part] for t in self.spec.tasks], -1)
+            batch[key] = task_columns(columns.astype(np.float32))
         return batch
 
     def lengths(self, indices: Sequence[int]) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from kunlun_jax.config import TASK_PARENTS, ModelConfig
-from kunlun_jax.data.spec import FeatureSpec
+from kunlun_jax.data.spec import FeatureSpec, task_columns
 
 Dtype = jnp.dtype
 
@@ -148,28 +148,23 @@ def task_logits(
         ]
         return jnp.concatenate(towers, axis=-1).astype(jnp.float32)
     logits = MLP(cfg.head_hidden, n_tasks, dtype=dtype, name=name)(h).astype(jnp.float32)
-    if n_tasks == 1:
-        return logits[:, 0]
-    return entire_space_logits(logits, spec.tasks) if cfg.task_heads == "esmm" else logits
+    if n_tasks > 1 and cfg.task_heads == "esmm":
+        logits = entire_space_logits(logits, spec.tasks)
+    return task_columns(logits)
 
 
 def entire_space_logits(logits: jax.Array, tasks: Sequence[str]) -> jax.Array:
     """ESMM (Ma et al., SIGIR 2018) over logits [B, K] of `tasks`: a task whose parent
-    (TASK_PARENTS) is among the tasks reads its column as the logit of P(task | parent) and gets
-    the logit of P(parent) · P(task | parent) (`and_logit`); the others keep theirs."""
-    final: dict[str, jax.Array] = {}
-
-    def resolve(k: int) -> jax.Array:
-        task = tasks[k]
-        if task not in final:
-            parent = TASK_PARENTS.get(task)
-            own = logits[:, k]
-            final[task] = (
-                own if parent not in tasks else and_logit(resolve(tasks.index(parent)), own)
-            )
-        return final[task]
-
-    return jnp.stack([resolve(k) for k in range(len(tasks))], axis=-1)
+    (TASK_PARENTS, whose parents have none) is among the tasks reads its column as the logit of
+    P(task | parent) and gets the logit of P(parent) · P(task | parent) (`and_logit`); the
+    others keep theirs."""
+    columns = [
+        and_logit(logits[:, tasks.index(parent)], logits[:, k])
+        if (parent := TASK_PARENTS.get(task)) in tasks
+        else logits[:, k]
+        for k, task in enumerate(tasks)
+    ]
+    return jnp.stack(columns, axis=-1)
 
 
 def and_logit(a: jax.Array, b: jax.Array) -> jax.Array:
