@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kunlun_jax.bench import cli as bench_cli
 from kunlun_jax.config import available_configs, load_config, to_dict
-from kunlun_jax.platform import prefer_present_accelerators
+from kunlun_jax.platform import prefer_present_accelerators, set_platforms_unless_given
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 
 SUMMARY_KEYS = ("ne", "oracle_ne", "auc", "log_loss", "calibration", "examples_per_sec")
@@ -261,7 +261,7 @@ def _study(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compile":
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # deviceless: nothing runs on a TPU
+        set_platforms_unless_given("cpu")  # deviceless: nothing runs on a TPU
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     else:
         prefer_present_accelerators()

@@ -25,6 +25,7 @@ from kunlun_jax.bench.accounting import xla_cost
 from kunlun_jax.bench.estimate import estimate_record
 from kunlun_jax.config import Config, ConfigError
 from kunlun_jax.flops import model_flops
+from kunlun_jax.platform import describe_absent_tpu
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import plan_config
 from pallas_kernels.common.target import compile_target
@@ -43,6 +44,7 @@ def tpu_devices(topology: str) -> list[Any]:
     """Device descriptions of a TPU topology such as "v5e:2x2" or "v5p:4x4x4" (needs libtpu)."""
     from jax.experimental import topologies
 
+    describe_absent_tpu(topology)
     try:
         desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
     except Exception as e:  # libtpu's own error types; its message says what it could not use
