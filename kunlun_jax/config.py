@@ -156,11 +156,16 @@ class ModelConfig:
     # With several tasks (data.tasks): one head MLP with an output per task ("shared"), a
     # head MLP (tower) per task on the shared features ("per_task"), "mmoe": task_experts
     # expert layers (width head_hidden[0]) mixed by a softmax gate per task, each mixture
-    # through its task's tower (the rest of head_hidden), or "esmm": the shared head, where a
-    # task whose parent (TASK_PARENTS) is also trained predicts P(child | parent), so that
-    # P(child) = P(parent) · P(child | parent) <= P(parent). One task: one head.
-    task_heads: Literal["shared", "per_task", "mmoe", "esmm"] = "shared"
+    # through its task's tower (the rest of head_hidden), "ple": PLE's ple_levels extraction
+    # levels (level l's experts head_hidden[l] wide), each with task_experts shared experts and
+    # task_own_experts of each task's own, towers on the rest of head_hidden, or "esmm": the
+    # shared head, where a task whose parent (TASK_PARENTS) is also trained predicts
+    # P(child | parent), so that P(child) = P(parent) · P(child | parent) <= P(parent).
+    # One task: one head.
+    task_heads: Literal["shared", "per_task", "mmoe", "ple", "esmm"] = "shared"
     task_experts: int = 4
+    task_own_experts: int = 1
+    ple_levels: int = 1
     dropout: float = 0.0
     kernels: Literal["reference", "pallas", "auto"] = "reference"
     vocab_multiple: int = 64  # embedding tables get rows rounded up to this (even row shards)
@@ -553,6 +558,15 @@ def _validate_tasks(d: DataConfig, t: TrainConfig, m: ModelConfig) -> None:
     _require(
         m.task_heads != "mmoe" or len(m.head_hidden) >= 1,
         "model.task_heads = 'mmoe' needs model.head_hidden to have a width (the experts'); got []",
+    )
+    _require(
+        m.task_own_experts >= 0, f"model.task_own_experts must be >= 0, got {m.task_own_experts}"
+    )
+    _require(m.ple_levels >= 1, f"model.ple_levels must be >= 1, got {m.ple_levels}")
+    _require(
+        m.task_heads != "ple" or len(m.head_hidden) >= m.ple_levels,
+        f"model.task_heads = 'ple' with model.ple_levels = {m.ple_levels} needs that many widths "
+        f"in model.head_hidden (one per level's experts); got {list(m.head_hidden)}",
     )
 
 

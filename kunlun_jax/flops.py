@@ -428,16 +428,31 @@ def model_flops(
     if n_tasks > 1 and cfg.task_heads == "per_task":
         for task in spec.tasks:
             c.mlp("head", f"mlp_{task}", head_in, (*cfg.head_hidden, 1), 1, "output")
-    elif n_tasks > 1 and cfg.task_heads == "mmoe":
-        e, (width, *tower) = cfg.task_experts, cfg.head_hidden
-        c.add("head", "experts", 2.0 * e * head_in * width, e * (head_in + 1) * width, "output")
-        gate_and_mix = 2.0 * n_tasks * e * (head_in + width)
-        c.add("head", "gates", gate_and_mix, head_in * n_tasks * e, "output")
+    elif n_tasks > 1 and cfg.task_heads in ("mmoe", "ple"):
+        tower = _expert_levels(c, cfg, head_in, n_tasks)
         for task in spec.tasks:
-            c.mlp("head", f"mlp_{task}", width, (*tower, 1), 1, "output")
+            c.mlp("head", f"mlp_{task}", tower[0], (*tower[1:], 1), 1, "output")
     else:
         c.mlp("head", "mlp", head_in, (*cfg.head_hidden, n_tasks), 1, "output")
     return FlopReport.from_entries(c.entries, remat=cfg.remat)
+
+
+def _expert_levels(c: _Counter, cfg: Any, head_in: int, k: int) -> tuple[int, ...]:
+    """Adds the mmoe / ple head's expert levels (`model.common.GatedExperts`: experts, gates
+    and their mixtures) to `c`; returns the towers' input width and hidden widths."""
+    levels, own = (cfg.ple_levels, cfg.task_own_experts) if cfg.task_heads == "ple" else (1, 0)
+    s, f = cfg.task_experts, head_in
+    for level, w in enumerate(cfg.head_hidden[:levels]):
+        n_experts = s + k * own
+        c.add(
+            "head", f"experts_{level}", 2.0 * n_experts * f * w, n_experts * (f + 1) * w, "output"
+        )
+        gated = k * (own + s)  # each task's gate sees its own experts and the shared ones
+        if level < levels - 1:
+            gated += n_experts  # the shared gate sees every expert
+        c.add("head", f"gates_{level}", 2.0 * gated * (f + w), f * gated, "output")
+        f = w
+    return (f, *cfg.head_hidden[levels:])
 
 
 def xla_flops(fn: Callable[..., Any], *args: Any) -> float:

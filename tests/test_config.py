@@ -178,6 +178,8 @@ def test_tasks_default_to_the_sources_first_label_and_are_checked():
         r"train\.task_weights must be finite and > 0": ["train.task_weights=[0]"],
         r"model\.task_heads = 'per_task' needs several data\.tasks": ["model.task_heads=per_task"],
         r"model\.task_experts must be >= 1": ["model.task_experts=0"],
+        r"model\.task_own_experts must be >= 0": ["model.task_own_experts=-1"],
+        r"model\.ple_levels must be >= 1": ["model.ple_levels=0"],
     }
     for message, overrides in bad.items():
         with pytest.raises(ConfigError, match=message):
@@ -186,3 +188,7 @@ def test_tasks_default_to_the_sources_first_label_and_are_checked():
     assert load_config("movielens", mmoe).model.task_experts == 4
     with pytest.raises(ConfigError, match=r"'mmoe' needs model\.head_hidden to have a width"):
         load_config("movielens", [*mmoe, "model.head_hidden=[]"])
+    ple = ['data.tasks=["like", "love"]', "model.task_heads=ple", "model.ple_levels=2"]
+    assert load_config("movielens", ple).model.task_own_experts == 1
+    with pytest.raises(ConfigError, match=r"ple_levels = 3 needs that many widths.*\[64, 32\]"):
+        load_config("movielens", [*ple, "model.ple_levels=3"])

@@ -249,22 +249,29 @@ def test_each_task_adds_one_head_output_or_one_tower(batch):
         "per_task": 2 * head,
         # experts (F + 1)·W each, a gate column per (task, expert), towers Dense(W, 1)
         "mmoe": e * (head_in + 1) * width + head_in * 3 * e + 3 * (width + 1) - head,
+        # and one expert of each task's own, each task's gate seeing it too
+        "ple": (e + 3) * (head_in + 1) * width + head_in * 3 * (e + 1) + 3 * (width + 1) - head,
     }
     for heads, more in extra.items():
-        cfg = dataclasses.replace(CFG, task_heads=heads, task_experts=e)
+        cfg = dataclasses.replace(CFG, task_heads=heads, task_experts=e, task_own_experts=1)
         tree = _tree_params_by_component(_param_shapes(cfg, spec, batch), cfg)
         report = model_flops(cfg, spec)
         assert report.params_by_component == tree, heads
         assert report.params - one_task.params == more, heads
 
 
-def test_mmoe_head_flops_match_xla():
-    """The analytic MMoE head (experts, gates and mixtures, towers) against XLA's count of
-    `task_logits` alone; XLA also counts the SiLU, the softmax and the biases."""
+@pytest.mark.parametrize(
+    "heads",
+    [{"task_heads": "mmoe"}, {"task_heads": "ple", "task_own_experts": 2, "ple_levels": 2}],
+    ids=["mmoe", "ple"],
+)
+def test_expert_head_flops_match_xla(heads):
+    """The analytic MMoE / PLE head (experts, gates and mixtures, towers) against XLA's count
+    of `task_logits` alone; XLA also counts the SiLU, the softmax and the biases."""
     from kunlun_jax.model.common import task_logits
 
     spec = dataclasses.replace(SPEC, tasks=("like", "love", "share"))
-    cfg = dataclasses.replace(CFG, task_heads="mmoe", task_experts=4, head_hidden=(64, 32))
+    cfg = dataclasses.replace(CFG, task_experts=4, head_hidden=(64, 32), **heads)
     report = model_flops(cfg, spec)
     analytic = sum(e.flops for e in report.entries if e.component == "head")
 
@@ -273,7 +280,8 @@ def test_mmoe_head_flops_match_xla():
         def __call__(self, x):
             return task_logits(x, cfg, spec, train=False)
 
-    head_in = next(e for e in report.entries if e.op == "experts").params // 4 // 64 - 1
+    n_experts = 4 + 3 * heads.get("task_own_experts", 0)  # level 0: n_experts·(F + 1)·64
+    head_in = next(e for e in report.entries if e.op == "experts_0").params // n_experts // 64 - 1
     x = jnp.ones((B, head_in))
     params = Head().init(jax.random.key(0), x)
     assert xla_flops(Head().apply, params, x) / B == pytest.approx(analytic, rel=0.05)

@@ -235,30 +235,89 @@ def test_mmoe_mixes_the_same_experts_with_one_gate_per_task():
     one expert gives that expert's output for its task only; every parameter gets gradient."""
     import flax.linen as nn
 
-    from kunlun_jax.model.common import MultiGateExperts
+    from kunlun_jax.model.common import GatedExperts
 
     x = jax.random.normal(jax.random.key(0), (5, 12))
-    layer = MultiGateExperts(num_experts=3, width=8, num_tasks=2)
-    params = nn.unbox(layer.init(jax.random.key(1), x))
+    x_tasks = jnp.broadcast_to(x[:, None], (5, 2, 12))
+    layer = GatedExperts(num_shared=3, num_own=0, width=8, num_tasks=2)
+    params = nn.unbox(layer.init(jax.random.key(1), x_tasks, x))
     p = params["params"]
+    assert set(p) == {"experts", "experts_bias", "gates"}
     experts = jax.nn.silu(jnp.einsum("bf,efw->bew", x, p["experts"]) + p["experts_bias"])
-    mixed = layer.apply(params, x)
+    mixed, shared = layer.apply(params, x_tasks, x)
     assert mixed.shape == (5, 2, 8)
+    assert shared is None
     np.testing.assert_allclose(
         mixed, np.broadcast_to(experts.mean(1)[:, None], mixed.shape), rtol=1e-5, atol=1e-6
     )
     # task 1's gate scores expert 2 by 1e3·x_0, so x_0 > 0 picks it (and x_0 < 0 the others)
     gates = p["gates"].at[0, 1, 2].set(1e3)
-    picked = layer.apply({"params": {**p, "gates": gates}}, x)
+    picked, _ = layer.apply({"params": {**p, "gates": gates}}, x_tasks, x)
     np.testing.assert_allclose(picked[:, 0], mixed[:, 0], rtol=1e-6)
     positive = np.asarray(x[:, 0] > 0)
     np.testing.assert_allclose(picked[positive, 1], experts[positive, 2], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
         picked[~positive, 1], experts[~positive, :2].mean(1), rtol=1e-4, atol=1e-5
     )
-    grads = jax.grad(lambda q: (layer.apply(q, x) * jnp.arange(16.0).reshape(2, 8)).sum())(params)
+    weights = jnp.arange(16.0).reshape(2, 8)
+    grads = jax.grad(lambda q: (layer.apply(q, x_tasks, x)[0] * weights).sum())(params)
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
         assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_ple_tasks_see_their_own_experts_and_the_shared_ones_only():
+    """One PLE level: at init task k's output is the mean of its own and the shared experts;
+    task k's output has no gradient through another task's experts, and the shared output
+    (fed to a next level) mixes every expert."""
+    import flax.linen as nn
+
+    from kunlun_jax.model.common import GatedExperts
+
+    k, own, n_shared, width = 3, 2, 2, 4
+    x = jax.random.normal(jax.random.key(0), (6, 5))
+    x_tasks = jax.random.normal(jax.random.key(1), (6, k, 5))
+    layer = GatedExperts(n_shared, own, width, k, emit_shared=True)
+    params = nn.unbox(layer.init(jax.random.key(2), x_tasks, x))
+    p = params["params"]
+    assert p["task_experts"].shape == (k, own, 5, width)
+    assert p["gates"].shape == (5, k, own + n_shared)
+    assert p["shared_gate"].shape == (5, k * own + n_shared)
+    shared = jax.nn.silu(jnp.einsum("bf,efw->bew", x, p["experts"]) + p["experts_bias"])
+    mine = jax.nn.silu(
+        jnp.einsum("bkf,kefw->bkew", x_tasks, p["task_experts"]) + p["task_experts_bias"]
+    )
+    tasks_out, shared_out = layer.apply(params, x_tasks, x)
+    seen = jnp.concatenate([mine, jnp.broadcast_to(shared[:, None], (6, k, n_shared, width))], 2)
+    np.testing.assert_allclose(tasks_out, seen.mean(2), rtol=1e-5, atol=1e-6)
+    every = jnp.concatenate([mine.reshape(6, k * own, width), shared], 1)
+    np.testing.assert_allclose(shared_out, every.mean(1), rtol=1e-5, atol=1e-6)
+    for task in range(k):
+        grad = jax.grad(lambda q, t=task: layer.apply(q, x_tasks, x)[0][:, t].sum())(params)
+        moved = np.abs(np.asarray(grad["params"]["task_experts"])).max(axis=(1, 2, 3))
+        assert (moved > 0).tolist() == [t == task for t in range(k)]
+    grad = jax.grad(lambda q: layer.apply(q, x_tasks, x)[1].sum())(params)
+    assert np.all(np.abs(np.asarray(grad["params"]["task_experts"])).max(axis=(1, 2, 3)) > 0)
+
+
+def test_ple_with_no_task_experts_and_one_level_is_mmoe(tiny_spec):
+    """task_heads = ple with task_own_experts = 0, ple_levels = 1 builds MMoE's parameters and
+    gives its logits; two levels add a second expert level whose input is the first's."""
+    spec = dataclasses.replace(tiny_spec, tasks=("click", "like"))
+    batch = random_batch(spec, 4)
+    mmoe = dataclasses.replace(SMALL, task_heads="mmoe", head_hidden=(16, 8))
+    model, params = _init_apply(mmoe, spec, batch)
+    ple = dataclasses.replace(mmoe, task_heads="ple", task_own_experts=0)
+    as_ple, ple_params = _init_apply(ple, spec, batch)
+    assert jax.tree.structure(ple_params) == jax.tree.structure(params)
+    np.testing.assert_allclose(
+        as_ple.apply(params, batch), model.apply(params, batch), rtol=1e-6, atol=1e-6
+    )
+    two = dataclasses.replace(ple, task_own_experts=1, ple_levels=2)
+    top = nn.unbox(_init_apply(two, spec, batch)[1])["params"]
+    assert top["head_experts"]["shared_gate"].shape[1] == 2 * 1 + 4  # K·own + shared
+    assert top["head_experts_1"]["task_experts"].shape == (2, 1, 16, 8)
+    assert "shared_gate" not in top["head_experts_1"]
+    assert top["head_click"]["Dense_0"]["kernel"].shape == (8, 1)  # no hidden layer left
 
 
 def test_entire_space_logits_multiply_a_child_by_its_parent():

@@ -85,40 +85,89 @@ class MLP(nn.Module):
         return Dense(self.out, ("mlp", "embed"), dtype=self.dtype)(x)
 
 
-class MultiGateExperts(nn.Module):
-    """Multi-gate mixture of experts (MMoE, Ma et al., KDD 2018): x [B, F] -> [B, K, W], one
-    mixture of the same `num_experts` expert layers (Dense F -> W, SiLU) per task, weighted by
-    that task's softmax gate over the experts (a linear map of x; zero-initialized, so every
-    mixture starts as the experts' mean)."""
+class GatedExperts(nn.Module):
+    """One extraction level of PLE (Tang et al., RecSys 2020): `num_shared` shared expert
+    layers and `num_own` of each task's own (Dense F -> W, SiLU each). Task k's output mixes
+    its own experts and the shared ones by its softmax gate over them, a linear map of its
+    input; with `emit_shared`, a shared gate over every expert gives the shared output that
+    feeds the next level's shared experts. Gates start at zero: every mixture starts as the
+    mean of the experts it sees. With num_own = 0, one level is MMoE (Ma et al., KDD 2018).
 
-    num_experts: int
+    (tasks_in [B, K, F], shared_in [B, F]) -> (tasks_out [B, K, W], shared_out [B, W] or None).
+    """
+
+    num_shared: int
+    num_own: int
     width: int
     num_tasks: int
+    emit_shared: bool = False
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        e, f = self.num_experts, x.shape[-1]
-        kernel_init = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in F per expert
-        w = self.param(
-            "experts", param_with_axes(kernel_init, (None, "embed", "mlp")), (e, f, self.width)
-        )
+    def _experts(self, name: str, x: jax.Array, lead: tuple[int, ...], spec: str) -> jax.Array:
+        """SiLU(x W_e + b_e) of experts with leading parameter dims `lead`; spec: the einsum
+        of x with the [*lead, F, W] kernel."""
+        batch_axes = tuple(range(len(lead)))  # fan-in F per expert
+        init = nn.initializers.lecun_normal(batch_axis=batch_axes)
+        blank = (None,) * len(lead)
+        shape = (*lead, x.shape[-1], self.width)
+        w = self.param(name, param_with_axes(init, (*blank, "embed", "mlp")), shape)
         b = self.param(
-            "experts_bias", param_with_axes(nn.initializers.zeros, (None, "mlp")), (e, self.width)
+            f"{name}_bias",
+            param_with_axes(nn.initializers.zeros, (*blank, "mlp")),
+            (*lead, self.width),
         )
-        gate = self.param(
-            "gates",
-            param_with_axes(nn.initializers.zeros, ("embed", None, None)),
-            (f, self.num_tasks, e),
-        )
-        x = x.astype(self.dtype)
-        experts = jax.nn.silu(
-            jnp.einsum("bf,efw->bew", x, w.astype(self.dtype)) + b.astype(self.dtype)
-        )
-        weights = jax.nn.softmax(
-            jnp.einsum("bf,fke->bke", x, gate.astype(self.dtype)).astype(jnp.float32), axis=-1
-        )
-        return jnp.einsum("bke,bew->bkw", weights.astype(self.dtype), experts)
+        y = jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype))
+        return jax.nn.silu(y + b.astype(self.dtype))
+
+    def _gate(self, name: str, x: jax.Array, shape: tuple[int, ...], spec: str) -> jax.Array:
+        """float32 softmax over the last axis of the zero-initialized linear scores of x."""
+        axes = ("embed",) + (None,) * (len(shape) - 1)
+        g = self.param(name, param_with_axes(nn.initializers.zeros, axes), shape)
+        scores = jnp.einsum(spec, x.astype(self.dtype), g.astype(self.dtype))
+        return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+
+    @nn.compact
+    def __call__(
+        self, tasks_in: jax.Array, shared_in: jax.Array
+    ) -> tuple[jax.Array, jax.Array | None]:
+        k, s, o = self.num_tasks, self.num_shared, self.num_own
+        f_task, f_shared = tasks_in.shape[-1], shared_in.shape[-1]
+        shared = self._experts("experts", shared_in, (s,), "bf,efw->bew")  # [B, S, W]
+        gates = self._gate("gates", tasks_in, (f_task, k, o + s), "bkf,fke->bke")
+        tasks_out = jnp.einsum("bke,bew->bkw", gates[..., o:], shared)
+        own = None
+        if o:
+            own = self._experts("task_experts", tasks_in, (k, o), "bkf,kefw->bkew")
+            tasks_out += jnp.einsum("bke,bkew->bkw", gates[..., :o], own)
+        if not self.emit_shared:
+            return tasks_out, None
+        weights = self._gate("shared_gate", shared_in, (f_shared, k * o + s), "bf,fe->be")
+        shared_out = jnp.einsum("be,bew->bw", weights[:, k * o :], shared)
+        if own is not None:
+            flat = own.reshape(own.shape[0], k * o, self.width)
+            shared_out += jnp.einsum("be,bew->bw", weights[:, : k * o], flat)
+        return tasks_out, shared_out
+
+
+def extracted_task_features(h: jax.Array, cfg: ModelConfig, num_tasks: int, name: str):
+    """The expert levels of an "mmoe" (one level, no task experts) or "ple" head
+    (cfg.ple_levels, cfg.task_own_experts per task): level l's experts are head_hidden[l]
+    wide. h [B, F] -> (per-task features [B, K, W], the widths left for the towers)."""
+    levels, own = (cfg.ple_levels, cfg.task_own_experts) if cfg.task_heads == "ple" else (1, 0)
+    tasks_in = jnp.broadcast_to(h[:, None], (h.shape[0], num_tasks, h.shape[-1]))
+    shared_in: jax.Array | None = h
+    for level, width in enumerate(cfg.head_hidden[:levels]):
+        assert shared_in is not None  # every level but the last emits it
+        tasks_in, shared_in = GatedExperts(
+            cfg.task_experts,
+            own,
+            width,
+            num_tasks,
+            emit_shared=level < levels - 1,
+            dtype=jnp.dtype(cfg.dtype),
+            name=f"{name}_experts" + (f"_{level}" if level else ""),
+        )(tasks_in, shared_in)
+    return tasks_in, cfg.head_hidden[levels:]
 
 
 def task_logits(
@@ -127,20 +176,17 @@ def task_logits(
     """The ranking head (call inside a compact method): dropout (cfg.dropout), then MLPs
     (cfg.head_hidden) with one output per task of `spec.tasks`. cfg.task_heads: "shared", one
     MLP `name` whose hidden layers the tasks share; with several tasks "per_task", one MLP
-    `name`_<task> each; or "mmoe", cfg.task_experts expert layers of width head_hidden[0]
-    (`name`_experts, `MultiGateExperts`) mixed per task, each mixture through its task's tower
-    `name`_<task> (the rest of head_hidden); or "esmm", the shared MLP read as
+    `name`_<task> each; "mmoe" / "ple", expert levels (`extracted_task_features`,
+    `name`_experts...) whose per-task mixtures go through the task's tower `name`_<task> (the
+    rest of head_hidden); or "esmm", the shared MLP read as
     `entire_space_logits`. features [B, F] -> float32 logits [B] for one task, [B, K] for K
     tasks (the label's shape, `kunlun_jax.data.spec`)."""
     n_tasks, dtype = len(spec.tasks), jnp.dtype(cfg.dtype)
     h = nn.Dropout(cfg.dropout, deterministic=not train)(features)
-    if n_tasks > 1 and cfg.task_heads in ("per_task", "mmoe"):
+    if n_tasks > 1 and cfg.task_heads in ("per_task", "mmoe", "ple"):
         hidden, inputs = cfg.head_hidden, [h] * n_tasks
-        if cfg.task_heads == "mmoe":
-            width, *hidden = cfg.head_hidden
-            mixed = MultiGateExperts(
-                cfg.task_experts, width, n_tasks, dtype, name=f"{name}_experts"
-            )(h)
+        if cfg.task_heads in ("mmoe", "ple"):
+            mixed, hidden = extracted_task_features(h, cfg, n_tasks, name)
             inputs = [mixed[:, k] for k in range(n_tasks)]
         towers = [
             MLP(hidden, 1, dtype=dtype, name=f"{name}_{t}")(x)
