@@ -149,7 +149,9 @@ class GatedExperts(nn.Module):
         return tasks_out, shared_out
 
 
-def extracted_task_features(h: jax.Array, cfg: ModelConfig, num_tasks: int, name: str):
+def extracted_task_features(
+    h: jax.Array, cfg: ModelConfig, num_tasks: int, name: str
+) -> tuple[jax.Array, tuple[int, ...]]:
     """The expert levels of an "mmoe" (one level, no task experts) or "ple" head
     (cfg.ple_levels, cfg.task_own_experts per task): level l's experts are head_hidden[l]
     wide. h [B, F] -> (per-task features [B, K, W], the widths left for the towers)."""
