@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kunlun_jax.bench import cli as bench_cli
 from kunlun_jax.config import available_configs, load_config, to_dict
+from kunlun_jax.outputs import add_overwrite_flag, refuse_to_replace, write_atomically
 from kunlun_jax.platform import prefer_present_accelerators, set_platforms_unless_given
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         "item geometry, against its own config's world (repeatable)",
     )
     ceil.add_argument("--out", type=Path, help="also write the report as JSON here")
+    add_overwrite_flag(ceil)
 
     study = sub.add_parser(
         "study", help="train configs over seeds; test NE/AUC/log loss/calibration mean ± std"
@@ -129,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--out", type=Path, help="write the study JSON here")
     study.add_argument("--markdown", type=Path, help="also write the Markdown table here")
+    add_overwrite_flag(study)
     study.add_argument(
         "--render", type=Path, metavar="JSON", help="only print the table of an existing study"
     )
@@ -147,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     aot.add_argument(
         "--record", type=Path, help="write a compiled-estimate record for `kunlun-jax compare`"
     )
+    add_overwrite_flag(aot)
     bench_cli.add_parsers(sub, _add_config_args)  # bench, compare, scaling
     return parser
 
@@ -185,13 +189,13 @@ def _compile(args: argparse.Namespace) -> int:
     from kunlun_jax.parallel.aot import compile_train_step, format_report
 
     config = load_config(args.config, args.overrides)
+    refuse_to_replace([args.out, args.record], args.overwrite)
     report = compile_train_step(config, args.topology, args.overrides or ())
     print(format_report(report))
     record = bench_document([report.pop("bench_record")])  # a file `compare` reads
     for path, payload in ((args.out, report), (args.record, record)):
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(payload, indent=2) + "\n")
+            write_atomically(path, json.dumps(payload, indent=2) + "\n")
     return 0
 
 
@@ -226,13 +230,13 @@ def _data(args: argparse.Namespace) -> int:
         from kunlun_jax.data import ceilings
 
         config = load_config(args.config, args.overrides)
+        refuse_to_replace([args.out], args.overwrite)
         ceilings.check_runs_share_the_world(config, args.run_dirs)
         report = ceilings.ceilings(config, args.examples)
         report["runs"] = [ceilings.run_embeddings(run) for run in args.run_dirs]
         print(ceilings.render(report))
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            write_atomically(args.out, json.dumps(report, indent=2) + "\n")
         return 0
     print(f"downloaded {args.name} to {movielens.download(args.name, args.dest)}")
     return 0
@@ -245,14 +249,14 @@ def _study(args: argparse.Namespace) -> int:
         print(study.markdown_table(json.loads(args.render.read_text()), str(args.render)))
         return 0
     configs = [load_config(name, args.overrides) for name in args.configs or ["tiny"]]
+    refuse_to_replace([args.out, args.markdown], args.overwrite)
     runs_dir = args.runs_dir or Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
     result = study.run_study(configs, args.seeds, runs_dir)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_atomically(args.out, json.dumps(result, indent=2) + "\n")
     table = study.markdown_table(result, str(args.out) if args.out else "")
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        write_atomically(args.markdown, table + "\n")
     print(table)
     print(f"runs: {runs_dir}" + (f"  json: {args.out}" if args.out else ""))
     return 0

@@ -69,6 +69,14 @@ def test_compare_cli_renders_the_bench_file(bench_file, tmp_path, capsys):
     assert "Compiled estimates" not in text
     assert plot.stat().st_size > 1000
     assert text in capsys.readouterr().out
+    # Existing outputs are replaced only with --overwrite; the refusal names them.
+    table.write_text("mine")
+    assert main(["compare", str(bench_file), "--out", str(table), "--plot", str(plot)]) == 2
+    err = capsys.readouterr().err
+    assert f"{table}, {plot} already exist: pass --overwrite" in err
+    assert table.read_text() == "mine"
+    assert main(["compare", str(bench_file), "--out", str(table), "--overwrite"]) == 0
+    assert table.read_text() == text
 
 
 def test_compare_cli_reports_a_bad_file(tmp_path, capsys):

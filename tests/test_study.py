@@ -133,6 +133,14 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     assert "is not a study result" in capsys.readouterr().err
     assert all(r["train_wall_s"] > 0 for r in entry["runs"])
 
+    # Its outputs exist now: a re-run replaces them only with --overwrite, and says so
+    # before training anything.
+    written = out.read_text()
+    assert main([*args, "--set", "train.steps=4"]) == 2
+    assert f"{out}, {tmp_path / 't.md'} already exist: pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == written
+    assert sorted(p.name for p in tmp_path.glob("dcnv2-seed*")) == ["dcnv2-seed0", "dcnv2-seed1"]
+    args.append("--overwrite")
     # Re-running the study reads the finished runs back instead of training them again ...
     assert main(args) == 0
     (again,) = json.loads(out.read_text())["entries"]

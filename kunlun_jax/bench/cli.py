@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kunlun_jax.bench.schema import SchemaError
+from kunlun_jax.outputs import add_overwrite_flag, refuse_to_replace, write_atomically
 
 COMMANDS = ("bench", "compare", "scaling")
 
@@ -46,12 +47,14 @@ def add_parsers(sub: Any, add_config_args: Callable[[argparse.ArgumentParser], N
     bench.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps")
     bench.add_argument("--batches", type=int, default=d.distinct_batches, help="distinct batches")
     bench.add_argument("--note", action="append", default=[], help="caveat stored in the JSON")
+    add_overwrite_flag(bench)
 
     compare = sub.add_parser("compare", help="bench JSON files -> one Markdown table and a plot")
     compare.add_argument("files", nargs="+", type=Path)
     compare.add_argument("--out", type=Path, help="write the Markdown here (also printed)")
     compare.add_argument("--plot", type=Path, help="write a figure (png, pdf, svg)")
     compare.add_argument("--link-dir", help="link source files under this path in the table")
+    add_overwrite_flag(compare)
 
     scaling = sub.add_parser("scaling", help="scaling-law sweeps and fits")
     ssub = scaling.add_subparsers(dest="scaling_command", required=True)
@@ -76,6 +79,7 @@ def add_parsers(sub: Any, add_config_args: Callable[[argparse.ArgumentParser], N
     fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     fit.add_argument("--out", type=Path, help="fit JSON (default: <first sweep>/fit.json)")
     fit.add_argument("--plot", type=Path, help="figure (default: <first sweep>/scaling.png)")
+    add_overwrite_flag(fit)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -91,6 +95,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     from kunlun_jax.config import load_config
 
+    refuse_to_replace([args.out], args.overwrite)
     notes: list[str] = []
     if args.ablate:
         base = load_config(args.config, args.overrides)
@@ -103,8 +108,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     options = BenchOptions(args.steps, args.warmup, args.batches, (*args.note, *notes))
     records = run_bench(args.config, args.overrides, variants, options)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(bench_document(records), indent=1))
+    write_atomically(args.out, json.dumps(bench_document(records), indent=1))
     print(f"wrote {args.out}")
     return 0
 
@@ -116,11 +120,12 @@ def _compare(args: argparse.Namespace) -> int:
     for out in (args.out, args.plot):
         if out is not None and out.resolve() in inputs:
             raise ValueError(f"{out} is one of the input files: write the report elsewhere")
+    refuse_to_replace([args.out, args.plot], args.overwrite)
     records = load_records(args.files)
     text = markdown_report(records, link_dir=args.link_dir)
     print(text)
     if args.out:
-        args.out.write_text(text)
+        write_atomically(args.out, text)
     if args.plot:
         from kunlun_jax.bench.plots import plot_compare
 
@@ -150,6 +155,9 @@ def _fit(args: argparse.Namespace) -> int:
             f"--n-boot must be >= {MIN_BOOTSTRAP} for a 95% interval, got {args.n_boot}"
         )
     files = list(dict.fromkeys(_sweep_file(p).resolve() for p in args.sweeps))  # each file once
+    first = files[0].parent
+    out, plot = args.out or first / "fit.json", args.plot or first / "scaling.png"
+    refuse_to_replace([out, plot], args.overwrite)
     points = [pt for f in files for pt in load(f, SWEEP_SCHEMA)["points"]]
     groups = [fit_group(pts, n_boot=args.n_boot) for pts in group_points(points).values()]
     for g in groups:
@@ -181,8 +189,6 @@ def _fit(args: argparse.Namespace) -> int:
             ratios.append(dict(r.to_json(), data=data))
             print(f"ratio {num}/{den} ({args.exponent}) on {data}: {r.value:.3g} "
                   f"95% CI [{r.ci[0]:.3g}, {r.ci[1]:.3g}]")  # fmt: skip
-    first = files[0].parent
-    out, plot = args.out or first / "fit.json", args.plot or first / "scaling.png"
     doc = dict(
         sources=[str(f) for f in files],
         groups=[g.to_json() for g in groups],
@@ -198,7 +204,7 @@ def _fit(args: argparse.Namespace) -> int:
         note="real-data and synthetic (teacher / planted) groups are fitted separately; "
         "see each group's data label",
     )
-    out.write_text(json.dumps(doc, indent=1))
+    write_atomically(out, json.dumps(doc, indent=1))
     plot_scaling(points, groups, plot)
     print(f"wrote {out} and {plot}")
     return 0

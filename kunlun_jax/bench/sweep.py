@@ -29,6 +29,7 @@ from kunlun_jax.bench.schema import sweep_document
 from kunlun_jax.bench.train_bench import xla_train_flops
 from kunlun_jax.config import Config, ConfigError, load_config, parse_override, to_dict
 from kunlun_jax.data.pipeline import make_source
+from kunlun_jax.outputs import write_atomically
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import plan_config
 from kunlun_jax.train.loop import finished_run, prepare_run_dir, train
@@ -188,7 +189,7 @@ def run_sweep(
         with lock:
             done[i] = point_doc
             doc = sweep_document([done[k] for k in sorted(done)])
-            (out_dir / SWEEP_FILE).write_text(json.dumps(doc, indent=1))
+            write_atomically(out_dir / SWEEP_FILE, json.dumps(doc, indent=1))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(run_point, range(len(points))))  # re-raises a point's error

@@ -20,6 +20,7 @@ from kunlun_jax.config import Config, ConfigError, load_config, to_dict
 from kunlun_jax.data.pipeline import eval_batches, make_source
 from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import TaskMetrics
+from kunlun_jax.outputs import write_atomically
 from kunlun_jax.parallel.distributed import to_host
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
@@ -262,7 +263,7 @@ def _train(
     log = _RunLog(run_dir, config, start, progress)
     with exp.activate(), PreemptionGuard() as guard:
         if jax.process_index() == 0:  # written once signals are caught (tests rely on it)
-            _write_atomically(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
+            write_atomically(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
         predict = exp.predict_step()
         state, stats = _train_steps(exp, state, predict, ckpt, log, guard, start)
         if stats.preempted is not None:
@@ -287,7 +288,7 @@ def _train(
         "examples_per_sec": stats.examples_per_sec,
     }
     if jax.process_index() == 0:
-        _write_atomically(run_dir / "metrics.json", json.dumps(result, indent=2))
+        write_atomically(run_dir / "metrics.json", json.dumps(result, indent=2))
     return result
 
 
@@ -415,10 +416,3 @@ def _check_same_run(run_dir: Path, config: Config) -> None:
             f"{{{', '.join(RESUMABLE_TRAIN_FIELDS)}}} may change); resume with --config {saved}, "
             "or start a new run with --name"
         )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """path's contents replaced by text all at once (a crash leaves the old file or the new)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
