@@ -101,12 +101,12 @@ STAGES: dict[str, Stage] = {
         min_s=40,
         smoke="-m benchmarks.kernels.hsp --smoke --out {out}/hsp.json",
     ),
-    "bench": Stage(
-        "-m kunlun_jax.cli bench --config base --steps 10 --out {out}/bench_base.json",
+    "bench": Stage(  # --overwrite: a repeated session replaces its own work directory's file
+        "-m kunlun_jax.cli bench --config base --steps 10 --out {out}/bench_base.json --overwrite",
         cap_s=150,
         min_s=90,
         smoke="-m kunlun_jax.cli bench --config tiny --set mesh.data=1 --steps 2 --warmup 1"
-        " --out {out}/bench_base.json",
+        " --out {out}/bench_base.json --overwrite",
     ),
     "tune": Stage(
         _tune("pallas_triton") + " --budget-s 150",

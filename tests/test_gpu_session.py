@@ -185,6 +185,7 @@ def test_every_real_stage_command_line_parses(tmp_path):
     for smoke in (False, True):
         bench = parsed["bench", smoke]
         assert bench.command == "bench"
+        assert bench.overwrite  # a repeated session replaces its own bench_base.json
         load_config(bench.config, bench.overrides)
 
 
