@@ -300,21 +300,36 @@ def test_ple_tasks_see_their_own_experts_and_the_shared_ones_only():
 
 
 def test_ple_with_no_task_experts_and_one_level_is_mmoe(tiny_spec):
-    """task_heads = ple with task_own_experts = 0, ple_levels = 1 builds MMoE's parameters and
-    gives its logits; two levels add a second expert level whose input is the first's."""
+    """task_heads = ple with task_own_experts = 0, ple_levels = 1 has MMoE's parameters and,
+    with the same (random, gates included) values, gives its logits; two levels add a second
+    expert level whose input is the first's, and the towers get the rest of head_hidden."""
+    from kunlun_jax.model.common import task_logits
+
     spec = dataclasses.replace(tiny_spec, tasks=("click", "like"))
-    batch = random_batch(spec, 4)
+
+    class Head(nn.Module):
+        cfg: ModelConfig
+
+        @nn.compact
+        def __call__(self, x):
+            return task_logits(x, self.cfg, spec, train=False)
+
+    x = jax.random.normal(jax.random.key(0), (4, 12))
     mmoe = dataclasses.replace(SMALL, task_heads="mmoe", head_hidden=(16, 8))
-    model, params = _init_apply(mmoe, spec, batch)
+    params = nn.unbox(Head(mmoe).init(jax.random.key(1), x))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = tree.unflatten(
+        [jax.random.normal(k, v.shape) for k, v in zip(keys, leaves, strict=True)]
+    )
     ple = dataclasses.replace(mmoe, task_heads="ple", task_own_experts=0)
-    as_ple, ple_params = _init_apply(ple, spec, batch)
-    assert jax.tree.structure(ple_params) == jax.tree.structure(params)
+    assert jax.tree.structure(nn.unbox(Head(ple).init(jax.random.key(1), x))) == tree
     np.testing.assert_allclose(
-        as_ple.apply(params, batch), model.apply(params, batch), rtol=1e-6, atol=1e-6
+        Head(ple).apply(params, x), Head(mmoe).apply(params, x), rtol=1e-6, atol=1e-6
     )
     two = dataclasses.replace(ple, task_own_experts=1, ple_levels=2)
-    top = nn.unbox(_init_apply(two, spec, batch)[1])["params"]
-    assert top["head_experts"]["shared_gate"].shape[1] == 2 * 1 + 4  # K·own + shared
+    top = nn.unbox(Head(two).init(jax.random.key(1), x))["params"]
+    assert top["head_experts"]["shared_gate"].shape == (12, 2 * 1 + 4)  # K·own + shared
     assert top["head_experts_1"]["task_experts"].shape == (2, 1, 16, 8)
     assert "shared_gate" not in top["head_experts_1"]
     assert top["head_click"]["Dense_0"]["kernel"].shape == (8, 1)  # no hidden layer left
