@@ -249,13 +249,12 @@ def main() -> None:
 
 def bundle_report(topologies: list[str], dump: Path, sweep: str | None) -> dict:
     """Every kernel's MXU blocks and grid estimate on every chip (see the module docstring)."""
-    from jax.experimental import topologies as topo
-
+    from kunlun_jax.parallel.aot import tpu_devices
     from kunlun_jax.provenance import environment
 
     records, ceilings, cases, sweeps = [], {}, [], []
     for name in topologies:
-        device = topo.get_topology_desc(topology_name=name, platform="tpu").devices[0]
+        device = tpu_devices(name)[0]
         kind = device.device_kind
         ceiling = ceilings[name] = _ceiling(device, dump)
         for case in _cases():
