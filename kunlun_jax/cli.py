@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     dl = data_sub.add_parser("download", help="fetch a dataset from GroupLens (checksum checked)")
     dl.add_argument("name")
     dl.add_argument("dest", type=Path)
+    dl.add_argument("--overwrite", action="store_true", help="unpack over an existing copy")
     ceil = data_sub.add_parser(
         "ceilings",
         help="synthetic data: NE a model reaches once it has learned each set of planted terms",
@@ -238,7 +239,8 @@ def _data(args: argparse.Namespace) -> int:
         if args.out:
             write_atomically(args.out, json.dumps(report, indent=2) + "\n")
         return 0
-    print(f"downloaded {args.name} to {movielens.download(args.name, args.dest)}")
+    unpacked = movielens.download(args.name, args.dest, overwrite=args.overwrite)
+    print(f"downloaded {args.name} to {unpacked}")
     return 0
 
 

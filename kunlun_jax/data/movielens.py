@@ -947,13 +947,19 @@ def verify_checksum(path: Path, expected: str, algorithm: str = "sha256") -> str
     return digest
 
 
-def download(name: str, dest: Path) -> Path:
+def download(name: str, dest: Path, *, overwrite: bool = False) -> Path:
     """Downloads MovieLens `name` from GroupLens into `dest`, checks the zip's md5 (GroupLens'
     published value; ml-latest-small changes between builds, so it has none), unpacks it and
-    returns the unpacked directory, ready for `prepare`. ML-100K and ML-1M may not be
-    redistributed: keep them out of repositories and wheels (see the README inside)."""
+    returns the unpacked directory, ready for `prepare`. An unpacked directory already in
+    `dest` is an error before anything is fetched, unless `overwrite`. ML-100K and ML-1M may
+    not be redistributed: keep them out of repositories and wheels (see the README inside)."""
     ds = dataset(name)
     dest = Path(dest)
+    if (dest / ds.archive_dir).exists() and not overwrite:
+        raise FileExistsError(
+            f"{dest / ds.archive_dir} already exists; prepare it as it is, or pass --overwrite "
+            "to download it again over it"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / ds.url.rsplit("/", 1)[1]
     partial = archive.with_name(archive.name + ".part")

@@ -519,3 +519,19 @@ def test_verify_checksum(tmp_path: Path) -> None:
     assert ml.verify_checksum(path, sha256.upper()) == sha256
     with pytest.raises(DataError, match=r"archive\.zip: sha256 5edba3.* does not match the expec"):
         ml.verify_checksum(path, "0" * 64)
+
+
+def test_download_never_unpacks_over_an_existing_copy(tmp_path: Path, monkeypatch) -> None:
+    """A dataset already unpacked in dest is refused before anything is fetched."""
+    (tmp_path / "ml-latest-small").mkdir()
+    (tmp_path / "ml-latest-small" / "ratings.csv").write_text("mine")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("fetched although the copy exists")
+
+    monkeypatch.setattr(ml.urllib.request, "urlopen", no_network)
+    with pytest.raises(FileExistsError, match=r"ml-latest-small already exists.*--overwrite"):
+        ml.download("movielens-latest-small", tmp_path)
+    assert (tmp_path / "ml-latest-small" / "ratings.csv").read_text() == "mine"
+    with pytest.raises(AssertionError, match="fetched although"):  # --overwrite goes ahead
+        ml.download("movielens-latest-small", tmp_path, overwrite=True)
