@@ -920,8 +920,10 @@ def open_source(
     if records.is_prepared(path):
         data = load(path)
         if data.manifest.get("dataset") != name:
+            held = data.manifest.get("dataset")
             raise DataError(
-                f"{path} holds {data.manifest.get('dataset')!r}, but the source is {name!r}"
+                f"{path} holds {held!r}, but data.source is {name!r}: set "
+                f"data.source={held}, or data.path to a prepared {name}"
             )
     else:
         data = _build_cached(name, str(path.resolve()))
