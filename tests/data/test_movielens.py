@@ -240,7 +240,7 @@ def test_make_source_reads_prepared_or_raw_dirs(prepared: Path) -> None:
         validate_batch(batches[-1][0], spec)
         assert len(make_source(cfg, "test")[0]) > 0
     assert sorted(p.name for p in FIXTURE.iterdir()) == before  # the raw dir is never written to
-    with pytest.raises(DataError, match="holds 'movielens-latest-small'.*set data.source=movi"):
+    with pytest.raises(DataError, match=r"holds 'movielens-latest-small'.*set data\.source=movi"):
         make_source(DataConfig(source="movielens-100k", path=str(prepared)), "train")
     with pytest.raises(ValueError, match=r"data\.path is empty"):
         make_source(DataConfig(source=LATEST), "train")
