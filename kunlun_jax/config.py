@@ -173,6 +173,13 @@ class ModelConfig:
     remat: Literal["none", "full", "dots"] = "none"
     streams: Mapping[str, StreamTower] = dataclasses.field(default_factory=dict)
 
+    def expert_levels(self) -> tuple[int, int]:
+        """(expert levels, experts of each task's own per level) of an "mmoe" (1, 0) or "ple"
+        (ple_levels, task_own_experts) head."""
+        if self.task_heads == "ple":
+            return self.ple_levels, self.task_own_experts
+        return 1, 0
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

@@ -437,10 +437,10 @@ def model_flops(
     return FlopReport.from_entries(c.entries, remat=cfg.remat)
 
 
-def _expert_levels(c: _Counter, cfg: Any, head_in: int, k: int) -> tuple[int, ...]:
+def _expert_levels(c: _Counter, cfg: ModelConfig, head_in: int, k: int) -> tuple[int, ...]:
     """Adds the mmoe / ple head's expert levels (`model.common.GatedExperts`: experts, gates
     and their mixtures) to `c`; returns the towers' input width and hidden widths."""
-    levels, own = (cfg.ple_levels, cfg.task_own_experts) if cfg.task_heads == "ple" else (1, 0)
+    levels, own = cfg.expert_levels()
     s, f = cfg.task_experts, head_in
     for level, w in enumerate(cfg.head_hidden[:levels]):
         n_experts = s + k * own

@@ -155,7 +155,7 @@ def extracted_task_features(
     """The expert levels of an "mmoe" (one level, no task experts) or "ple" head
     (cfg.ple_levels, cfg.task_own_experts per task): level l's experts are head_hidden[l]
     wide. h [B, F] -> (per-task features [B, K, W], the widths left for the towers)."""
-    levels, own = (cfg.ple_levels, cfg.task_own_experts) if cfg.task_heads == "ple" else (1, 0)
+    levels, own = cfg.expert_levels()
     tasks_in = jnp.broadcast_to(h[:, None], (h.shape[0], num_tasks, h.shape[-1]))
     shared_in: jax.Array | None = h
     for level, width in enumerate(cfg.head_hidden[:levels]):
