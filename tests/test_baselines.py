@@ -76,8 +76,7 @@ def built(synthetic_batch, movielens_batch):
 def test_every_arch_predicts_one_logit_per_task(arch):
     """With data.tasks = like, love, the labels and every model's logits are [B, 2]: two
     outputs of one head (esmm: love's output read as P(love | like)), or one head per task
-    (model.task_heads = per_task; mmoe: on mixtures of shared experts; ple: of shared and
-    the task's own experts)."""
+    (model.task_heads = per_task; mmoe: on mixtures of shared experts)."""
     source = open_source(
         "movielens-latest-small", FIXTURE, "train", max_len=6, tasks=("like", "love")
     )
@@ -87,8 +86,8 @@ def test_every_arch_predicts_one_logit_per_task(arch):
     heads = {
         "shared": {"head"},
         "per_task": {"head_like", "head_love"},
+        # ple goes through mmoe's extracted_task_features (its own tests: tests/test_model.py)
         "mmoe": {"head_experts", "head_like", "head_love"},
-        "ple": {"head_experts", "head_like", "head_love"},
         "esmm": {"head"},
     }
     for task_heads, names in heads.items():
