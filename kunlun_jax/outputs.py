@@ -19,9 +19,10 @@ def refuse_to_replace(paths: Iterable[Path | None], overwrite: bool) -> None:
     unless `overwrite`. Call it before the work, so a long run never ends in a refusal."""
     existing = [str(p) for p in paths if p is not None and p.exists()]
     if existing and not overwrite:
+        verb, them = ("exists", "it") if len(existing) == 1 else ("exist", "them")
         raise FileExistsError(
-            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass "
-            "--overwrite to replace it, or write elsewhere"
+            f"{', '.join(existing)} already {verb}: pass --overwrite to replace {them}, or "
+            "write elsewhere"
         )
 
 
