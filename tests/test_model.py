@@ -233,8 +233,6 @@ def test_each_wukong_expert_sees_only_its_share_of_the_tokens(kind):
 def test_mmoe_mixes_the_same_experts_with_one_gate_per_task():
     """At init (zero gates) every task's mixture is the experts' mean; a gate that favours
     one expert gives that expert's output for its task only; every parameter gets gradient."""
-    import flax.linen as nn
-
     from kunlun_jax.model.common import GatedExperts
 
     x = jax.random.normal(jax.random.key(0), (5, 12))
@@ -269,8 +267,6 @@ def test_ple_tasks_see_their_own_experts_and_the_shared_ones_only():
     """One PLE level: at init task k's output is the mean of its own and the shared experts;
     task k's output has no gradient through another task's experts, and the shared output
     (fed to a next level) mixes every expert."""
-    import flax.linen as nn
-
     from kunlun_jax.model.common import GatedExperts
 
     k, own, n_shared, width = 3, 2, 2, 4

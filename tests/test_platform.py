@@ -17,10 +17,11 @@ print(jax.devices()[0].platform, os.environ["JAX_PLATFORMS"])
 """
 
 
-def _pick_a_device(**env: str) -> subprocess.CompletedProcess[str]:
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code` in a fresh interpreter, JAX_PLATFORMS unset unless `env` sets it."""
     base = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     return subprocess.run(
-        [sys.executable, "-c", PICK_A_DEVICE],
+        [sys.executable, "-c", code],
         cwd=REPO,
         env={**base, **env},
         capture_output=True,
@@ -34,14 +35,14 @@ def _pick_a_device(**env: str) -> subprocess.CompletedProcess[str]:
 def test_no_tpu_probe_when_libtpu_is_installed_and_jax_was_imported_first():
     """With libtpu installed and no TPU, starting jax prints no libtpu init trace, although
     jax was imported (and read the environment) before the platforms were chosen."""
-    proc = _pick_a_device()
+    proc = _python(PICK_A_DEVICE)
     platform, chosen = proc.stdout.split()
     assert (platform in ("cpu", "gpu"), chosen) == (True, "cuda,cpu")
     assert "TPU" not in proc.stderr, proc.stderr
 
 
 def test_an_explicit_jax_platforms_wins():
-    assert _pick_a_device(JAX_PLATFORMS="cpu").stdout.split() == ["cpu", "cpu"]
+    assert _python(PICK_A_DEVICE, JAX_PLATFORMS="cpu").stdout.split() == ["cpu", "cpu"]
 
 
 @pytest.mark.parametrize(
@@ -67,8 +68,6 @@ def test_an_absent_tpu_is_described_as_the_slice_compiled_for(
 @pytest.mark.skipif(platform.tpu_present(), reason="a TPU is present")
 def test_a_deviceless_topology_loads_libtpu_without_an_error_trace():
     code = "from kunlun_jax.parallel.aot import tpu_devices; print(len(tpu_devices('v5p:2x2x2')))"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    proc = _python(code, JAX_PLATFORMS="cpu")  # as the suite runs it: deviceless
     assert proc.stdout.split() == ["8"]
     assert "TPU" not in proc.stderr, proc.stderr

@@ -919,8 +919,7 @@ def open_source(
     path = Path(path).expanduser()
     if records.is_prepared(path):
         data = load(path)
-        if data.manifest.get("dataset") != name:
-            held = data.manifest.get("dataset")
+        if (held := data.manifest.get("dataset")) != name:
             raise DataError(
                 f"{path} holds {held!r}, but data.source is {name!r}: set "
                 f"data.source={held}, or data.path to a prepared {name}"
