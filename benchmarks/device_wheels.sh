@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The wheels a GPU session carries: what the device image lacks (its package list: the device
 # library's KINDS.md) at the versions requirements.lock pins, for CPython 3.12 on manylinux
-# x86_64, into .device/wheels (git-ignored; about 42 MB of the 64 MiB a call may carry).
+# x86_64, into .device/wheels (git-ignored; about 42 MB of the 64 MiB a call may carry), and
+# the checkout's commit into .device/commit ("<sha>" or "<sha>-dirty": the device's copy of the
+# tree has no .git, and the results name the code that made them). Run it right before the call.
 #
 #   benchmarks/device_wheels.sh
 #   then one device call with carry [".device"]: bash benchmarks/gpu_session.sh $OUT
@@ -26,3 +28,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .device/wheels "${pins[@]}"
 du -sh .device/wheels
+changes=$(git status --porcelain --untracked-files=no)
+echo "$(git rev-parse HEAD)${changes:+-dirty}" >.device/commit
+echo "code: $(cat .device/commit)"

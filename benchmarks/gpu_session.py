@@ -163,6 +163,8 @@ def preflight(out: Path) -> dict:
 
     import jax
 
+    from kunlun_jax.provenance import code_version
+
     versions = {}
     for name in (*PACKAGES, "jax_triton"):
         try:
@@ -176,6 +178,7 @@ def preflight(out: Path) -> dict:
         compute_capability=getattr(device, "compute_capability", None),
         device_count=jax.device_count(),
         versions=versions,
+        **code_version(),  # the commit the results name (KUNLUN_JAX_COMMIT on a device's copy)
     )
     (out / "preflight.json").write_text(json.dumps(report, indent=1))
     return report

@@ -27,6 +27,10 @@ if [ -d "$wheels" ]; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The commit the results name (kunlun_jax/provenance.py), as device_wheels.sh recorded it.
+if [ -z "${KUNLUN_JAX_COMMIT:-}" ] && [ -f .device/commit ]; then
+  export KUNLUN_JAX_COMMIT="$(cat .device/commit)"
+fi
 if ! python3 -c "import grain, tokamax" 2>"$work/imports.log"; then
   echo "grain / tokamax do not import (a wheel missing from .device/wheels?):" >&2
   tail -5 "$work/imports.log" >&2

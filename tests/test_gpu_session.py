@@ -94,6 +94,8 @@ def test_the_shell_driver_returns_two_files_and_archives_the_rest(tmp_path):
         preflight = json.load(tar.extractfile("preflight.json"))
     assert names == {"device.txt", "imports.log", "preflight.json", "preflight.log", "session.json"}
     assert preflight["platform"] == "cpu"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert preflight["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
 
 
 def test_a_stage_gets_only_what_is_left_of_the_budget(tmp_path, monkeypatch):

@@ -80,6 +80,13 @@ ENVIRONMENT = {
     "jax": _str("jax version"),
     "jaxlib": _str("jaxlib version"),
     "python": _str("python version"),
+    "commit": _str("git commit of the kunlun-jax code that ran", nullable=True, required=False),
+    "dirty": Field(
+        ("bool",),
+        "the code had uncommitted changes to tracked files",
+        nullable=True,
+        required=False,
+    ),
     "date": _str("UTC date-time, ISO 8601"),
     "command": _str("the command line that produced the file"),
 }
