@@ -12,6 +12,7 @@ import csv
 import itertools
 import json
 import shutil
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -529,7 +530,7 @@ def test_download_never_unpacks_over_an_existing_copy(tmp_path: Path, monkeypatc
     def no_network(*args, **kwargs):
         raise AssertionError("fetched although the copy exists")
 
-    monkeypatch.setattr(ml.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(FileExistsError, match=r"ml-latest-small already exists.*--overwrite"):
         ml.download("movielens-latest-small", tmp_path)
     assert (tmp_path / "ml-latest-small" / "ratings.csv").read_text() == "mine"
