@@ -45,7 +45,10 @@ class Report:
         """Raises DataError for an invalid row (on_error="raise"), else counts it as skipped."""
         message = f"{path}, line {line}, {error}"
         if self.on_error == "raise":
-            raise DataError(f"{message} (on_error='skip' drops such rows and counts them)")
+            raise DataError(
+                f"{message} (on_error='skip', `--on-error skip` of `data prepare`, drops such "
+                "rows and counts them)"
+            )
         counts = self.skipped.setdefault(path.name, {})
         key = f"{error.field}: {error.kind}"
         counts[key] = counts.get(key, 0) + 1
