@@ -1,8 +1,11 @@
 """End-to-end training: CLI, run directories, checkpoints, exact resume, learning toward NE*."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,14 +37,32 @@ def _train_args(runs: Path, name: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
+    """A CLI run with its progress shown (an eval at step 3): the run directory, the arguments
+    and what it printed, with stderr no terminal (as in a log file or a batch job)."""
     runs = tmp_path_factory.mktemp("runs")
-    args = _train_args(runs, "r")
-    assert main(args) == 0
-    return runs / "r", args
+    args = [a for a in _train_args(runs, "r", "train.eval_every=3") if a != "--no-progress"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return runs / "r", args, printed.getvalue()
+
+
+def test_progress_off_a_terminal_is_a_line_per_log_interval(cli_run):
+    """No carriage-return progress bar in a log: a line every train.log_every (2) steps with the
+    loss, gradient norm and speed, and the mid-run eval's metrics."""
+    *_, printed = cli_run
+    assert "\r" not in printed
+    steps = re.findall(
+        r"^tiny step (\d+)/6: loss [0-9.]+, grad_norm [0-9.e+-]+, [0-9.]+ steps/s$", printed, re.M
+    )
+    assert steps == ["2", "4", "6"], printed
+    assert re.search(
+        r"^tiny step 3 eval: ne [0-9.]+, auc [0-9.]+, log_loss [0-9.]+$", printed, re.M
+    )
 
 
 def test_train_writes_a_complete_run_directory(cli_run):
-    run_dir, _ = cli_run
+    run_dir, *_ = cli_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("ne", "auc", "log_loss", "calibration", "examples_per_sec", "oracle_ne"):
         assert np.isfinite(metrics[key]), key
@@ -52,7 +73,7 @@ def test_train_writes_a_complete_run_directory(cli_run):
 
 
 def test_existing_run_is_never_overwritten_without_asking(cli_run, capsys):
-    run_dir, args = cli_run
+    run_dir, args, _ = cli_run
     before = (run_dir / "metrics.json").read_text()
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
@@ -70,7 +91,7 @@ def _no_fresh_state(monkeypatch):
 
 
 def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkeypatch):
-    run_dir, _ = cli_run
+    run_dir, *_ = cli_run
     _no_fresh_state(monkeypatch)
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 0
@@ -93,7 +114,7 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkey
 def test_ceilings_report_a_trained_runs_embeddings(cli_run, capsys, monkeypatch, tmp_path):
     """`kunlun-jax data ceilings --run DIR`: the run's tables restored (no fresh state), their
     spread and learned item geometry; 6 Adagrad steps barely move the 0.05-std tables."""
-    run_dir, _ = cli_run
+    run_dir, *_ = cli_run
     out = tmp_path / "ceilings.json"
     _no_fresh_state(monkeypatch)
     capsys.readouterr()
@@ -149,7 +170,7 @@ def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, capsys):
 def test_resume_restores_into_abstract_targets_or_starts_fresh(cli_run, tmp_path, monkeypatch):
     """A resume with a checkpoint restores it without creating a fresh state; one with none
     yet (killed before its first save) starts fresh and trains the straight run's numbers."""
-    run_dir, _ = cli_run
+    run_dir, *_ = cli_run
     straight = json.loads((run_dir / "metrics.json").read_text())
     cfg = load_config(str(run_dir / "config.json"))
     (tmp_path / "empty").mkdir()
@@ -214,7 +235,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> Non
 def test_killed_run_resumes_to_identical_numbers(cli_run, tmp_path):
     """SIGKILL a real training process right after its step-3 checkpoint, resume it, and get
     bit-identical params and metrics to the uninterrupted run (the `cli_run` fixture)."""
-    straight, _ = cli_run
+    straight, *_ = cli_run
     # Evals every step (they do not touch the train state or data order) slow the run down
     # enough that the kill lands before the end.
     killed = _train_args(tmp_path, "killed", "train.eval_every=1")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -186,28 +187,64 @@ def evaluate_run(
 
 
 class _RunLog:
-    """TensorBoard scalars and the progress bar, written by the first process only."""
+    """TensorBoard scalars and progress, from the first process only. Progress is a tqdm bar
+    on a terminal; where stderr is no terminal (a log file, a batch job) it is one line on
+    stdout every train.log_every steps instead of a stream of carriage returns. Mid-run eval
+    metrics are printed either way."""
 
     def __init__(self, run_dir: Path, config: Config, start: int, progress: bool):
         self.lead = jax.process_index() == 0
         self.writer = SummaryWriter(str(run_dir / "tb")) if self.lead else None
+        shown = progress and self.lead
+        self.lines = shown and not sys.stderr.isatty()
+        self.quiet = not shown
         self.bar = tqdm(
             total=config.train.steps,
             initial=start,
-            disable=not (progress and self.lead),
+            disable=not shown or self.lines,
             desc=config.name,
             unit="step",
         )
+        self.name, self.total = config.name, config.train.steps
+        self._since = (start, time.perf_counter())  # step and time of the last line
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
+    def train_point(self, step: int, loss: float, grad_norm: float) -> None:
+        """The loss and gradient norm after `step` steps."""
+        self.scalars("train", {"loss": loss, "grad_norm": grad_norm}, step)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        if self.lines:
+            (last, then), now = self._since, time.perf_counter()
+            rate = (step - last) / max(now - then, 1e-9)
+            self._since = (step, now)
+            print(
+                f"{self.name} step {step}/{self.total}: loss {loss:.4f}, grad_norm "
+                f"{grad_norm:.4g}, {rate:.2f} steps/s",
+                flush=True,
+            )
+
+    def eval_point(self, step: int, metrics: dict[str, float]) -> None:
+        """Eval metrics after `step` steps (mid-run: the final ones are the caller's to show)."""
+        self.scalars("eval", metrics, step)
+        if self.quiet:
+            return
+        shown = ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k.rsplit("/", 1)[-1] in _EVAL_SHOWN
+        )
+        (print if self.lines else self.bar.write)(f"{self.name} step {step} eval: {shown}")
+
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+# Of each mid-run eval, printed for every task (all its metrics go to TensorBoard).
+_EVAL_SHOWN = ("ne", "auc", "log_loss")
 
 
 def train(
@@ -360,12 +397,10 @@ def _train_steps(
         log.bar.update(1)
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
-            loss = float(metrics["loss"])
-            log.scalars("train", {"loss": loss, "grad_norm": float(metrics["grad_norm"])}, done)
-            log.bar.set_postfix(loss=f"{loss:.4f}")
+            log.train_point(done, float(metrics["loss"]), float(metrics["grad_norm"]))
         if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
             evaluated = _evaluate(exp, predict, state)
-            log.scalars("eval", evaluated, done)
+            log.eval_point(done, evaluated)
             if tc.keep_best:
                 _save(exp, ckpt, done, state, {"eval": evaluated}, evaluated)
         if tc.checkpoint_every and done % tc.checkpoint_every == 0 and ckpt.latest_step() != done:
