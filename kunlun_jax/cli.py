@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=["eval", "test"],
         help="held-out split (test: real datasets only); NE is normalized by its base rate",
     )
+    ev.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="CSV",
+        help="also write every example's labels and probabilities here (one run directory): "
+        "columns index,<task>_label,<task>_prob,... in the split's example order",
+    )
+    add_overwrite_flag(ev)
 
     data = sub.add_parser(
         "data", help="prepare or download real datasets; NE ceilings of the synthetic data"
@@ -206,7 +214,16 @@ def _eval(args: argparse.Namespace) -> int:
 
     if len({Path(d).resolve() for d in args.run_dirs}) < len(args.run_dirs):
         raise ValueError("a run directory is given twice: each run counts once in the summary")
-    runs = [{"run_dir": str(d), **evaluate_run(d, args.split)} for d in args.run_dirs]
+    if args.predictions is not None:
+        if len(args.run_dirs) > 1:
+            raise ValueError("--predictions takes one run directory (one file per run)")
+        refuse_to_replace([args.predictions], args.overwrite)
+    runs = [
+        {"run_dir": str(d), **evaluate_run(d, args.split, predictions=args.predictions)}
+        for d in args.run_dirs
+    ]
+    if args.predictions is not None:
+        print(f"predictions: {args.predictions}", file=sys.stderr)
     if len(runs) == 1:
         print(json.dumps(runs[0], indent=2))
         return 0

@@ -94,12 +94,26 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkey
     run_dir, *_ = cli_run
     _no_fresh_state(monkeypatch)
     capsys.readouterr()
-    assert main(["eval", str(run_dir)]) == 0
+    predictions = tmp_path / "predictions.csv"
+    assert main(["eval", str(run_dir), "--predictions", str(predictions)]) == 0
     out = json.loads(capsys.readouterr().out)
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert out["step"] == 6
     assert out["ne"] == pytest.approx(trained["ne"], rel=1e-6)
     assert out["auc"] == pytest.approx(trained["auc"], rel=1e-6)
+    # Every eval example once, in order, with the probabilities the metrics were computed from.
+    rows = np.loadtxt(predictions, delimiter=",", skiprows=1)
+    assert predictions.read_text().splitlines()[0] == "index,click_label,click_prob"
+    np.testing.assert_array_equal(rows[:, 0], np.arange(512))
+    label, p = rows[:, 1], rows[:, 2]
+    assert set(np.unique(label)) <= {0.0, 1.0}
+    assert np.all((p > 0) & (p < 1))
+    log_loss = -np.mean(label * np.log(p) + (1 - label) * np.log(1 - p))
+    assert log_loss == pytest.approx(out["log_loss"], rel=1e-4)
+    before = predictions.read_text()
+    assert main(["eval", str(run_dir), "--predictions", str(predictions)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert predictions.read_text() == before
     # Several runs (e.g. seeds): each run's metrics and their mean ± std.
     copy = shutil.copytree(run_dir, tmp_path / "copy")
     assert main(["eval", str(run_dir), str(copy)]) == 0
@@ -109,6 +123,8 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkey
     assert both["summary"]["ne"]["n"] == 2
     assert main(["eval", str(run_dir), f"{run_dir}/"]) == 2  # one run is not two seeds
     assert "given twice" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), str(copy), "--predictions", str(tmp_path / "x.csv")]) == 2
+    assert "--predictions takes one run directory" in capsys.readouterr().err
 
 
 def test_ceilings_report_a_trained_runs_embeddings(cli_run, capsys, monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ from kunlun_jax.parallel.distributed import to_host
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Experiment, build_experiment
+from kunlun_jax.train.predictions import Predictions
 from kunlun_jax.train.preemption import PreemptionGuard
 
 
@@ -102,18 +103,22 @@ def evaluate(
     put: Callable[[Batch], Batch] = lambda b: b,
     base_rates: Sequence[float] | None = None,
     buckets: Sequence[int] = (),
+    predictions: Predictions | None = None,
 ) -> dict[str, float]:
     """NE, AUC, log loss, calibration (and the oracle NE on synthetic data) over `source`.
 
     predict: a jitted predict step, built once per run so evals reuse its compile.
     put: host batch -> device batch (e.g. `Experiment.global_batch` to shard it).
     buckets: history length buckets (`data.length_buckets`).
+    predictions: also gathers every example's labels and probabilities here.
     """
     metrics = TaskMetrics(source.spec.tasks, base_rates)
     for batch, n in eval_batches(source, batch_size, buckets):
         probs = to_host(predict(params, put(batch)))[:n]
         oracle = batch["oracle_p"][:n] if "oracle_p" in batch else None
         metrics.update(batch["label"][:n], probs, oracle)
+        if predictions is not None:
+            predictions.add(batch["label"][:n], probs)
     return metrics.compute()
 
 
@@ -160,11 +165,16 @@ def restore_run(run_dir: Path, config: Config) -> tuple[Experiment, Any, int]:
 
 
 def evaluate_run(
-    run_dir: Path, split: str = "eval", *, base_rates: Sequence[float] | None = None
+    run_dir: Path,
+    split: str = "eval",
+    *,
+    base_rates: Sequence[float] | None = None,
+    predictions: Path | None = None,
 ) -> dict[str, float]:
     """Evaluates the newest checkpoint of a run directory on `split` ("eval", or "test" for
     the real datasets); base_rates: per task, the label rate NE normalizes by (default:
-    `training_base_rates`)."""
+    `training_base_rates`); predictions: also writes every example's labels and probabilities
+    there as CSV (`Predictions.write`)."""
     config = run_config(run_dir)
     splits = ("eval",) if config.data.source == "synthetic" else ("eval", "test")
     if split not in splits:
@@ -173,6 +183,7 @@ def evaluate_run(
         )
     exp, state, step = restore_run(run_dir, config)
     source = exp.eval_source if split == "eval" else make_source(config.data, split)[0]
+    gathered = None if predictions is None else Predictions(source.spec.tasks)
     with exp.activate():
         metrics = evaluate(
             exp.predict_step(),
@@ -182,7 +193,10 @@ def evaluate_run(
             put=exp.global_batch,
             base_rates=training_base_rates(exp) if base_rates is None else base_rates,
             buckets=config.data.length_buckets,
+            predictions=gathered,
         )
+    if gathered is not None and jax.process_index() == 0:
+        gathered.write(predictions)
     return {**metrics, "step": step}
 
 
