@@ -1,6 +1,6 @@
 """A whole GPU session in one device call: stages in priority order under a wall-clock budget.
 
-    python -m benchmarks.gpu_session --out OUT [--budget-s 480] [--stages tests gdpa ...]
+    python -m benchmarks.gpu_session --out OUT [--budget-s 540] [--stages tests gdpa ...]
 
 (`benchmarks/gpu_session.sh OUT` installs the carried wheels first, then runs this.)
 
@@ -21,9 +21,12 @@ its OUT, so with `--archive A` the whole output directory is also packed into A 
 replaced atomically after every stage: a call killed mid-stage still returns what the
 finished stages wrote); `gpu_session.sh` points OUT at a work directory and A into the
 device's OUT. The device allowance (15 minutes per session) also pays for the machine's
-start, so the default budget leaves time to rerun one stage. `--smoke` runs every stage's
-CPU-sized twin (benchmarks --smoke, tests collected only, `tiny` step): a dry run of the
-command lines.
+start (a minute or two), so the default budget (DEFAULT_BUDGET_S) fits one call of at most
+600 s with the wheels' install, and its caps let both issues' stages run in it: the caps of
+every stage up to `swa` plus the minimum of `hsp` fit the budget (a test checks it); `bench`
+and the tile searches get what is left, or a second call (`--stages bench tune tune_mosaic`).
+`--smoke` runs every stage's CPU-sized twin (benchmarks --smoke, tests collected only, `tiny`
+step): a dry run of the command lines.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def _tune(impl: str) -> str:
     )
 
 
+DEFAULT_BUDGET_S = 540  # seconds of stages in one device call (600 s at most, install included)
+
 STAGES: dict[str, Stage] = {
     "preflight": Stage(
         "-m benchmarks.gpu_session --preflight --out {out}",
@@ -78,26 +83,26 @@ STAGES: dict[str, Stage] = {
     "tests": Stage(
         # -v: each test's result is in the log as it ends, also when the stage is cut off.
         "-m pytest -m gpu -v -rA tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
-        cap_s=150,
+        cap_s=130,
         min_s=60,
         smoke="-m pytest -m gpu -q --co tests/kernels/test_on_gpu.py -k 'bfloat16 or swa or seed'",
         env=(("KUNLUN_TEST_PLATFORMS", "cuda"),),
     ),
     "gdpa": Stage(
         "-m benchmarks.kernels.gdpa --quick --out {out}/gdpa.json",
-        cap_s=240,
+        cap_s=200,
         min_s=60,
         smoke="-m benchmarks.kernels.gdpa --smoke --out {out}/gdpa.json",
     ),
     "swa": Stage(
         "-m benchmarks.kernels.swa --quick --window 128 --out {out}/swa.json --plot {out}/swa.png",
-        cap_s=90,
+        cap_s=75,
         min_s=40,
         smoke="-m benchmarks.kernels.swa --smoke --out {out}/swa.json --plot {out}/swa.png",
     ),
     "hsp": Stage(
         "-m benchmarks.kernels.hsp --quick --out {out}/hsp.json",
-        cap_s=90,
+        cap_s=75,
         min_s=40,
         smoke="-m benchmarks.kernels.hsp --smoke --out {out}/hsp.json",
     ),
@@ -235,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--smoke", action="store_true", help="dry run of every stage at CPU-sized shapes"
     )
-    parser.add_argument("--budget-s", type=float, default=480, help="wall-clock budget")
+    parser.add_argument(
+        "--budget-s", type=float, default=DEFAULT_BUDGET_S, help="wall-clock budget"
+    )
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     parser.add_argument(
         "--archive", type=Path, help="also pack OUT into this .tar.gz after every stage"

@@ -8,7 +8,7 @@
 # <stage>.log and the JSON results into a work directory (GPU_SESSION_WORK, default
 # /tmp/gpu_session).
 #
-#   benchmarks/gpu_session.sh OUT [--budget-s 480] [--stages gdpa swa ...]
+#   benchmarks/gpu_session.sh OUT [--budget-s 540] [--stages gdpa swa ...]
 #
 # The device tool returns at most 8 files from its $OUT, so OUT gets two: gpu_session.tar.gz
 # (the whole work directory, repacked after every stage) and session.json. Unpack the archive
