@@ -109,7 +109,7 @@ def test_eval_cli_reproduces_the_final_metrics(cli_run, capsys, tmp_path, monkey
     assert set(np.unique(label)) <= {0.0, 1.0}
     assert np.all((p > 0) & (p < 1))
     log_loss = -np.mean(label * np.log(p) + (1 - label) * np.log(1 - p))
-    assert log_loss == pytest.approx(out["log_loss"], rel=1e-4)
+    assert log_loss == pytest.approx(out["log_loss"], rel=1e-5)
     before = predictions.read_text()
     assert main(["eval", str(run_dir), "--predictions", str(predictions)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err

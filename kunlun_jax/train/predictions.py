@@ -35,7 +35,7 @@ class Predictions:
             columns += [labels[:, k], probs[:, k]]
             header += [f"{task}_label", f"{task}_prob"]
         text = io.StringIO()
-        formats = ["%d"] + ["%g", "%.6g"] * len(self.tasks)
+        formats = ["%d"] + ["%g", "%.9g"] * len(self.tasks)  # 9 digits: float32 round-trips
         np.savetxt(
             text,
             np.stack(columns, 1),
