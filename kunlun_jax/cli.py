@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--out", type=Path, help="write the study JSON here")
     study.add_argument("--markdown", type=Path, help="also write the Markdown table here")
+    study.add_argument(
+        "--no-progress", action="store_true", help="no training progress and no line per seed"
+    )
     add_overwrite_flag(study)
     study.add_argument(
         "--render", type=Path, metavar="JSON", help="only print the table of an existing study"
@@ -270,7 +273,7 @@ def _study(args: argparse.Namespace) -> int:
     configs = [load_config(name, args.overrides) for name in args.configs or ["tiny"]]
     refuse_to_replace([args.out, args.markdown], args.overwrite)
     runs_dir = args.runs_dir or Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = study.run_study(configs, args.seeds, runs_dir)
+    result = study.run_study(configs, args.seeds, runs_dir, progress=not args.no_progress)
     if args.out:
         write_atomically(args.out, json.dumps(result, indent=2) + "\n")
     table = study.markdown_table(result, str(args.out) if args.out else "")

@@ -18,6 +18,7 @@ selects on, and the JSON says which split was used.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -110,7 +111,8 @@ def run_config(
     """Trains `config` once per seed under runs_dir/<name>-seed<s>/ and evaluates each final
     checkpoint on the test split. A seed whose run directory already holds a finished run of
     the same config is not trained again (its train_wall_s is then None). Returns the config's
-    study entry (see `run_study`)."""
+    study entry (see `run_study`). progress: each training's progress, and a line on stderr
+    as each seed is done."""
     from kunlun_jax.train.loop import evaluate_run, finished_run, prepare_run_dir, train
 
     split = test_split(config)
@@ -125,16 +127,25 @@ def run_config(
             start = time.perf_counter()
             final_eval = train(cfg, run_dir, progress=progress)
             wall = time.perf_counter() - start
+        test = evaluate_run(run_dir, split, base_rates=base_rates)
         runs.append(
             {
                 "seed": seed,
                 "run_dir": str(run_dir),
-                "test": evaluate_run(run_dir, split, base_rates=base_rates),
+                "test": test,
                 "eval": {k: final_eval[k] for k in metric_keys(final_eval)},
                 "train_wall_s": wall,
                 "examples_per_sec": final_eval["examples_per_sec"],
             }
         )
+        if progress:
+            how = "read back" if wall is None else f"trained in {wall:.0f} s"
+            print(
+                f"{config.name} seed {seed}: {split} NE {test['ne']:.4f}, AUC "
+                f"{test['auc']:.4f} ({how}): {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
     return {
         "config": config.name,
         "arch": config.model.arch,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -113,6 +114,12 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     ):
         args += ["--set", o]
     assert main(args) == 0
+    captured = capsys.readouterr()
+    err = captured.err  # a line per seed as it is done
+    assert re.search(
+        r"^dcnv2 seed 0: eval NE [0-9.]+, AUC [0-9.]+ \(trained in \d+ s\): ", err, re.M
+    )
+    assert re.search(r"^dcnv2 seed 1: eval NE", err, re.M)
     result = json.loads(out.read_text())
     (entry,) = result["entries"]
     assert (entry["arch"], entry["split"], entry["seeds"]) == ("dcnv2", "eval", [0, 1])
@@ -123,7 +130,7 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     assert entry["forward_flops_per_example"] > 0
     assert entry["params"] > 0
     assert {"command", "date", "jax"} <= set(result["environment"])
-    printed = capsys.readouterr().out
+    printed = captured.out
     assert "| dcnv2 | `dcnv2` | eval | 2 | 3 |" in printed
     assert (tmp_path / "t.md").read_text().strip() in printed
     assert main(["study", "--render", str(out)]) == 0
