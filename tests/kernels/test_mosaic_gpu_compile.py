@@ -8,8 +8,8 @@ it assembles, fits the per-block shared memory, holds the programs an SM it shou
 Blackwell's forward, one of every other kernel), and its SASS has the architecture's MMA
 (wgmma HGMMA / tcgen05 UTC*MMA), TMA copies and MUFU instructions (bf16 silu: σ through the
 hardware tanh); no Blackwell kernel spills (the dK/dV kernel takes its 128x128 score tiles
-from tensor memory 32 columns at a time), nor do Hopper's forward and dQ. Hopper's dK/dV
-spills 28 to 88 bytes a thread (loop-invariant integers; its dK and dV accumulators take 128
+from tensor memory 32 columns at a time), nor do Hopper's forward and dQ. Hopper's causal dK/dV
+spills 28 bytes a thread (two loop-invariant integers; its dK and dV accumulators take 128
 of the 240 registers): recorded, and pinned by a strict xfail that fails once it stops. Its
 other tile, streaming 32 query rows instead of 64 (an autotuner candidate), spills nothing.
 """
