@@ -15,6 +15,13 @@ prefer_present_accelerators()
 import os
 print(jax.devices()[0].platform, os.environ["JAX_PLATFORMS"])
 """
+# The kernel benchmarks (`python -m benchmarks.kernels.<op>`) choose them when their package loads.
+BENCHMARK_PICKS_A_DEVICE = """
+import jax
+import benchmarks.kernels.gdpa
+import os
+print(jax.devices()[0].platform, os.environ["JAX_PLATFORMS"])
+"""
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -32,10 +39,13 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu installed")
 @pytest.mark.skipif(platform.tpu_present(), reason="a TPU is present")
-def test_no_tpu_probe_when_libtpu_is_installed_and_jax_was_imported_first():
+@pytest.mark.parametrize(
+    "code", [PICK_A_DEVICE, BENCHMARK_PICKS_A_DEVICE], ids=["api", "benchmark"]
+)
+def test_no_tpu_probe_when_libtpu_is_installed_and_jax_was_imported_first(code):
     """With libtpu installed and no TPU, starting jax prints no libtpu init trace, although
     jax was imported (and read the environment) before the platforms were chosen."""
-    proc = _python(PICK_A_DEVICE)
+    proc = _python(code)
     platform, chosen = proc.stdout.split()
     assert (platform in ("cpu", "gpu"), chosen) == (True, "cuda,cpu")
     assert "TPU" not in proc.stderr, proc.stderr
