@@ -207,6 +207,9 @@ class TrainConfig:
     embedding_optimizer: Literal["adagrad", "rowwise_adagrad"] = "adagrad"
     keep_best: int = 0  # also keep this many checkpoints with the lowest eval NE
     async_checkpoints: bool = True  # save in a background thread (still atomic)
+    # Steps [start, stop) traced by jax.profiler into the run's tb/ (xprof, TensorBoard's
+    # profile plugin), e.g. [10, 13]; () = no trace. Step 0 (and a resume's first) compiles.
+    profile_steps: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,6 +499,12 @@ def validate(config: Config) -> None:
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
     _require(t.keep_best >= 0, f"train.keep_best must be >= 0, got {t.keep_best}")
     _require(t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
+    _require(
+        not t.profile_steps
+        or (len(t.profile_steps) == 2 and 0 <= t.profile_steps[0] < t.profile_steps[1] <= t.steps),
+        f"train.profile_steps must be [] (no trace) or [start, stop] with 0 <= start < stop <= "
+        f"train.steps ({t.steps}), got {list(t.profile_steps)}",
+    )
     _require(
         t.batch_size % t.grad_accum_steps == 0,
         f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps "

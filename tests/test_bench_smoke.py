@@ -29,8 +29,10 @@ def _sets(overrides):
 
 @pytest.fixture(scope="module")
 def bench_file(tmp_path_factory):
+    """The bench JSON, with 2 steps after the timed ones traced into traces/ beside it."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     args = ["bench", "--config", "tiny", *_sets(SMALL), "--steps", "3", "--warmup", "1"]
+    args += ["--profile", str(out.with_name("traces")), "--profile-steps", "2"]
     assert main([*args, "--batches", "2", "--note", "smoke test", "--out", str(out)]) == 0
     return out
 
@@ -59,6 +61,12 @@ def test_bench_writes_a_valid_measured_record(bench_file):
     (traced,) = (n for n in r["notes"] if n.startswith("kernels traced"))
     assert traced.startswith("kernels traced (model.kernels=reference): attention: reference × ")
     assert "gdpa: reference × " in traced
+    log_dir = bench_file.with_name("traces") / "baseline"
+    assert (
+        f"device trace of 2 untimed steps after the timed ones: xprof --logdir {log_dir}"
+        in (r["notes"])
+    )
+    assert len(list(log_dir.glob("plugins/profile/*/*.xplane.pb"))) == 1
 
 
 def test_compare_cli_renders_the_bench_file(bench_file, tmp_path, capsys):

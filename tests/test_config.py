@@ -69,6 +69,12 @@ def test_int_given_for_float_is_accepted_but_not_the_reverse():
         ("data.seed=-1", r"data\.seed must be >= 0"),
         ("train.batch_size=1000000", r"train\.batch_size \(1000000\) exceeds the synthetic"),
         ("nonsense", r"must look like section\.key=value"),
+        (
+            "train.profile_steps=[5]",
+            r"train\.profile_steps must be \[\] \(no trace\) or \[start, stop\]",
+        ),
+        ("train.profile_steps=[3, 3]", r"0 <= start < stop <= train\.steps \(600\), got \[3, 3\]"),
+        ("train.profile_steps=[10, 601]", r"train\.profile_steps must be .*got \[10, 601\]"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):

@@ -200,6 +200,30 @@ def test_resume_restores_into_abstract_targets_or_starts_fresh(cli_run, tmp_path
     assert Checkpointer(copy / "checkpoints").latest_step() == 8
 
 
+def test_profile_steps_trace_the_window_and_leave_the_numbers_alone(cli_run, tmp_path, capsys):
+    """train.profile_steps = [4, 8] on a resume of the step-6 run to 8 steps: the steps left
+    of the window (6, 7) are traced into tb/ for xprof, the CLI says where, and the metrics
+    equal those of the same resume without a trace."""
+    run_dir, args, _ = cli_run
+    plain = shutil.copytree(run_dir, tmp_path / "plain")
+    cfg = load_config(str(run_dir / "config.json"))
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
+    untraced = train(longer, plain, resume=True, progress=False)
+    shutil.copytree(run_dir, tmp_path / "traced")
+    at = args.index("--runs-dir")
+    resume = [*args[:at], "--runs-dir", str(tmp_path), "--name", "traced", *args[at + 4 :]]
+    window = ["--set", "train.steps=8", "--set", "train.profile_steps=[4, 8]", "--resume"]
+    assert main([*resume, *window]) == 0
+    printed = capsys.readouterr().out
+    log_dir = tmp_path / "traced" / "tb"
+    assert f"tiny steps 6-7 traced: xprof --logdir {log_dir}" in printed, printed
+    assert len(list(log_dir.glob("plugins/profile/*/*.xplane.pb"))) == 1
+    assert not (plain / "tb" / "plugins").exists()
+    traced = json.loads((tmp_path / "traced" / "metrics.json").read_text())
+    for key in ("ne", "auc", "log_loss"):
+        assert traced[key] == untraced[key], key
+
+
 def test_resume_refuses_when_only_quarantined_checkpoints_are_left(tmp_path):
     from kunlun_jax.train.checkpoint import CheckpointError
 

@@ -47,6 +47,14 @@ def add_parsers(sub: Any, add_config_args: Callable[[argparse.ArgumentParser], N
     bench.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps")
     bench.add_argument("--batches", type=int, default=d.distinct_batches, help="distinct batches")
     bench.add_argument("--note", action="append", default=[], help="caveat stored in the JSON")
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        help="trace untimed steps after the timed ones into DIR/<variant> (xprof --logdir)",
+    )
+    bench.add_argument(
+        "--profile-steps", type=int, default=d.profile_steps, help="steps traced with --profile"
+    )
     add_overwrite_flag(bench)
 
     compare = sub.add_parser("compare", help="bench JSON files -> one Markdown table and a plot")
@@ -106,7 +114,14 @@ def _bench(args: argparse.Namespace) -> int:
         variants = [Variant("baseline")]
     for note in notes:
         print(f"note: {note}")
-    options = BenchOptions(args.steps, args.warmup, args.batches, (*args.note, *notes))
+    options = BenchOptions(
+        args.steps,
+        args.warmup,
+        args.batches,
+        (*args.note, *notes),
+        profile=args.profile,
+        profile_steps=args.profile_steps,
+    )
     records = run_bench(args.config, args.overrides, variants, options)
     write_atomically(args.out, json.dumps(bench_document(records), indent=1))
     print(f"wrote {args.out}")

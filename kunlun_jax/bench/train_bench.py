@@ -8,7 +8,9 @@ Protocol (what the numbers mean):
 3. the step from `step.compile_train_step` is compiled (timed as compile_s; the record's
    notes say which implementation each attention-shaped op took, `common.dispatch`), run
    `warmup` times untimed, then `steps` times, each step timed to `jax.block_until_ready`;
-4. after every variant has run, the matmul and copy ceilings are measured in the same
+4. with `profile`, `profile_steps` more steps (untimed) run under `jax.profiler`, traced into
+   `<profile>/<variant>/` for xprof (`xprof --logdir DIR`) or TensorBoard's profile plugin;
+5. after every variant has run, the matmul and copy ceilings are measured in the same
    process (`ceilings.measure_ceilings`; after, so they do not raise the device's peak memory).
 
 MFU = model train FLOPs per step / median step time / (devices × peak), against the published
@@ -25,8 +27,10 @@ personalization. A technique already off in the config is skipped with a note.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -56,15 +60,19 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class BenchOptions:
     """steps: timed steps; warmup: untimed steps after the compile; distinct_batches: batches
-    cycled; notes: caveats copied into every record (e.g. "shared, loaded CPU")."""
+    cycled; notes: caveats copied into every record (e.g. "shared, loaded CPU"); profile: a
+    folder for device traces of `profile_steps` untimed steps after the timed ones (None:
+    no trace)."""
 
     steps: int = 20
     warmup: int = 3
     distinct_batches: int = 4
     notes: tuple[str, ...] = ()
+    profile: Path | None = None
+    profile_steps: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("steps", "distinct_batches"):
+        for name in ("steps", "distinct_batches", "profile_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -210,8 +218,21 @@ def measure(
             if i >= options.warmup:
                 seconds.append(time.perf_counter() - t0)
 
+    final_loss = float(metrics["loss"])
     traced = dispatch.describe(ran) or "none"
     notes = [*options.notes, f"kernels traced (model.kernels={config.model.kernels}): {traced}"]
+    if options.profile is not None:
+        log_dir = options.profile / re.sub(r"[^\w.=+-]+", "_", variant.name).strip("_")
+        with exp.activate(), jax.profiler.trace(str(log_dir)):
+            for i in range(total, total + options.profile_steps):
+                with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                    batch = device_batches[i % len(device_batches)]
+                    state, metrics = step(state, batch, jax.random.fold_in(base, i))
+            jax.block_until_ready((state, metrics))
+        notes.append(
+            f"device trace of {options.profile_steps} untimed steps after the timed ones: "
+            f"xprof --logdir {log_dir}"
+        )
     platform = jax.devices()[0].platform
     if platform == "cpu" and n_dev > 1:
         notes.append(
@@ -228,7 +249,7 @@ def measure(
         overrides=tuple(overrides),
         times=StepTimes(tuple(seconds)),
         compile_s=compile_s,
-        final_loss=float(metrics["loss"]),
+        final_loss=final_loss,
         batch_size=config.train.batch_size,
         num_devices=n_dev,
         flops=_flops(config, exp.spec, batches, xla_train_flops(exp, device_batches[0])),

@@ -28,6 +28,7 @@ from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Experiment, build_experiment
 from kunlun_jax.train.predictions import Predictions
 from kunlun_jax.train.preemption import PreemptionGuard
+from kunlun_jax.train.profiling import StepProfiler
 
 
 class RunExistsError(FileExistsError):
@@ -251,6 +252,13 @@ class _RunLog:
         )
         (print if self.lines else self.bar.write)(f"{self.name} step {step} eval: {shown}")
 
+    def profiled(self, steps: range, log_dir: Path) -> None:
+        """A trace of `steps` was written under `log_dir`."""
+        if not self.quiet:
+            (print if self.lines else self.bar.write)(
+                f"{self.name} steps {steps.start}-{steps.stop - 1} traced: xprof --logdir {log_dir}"
+            )
+
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
@@ -272,8 +280,9 @@ def train(
     """Trains `config` in `run_dir` (created by prepare_run_dir) and returns the eval metrics.
 
     Writes config.json, TensorBoard events (tb/), orbax checkpoints (checkpoints/) and
-    metrics.json. With resume, continues from the newest intact checkpoint with the same data
-    order. SIGTERM/SIGINT finish the current step, save a checkpoint and return
+    metrics.json; with train.profile_steps, a jax.profiler trace of those steps (tb/plugins/).
+    With resume, continues from the newest intact checkpoint with the same data order.
+    SIGTERM/SIGINT finish the current step, save a checkpoint and return
     {"preempted": True, "step": ...} instead of the eval metrics. A new run that fails before
     it starts (no config.json yet) removes its directory, so that a retry is not refused.
     """
@@ -312,11 +321,15 @@ def _train(
             f"{start}; pass train.steps >= {start}"
         )
     log = _RunLog(run_dir, config, start, progress)
+    profiler = StepProfiler(tc.profile_steps, run_dir / "tb", start)
     with exp.activate(), PreemptionGuard() as guard:
         if jax.process_index() == 0:  # written once signals are caught (tests rely on it)
             write_atomically(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
         predict = exp.predict_step()
-        state, stats = _train_steps(exp, state, predict, ckpt, log, guard, start)
+        try:
+            state, stats = _train_steps(exp, state, predict, ckpt, log, guard, profiler, start)
+        finally:
+            profiler.close()
         if stats.preempted is not None:
             log.close()
             ckpt.wait()
@@ -388,9 +401,11 @@ def _train_steps(
     ckpt: Checkpointer,
     log: _RunLog,
     guard: PreemptionGuard,
+    profiler: StepProfiler,
     start: int,
 ) -> tuple[Any, dict[str, Any] | None]:
-    """Steps start..train.steps, or until a preemption signal (then saved)."""
+    """Steps start..train.steps, or until a preemption signal (then saved). Traced steps
+    (`profiler`) are not timed."""
     tc = exp.config.train
     stats = _Stats()
     step_fn = exp.train_step()
@@ -400,12 +415,18 @@ def _train_steps(
         local = next(exp.data_iter)
         validate_batch(local, exp.spec)
         t0 = time.perf_counter()
-        state, metrics = step_fn(state, exp.device_batch(local), jax.random.fold_in(base_key, step))
+        with profiler.annotate(step):
+            state, metrics = step_fn(
+                state, exp.device_batch(local), jax.random.fold_in(base_key, step)
+            )
+        traced = profiler.active
+        if profiler.step_done(step, (state, metrics)):
+            log.profiled(range(profiler.begin, step + 1), profiler.log_dir)
         if not bool(metrics["finite"]):
             if tc.nan_policy == "stop":
                 raise NonFiniteError(_non_finite_report(step, metrics))
             stats.skipped += 1
-        if step > start:  # the first step includes compilation
+        if step > start and not traced:  # the first step includes compilation
             timed_seconds += time.perf_counter() - t0
             timed_examples += tc.batch_size
         log.bar.update(1)
@@ -440,6 +461,7 @@ RESUMABLE_TRAIN_FIELDS = (
     "keep_best",
     "async_checkpoints",
     "nan_policy",
+    "profile_steps",
 )
 
 
