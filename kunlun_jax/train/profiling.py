@@ -2,6 +2,7 @@
 
 `jax.profiler` writes `<log dir>/plugins/profile/<time>/<host>.xplane.pb` (and a Perfetto
 `trace.json.gz`): the layout xprof (`xprof --logdir DIR`) and TensorBoard's profile plugin read.
+With several processes each traces into its own `process_<i>/` below the log dir.
 Training traces into the run's `tb/` directory, beside its scalars. Each step runs under a
 `StepTraceAnnotation`, so xprof's step-time breakdown (compute, collectives, host waits) sees
 the steps.
@@ -16,6 +17,13 @@ from typing import Any
 import jax
 
 
+def trace_dir(log_dir: Path) -> Path:
+    """Where this process writes its trace: `log_dir`, or `log_dir/process_<i>` when several
+    processes run (trace files are named by host, and one host may run several processes)."""
+    log_dir = Path(log_dir)
+    return log_dir / f"process_{jax.process_index()}" if jax.process_count() > 1 else log_dir
+
+
 class StepProfiler:
     """Traces train steps [start, stop) (`steps`: () = none, else (start, stop)) into
     `log_dir`, from the first of them at or after `first_step` (a resumed run traces what is
@@ -25,7 +33,7 @@ class StepProfiler:
         window = range(*steps) if steps else range(0)
         self.begin = max(window.start, first_step) if window else None
         self.stop_after = window.stop - 1 if window else None
-        self.log_dir = Path(log_dir)
+        self.log_dir = trace_dir(log_dir)
         self.active = False
 
     @property
