@@ -46,7 +46,7 @@ from kunlun_jax.model.towers import resolve_towers
 from kunlun_jax.parallel.aot import lower_train_step
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import Layout, build_experiment, plan_training
-from kunlun_jax.train.profiling import trace_dir
+from kunlun_jax.train.profiling import profile_options, trace_dir
 from pallas_kernels.common import dispatch
 
 
@@ -225,7 +225,7 @@ def measure(
     if options.profile is not None:
         variant_dir = re.sub(r"[^\w.=+-]+", "_", variant.name).strip("_")
         log_dir = trace_dir(options.profile / variant_dir)
-        with exp.activate(), jax.profiler.trace(str(log_dir)):
+        with exp.activate(), jax.profiler.trace(str(log_dir), profiler_options=profile_options()):
             for i in range(total, total + options.profile_steps):
                 with jax.profiler.StepTraceAnnotation("train", step_num=i):
                     batch = device_batches[i % len(device_batches)]
