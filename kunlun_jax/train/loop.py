@@ -250,14 +250,18 @@ class _RunLog:
         shown = ", ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if k.rsplit("/", 1)[-1] in _EVAL_SHOWN
         )
-        (print if self.lines else self.bar.write)(f"{self.name} step {step} eval: {shown}")
+        self._show(f"{self.name} step {step} eval: {shown}")
 
     def profiled(self, steps: range, log_dir: Path) -> None:
         """A trace of `steps` was written under `log_dir`."""
         if not self.quiet:
-            (print if self.lines else self.bar.write)(
+            self._show(
                 f"{self.name} steps {steps.start}-{steps.stop - 1} traced: xprof --logdir {log_dir}"
             )
+
+    def _show(self, line: str) -> None:
+        """A line on stdout, above the progress bar where there is one."""
+        (print if self.lines else self.bar.write)(line)
 
     def close(self) -> None:
         self.bar.close()

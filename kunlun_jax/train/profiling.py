@@ -55,7 +55,6 @@ class StepProfiler:
         """Context manager around step `step`: starts the trace at the window's first step and
         marks the step for xprof."""
         if self.traces and step == self.begin:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
             jax.profiler.start_trace(str(self.log_dir), profiler_options=profile_options())
             self.active = True
         return jax.profiler.StepTraceAnnotation("train", step_num=step)
