@@ -14,7 +14,7 @@ from kunlun_jax.bench import cli as bench_cli
 from kunlun_jax.config import available_configs, load_config, to_dict
 from kunlun_jax.outputs import add_overwrite_flag, refuse_to_replace, write_atomically
 from kunlun_jax.platform import prefer_present_accelerators, set_platforms_unless_given
-from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
+from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 SUMMARY_KEYS = ("ne", "oracle_ne", "auc", "log_loss", "calibration", "examples_per_sec")
 
@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         print(json.dumps(to_dict(config), indent=2))
         return 0
+    except Preempted as e:  # a study or sweep's training
+        print(e)
+        return PREEMPTED_EXIT_CODE
     except _user_errors() as e:
         if os.environ.get(TRACEBACK_ENV):
             raise

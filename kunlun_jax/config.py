@@ -121,7 +121,13 @@ class ModelConfig:
     n_tok: int = 4  # HSP output tokens per stream
     skl_rank: int = 4  # k: Kronecker terms in SumKronLinear
     window: int = 16  # SWA half-window w (token t sees [t-w, t+w]); 0 = full attention
-    causal: bool = False  # SWA mask j <= i (histories are newest-first: an event sees newer ones)
+    # Causal SWA mask: query i sees key j only if j <= i in the stored order (with a window,
+    # i - w <= j <= i). Histories are stored newest-first, so an event sees itself and NEWER
+    # events only (closer to the request), never older ones: the newest event sees only
+    # itself. That is causal in storage order and reversed in time; causal in time (an event
+    # sees its past, j >= i here) is not implemented. The spec says only "causal variant
+    # configurable". Applies to the SWA layers' attention (softmax or GDPA), not to HSP.
+    causal: bool = False
     # Scores of the SWA layers' self-attention and of the HSP / PMA seed attention: softmax, or
     # GDPA (gdpa_activation, gdpa_qk_scale; beta = gdpa_out_scale or 1 / T_e, the stream's
     # maximum length: the paper's 1/tau).
@@ -146,8 +152,14 @@ class ModelConfig:
     compskip: bool = True  # alternate GDPA+fresh HSP / SWA+cached HSP layers
     event_personalization: bool = True  # per-stream tower sizes from `streams`
     num_experts: int = 2  # Wukong experts in the global interaction
-    # The experts' input tokens [X_sum ; summaries]: contiguous blocks (with 2 experts, one
-    # sees X_sum and the other the sequence summaries) or interleaved (each sees both).
+    # How the experts split their input tokens [X_sum ; summaries] (n = n_sum + sum_e n_tok_e,
+    # the streams' summaries in stream order): "contiguous" cuts that sequence by count alone
+    # into M blocks whose sizes differ by at most one, the larger first (np.array_split);
+    # "interleaved" gives expert m tokens m, m + M, m + 2M, ... With 2 contiguous experts,
+    # one sees exactly X_sum and the other the summaries only when n_sum = n / 2 (`movielens`:
+    # 4 | 2 + 2); in `tiny` (4 + 3 x 2 tokens) expert 0 sees X_sum and the first stream's
+    # first summary token, expert 1 the rest; in `small`, `base` and `paper` expert 0 sees
+    # X_sum and the first stream's whole summary.
     expert_partition: Literal["contiguous", "interleaved"] = "contiguous"
     wukong_fm_rank: int = 4  # k_fm: low-rank FM projection
     wukong_fm_tokens: int = 0  # n_F tokens out of the FM block; 0 = half the tokens
@@ -193,6 +205,9 @@ class TrainConfig:
     # stops").
     embedding_initial_accumulator: float = 0.1
     warmup_steps: int = 50
+    # Length of the warmup + cosine schedule in steps (after it, the final rate); 0 =
+    # train.steps. A resume that changes train.steps keeps the run's own length.
+    decay_steps: int = 0
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
     eval_every: int = 0  # 0 = only at the end
@@ -493,7 +508,14 @@ def validate(config: Config) -> None:
         _require(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     for name in ("learning_rate", "embedding_learning_rate", "embedding_initial_accumulator"):
         _require(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
-    for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "clip_norm"):
+    for name in (
+        "warmup_steps",
+        "decay_steps",
+        "eval_every",
+        "checkpoint_every",
+        "weight_decay",
+        "clip_norm",
+    ):
         _require(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}")
     _require(t.log_every > 0, f"train.log_every must be > 0, got {t.log_every}")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")

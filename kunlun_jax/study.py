@@ -113,20 +113,17 @@ def run_config(
     the same config is not trained again (its train_wall_s is then None). Returns the config's
     study entry (see `run_study`). progress: each training's progress, and a line on stderr
     as each seed is done."""
-    from kunlun_jax.train.loop import evaluate_run, finished_run, prepare_run_dir, train
+    from kunlun_jax.train.loop import evaluate_run, train_or_read_back
 
     split = test_split(config)
     base_rates = label_means(make_source(config.data, "train")[0])  # NE as the spec defines it
     runs = []
     for seed in seeds:
-        cfg = seeded(config, seed)
-        run_dir = Path(runs_dir) / f"{config.name}-seed{seed}"
-        final_eval, wall = finished_run(run_dir, cfg), None
-        if final_eval is None:
-            run_dir = prepare_run_dir(runs_dir, run_dir.name, overwrite=True, resume=False)
-            start = time.perf_counter()
-            final_eval = train(cfg, run_dir, progress=progress)
-            wall = time.perf_counter() - start
+        start = time.perf_counter()
+        final_eval, run_dir, trained = train_or_read_back(
+            seeded(config, seed), runs_dir, f"{config.name}-seed{seed}", progress=progress
+        )
+        wall = time.perf_counter() - start if trained else None
         test = evaluate_run(run_dir, split, base_rates=base_rates)
         runs.append(
             {

@@ -158,3 +158,20 @@ def test_study_cli_trains_each_seed_and_writes_json_and_table(tmp_path, capsys):
     assert main([*args, "--set", "train.learning_rate=1e-2"]) == 2
     assert "dcnv2-seed0 holds a run of another config" in capsys.readouterr().err
     assert (tmp_path / "dcnv2-seed0" / "metrics.json").read_text() == before
+
+
+def test_a_preempted_training_stops_the_study_for_a_resume(tmp_path, monkeypatch, capsys):
+    """A study's training that stops for SIGTERM (checkpoint saved) ends the study with the
+    preempted exit code and a line saying the same command resumes it; nothing is evaluated."""
+    from kunlun_jax.train import loop
+    from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: {"preempted": True, "step": 2, "signal": 15})
+    args = ["study", "--config", "tiny", "--seeds", "0", "--runs-dir", str(tmp_path)]
+    assert main([*args, "--out", str(tmp_path / "s.json"), "--set", "mesh.data=1"]) == (
+        PREEMPTED_EXIT_CODE
+    )
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'tiny-seed0'}: preempted by signal 15 after step 2" in out
+    assert "run the same command again to resume it" in out
+    assert not (tmp_path / "s.json").exists()

@@ -198,6 +198,8 @@ def test_resume_restores_into_abstract_targets_or_starts_fresh(cli_run, tmp_path
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
     assert train(longer, copy, resume=True, progress=False)["steps"] == 8
     assert Checkpointer(copy / "checkpoints").latest_step() == 8
+    # The learning rate went on along the 6-step run's schedule, not a new 8-step one.
+    assert load_config(str(copy / "config.json")).train.decay_steps == 6
 
 
 def test_profile_steps_trace_the_window_and_leave_the_numbers_alone(cli_run, tmp_path, capsys):
@@ -222,6 +224,36 @@ def test_profile_steps_trace_the_window_and_leave_the_numbers_alone(cli_run, tmp
     traced = json.loads((tmp_path / "traced" / "metrics.json").read_text())
     for key in ("ne", "auc", "log_loss"):
         assert traced[key] == untraced[key], key
+
+
+def test_a_failed_final_eval_loses_no_steps_and_a_rerun_resumes(cli_run, tmp_path, monkeypatch):
+    """A 6-step run resumed to 8 steps whose final eval fails: the step-8 checkpoint was saved
+    before the eval, and the 6-step run's metrics.json is gone (it would read as the 8-step
+    run's). `train_or_read_back`, as a study or sweep re-run calls it, resumes that run (only
+    the eval is left) rather than training it again from scratch."""
+    from kunlun_jax.train import loop
+
+    run_dir = shutil.copytree(cli_run[0], tmp_path / "r")
+    cfg = load_config(str(run_dir / "config.json"))
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
+
+    def failing_eval(*args, **kwargs):
+        raise OSError("eval data unreadable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_evaluate", failing_eval)
+        with pytest.raises(OSError, match="eval data unreadable"):
+            train(longer, run_dir, resume=True, progress=False)
+    assert Checkpointer(run_dir / "checkpoints").latest_step() == 8
+    assert not (run_dir / "metrics.json").exists()
+    longer = load_config(str(run_dir / "config.json"))  # the resumed run's, decay_steps 6
+    assert loop.finished_run(run_dir, longer) is None
+    (run_dir / "kept").touch()  # a retrain from scratch would replace the directory
+    _no_fresh_state(monkeypatch)
+    metrics, again, trained = loop.train_or_read_back(longer, tmp_path, "r")
+    assert (again, trained, metrics["steps"]) == (run_dir, True, 8)
+    assert (run_dir / "kept").exists()
+    assert loop.train_or_read_back(longer, tmp_path, "r")[1:] == (run_dir, False)
 
 
 def test_resume_refuses_when_only_quarantined_checkpoints_are_left(tmp_path):
@@ -424,14 +456,29 @@ def test_a_run_older_than_a_config_field_resumes_with_its_default(tmp_path):
     """A run's config.json from before a field existed loads (as --config too) with the
     field's default, which is what the run used: the resume check passes."""
     from kunlun_jax.config import to_dict
-    from kunlun_jax.train.loop import _check_same_run
+    from kunlun_jax.train.loop import _resumed_config
 
     config = load_config("tiny", FAST)
     saved = to_dict(config)
     del saved["model"]["seq_attention"], saved["train"]["keep_best"]
+    del saved["train"]["decay_steps"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert load_config(str(tmp_path / "config.json")) == config
-    _check_same_run(tmp_path, config)
+    assert _resumed_config(tmp_path, config) == config
+
+
+def test_a_resume_to_more_steps_keeps_the_runs_schedule_length(tmp_path):
+    from kunlun_jax.config import ConfigError, to_dict
+    from kunlun_jax.train.loop import _resumed_config
+
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(load_config("tiny", FAST))))
+    longer = _resumed_config(tmp_path, load_config("tiny", [*FAST, "train.steps=9"]))
+    assert (longer.train.steps, longer.train.decay_steps) == (9, 6)
+    same = load_config("tiny", [*FAST, "train.steps=9", "train.decay_steps=6"])
+    assert _resumed_config(tmp_path, same) == same
+    other = load_config("tiny", [*FAST, "train.steps=9", "train.decay_steps=9"])
+    with pytest.raises(ConfigError, match=r"train\.decay_steps differs"):
+        _resumed_config(tmp_path, other)
 
 
 def test_finished_runs_are_read_back_and_other_runs_never_replaced(tmp_path):
@@ -445,8 +492,10 @@ def test_finished_runs_are_read_back_and_other_runs_never_replaced(tmp_path):
     assert finished_run(run, config) is None  # empty
     (run / "config.json").write_text(json.dumps(to_dict(config)))
     assert finished_run(run, config) is None  # unfinished: retrain
-    (run / "metrics.json").write_text('{"ne": 0.9}')
-    assert finished_run(run, config) == {"ne": 0.9}
+    (run / "metrics.json").write_text('{"ne": 0.9, "steps": 3}')
+    assert finished_run(run, config) is None  # an earlier end's metrics (3 of 6 steps)
+    (run / "metrics.json").write_text('{"ne": 0.9, "steps": 6}')
+    assert finished_run(run, config) == {"ne": 0.9, "steps": 6}
     with pytest.raises(FileExistsError, match="holds a run of another config"):
         finished_run(run, load_config("tiny", [*FAST, "train.steps=7"]))
     (run / "config.json").unlink()

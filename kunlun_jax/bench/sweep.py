@@ -32,7 +32,7 @@ from kunlun_jax.data.pipeline import make_source
 from kunlun_jax.outputs import write_atomically
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.experiment import plan_config
-from kunlun_jax.train.loop import finished_run, prepare_run_dir, train
+from kunlun_jax.train.loop import train_or_read_back
 
 SWEEP_FILE = "sweep.json"
 
@@ -176,14 +176,9 @@ def run_sweep(
     def run_point(i: int) -> None:
         point, config = points[i], configs[i]
         name = point_name(point)
-        run_dir = out_dir / name
-        metrics = finished_run(run_dir, config)
-        if metrics is not None:
-            log(f"[{i + 1}/{len(points)}] {name}: already trained, NE {metrics['ne']:.4f}")
-        else:
-            run_dir = prepare_run_dir(out_dir, name, overwrite=True, resume=False)
-            metrics = train(config, run_dir, progress=False)
-            log(f"[{i + 1}/{len(points)}] {name}: NE {metrics['ne']:.4f}")
+        metrics, run_dir, trained = train_or_read_back(config, out_dir, name)
+        how = "" if trained else "already trained, "
+        log(f"[{i + 1}/{len(points)}] {name}: {how}NE {metrics['ne']:.4f}")
         fam = family or getattr(config.model, "arch", "kunlun")
         point_doc = make_point(config, config_name, [*overrides, *point], fam, metrics, run_dir)
         with lock:

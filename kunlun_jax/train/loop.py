@@ -27,7 +27,7 @@ from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Experiment, build_experiment
 from kunlun_jax.train.predictions import Predictions
-from kunlun_jax.train.preemption import PreemptionGuard
+from kunlun_jax.train.preemption import Preempted, PreemptionGuard
 from kunlun_jax.train.profiling import StepProfiler
 
 
@@ -87,7 +87,30 @@ def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
             f"{run_dir} holds a run of another config; pick another output directory (or "
             "remove that run) rather than replace it"
         )
-    return json.loads(metrics.read_text()) if metrics.is_file() else None
+    if not metrics.is_file():
+        return None
+    final = json.loads(metrics.read_text())
+    return final if final.get("steps") == config.train.steps else None
+
+
+def train_or_read_back(
+    config: Config, runs_dir: Path, name: str, *, progress: bool = False
+) -> tuple[dict[str, Any], Path, bool]:
+    """(final eval metrics, run directory, whether it trained now) of `config` in
+    runs_dir/name, for studies and sweeps run again: a finished run of `config` is read back
+    (`finished_run`), an unfinished one with a checkpoint is resumed, an empty or absent
+    directory (or a run of `config` that saved nothing) is trained from scratch. Raises
+    Preempted (the checkpoint saved) on a preemption signal."""
+    run_dir = Path(runs_dir) / name
+    metrics = finished_run(run_dir, config)
+    if metrics is not None:
+        return metrics, run_dir, False
+    resume = (run_dir / "config.json").is_file() and any((run_dir / "checkpoints").glob("[0-9]*"))
+    run_dir = prepare_run_dir(runs_dir, name, overwrite=not resume, resume=resume)
+    metrics = train(config, run_dir, resume=resume, progress=progress)
+    if metrics.get("preempted"):
+        raise Preempted(run_dir, metrics["step"], metrics["signal"])
+    return metrics, run_dir, True
 
 
 def _barrier(name: str) -> None:
@@ -130,6 +153,12 @@ def _non_finite_report(step: int, metrics: dict[str, Any]) -> str:
         if not bool(ok)
     ]
     loss = float(metrics["loss"])
+    if not bad and math.isfinite(loss) and not math.isfinite(float(metrics["grad_norm"])):
+        return (
+            f"step {step}: loss = {loss} and gradients finite, but their norm overflows float32 "
+            "(the squares would make the optimizer's statistics inf); lower "
+            "train.learning_rate or set train.clip_norm"
+        )
     if not bad and math.isfinite(loss):
         return (
             f"step {step}: loss = {loss} and gradients finite, but the update made parameters "
@@ -273,6 +302,13 @@ class _RunLog:
 _EVAL_SHOWN = ("ne", "auc", "log_loss")
 
 
+@dataclasses.dataclass
+class _Stats:
+    skipped: int = 0  # steps whose update was dropped (non-finite, nan_policy = skip)
+    examples_per_sec: float = float("nan")  # excluding the first (compiling) step
+    preempted: dict[str, Any] | None = None  # {"preempted": True, "step", "signal"}
+
+
 def train(
     config: Config,
     run_dir: Path,
@@ -302,10 +338,10 @@ def train(
 def _train(
     config: Config, run_dir: Path, *, resume: bool, progress: bool, devices: list[Any] | None
 ) -> dict:
-    """`train`'s body."""
-    tc = config.train
+    """`train`'s body: the checkpointer is closed (its saves finished) however it ends."""
     if resume:
-        _check_same_run(run_dir, config)
+        config = _resumed_config(run_dir, config)
+    tc = config.train
     exp = build_experiment(config, devices, init_state=not resume)
     ckpt = Checkpointer(
         run_dir / "checkpoints",
@@ -313,39 +349,64 @@ def _train(
         keep_best=tc.keep_best,
         async_save=tc.async_checkpoints,
     )
-    state = exp.state
-    if resume:  # restored into abstract targets: no fresh state beside the restored one
-        restored = ckpt.restore_latest_good(exp.sharded_abstract_state(), exp.data_iter)
-        state = restored[0] if restored is not None else exp.initial_state(exp.example)
-    start = int(state.step)
-    if start > tc.steps:
+    try:
+        state, stats = exp.state, _Stats()
+        if resume:  # restored into abstract targets: no fresh state beside the restored one
+            restored = ckpt.restore_latest_good(exp.sharded_abstract_state(), exp.data_iter)
+            if restored is None:
+                state = exp.initial_state(exp.example)
+            else:
+                state, stats.skipped = restored[0], restored[1].get("skipped_steps", 0)
+        start = int(state.step)
+        if start > tc.steps:
+            raise ConfigError(
+                f"cannot resume {run_dir} with train.steps = {tc.steps}: its checkpoint is at "
+                f"step {start}; pass train.steps >= {start}"
+            )
+        log = _RunLog(run_dir, config, start, progress)
+        try:
+            return _train_and_evaluate(exp, run_dir, ckpt, log, state, stats, resume=resume)
+        finally:
+            log.close()
+    finally:
         ckpt.close()
-        raise ConfigError(
-            f"cannot resume {run_dir} with train.steps = {tc.steps}: its checkpoint is at step "
-            f"{start}; pass train.steps >= {start}"
-        )
-    log = _RunLog(run_dir, config, start, progress)
+
+
+def _train_and_evaluate(
+    exp: Experiment,
+    run_dir: Path,
+    ckpt: Checkpointer,
+    log: _RunLog,
+    state: Any,
+    stats: _Stats,
+    *,
+    resume: bool,
+) -> dict:
+    """Steps from `state` to train.steps, the final checkpoint, then the final eval and
+    metrics.json; or, on a preemption signal, {"preempted": True, "step", "signal"}."""
+    config, tc = exp.config, exp.config.train
+    start = int(state.step)
     profiler = StepProfiler(tc.profile_steps, run_dir / "tb", start)
     with exp.activate(), PreemptionGuard() as guard:
         if jax.process_index() == 0:  # written once signals are caught (tests rely on it)
+            if resume:  # the metrics of an earlier end would read as this run's
+                (run_dir / "metrics.json").unlink(missing_ok=True)
             write_atomically(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
         predict = exp.predict_step()
         try:
-            state, stats = _train_steps(exp, state, predict, ckpt, log, guard, profiler, start)
+            state = _train_steps(exp, state, predict, ckpt, log, guard, profiler, start, stats)
         finally:
             profiler.close()
+        if stats.preempted is None:
+            if ckpt.latest_step() != tc.steps:  # before the eval: its failure loses no steps
+                _save(exp, ckpt, tc.steps, state, stats.skipped)
+            if guard.requested():  # the eval is left to the resume
+                stats.preempted = {"preempted": True, "step": tc.steps, "signal": guard.signal}
         if stats.preempted is not None:
-            log.close()
-            ckpt.wait()
-            ckpt.close()
             return stats.preempted
         final = _evaluate(exp, predict, state)
     log.scalars("eval", final, tc.steps)
-    log.close()
-    if ckpt.latest_step() != tc.steps:
-        _save(exp, ckpt, tc.steps, state, {"eval": final}, final)
-    ckpt.wait()
-    ckpt.close()
+    ckpt.wait()  # a finished run's metrics.json always has its final checkpoint beside it
     result = {
         **final,
         "config": config.name,
@@ -385,17 +446,14 @@ def _save(
     ckpt: Checkpointer,
     step: int,
     state: Any,
-    meta: dict[str, Any],
+    skipped: int,
+    meta: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
 ) -> None:
-    ckpt.save(step, state, exp.data_iter, {"step": step, **meta}, metrics)
-
-
-@dataclasses.dataclass
-class _Stats:
-    skipped: int = 0  # steps whose update was dropped (non-finite, nan_policy = skip)
-    examples_per_sec: float = float("nan")  # excluding the first (compiling) step
-    preempted: dict[str, Any] | None = None  # {"preempted": True, "step", "signal"}
+    """Saves `state` after `step` steps with the data iterator; skipped: steps dropped so
+    far (restored by a resume); metrics (with "ne") rank it for keep_best."""
+    meta = {"step": step, "skipped_steps": skipped, **(meta or {})}
+    ckpt.save(step, state, exp.data_iter, meta, metrics)
 
 
 def _train_steps(
@@ -407,11 +465,11 @@ def _train_steps(
     guard: PreemptionGuard,
     profiler: StepProfiler,
     start: int,
-) -> tuple[Any, dict[str, Any] | None]:
-    """Steps start..train.steps, or until a preemption signal (then saved). Traced steps
-    (`profiler`) are not timed."""
+    stats: _Stats,
+) -> Any:
+    """Steps start..train.steps, or until a preemption signal (then saved and recorded in
+    `stats`); returns the state. Traced steps (`profiler`) are not timed."""
     tc = exp.config.train
-    stats = _Stats()
     step_fn = exp.train_step()
     base_key = jax.random.key(tc.seed + 1)
     timed_examples, timed_seconds = 0, 0.0
@@ -441,21 +499,22 @@ def _train_steps(
             evaluated = _evaluate(exp, predict, state)
             log.eval_point(done, evaluated)
             if tc.keep_best:
-                _save(exp, ckpt, done, state, {"eval": evaluated}, evaluated)
+                _save(exp, ckpt, done, state, stats.skipped, {"eval": evaluated}, evaluated)
         if tc.checkpoint_every and done % tc.checkpoint_every == 0 and ckpt.latest_step() != done:
-            _save(exp, ckpt, done, state, {})
+            _save(exp, ckpt, done, state, stats.skipped)
         if guard.requested():
             if ckpt.latest_step() != done:
-                _save(exp, ckpt, done, state, {"preempted": True})
+                _save(exp, ckpt, done, state, stats.skipped, {"preempted": True})
             stats.preempted = {"preempted": True, "step": done, "signal": guard.signal}
-            return state, stats
+            return state
     if timed_seconds:
         stats.examples_per_sec = timed_examples / timed_seconds
-    return state, stats
+    return state
 
 
 # train.* fields a resume may change: none alters the optimizer state, the batches or the
-# numbers of the steps already taken.
+# numbers of the steps already taken (a changed `steps` keeps the run's schedule length,
+# `_resumed_config`).
 RESUMABLE_TRAIN_FIELDS = (
     "steps",
     "eval_every",
@@ -469,20 +528,29 @@ RESUMABLE_TRAIN_FIELDS = (
 )
 
 
-def _check_same_run(run_dir: Path, config: Config) -> None:
-    """Resuming needs the run's data and model config and its train config up to
-    RESUMABLE_TRAIN_FIELDS (the mesh may change: checkpoints restore onto any mesh)."""
+def _resumed_config(run_dir: Path, config: Config) -> Config:
+    """`config` for resuming the run in run_dir: its data and model config and its train
+    config up to RESUMABLE_TRAIN_FIELDS must be the run's (the mesh may change: checkpoints
+    restore onto any mesh). Where train.steps changes, train.decay_steps (0) takes the run's
+    schedule length, so the learning rate goes on along the run's own schedule."""
     saved = run_dir / "config.json"
     if not saved.is_file():
-        return
+        return config
     # Through load_config, so that fields newer than the run take their defaults.
-    old, new = to_dict(load_config(str(saved))), to_dict(config)
+    old_config = load_config(str(saved))
+    decay = old_config.train.decay_steps or old_config.train.steps
+    if not config.train.decay_steps and config.train.steps != old_config.train.steps:
+        train_config = dataclasses.replace(config.train, decay_steps=decay)
+        config = dataclasses.replace(config, train=train_config)
+    old, new = to_dict(old_config), to_dict(config)
     changed = [f"{section}.*" for section in ("data", "model") if old[section] != new[section]]
     changed += [
         f"train.{key}"
         for key, value in new["train"].items()
-        if key not in RESUMABLE_TRAIN_FIELDS and old["train"][key] != value
+        if key not in (*RESUMABLE_TRAIN_FIELDS, "decay_steps") and old["train"][key] != value
     ]
+    if (config.train.decay_steps or config.train.steps) != decay:
+        changed.append("train.decay_steps")
     if changed:
         raise ConfigError(
             f"cannot resume {run_dir}: {', '.join(changed)} "
@@ -491,3 +559,4 @@ def _check_same_run(run_dir: Path, config: Config) -> None:
             f"{{{', '.join(RESUMABLE_TRAIN_FIELDS)}}} may change); resume with --config {saved}, "
             "or start a new run with --name"
         )
+    return config

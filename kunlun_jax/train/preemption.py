@@ -17,6 +17,17 @@ from kunlun_jax.parallel.distributed import any_process
 PREEMPTED_EXIT_CODE = 75
 
 
+class Preempted(Exception):
+    """A training in a study or sweep stopped for a preemption signal after saving a
+    checkpoint; running the same command again resumes it (the CLI exits PREEMPTED_EXIT_CODE)."""
+
+    def __init__(self, run_dir: object, step: int, signum: int | None):
+        super().__init__(
+            f"{run_dir}: preempted by signal {signum} after step {step}, checkpoint saved; run "
+            "the same command again to resume it"
+        )
+
+
 class PreemptionGuard:
     """Context manager: while active, SIGTERM/SIGINT set a flag instead of killing."""
 

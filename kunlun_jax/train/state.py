@@ -72,7 +72,7 @@ def make_optimizer(cfg: TrainConfig, labels: Any) -> optax.GradientTransformatio
         init_value=0.0,
         peak_value=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps,
-        decay_steps=max(cfg.steps, cfg.warmup_steps + 1),
+        decay_steps=max(cfg.decay_steps or cfg.steps, cfg.warmup_steps + 1),
         end_value=cfg.learning_rate * 0.1,
     )
     dense = optax.adamw(schedule, weight_decay=cfg.weight_decay)
@@ -113,8 +113,8 @@ def make_train_step(
     """(state, batch, rng) -> (state, metrics). With accum_steps > 1 the batch is split into
     micro-batches whose gradients are averaged (same result as one big batch, less memory).
     task_weights: the multi-task loss's weights (`bce_loss`).
-    A non-finite loss, gradient or updated parameter leaves the state unchanged and reports,
-    per parameter, which gradients were non-finite."""
+    A non-finite loss, gradient, gradient norm or updated parameter leaves the state unchanged
+    and reports, per parameter, which gradients were non-finite."""
 
     def loss_fn(params, batch: Batch, rng):
         logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
@@ -142,7 +142,11 @@ def make_train_step(
         else:
             loss, grads = accumulated(state.params, batch, rng)
         grad_finite = jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(jax.tree.leaves(grad_finite)))
+        grad_norm = optax.tree.norm(grads)
+        # A finite gradient whose squares overflow fp32 (norm inf) would put inf into Adam's
+        # second moment or Adagrad's sums, silently freezing those parameters.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite &= jnp.all(jnp.stack(jax.tree.leaves(grad_finite)))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # Finite gradients can still step to non-finite parameters (e.g. a learning rate too
@@ -156,7 +160,7 @@ def make_train_step(
         state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "finite": finite,
             "grad_finite": grad_finite,
             "update_finite": update_finite,
