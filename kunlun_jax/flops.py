@@ -25,9 +25,13 @@ Backward: `backward = 2 × forward` (two matmuls per forward matmul; this is exa
 autodiff of the reference path runs). The spec's convention for fused attention kernels,
 which recompute the scores in backward, is 2.5× on the attention part: reported separately as
 `kernel_backward = 2·(forward − attention_forward) + 2.5·attention_forward`. `total` uses
-`backward`. `recompute` is the extra forward work re-run under `model.remat`: whole layers
-for "full"; for "dots" (matmuls without batch dimensions are saved) the attention scores/PV,
-whose einsums carry batch dimensions.
+`backward`. `recompute` is the extra forward work the backward re-runs under `model.remat`
+(`jaxpr_flops` of the gradient with and without it): the layers' matmuls for "full"; for
+"dots" (`dots_with_no_batch_dims_saveable`: only matmuls without batch dimensions are saved)
+those whose einsums carry batch dimensions: attention scores/PV, the PFFN's generated weight
+and its product with S, Wukong's FM product Z (Zᵀ Y). Either way, minus what the backward
+never reads: the last matmul of the stream block of a scanned group's last layer, whose
+output only joins the residual sum the group returns.
 
 CLI: `python -m kunlun_jax.flops --config base` prints the per-component table.
 """
@@ -46,7 +50,7 @@ import numpy as np
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import FeatureSpec
 from kunlun_jax.model.embedding import padded_vocab
-from kunlun_jax.model.towers import Tower, layer_roles, resolve_towers
+from kunlun_jax.model.towers import Tower, layer_roles, layer_segments, resolve_towers
 
 AttentionCount = Literal["kernel", "dense"]
 
@@ -72,7 +76,10 @@ class FlopEntry:
     component: one of COMPONENTS; op: the op inside it (e.g. "qkv", "scores_pv",
     "expert_0/fm_mlp"); flops: forward matmul FLOPs per example; params: parameters owned;
     stage: "input", "layer_<l>" or "output"; stream: the event stream the op works on (None on
-    the non-sequence path); attention: the scores/PV matmuls of an attention-shaped kernel.
+    the non-sequence path); attention: the scores/PV matmuls of an attention-shaped kernel;
+    batched: its einsums carry batch dimensions (attention entries always do); group_output:
+    its output only joins the residual sum a scanned layer group returns, so no remat policy
+    recomputes it (module docstring).
     """
 
     component: str
@@ -82,6 +89,8 @@ class FlopEntry:
     stage: str
     stream: str | None = None
     attention: bool = False
+    batched: bool = False
+    group_output: bool = False
 
 
 def _group(entries: Iterable[FlopEntry], key: Callable[[FlopEntry], str]) -> dict[str, float]:
@@ -143,11 +152,11 @@ class FlopReport:
         entries = tuple(sorted(entries, key=lambda e: order.get(e.component, len(order))))
         forward = float(sum(e.flops for e in entries))
         attention = float(sum(e.flops for e in entries if e.attention))
-        in_layers = [e for e in entries if e.stage.startswith("layer_")]
+        rerun = [e for e in entries if e.stage.startswith("layer_") and not e.group_output]
         recompute = {
             "none": 0.0,
-            "full": float(sum(e.flops for e in in_layers)),
-            "dots": float(sum(e.flops for e in in_layers if e.attention)),
+            "full": float(sum(e.flops for e in rerun)),
+            "dots": float(sum(e.flops for e in rerun if e.batched)),
         }[remat]
         return cls(
             forward=forward,
@@ -235,9 +244,21 @@ class _Counter:
         stream: str | None = None,
         *,
         attention: bool = False,
+        batched: bool = False,
+        group_output: bool = False,
     ) -> None:
         self.entries.append(
-            FlopEntry(component, op, float(flops), int(params), stage, stream, attention)
+            FlopEntry(
+                component,
+                op,
+                float(flops),
+                int(params),
+                stage,
+                stream,
+                attention,
+                batched or attention,
+                group_output,
+            )
         )
 
     def mlp(
@@ -308,6 +329,53 @@ def _summary(
         c.add(component, "compress", 2.0 * size, size, stage, name)
 
 
+def _stream_block(
+    c: _Counter,
+    cfg: ModelConfig,
+    t: Tower,
+    n: float,
+    layer: int,
+    ends_group: bool,
+    attention: AttentionCount,
+) -> None:
+    """StreamBlock of stream t on n tokens at `layer`: the FFN (GDPA or PFFN) and / or SWA, per
+    `layer_roles`. ends_group: `layer` is the last of a scanned group, so the block's last
+    matmul only joins the residual sum the group returns (FlopEntry.group_output)."""
+    stage, de, name, d = f"layer_{layer}", t.d_model, t.name, cfg.d_model
+    use_ffn, use_attention, _ = layer_roles(cfg, layer)
+    ffn_last = ends_group and not use_attention
+    if use_ffn and cfg.ffn == "gdpa":
+        comp = "gdpa_ffn"
+        c.add(comp, "norm", 0, 2 * de, stage, name)
+        c.add(comp, "q", 2.0 * n * de * de, de * de, stage, name)
+        c.add(comp, "kv", 2 * (2.0 * cfg.n_sum * d * de), 2 * d * de, stage, name)
+        gdpa = 4.0 * n * cfg.n_sum * de  # cross attention: no window, no causal
+        c.add(comp, "scores_pv", gdpa, 0, stage, name, attention=True)
+        c.add(comp, "o", 2.0 * n * de * de, de * de, stage, name, group_output=ffn_last)
+    elif use_ffn:
+        comp = "pffn"
+        c.add(comp, "norm", 0, 2 * de, stage, name)
+        c.add(comp, "ac", 2 * (2.0 * cfg.n_sum * d * de), 2 * d * de, stage, name)
+        c.add(comp, "weight", 2.0 * cfg.n_sum * de * de, 0, stage, name, batched=True)
+        apply = 2.0 * n * de * de
+        c.add(comp, "apply", apply, 0, stage, name, batched=True, group_output=ffn_last)
+    if use_attention:
+        c.add("swa", "norm", 0, 2 * de, stage, name)
+        c.add("swa", "qkv", 2.0 * n * de * 3 * de, 3 * de * de, stage, name)
+        flops = _attention_flops(n, n, de, window=t.window, causal=cfg.causal, mode=attention)
+        c.add("swa", "scores_pv", flops, 0, stage, name, attention=True)
+        c.add("swa", "o", 2.0 * n * de * de, de * de, stage, name, group_output=ends_group)
+
+
+def _group_ends(cfg: ModelConfig, towers: tuple[Tower, ...]) -> set[int]:
+    """The layers that end a scanned (and rematerialized) group, `model.kunlun.LayerGroup`."""
+    return {
+        s.start + (r + 1) * s.group_size - 1
+        for s in layer_segments(cfg, towers)
+        for r in range(s.repeats)
+    }
+
+
 def _wukong(c: _Counter, cfg: ModelConfig, n_in: int, n_out: int, d: int, stage: str) -> None:
     """MixtureOfWukong over [X_sum ; summaries] (n_in tokens) -> n_out tokens, + out_norm."""
     m = min(cfg.num_experts, n_in, n_out)
@@ -317,8 +385,10 @@ def _wukong(c: _Counter, cfg: ModelConfig, n_in: int, n_out: int, d: int, stage:
     for e, (ni, no) in enumerate(zip(in_sizes, out_sizes, strict=True)):
         n_f = (cfg.wukong_fm_tokens * no) // n_out or (no + 1) // 2
         n_l = no - n_f
-        # Z (Zᵀ Y): two einsums; fm_norm is a LayerNorm over the flattened [n_in·k].
-        c.add("wukong", f"expert_{e}/fm", 2 * (2.0 * ni * d * k), ni * k + 2 * ni * k, stage)
+        # Z (Zᵀ Y): Y [n_in, k] is a parameter, Z (Zᵀ Y) a per-example (batched) product;
+        # fm_norm is a LayerNorm over the flattened [n_in·k].
+        c.add("wukong", f"expert_{e}/fm_proj", 2.0 * ni * d * k, ni * k, stage)
+        c.add("wukong", f"expert_{e}/fm", 2.0 * ni * d * k, 2 * ni * k, stage, batched=True)
         c.mlp("wukong", f"expert_{e}/fm_mlp", ni * k, (r * d, n_f * d), 1, stage)
         if n_l > 0:
             c.add("wukong", f"expert_{e}/lcb", 2.0 * ni * n_l * d, ni * n_l, stage)
@@ -382,9 +452,10 @@ def model_flops(
                   "input", t.name)  # fmt: skip
 
     summarized: set[str] = set()
+    group_ends = _group_ends(cfg, towers)
     for layer in range(cfg.num_layers):
         stage = f"layer_{layer}"
-        use_ffn, use_attention, fresh = layer_roles(cfg, layer)
+        fresh = layer_roles(cfg, layer)[2]
         # WeightGen: LN (model.weight_gen_norm), token mix n_ns -> n_sum, gated MLP.
         mix_params = n_ns * cfg.n_sum + (2 * d if cfg.weight_gen_norm else 0)
         c.add("weight_gen", "token_mix", 2.0 * n_ns * cfg.n_sum * d, mix_params, stage)
@@ -392,32 +463,11 @@ def model_flops(
         for t in towers:
             if layer >= t.num_layers:
                 continue
-            n, de, name = tokens[t.name], t.d_model, t.name
+            n, name = tokens[t.name], t.name
             if fresh or name not in summarized:
                 _summary(c, cfg, t, n, d, "summary", stage, batch_size)
                 summarized.add(name)
-            if use_ffn and cfg.ffn == "gdpa":
-                comp = "gdpa_ffn"
-                c.add(comp, "norm", 0, 2 * de, stage, name)
-                c.add(comp, "q", 2.0 * n * de * de, de * de, stage, name)
-                c.add(comp, "kv", 2 * (2.0 * cfg.n_sum * d * de), 2 * d * de, stage, name)
-                gdpa = 4.0 * n * cfg.n_sum * de  # cross attention: no window, no causal
-                c.add(comp, "scores_pv", gdpa, 0, stage, name, attention=True)
-                c.add(comp, "o", 2.0 * n * de * de, de * de, stage, name)
-            elif use_ffn:
-                comp = "pffn"
-                c.add(comp, "norm", 0, 2 * de, stage, name)
-                c.add(comp, "ac", 2 * (2.0 * cfg.n_sum * d * de), 2 * d * de, stage, name)
-                c.add(comp, "weight", 2.0 * cfg.n_sum * de * de, 0, stage, name)
-                c.add(comp, "apply", 2.0 * n * de * de, 0, stage, name)
-            if use_attention:
-                c.add("swa", "norm", 0, 2 * de, stage, name)
-                c.add("swa", "qkv", 2.0 * n * de * 3 * de, 3 * de * de, stage, name)
-                flops = _attention_flops(
-                    n, n, de, window=t.window, causal=cfg.causal, mode=attention
-                )
-                c.add("swa", "scores_pv", flops, 0, stage, name, attention=True)
-                c.add("swa", "o", 2.0 * n * de * de, de * de, stage, name)
+            _stream_block(c, cfg, t, n, layer, layer in group_ends, attention)
         n_in = cfg.n_sum + sum(t.n_tok for t in towers)
         _wukong(c, cfg, n_in, n_ns, d, stage)
 
@@ -465,6 +515,44 @@ def xla_flops(fn: Callable[..., Any], *args: Any) -> float:
     if isinstance(cost, Mapping):
         cost = [cost]
     return float(sum(float(c.get("flops", 0.0)) for c in cost if c))
+
+
+def jaxpr_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """Matmul FLOPs (every dot_general, 2·m·n·k) of the jaxpr JAX traces for `fn(*args)`: a
+    scan body counted once per iteration, a cond's branches all counted. This is the program
+    before XLA, whose CSE may merge a remat's recomputation back into the forward
+    (`prevent_cse=False` on a one-iteration scan), so `xla_flops` of a gradient can miss what
+    JAX asks to recompute."""
+    import jax
+
+    return _dot_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _dot_flops(jaxpr: Any) -> float:
+    """dot_general FLOPs of a jaxpr and, recursively, of the jaxprs its equations hold."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            k = math.prod(eqn.invars[0].aval.shape[i] for i in contracting)
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+        else:
+            trips = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+            total += trips * sum(_dot_flops(sub) for sub in _sub_jaxprs(eqn.params))
+    return total
+
+
+def _sub_jaxprs(params: Mapping[str, Any]) -> Iterable[Any]:
+    """The jaxprs (open, or closed ones' jaxpr) in an equation's params: a scan's or
+    remat's body, a pjit's callee, a cond's branches."""
+    import jax.extend.core as jex
+
+    for value in params.values():
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(v, jex.ClosedJaxpr):
+                yield v.jaxpr
+            elif isinstance(v, jex.Jaxpr):
+                yield v
 
 
 def synthetic_mean_lengths(config: Any, num: int = 2048) -> dict[str, float]:

@@ -149,6 +149,28 @@ def test_padding_never_changes_the_output(arch, synthetic_batch, built):
     np.testing.assert_allclose(apply(params, batch), apply(params, scrambled), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["din", "wukong", "dcnv2"])  # InterFormer: Kunlun's ROTE path
+def test_non_finite_padded_times_reach_no_gradient(arch, synthetic_batch, built):
+    """NaN at every padded time: the loss and every gradient are those of the batch as it is
+    (masked rows meet zero cotangents in the backward, and 0 · NaN would be NaN)."""
+    batch, spec = synthetic_batch
+    model, params, _ = built(arch, "synthetic")
+    poisoned = jax.tree.map(np.copy, batch)
+    for s in spec.streams:
+        seq = poisoned["seqs"][s.name]
+        pad = np.arange(s.max_len)[None] >= seq["length"][:, None]
+        seq["dt"] = np.where(pad, np.nan, seq["dt"]).astype(np.float32)
+
+    @jax.jit
+    def grads(b):
+        return jax.grad(lambda p: model.apply(p, b).sum())(params)
+
+    for got, want in zip(
+        jax.tree.leaves(grads(poisoned)), jax.tree.leaves(grads(batch)), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
 # InterFormer's training step is the slowest compile here (~20 s); its forward runs above.
 FIT = [pytest.param(a, marks=pytest.mark.slow) if a == "interformer" else a for a in BASELINES]
 

@@ -47,13 +47,18 @@ def test_output_shape_and_finite_with_empty_histories(tiny_spec):
     assert np.all(np.isfinite(np.asarray(logits)))
 
 
+def _padded(seq):
+    """bool [B, T]: the padded positions of one stream {item, side, dt, length} of a batch."""
+    return np.arange(seq["item"].shape[1])[None] >= seq["length"][:, None]
+
+
 def _scramble_padding(batch, spec, seed):
     """Rewrites every padded position with other (valid) ids and times."""
     rng = np.random.default_rng(seed)
     out = jax.tree.map(np.array, batch)
     for s in spec.streams:
         seq = out["seqs"][s.name]
-        pad = np.arange(s.max_len)[None] >= seq["length"][:, None]
+        pad = _padded(seq)
         seq["item"] = np.where(pad, rng.integers(1, s.item_vocab_size, pad.shape), seq["item"])
         seq["side"] = np.where(pad, rng.integers(1, s.side_vocab_size, pad.shape), seq["side"])
         seq["dt"] = np.where(pad, rng.uniform(0, 1e6, pad.shape), seq["dt"]).astype(np.float32)
@@ -80,6 +85,39 @@ def test_padded_positions_never_change_the_output(compiled_small, seed):
     base = np.asarray(apply(params, batch))
     scrambled = np.asarray(apply(params, _scramble_padding(batch, spec, seed + 1)))
     np.testing.assert_array_equal(base, scrambled)
+
+
+def _fill_padded_times(batch, value):
+    """The batch with every padded dt set to `value` (validate_batch reads real events only)."""
+    out = jax.tree.map(np.array, batch)
+    for seq in out["seqs"].values():
+        seq["dt"] = np.where(_padded(seq), value, seq["dt"]).astype(np.float32)
+    return out
+
+
+def test_non_finite_padded_times_change_neither_logits_nor_gradients(tiny_spec):
+    """NaN / Inf times at padded positions: the same logits and gradients as zeros there. The
+    forward masks padded ROTE rows out, but the backward multiplies them by zero (0 · NaN = NaN)
+    unless the model zeroes padded times first. dt is the only per-event float input."""
+    cfg = dataclasses.replace(SMALL, seed_rote=True)  # both readers of dt: SWA and seed ROTE
+    lengths = {"click": np.array([0, 3, 12, 5]), "view": np.array([2, 0, 20, 5])}
+    batch = random_batch(tiny_spec, 4, lengths=lengths)  # zero padded times
+    model, params = _init_apply(cfg, tiny_spec, batch)
+
+    def loss(p, b):
+        logits = model.apply(p, b)
+        return logits.sum(), logits
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, base), base_grads = step(params, batch)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(base_grads))
+    for value in (np.nan, np.inf, -np.inf):
+        (_, logits), grads = step(params, _fill_padded_times(batch, value))
+        np.testing.assert_array_equal(logits, base, err_msg=f"padded dt = {value}")
+        for (path, g), ref in zip(
+            jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(base_grads), strict=True
+        ):
+            np.testing.assert_array_equal(g, ref, err_msg=f"{jax.tree_util.keystr(path)}, {value}")
 
 
 def test_trimming_padding_to_a_bucket_keeps_the_output(compiled_small):
@@ -460,7 +498,7 @@ def test_sliding_window_attention_sees_only_its_window(gdpa):
     cp = causal.init(jax.random.key(1), s, dt, lengths)
     moved = causal.apply(cp, s.at[0, 4].set(5.0), dt, lengths)
     changed = np.any(np.asarray(causal.apply(cp, s, dt, lengths) != moved), axis=-1)[0]
-    np.testing.assert_array_equal(changed, np.arange(10) >= 4)  # j <= i
+    np.testing.assert_array_equal(changed, np.arange(10) >= 4)  # j <= i: older events see it
 
 
 def test_gdpa_seed_attention_ignores_padding_and_empty_histories():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from kunlun_jax.config import ModelConfig
 from kunlun_jax.data.spec import Batch, FeatureSpec, StreamSpec
-from kunlun_jax.model.common import MLP, Dense, length_mask
+from kunlun_jax.model.common import MLP, Dense, length_mask, real_times
 from kunlun_jax.model.embedding import FeatureEmbedding
 from kunlun_jax.model.hsp import SequenceSummary
 
@@ -72,6 +72,7 @@ class TargetAttention(nn.Module):
         self, s: jax.Array, query: jax.Array, dt: jax.Array, lengths: jax.Array
     ) -> jax.Array:
         q = jnp.broadcast_to(query[:, None, :], s.shape)
+        dt = real_times(dt, lengths)  # padded times may be NaN / Inf
         recency = jnp.log1p(jnp.maximum(dt, 0.0) / 3600.0)[..., None].astype(s.dtype)
         unit_in = jnp.concatenate([s, q, s - q, s * q, recency], axis=-1)
         w = MLP((self.hidden,), 1, dtype=self.dtype, name="unit")(unit_in)[..., 0]

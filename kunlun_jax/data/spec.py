@@ -20,7 +20,9 @@ One example (a batch adds a leading `B` axis to every array):
 
 Histories are stored newest-first, so keeping the `T_e` most recent events of a stream is a
 slice `[:, :T_e]` with `length = min(length, T_e)`. Item id 0 is reserved for padding in every
-stream vocabulary.
+stream vocabulary. Padded positions may hold any in-range ids and any times, NaN and Inf
+included (`validate_batch` checks the times of real events only): no padded value reaches an
+output or a gradient (Kunlun zeroes padded times first, `model.common.real_times`).
 """
 
 from __future__ import annotations

@@ -227,6 +227,15 @@ def length_mask(lengths: jax.Array, t: int) -> jax.Array:
     return jnp.arange(t)[None, :] < lengths[:, None]
 
 
+def real_times(dt: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Event times dt [B, T] with the padded positions (>= lengths [B]) zeroed.
+
+    Padding may hold anything, NaN and Inf included (validate_batch checks real events only).
+    Masks hide a padded time from the forward, but not from the backward: a masked-out row
+    computed from it (ROTE'd Q / K) meets a zero cotangent there, and 0 · NaN = NaN."""
+    return jnp.where(length_mask(lengths, dt.shape[1]), dt, 0.0)
+
+
 def batch_constraint(x: jax.Array) -> jax.Array:
     """Pins an activation [B, ...] to the mesh axes of logical `batch` (a no-op without a mesh
     and axis rules), so sharding propagation never gathers a batch onto one device."""

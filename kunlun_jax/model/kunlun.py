@@ -14,6 +14,7 @@ from kunlun_jax.model.common import (
     GdpaScoring,
     LayerNorm,
     batch_constraint,
+    real_times,
     task_logits,
 )
 from kunlun_jax.model.embedding import FeatureEmbedding
@@ -237,7 +238,7 @@ class Kunlun(nn.Module):
         for t in towers:
             raw = batch["seqs"][t.name]
             lengths[t.name] = jnp.minimum(raw["length"], t.max_len).astype(jnp.int32)
-            dts[t.name] = raw["dt"][:, : t.max_len]
+            dts[t.name] = real_times(raw["dt"][:, : t.max_len], lengths[t.name])
             s = tokens[t.name][:, : t.max_len]
             if t.d_model != c.d_model:
                 s = Dense(
