@@ -139,7 +139,7 @@ def get_activation(name: str, tanh: Fn | None = None) -> tuple[Fn, Fn]:
     """
     try:
         f, df = ACTIVATIONS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name, e.g. a list
         raise ValueError(
             f"unknown GDPA activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
         ) from None

@@ -10,8 +10,10 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+MAX_WINDOW = 2**31 - 1  # the kernels compute positions ± window in int32
 
 
 def check_attention_inputs(
@@ -30,11 +32,16 @@ def check_attention_inputs(
     causal flag.
 
     op: the op's name for messages ("GDPA", "SWA"). q, k, v must be rank 4, share one dtype of
-    `DTYPES`, k and v one shape, and k/v batch, heads and head dim must equal q's. names: how
-    the messages call q, k, v (seed pooling checks k in q's place).
+    `DTYPES`, k and v one shape, and k/v batch, heads and head dim must equal q's. Concrete
+    lengths must lie in [0, Tq] / [0, Tkv]; traced ones (under jit) cannot be checked and are
+    clipped to it by `clip_lengths`. names: how the messages call q, k, v (seed pooling checks
+    k in q's place).
     """
     if not isinstance(causal, bool):
-        raise ValueError(f"causal must be True or False, got {causal!r}")
+        raise ValueError(
+            f"causal must be a Python bool (True or False), got {causal!r} of type "
+            f"{type(causal).__module__}.{type(causal).__qualname__}"
+        )
     for name, x in zip(names, (q, k, v), strict=True):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, H, D], got shape {x.shape}")
@@ -53,7 +60,10 @@ def check_attention_inputs(
         raise ValueError(
             f"k/v batch, heads and head dim must match q's ({b}, {h}, {d}), got k {k.shape}"
         )
-    for name, lengths in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
+    for name, lengths, t in (
+        ("q_lengths", q_lengths, q.shape[1]),
+        ("kv_lengths", kv_lengths, k.shape[1]),
+    ):
         if lengths is None:
             continue
         if not hasattr(lengths, "dtype"):
@@ -63,10 +73,27 @@ def check_attention_inputs(
                 f"{name} must be an integer array of shape ({b},), "
                 f"got {lengths.dtype} {lengths.shape}"
             )
+        _check_length_range(name, lengths, t)
     if window is not None and (
         isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0
     ):
         raise ValueError(f"window must be a non-negative int or None, got {window!r}")
+    if window is not None and window > MAX_WINDOW:
+        raise ValueError(
+            f"window must be at most {MAX_WINDOW} (int32), got {window}; a window as long as "
+            "the sequences is the same as none (window=None)"
+        )
+
+
+def _check_length_range(name: str, lengths: jax.Array, t: int) -> None:
+    """ValueError listing the values of concrete lengths outside [0, t]. Traced lengths (under
+    jit) have no values to check: the kernels and references clip them to [0, t]."""
+    if isinstance(lengths, jax.core.Tracer):
+        return
+    values = np.asarray(lengths)
+    bad = values[(values < 0) | (values > t)]
+    if bad.size:
+        raise ValueError(f"{name} must lie in [0, {t}], got out-of-range values {bad.tolist()}")
 
 
 def check_scales(**scales: float) -> None:
@@ -93,10 +120,11 @@ def pad_sequence(x: jax.Array, length: int, dim: int) -> jax.Array:
 
 
 def clip_lengths(lengths: jax.Array | None, batch: int, length: int) -> jax.Array:
-    """int32 [B] lengths clipped to [0, length] (the references' semantics); None = full."""
+    """int32 [B] lengths clipped to [0, length] (the references' semantics; clipped before the
+    cast, so that a uint32 above 2³¹ clips to length, not wraps below 0); None = full."""
     if lengths is None:
         return jnp.full((batch,), length, jnp.int32)
-    return jnp.clip(lengths.astype(jnp.int32), 0, length)
+    return jnp.clip(lengths, 0, length).astype(jnp.int32)
 
 
 def pad_attention_inputs(

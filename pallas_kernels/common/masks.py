@@ -28,9 +28,9 @@ def attention_mask(
     j = jnp.arange(tkv)[None, :]
     mask = jnp.ones((batch, 1, tq, tkv), dtype=bool)
     if q_lengths is not None:
-        mask &= (jnp.arange(tq)[None, :] < q_lengths[:, None])[:, None, :, None]
+        mask &= _real_rows(tq, q_lengths)[:, None, :, None]
     if kv_lengths is not None:
-        mask &= (jnp.arange(tkv)[None, :] < kv_lengths[:, None])[:, None, None, :]
+        mask &= _real_rows(tkv, kv_lengths)[:, None, None, :]
     if window is not None:
         mask &= (jnp.abs(i - j) <= window)[None, None]
     if causal:
@@ -60,3 +60,20 @@ def rows_with_keys(
     if window is not None:
         ok &= i - window < kv_len
     return jnp.broadcast_to(ok, (batch, tq))
+
+
+def zero_padding(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    """x [B, T, ...] with the rows at or past lengths[b] (int [B]; None: no padding) zeroed.
+    A select, so NaN or inf in padding become 0 too, and their gradient is exactly 0."""
+    if lengths is None:
+        return x
+    real = _real_rows(x.shape[1], lengths)
+    real = real.reshape(real.shape + (1,) * (x.ndim - 2))
+    return jnp.where(real, x, jnp.zeros((), x.dtype))
+
+
+def _real_rows(t: int, lengths: jax.Array) -> jax.Array:
+    """Boolean [B, t]: row i of batch entry b is real (i < lengths[b]). The lengths are clipped
+    to [0, t] first, as the kernels clip them (`inputs.clip_lengths`): a uint32 above 2³¹ would
+    otherwise wrap below 0 in the comparison with int32 positions."""
+    return jnp.arange(t)[None, :] < jnp.clip(lengths, 0, t)[:, None]

@@ -1,4 +1,5 @@
-"""Tile-level matmuls and absolute positions, used inside every blocked kernel body."""
+"""Tile-level matmuls, absolute positions and padding zeroing, used inside every blocked kernel
+body."""
 
 from __future__ import annotations
 
@@ -30,3 +31,11 @@ def tile_positions(
     rows = first_row + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
     cols = first_col + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
     return (rows, cols) if rows_are_q else (cols, rows)
+
+
+def zero_past(x: jax.Array, first: Int, length: Int, axis: int = 0) -> jax.Array:
+    """x with its positions along `axis` (absolute: `first` + index) at or past `length`
+    zeroed. A select, not a product: NaN or inf there become 0 too (0 · NaN is NaN, so masking
+    the scores alone does not stop them in the next matmul)."""
+    inside = first + jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) < length
+    return jnp.where(inside, x, jnp.zeros_like(x))

@@ -30,7 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common import blocks
-from pallas_kernels.common.tile_ops import tile_positions
+from pallas_kernels.common.tile_ops import tile_positions, zero_past
 from pallas_kernels.common.tiles import BlockSizes
 
 TPU_LANES = 128
@@ -91,8 +91,7 @@ class TileMask:
         if self.inside_lengths:
             return x
         first, length = (self.first_kv, self.kv_len) if self.q_outer else (self.first_q, self.q_len)
-        inside = first + jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) < length
-        return jnp.where(inside, x, jnp.zeros_like(x))
+        return zero_past(x, first, length, axis)
 
 
 class Tile(NamedTuple):

@@ -45,7 +45,7 @@ from pallas_kernels.common.tiles import (
 )
 from pallas_kernels.common.tpu import sigmoid_via_tanh
 from pallas_kernels.common.triton_launch import triton_target
-from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.gdpa.blockwise import GdpaSpec, scales_tiles
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from pallas_kernels.gdpa.reference import gdpa_reference
 from pallas_kernels.gdpa.tpu import gdpa_fwd_tpu
@@ -96,8 +96,12 @@ def gdpa(
     """Generalized dot-product attention O = (M ⊙ out_scale·Act(qk_scale·Q Kᵀ)) V per head.
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D]; one dtype of bf16 / fp16 / fp32 (fp32 accumulation).
-    q_lengths / kv_lengths: int [B] real rows per batch row (None = all). window: |i - j| <= w.
-    causal: j <= i. Masked positions contribute exactly zero; padded query rows are zero.
+    q_lengths / kv_lengths: int [B] real rows per batch row (None = all), in [0, Tq] / [0, Tkv]:
+    concrete lengths outside it raise ValueError; traced ones (under jit) cannot be checked and
+    are clipped to it. window: |i - j| <= w. causal: j <= i. Masked positions contribute exactly
+    zero and padded query rows are zero, whatever the padding holds (NaN, inf): the gradients
+    at padded rows are exactly zero too. fp16 kernels apply out_scale to each fp32 score tile
+    before its cast, as the reference does, so Act(qk_scale·S) may exceed fp16's range.
     block_q / block_kv override the tuned tiles (`tuning.py`) of the Pallas backends,
     heads_per_step the heads per grid step of pallas_tpu (the largest divisor of H up to it).
     Returns [B, Tq, H, D] in q's dtype. Scales, window, causal and blocks are static.
@@ -200,7 +204,16 @@ def gdpa_pallas(
         tanh = kernel_tanh(activation, q.dtype, jnp.tanh if interpret else pltriton.approx_tanh)
     else:
         tanh = kernel_tanh(activation, q.dtype, jnp.tanh) if sigmoid_via_tanh(device_kind) else None
-    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=triton, tanh=tanh)
+    spec = GdpaSpec(
+        activation,
+        qk_scale,
+        out_scale,
+        window,
+        causal,
+        erf_free=triton,
+        tanh=tanh,
+        scale_tiles=scales_tiles(q.dtype),
+    )
     sizes = default_block_sizes(platform, device_kind, dim, tkv, impl)
     sizes = sizes.with_overrides(block_q, block_kv).with_heads(heads_per_step)
     sizes = fit_block_sizes(sizes, impl, q.dtype, tq, tkv, block_q, block_kv)

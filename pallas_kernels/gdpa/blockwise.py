@@ -5,7 +5,10 @@ With S = Q Kᵀ (fp32), α = qk_scale, β = out_scale and M the mask:
     dV = Pᵀ dO        dP = dO Vᵀ         dS = M ⊙ dP ⊙ αβ·Act'(α·S)
     dQ = dS K         dK = dSᵀ Q
 Kernels accumulate the unscaled tiles (`probs`, `score_grad`) and apply β (O, dV) or αβ (dQ, dK)
-once to the fp32 accumulator at the end: fewer multiplies per element, same result.
+once to the fp32 accumulator at the end: fewer multiplies per element, same result. Except for
+fp16 inputs (`scales_tiles`): an fp32 tile of Act(α·S) above fp16's 65504 would turn to inf in
+its cast to the MMA dtype before β could shrink it, so there β (αβ for dS) scales each fp32
+tile before its cast, as the reference does, and the accumulators are taken as they are.
 
 Pallas-Triton has no lowering for `lax.erf`, so Triton kernels build their spec with
 `erf_free=True`, which evaluates exact GELU with the rational erf approximation XLA and Eigen
@@ -25,7 +28,15 @@ from pallas_kernels.common import blocks
 from pallas_kernels.common.activations import Fn, get_activation
 from pallas_kernels.common.tile_ops import mm, mm_nt, tile_positions
 
-__all__ = ["GdpaSpec", "cost_estimate", "erf_rational", "mm", "mm_nt", "tile_positions"]
+__all__ = [
+    "GdpaSpec",
+    "cost_estimate",
+    "erf_rational",
+    "mm",
+    "mm_nt",
+    "scales_tiles",
+    "tile_positions",
+]
 
 # erf(x) ≈ x·P(x²)/Q(x²) on [-4, 4], clamped outside: Eigen's / XLA's fp32 erf.
 # Coefficients highest degree first.
@@ -82,7 +93,9 @@ class GdpaSpec:
     """Static (hashable) description of one GDPA call: activation, scales and mask kind.
 
     tanh: the function the sigmoid-family activations go through in a GPU kernel
-    (`activations.get_activation`, `kernel_tanh`); None: the exact formulas."""
+    (`activations.get_activation`, `kernel_tanh`); None: the exact formulas. scale_tiles:
+    apply β (αβ) to each fp32 tile before its cast rather than to the accumulators at the end
+    (`scales_tiles(dtype)`: fp16)."""
 
     activation: str
     qk_scale: float
@@ -91,6 +104,7 @@ class GdpaSpec:
     causal: bool
     erf_free: bool = False
     tanh: Fn | None = None
+    scale_tiles: bool = False  # β (αβ) on each tile before its cast, not at the end
 
     def __post_init__(self) -> None:
         # Plain Python scalars (numpy ints, jnp floats from callers): hashable, equal specs
@@ -101,14 +115,15 @@ class GdpaSpec:
         object.__setattr__(self, "causal", bool(self.causal))
 
     def probs(self, s: jax.Array) -> jax.Array:
-        """Act(α·S) for an fp32 score tile (P / β, before masking)."""
+        """tile_scale·Act(α·S) for an fp32 score tile (P / acc_scale, before masking)."""
         act, _ = _activation(self.activation, self.erf_free, self.tanh)
-        return act(self._scaled(s))
+        return _times(act(_times(s, self.qk_scale)), self.tile_scale)
 
     def score_grad(self, s: jax.Array, dp: jax.Array) -> jax.Array:
-        """dP ⊙ Act'(α·S) for fp32 tiles (dS / (αβ), before masking)."""
+        """tile_grad_scale·dP ⊙ Act'(α·S) for fp32 tiles (dS / acc_grad_scale, before
+        masking)."""
         _, dact = _activation(self.activation, self.erf_free, self.tanh)
-        return dp * dact(self._scaled(s))
+        return _times(dp * dact(_times(s, self.qk_scale)), self.tile_grad_scale)
 
     def visible(
         self, q_idx: jax.Array, kv_idx: jax.Array, q_len: blocks.Int, kv_len: blocks.Int
@@ -155,12 +170,36 @@ class GdpaSpec:
         return dict(q_len=q_len, kv_len=kv_len, window=self.window, causal=self.causal)
 
     @property
-    def grad_scale(self) -> float:
-        """αβ: the factor applied to accumulated dQ and dK."""
-        return self.qk_scale * self.out_scale
+    def tile_scale(self) -> float:
+        """The factor `probs` applies to each tile: β when scale_tiles, else 1."""
+        return self.out_scale if self.scale_tiles else 1.0
 
-    def _scaled(self, s: jax.Array) -> jax.Array:
-        return s if self.qk_scale == 1.0 else s * self.qk_scale
+    @property
+    def tile_grad_scale(self) -> float:
+        """The factor `score_grad` applies to each tile: αβ when scale_tiles, else 1."""
+        return self.qk_scale * self.out_scale if self.scale_tiles else 1.0
+
+    @property
+    def acc_scale(self) -> float:
+        """The factor applied to the accumulated O and dV: β, or 1 when the tiles carry it."""
+        return 1.0 if self.scale_tiles else self.out_scale
+
+    @property
+    def acc_grad_scale(self) -> float:
+        """The factor applied to the accumulated dQ and dK: αβ, or 1 when the tiles carry it."""
+        return 1.0 if self.scale_tiles else self.qk_scale * self.out_scale
+
+
+def scales_tiles(dtype: jax.typing.DTypeLike) -> bool:
+    """Whether kernels on `dtype` inputs scale each tile before its cast (`GdpaSpec.scale_tiles`):
+    fp16, whose range Act(α·S) can exceed before β shrinks it. bf16 has fp32's range and fp32
+    tiles are not cast: they scale the fp32 accumulators once at the end."""
+    return jnp.dtype(dtype) == jnp.float16
+
+
+def _times(x: jax.Array, factor: float) -> jax.Array:
+    """x · factor, with no multiply when factor is 1."""
+    return x if factor == 1.0 else x * factor
 
 
 # Per kernel: (matmuls of 2·D FLOPs per score, q-sized arrays moved, kv-sized arrays moved).

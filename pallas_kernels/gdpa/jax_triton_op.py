@@ -26,7 +26,7 @@ from pallas_kernels.common.inputs import clip_lengths, nothing_to_attend
 from pallas_kernels.common.tiles import BlockSizes, fit_block_sizes
 from pallas_kernels.common.triton_launch import TritonLaunch, attention_launch, launch
 from pallas_kernels.gdpa import triton_lang
-from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.gdpa.blockwise import GdpaSpec, scales_tiles
 from pallas_kernels.gdpa.tuning import default_block_sizes, dkdv_q_splits, sum_query_splits
 
 
@@ -69,7 +69,9 @@ def gdpa_jax_triton(
     sizes = default_block_sizes("gpu", device_kind, dim, tkv, "jax_triton")
     sizes = sizes.with_overrides(block_q, block_kv)
     sizes = fit_block_sizes(sizes, "pallas_triton", q.dtype, tq, tkv, block_q, block_kv)
-    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal)
+    spec = GdpaSpec(
+        activation, qk_scale, out_scale, window, causal, scale_tiles=scales_tiles(q.dtype)
+    )
     cfg = JaxTritonConfig(spec, sizes, mode)
     return _gdpa(
         cfg, q, k, v, clip_lengths(q_lengths, batch, tq), clip_lengths(kv_lengths, batch, tkv)
@@ -125,10 +127,19 @@ def _launch(cfg: JaxTritonConfig, kernel, kind: str, inputs, outputs_like, **ext
         # Compiled, 16-bit: silu's / sigmoid's σ through PTX tanh.approx (`activations`;
         # Triton's interpreter cannot run inline PTX).
         FAST_TANH=cfg.mode == "jax_triton" and approximates_tanh(inputs[0].dtype),
-        QK_SCALE=spec.qk_scale,
-        OUT_SCALE=spec.out_scale,
+        **_scales(spec, kind),
         **extra,
     )
+
+
+def _scales(spec: GdpaSpec, kind: str) -> dict[str, float]:
+    """The scale constexprs of kernel `kind`: α in the activation's argument, then the factors
+    of the P tiles and the O / dV accumulators (β between them) and of the dS tiles and the
+    dQ / dK accumulators (αβ between them): `GdpaSpec.tile_scale` and its kin."""
+    p_scales = dict(P_SCALE=spec.tile_scale, OUT_SCALE=spec.acc_scale)
+    ds_scales = dict(DS_SCALE=spec.tile_grad_scale, GRAD_SCALE=spec.acc_grad_scale)
+    per_kind = {"fwd": p_scales, "dq": ds_scales, "dkdv": p_scales | ds_scales}
+    return dict(QK_SCALE=spec.qk_scale, **per_kind[kind])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

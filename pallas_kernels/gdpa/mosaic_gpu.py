@@ -18,8 +18,11 @@ from lengths, window, causality); wholly visible blocks skip building the mask
 Hopper's programs are warp-specialized (a TMA producer
 warpgroup, two compute warpgroups of 64 rows); Blackwell's are one warpgroup.
 `tests/kernels/test_gdpa_mosaic_gpu_races.py` runs every kernel under the interpreter's race
-detector. β (O, dV) and αβ (dQ, dK) scale the
-fp32 accumulators once at the end (`blockwise.GdpaSpec`). Inputs are zero-padded to Tq, Tkv
+detector. β (O, dV) and αβ (dQ, dK) scale the fp32 accumulators once at the end, or with fp16
+inputs each fp32 tile before its cast (`blockwise.GdpaSpec`). The TMA copies read whole blocks
+and the kernels mask only the score tiles, so the wrapper zeroes the rows of q, k, v (and of dO
+in the backward) past the lengths with one `jnp.where` before the kernels: whatever padding
+holds (NaN, inf) then contributes exactly zero. Inputs are zero-padded to Tq, Tkv
 multiples of the blocks and D to 64 or 128 (Hopper: the fp32 accumulators must fit a
 warpgroup's registers; Blackwell: the dK/dV kernel's four fp32 tiles fill the 512 TMEM
 columns at D = 128).
@@ -42,9 +45,10 @@ from pallas_kernels.common.inputs import (
     nothing_to_attend,
     pad_attention_inputs,
 )
+from pallas_kernels.common.masks import zero_padding
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
-from pallas_kernels.gdpa.blockwise import GdpaSpec
+from pallas_kernels.gdpa.blockwise import GdpaSpec, scales_tiles
 from pallas_kernels.gdpa.mosaic_gpu_common import MosaicConfig
 from pallas_kernels.gdpa.tuning import dkdv_q_splits, measured_block_sizes, sum_query_splits
 
@@ -137,9 +141,11 @@ def gdpa_mosaic_gpu(
     GPU kernels behind a `custom_vjp`; lengths get no gradient.
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D] in bf16 or f16, D <= 128; lengths int [B] (None =
-    full). block_kv: 64 or 128, the kv block of the forward and dQ kernels; dkdv_block_q: the
-    query block of the dK/dV kernel (Hopper: 32 or 64; Blackwell: 128); None: measured for
-    `device_kind` or untuned (`block_sizes`). arch: "hopper" or "blackwell" (`arch_for`).
+    full), in [0, Tq] / [0, Tkv] (concrete ones outside: ValueError; traced ones: clipped);
+    rows past them are zeroed before the kernels (`_zero_rows_past_lengths`). block_kv: 64 or
+    128, the kv block of the forward and dQ kernels; dkdv_block_q: the query block of the dK/dV
+    kernel (Hopper: 32 or 64; Blackwell: 128); None: measured for `device_kind` or untuned
+    (`block_sizes`). arch: "hopper" or "blackwell" (`arch_for`).
     Returns [B, Tq, H, D] in q's dtype. interpret: run in the Mosaic GPU interpreter (CPU), or
     in it with these parameters (e.g. its race detector:
     `plgpu.InterpretGPUParams(detect_races=True)`).
@@ -173,9 +179,27 @@ def gdpa_mosaic_gpu(
     # Mosaic GPU has no erf lowering: exact GELU through the rational erf. silu / sigmoid: the
     # kernels compile with approx_math, so jnp.tanh is one tanh.approx.f32 (`kernel_tanh`).
     tanh = kernel_tanh(activation, q.dtype, jnp.tanh)
-    spec = GdpaSpec(activation, qk_scale, out_scale, window, causal, erf_free=True, tanh=tanh)
+    spec = GdpaSpec(
+        activation,
+        qk_scale,
+        out_scale,
+        window,
+        causal,
+        erf_free=True,
+        tanh=tanh,
+        scale_tiles=scales_tiles(q.dtype),
+    )
     cfg = MosaicConfig(spec, sizes.block_kv, interpret, arch, sizes.block_q_bwd)
-    return _gdpa(cfg, *padded)[:, :tq, :, :d]
+    return _gdpa(cfg, *_zero_rows_past_lengths(*padded))[:, :tq, :, :d]
+
+
+def _zero_rows_past_lengths(q, k, v, q_lens, kv_lens) -> tuple[jax.Array, ...]:
+    """(q, k, v, q_lens, kv_lens) with the rows of q, k, v past the lengths zeroed. The kernels'
+    TMA copies read whole blocks, padding included, and mask only the score tiles: whatever a
+    padded row holds (NaN, inf) would reach the MMAs (0 · NaN is NaN). One select pass over the
+    inputs here, rather than a zeroing pass over every masked tile in the kernels."""
+    k, v = zero_padding(k, kv_lens), zero_padding(v, kv_lens)
+    return zero_padding(q, q_lens), k, v, q_lens, kv_lens
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -191,7 +215,7 @@ def _gdpa_fwd(cfg: MosaicConfig, q, k, v, q_lens, kv_lens):
 
 def _gdpa_bwd(cfg: MosaicConfig, residuals, do):
     q, k, v, q_lens, kv_lens = residuals
-    do = do.astype(q.dtype)
+    do = zero_padding(do.astype(q.dtype), q_lens)  # as the inputs (`_zero_rows_past_lengths`)
     dtype = jnp.dtype(q.dtype)
     kernels = ARCHS[cfg.arch]
     dq = kernels.dq_kernel(cfg, q.shape, dtype)(q, k, v, do, q_lens, kv_lens)

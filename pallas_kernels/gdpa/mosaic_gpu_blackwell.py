@@ -72,7 +72,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
 
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
         stream_blocks(lo, hi_kv, fetch, step)
-        store_tile(q_smem, _load(o_tmem) * spec.out_scale, o_gmem.at[bi, rows, hi])
+        store_tile(q_smem, _load(o_tmem) * spec.acc_scale, o_gmem.at[bi, rows, hi])
 
     return mosaic_kernel(
         cfg,
@@ -122,7 +122,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
 
         fetch = fetcher(bi, hi, bkv, (k_gmem, k_smem, k_bar), (v_gmem, v_smem, v_bar))
         stream_blocks(lo, hi_kv, fetch, step)
-        store_tile(q_smem, _load(dq_tmem) * spec.grad_scale, dq_gmem.at[bi, rows, hi])
+        store_tile(q_smem, _load(dq_tmem) * spec.acc_grad_scale, dq_gmem.at[bi, rows, hi])
 
     q_tile = plgpu.SMEM((BLOCK_Q, d), dtype)
     kv_blocks = plgpu.SMEM((SLOTS, bkv, d), dtype)
@@ -184,8 +184,8 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype):
         fetch = fetcher(bi, hi, block, (q_gmem, q_smem, q_bar), (do_gmem, do_smem, do_bar))
         stream_blocks(lo, hi_q, fetch, step)
         # K and V are not read any more: they stage the results.
-        store_tile(k_smem, _load(dk_tmem) * spec.grad_scale, dk_gmem.at[bi, rows, hi])
-        store_tile(v_smem, _load(dv_tmem) * spec.out_scale, dv_gmem.at[bi, rows, hi])
+        store_tile(k_smem, _load(dk_tmem) * spec.acc_grad_scale, dk_gmem.at[bi, rows, hi])
+        store_tile(v_smem, _load(dv_tmem) * spec.acc_scale, dv_gmem.at[bi, rows, hi])
 
     tile = plgpu.SMEM((block, d), dtype)
     streamed = plgpu.SMEM((SLOTS, block, d), dtype)

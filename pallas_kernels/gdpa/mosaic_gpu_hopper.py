@@ -95,7 +95,7 @@ def forward_kernel(cfg: MosaicConfig, shape, dtype):
                 plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
 
             (acc,) = pingpong.around(lambda: _consume(lo, hi_kv, released, step, [(WG_ROWS, d)]))
-            store_tile(q_tile, acc * spec.out_scale, o_gmem.at[bi, rows, hi])  # Q is free now
+            store_tile(q_tile, acc * spec.acc_scale, o_gmem.at[bi, rows, hi])  # Q is free now
 
         _specialize(lo, hi_kv, fetch, released, compute)
 
@@ -161,7 +161,7 @@ def dq_kernel(cfg: MosaicConfig, shape, dtype):
                 plgpu.wgmma(acc_ref, ds_tile, k_smem.at[slot])
 
             (acc,) = pingpong.around(lambda: _consume(lo, hi_kv, released, step, [(WG_ROWS, d)]))
-            store_tile(q_tile, acc * spec.grad_scale, dq_gmem.at[tile])
+            store_tile(q_tile, acc * spec.acc_grad_scale, dq_gmem.at[tile])
 
         _specialize(lo, hi_kv, fetch, released, compute)
 
@@ -247,12 +247,12 @@ def dkdv_kernel(cfg: MosaicConfig, shape, tkv: int, dtype, splits: int = 1):
 
             dk, dv = pingpong.around(lambda: _consume(lo, hi_q, released, step, [(WG_ROWS, d)] * 2))
             if splits == 1:  # K and V are not read any more: they stage the results
-                store_tile(k_tile, dk * spec.grad_scale, dk_gmem.at[tile])
-                store_tile(v_tile, dv * spec.out_scale, dv_gmem.at[tile])
+                store_tile(k_tile, dk * spec.acc_grad_scale, dk_gmem.at[tile])
+                store_tile(v_tile, dv * spec.acc_scale, dv_gmem.at[tile])
             else:  # fp32 partials of this split, one after the other through the fp32 tile
                 staging = staging_smem[0].at[wg]
-                store_tile(staging, dk * spec.grad_scale, dk_gmem.at[(split, *tile)])
-                store_tile(staging, dv * spec.out_scale, dv_gmem.at[(split, *tile)])
+                store_tile(staging, dk * spec.acc_grad_scale, dk_gmem.at[(split, *tile)])
+                store_tile(staging, dv * spec.acc_scale, dv_gmem.at[(split, *tile)])
 
         _specialize(lo, hi_q, fetch, released, compute)
 

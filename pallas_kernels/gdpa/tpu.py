@@ -6,8 +6,10 @@ mask lets query block i see (`common.blocks.kv_block_range`, from the scalar-pre
 lengths). The kv-step extent is the static bound `max_kv_blocks`, so a sliding window shrinks
 the grid itself; steps past hi_i (padding, causal) do no compute, and their index maps repeat
 the last block, so the pipeline issues no DMA for them. Interior tiles skip the mask
-arithmetic entirely. A step may take several heads (`TileGrid.of(heads=)`, the tuning table's
-`heads`): one step's index arithmetic and DMA issue then serve them all.
+arithmetic entirely; masked tiles zero the values past kv_len (`TileMask.zero_past_length`), so
+whatever the padding holds (NaN, inf) contributes exactly zero. A step may take several heads
+(`TileGrid.of(heads=)`, the tuning table's `heads`): one step's index arithmetic and DMA issue
+then serve them all.
 
 Inputs are padded by the caller to block multiples; lengths int32 [B] mark the real rows.
 """
@@ -52,11 +54,12 @@ def _fwd_kernel(
             p = spec.probs(s)
             if mask is not None:
                 p = jnp.where(mask(s.shape), p, 0.0)
+                v = mask.zero_past_length(v)  # keys past kv_len: zero (0 · NaN is NaN)
             acc_ref[j] += mm(p.astype(v.dtype), v)
 
     def finish() -> None:
         for j in range(heads):
-            layout.head(o_ref, j)[...] = (acc_ref[j] * spec.out_scale).astype(o_ref.dtype)
+            layout.head(o_ref, j)[...] = (acc_ref[j] * spec.acc_scale).astype(o_ref.dtype)
 
     tiles.visit(
         q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish

@@ -7,7 +7,11 @@ No softmax statistics: S = Q Kᵀ is recomputed per tile, nothing T×T is stored
   matmul is A·B or A·Bᵀ).
 - dQ kernel, grid (B, H, q-blocks, kv-steps), same kv ranges as the forward:
       dQ_i += dS K.
-Skipping, DMA elision and unmasked interior tiles work as in the forward (`common.tpu`).
+Skipping, DMA elision and unmasked interior tiles work as in the forward (`common.tpu`). Masked
+tiles set P and dS to exactly 0 where masked and zero the rows past the lengths of the operands
+they multiply after the mask (queries and dO for dK/dV, keys for dQ; values and dO past the
+lengths only enter dP, whose masked entries the mask drops), so nothing in padding reaches a
+gradient.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def _dkdv_kernel(
     def accumulate(mask: TileMask | None) -> None:
         for j in range(heads):
             q, k, v, do = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref, do_ref))
+            if mask is not None:  # queries and dO past q_len: zero
+                q, do = mask.zero_past_length(q), mask.zero_past_length(do)
             st = mm_nt(k, q)  # Sᵀ [kv, q]
             pt = spec.probs(st)
             dst = spec.score_grad(st, mm_nt(v, do))  # dPᵀ = V dOᵀ
@@ -62,8 +68,8 @@ def _dkdv_kernel(
 
     def finish() -> None:
         for j in range(heads):
-            layout.head(dk_ref, j)[...] = (dk_acc[j] * spec.grad_scale).astype(dk_ref.dtype)
-            layout.head(dv_ref, j)[...] = (dv_acc[j] * spec.out_scale).astype(dv_ref.dtype)
+            layout.head(dk_ref, j)[...] = (dk_acc[j] * spec.acc_grad_scale).astype(dk_ref.dtype)
+            layout.head(dv_ref, j)[...] = (dv_acc[j] * spec.acc_scale).astype(dv_ref.dtype)
 
     tiles.visit(
         q_lens_ref, kv_lens_ref, q_outer=False, init=init, accumulate=accumulate, finish=finish
@@ -94,6 +100,8 @@ def _dq_kernel(
     def accumulate(mask: TileMask | None) -> None:
         for j in range(heads):
             q, k, v, do = (layout.head(ref, j)[...] for ref in (q_ref, k_ref, v_ref, do_ref))
+            if mask is not None:  # keys past kv_len: zero
+                k = mask.zero_past_length(k)
             s = mm_nt(q, k)
             ds = spec.score_grad(s, mm_nt(do, v))  # dP = dO Vᵀ
             if mask is not None:
@@ -102,7 +110,7 @@ def _dq_kernel(
 
     def finish() -> None:
         for j in range(heads):
-            layout.head(dq_ref, j)[...] = (dq_acc[j] * spec.grad_scale).astype(dq_ref.dtype)
+            layout.head(dq_ref, j)[...] = (dq_acc[j] * spec.acc_grad_scale).astype(dq_ref.dtype)
 
     tiles.visit(
         q_lens_ref, kv_lens_ref, q_outer=True, init=init, accumulate=accumulate, finish=finish

@@ -4,7 +4,9 @@ Grid (q-blocks, B·H). Each program holds one [block_q, D] query tile and runs a
 exactly the kv blocks its mask can see, [lo, hi) from `common.blocks.kv_block_range` on the
 lengths read in-kernel: padded, out-of-window and non-causal kv blocks are never visited, so a
 short jagged row costs its real length, not the padded one. Tiles at ragged edges are masked
-elementwise. Inputs are padded by the caller to block multiples (and D to a power of two).
+elementwise and read the values past kv_len as 0 (`load_tile`), so whatever the padding holds
+(NaN, inf) contributes exactly zero. Inputs are padded by the caller to block multiples (and D
+to a power of two).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.common import blocks
+from pallas_kernels.common.blocks import Int
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.tuning import BlockSizes
 
@@ -45,6 +48,18 @@ def batch_lengths(q_lens_ref, kv_lens_ref, num_heads: int) -> tuple[jax.Array, j
 def tile_rows(block: int, size: int) -> pl.Slice:
     """Rows of tile `block` of `size` rows, as a slice of a whole-sequence ref."""
     return pl.ds(pl.multiple_of(block * size, size), size)
+
+
+def load_tile(ref, block: Int, size: int, length: Int, *, masked: bool) -> jax.Array:
+    """Tile `block` [size, D] of a whole-sequence ref [T, D]. masked (a tile the mask cuts):
+    its rows at or past `length` read as 0, by a masked load (padding may hold NaN or inf,
+    and the masked scores' 0 · NaN is NaN in the next matmul)."""
+    rows = tile_rows(block, size)
+    if not masked:
+        return ref[rows, :]
+    first = block * size
+    inside = first + jax.lax.broadcasted_iota(jnp.int32, (size, ref.shape[1]), 0) < length
+    return pltriton.load(ref.at[rows, :], mask=inside, other=0)
 
 
 def call_triton(
@@ -100,9 +115,8 @@ def _fwd_kernel(
     q = q_ref[...]
 
     def body(kj, acc, masked: bool):
-        rows = tile_rows(kj, block_kv)
-        v = v_ref[rows, :]
-        s = mm_nt(q, k_ref[rows, :])
+        v = load_tile(v_ref, kj, block_kv, kv_len, masked=masked)  # masked: 0 past kv_len
+        s = mm_nt(q, k_ref[tile_rows(kj, block_kv), :])
         p = spec.probs(s)
         if masked:
             q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
@@ -111,7 +125,7 @@ def _fwd_kernel(
 
     zeros = jnp.zeros(o_ref.shape, jnp.float32)
     acc = blocks.masked_split_loop(lo, hi, unmasked, body, zeros)
-    o_ref[...] = (acc * spec.out_scale).astype(o_ref.dtype)
+    o_ref[...] = (acc * spec.acc_scale).astype(o_ref.dtype)
 
 
 def gdpa_fwd_triton(

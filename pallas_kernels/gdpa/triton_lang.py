@@ -51,6 +51,15 @@ def _tanh(x):
 
 
 @triton.jit
+def _times(x, FACTOR: tl.constexpr):
+    """x · FACTOR, with no multiply when FACTOR is 1 (`GdpaSpec.tile_scale`: fp16 tiles carry
+    β, αβ for dS, before their cast; other dtypes scale the accumulators at the end)."""
+    if FACTOR != 1.0:
+        x = x * FACTOR
+    return x
+
+
+@triton.jit
 def _sigmoid(x, FAST_TANH: tl.constexpr):
     """σ of an fp32 tile: when FAST_TANH (compiled kernels, 16-bit inputs) ½ + ½·tanh(x/2)
     with one PTX tanh.approx.f32 (one MUFU instruction instead of an ex2 and a rcp;
@@ -139,13 +148,15 @@ def gdpa_fwd_kernel(
     ACT: tl.constexpr,
     FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
+    P_SCALE: tl.constexpr,
     OUT_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UNMASKED_LOOP: tl.constexpr,
 ):
-    """O tile (q block, head): O = β Σ_j (M ⊙ Act(α Q K_jᵀ)) V_j over the visible kv blocks."""
+    """O tile (q block, head): O = β Σ_j (M ⊙ Act(α Q K_jᵀ)) V_j over the visible kv blocks,
+    β = P_SCALE · OUT_SCALE applied to each P tile and to the accumulator."""
     qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
@@ -174,6 +185,7 @@ def gdpa_fwd_kernel(
             ACT,
             FAST_TANH,
             QK_SCALE,
+            P_SCALE,
             WINDOW,
             CAUSAL,
             PRECISION,
@@ -202,6 +214,7 @@ def _fwd_blocks(
     ACT: tl.constexpr,
     FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
+    P_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -214,7 +227,7 @@ def _fwd_blocks(
         k = load_rows(K, b, h, cols, dims, kv_len, T_KV, H, D)
         v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        p = activation(s * QK_SCALE, ACT, FAST_TANH)
+        p = _times(activation(s * QK_SCALE, ACT, FAST_TANH), P_SCALE)
         if MASKED:
             p = tl.where(
                 visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL), p, 0.0
@@ -243,7 +256,10 @@ def gdpa_dkdv_kernel(
     ACT: tl.constexpr,
     FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
+    P_SCALE: tl.constexpr,
+    DS_SCALE: tl.constexpr,
     OUT_SCALE: tl.constexpr,
+    GRAD_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -254,7 +270,8 @@ def gdpa_dkdv_kernel(
     """dK, dV tiles (kv block, head) over the query blocks that see it, on transposed
     [kv, q] score tiles: dV += Pᵀ dO, dK += dSᵀ Q. Split s = program_id(2) covers query blocks
     [s·SPLIT_BLOCKS, (s + 1)·SPLIT_BLOCKS) and writes at DK / DV + s·SPLIT_STRIDE (fp32
-    partials [splits, B, Tkv, H, D] when there are several splits)."""
+    partials [splits, B, Tkv, H, D] when there are several splits). β = P_SCALE · OUT_SCALE and
+    αβ = DS_SCALE · GRAD_SCALE, on the tiles and on the accumulators."""
     kj, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     split = tl.program_id(2)
     cols = kj * BLOCK_KV + tl.arange(0, BLOCK_KV)
@@ -291,13 +308,15 @@ def gdpa_dkdv_kernel(
             ACT,
             FAST_TANH,
             QK_SCALE,
+            P_SCALE,
+            DS_SCALE,
             WINDOW,
             CAUSAL,
             PRECISION,
             masked,
         )
     offset = split * SPLIT_STRIDE
-    store_rows(DK + offset, b, h, cols, dims, dk * (QK_SCALE * OUT_SCALE), T_KV, H, D)
+    store_rows(DK + offset, b, h, cols, dims, dk * GRAD_SCALE, T_KV, H, D)
     store_rows(DV + offset, b, h, cols, dims, dv * OUT_SCALE, T_KV, H, D)
 
 
@@ -323,6 +342,8 @@ def _dkdv_blocks(
     ACT: tl.constexpr,
     FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
+    P_SCALE: tl.constexpr,
+    DS_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -335,9 +356,9 @@ def _dkdv_blocks(
         q = load_rows(Q, b, h, rows, dims, q_len, T_Q, H, D)
         do = load_rows(DO, b, h, rows, dims, q_len, T_Q, H, D)
         st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * QK_SCALE
-        pt = activation(st, ACT, FAST_TANH)
+        pt = _times(activation(st, ACT, FAST_TANH), P_SCALE)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = dpt * activation_grad(st, ACT, FAST_TANH)
+        dst = _times(dpt * activation_grad(st, ACT, FAST_TANH), DS_SCALE)
         if MASKED:
             real = visible(rows[None, :], cols[:, None], q_len, kv_len, WINDOW, CAUSAL)
             pt = tl.where(real, pt, 0.0)
@@ -366,13 +387,15 @@ def gdpa_dq_kernel(
     ACT: tl.constexpr,
     FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
-    OUT_SCALE: tl.constexpr,
+    DS_SCALE: tl.constexpr,
+    GRAD_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UNMASKED_LOOP: tl.constexpr,
 ):
-    """dQ tile (q block, head) over the forward's kv blocks: dQ += (M ⊙ dO Vᵀ ⊙ Act') K."""
+    """dQ tile (q block, head) over the forward's kv blocks: dQ += αβ (M ⊙ dO Vᵀ ⊙ Act') K,
+    αβ = DS_SCALE · GRAD_SCALE on each dS tile and on the accumulator."""
     qi, b, h, q_len, kv_len = program_head(Q_LENS, KV_LENS, H)
     rows = qi * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
@@ -403,12 +426,13 @@ def gdpa_dq_kernel(
             ACT,
             FAST_TANH,
             QK_SCALE,
+            DS_SCALE,
             WINDOW,
             CAUSAL,
             PRECISION,
             masked,
         )
-    store_rows(DQ, b, h, rows, dims, dq * (QK_SCALE * OUT_SCALE), T_Q, H, D)
+    store_rows(DQ, b, h, rows, dims, dq * GRAD_SCALE, T_Q, H, D)
 
 
 @triton.jit
@@ -432,6 +456,7 @@ def _dq_blocks(
     ACT: tl.constexpr,
     FAST_TANH: tl.constexpr,
     QK_SCALE: tl.constexpr,
+    DS_SCALE: tl.constexpr,
     WINDOW: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -445,7 +470,7 @@ def _dq_blocks(
         v = load_rows(V, b, h, cols, dims, kv_len, T_KV, H, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * QK_SCALE
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = dp * activation_grad(s, ACT, FAST_TANH)
+        ds = _times(dp * activation_grad(s, ACT, FAST_TANH), DS_SCALE)
         if MASKED:
             ds = tl.where(
                 visible(rows[:, None], cols[None, :], q_len, kv_len, WINDOW, CAUSAL), ds, 0.0

@@ -9,7 +9,10 @@ No softmax statistics: S = Q Kᵀ is recomputed per tile, nothing T×T is stored
   programs, too few to fill a GPU, each streaming all of Q and dO; splitting the query loop
   (`dkdv_q_splits`) gives more programs, whose fp32 partial dK/dV are summed after.
 - dQ kernel, grid (q-blocks, B·H), fori_loop over the forward's kv range:  dQ += dS K.
-Both accumulate in fp32 registers and never visit padded blocks.
+Both accumulate in fp32 registers and never visit padded blocks. Masked tiles set P and dS to
+exactly 0 where masked and read the rows past the lengths of the operands they multiply after
+the mask as 0 (queries and dO for dK/dV, keys for dQ: `load_tile`), so nothing in padding
+reaches a gradient.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.common import blocks
 from pallas_kernels.gdpa.blockwise import GdpaSpec, mm, mm_nt, tile_positions
-from pallas_kernels.gdpa.triton import batch_lengths, call_triton, head_spec, tile_rows
+from pallas_kernels.gdpa.triton import (
+    batch_lengths,
+    call_triton,
+    head_spec,
+    load_tile,
+    tile_rows,
+)
 from pallas_kernels.gdpa.tuning import BlockSizes, dkdv_q_splits, sum_query_splits
 
 
@@ -61,8 +70,7 @@ def _dkdv_kernel(
 
     def body(qi, carry, masked: bool):
         dk, dv = carry
-        rows = tile_rows(qi, block_q)
-        q, do = q_ref[rows, :], do_ref[rows, :]
+        q, do = (load_tile(ref, qi, block_q, q_len, masked=masked) for ref in (q_ref, do_ref))
         st = mm_nt(k, q)  # Sᵀ [kv, q]
         pt, dst = spec.probs(st), spec.score_grad(st, mm_nt(v, do))  # dPᵀ = V dOᵀ
         if masked:
@@ -73,8 +81,8 @@ def _dkdv_kernel(
 
     zeros = jnp.zeros(dk_ref.shape, jnp.float32)
     dk, dv = blocks.masked_split_loop(lo, hi, unmasked, body, (zeros, zeros))
-    dk_ref[...] = (dk * spec.grad_scale).astype(dk_ref.dtype)
-    dv_ref[...] = (dv * spec.out_scale).astype(dv_ref.dtype)
+    dk_ref[...] = (dk * spec.acc_grad_scale).astype(dk_ref.dtype)
+    dv_ref[...] = (dv * spec.acc_scale).astype(dv_ref.dtype)
 
 
 def _dq_kernel(
@@ -103,10 +111,9 @@ def _dq_kernel(
     q, do = q_ref[...], do_ref[...]
 
     def body(kj, dq, masked: bool):
-        rows = tile_rows(kj, block_kv)
-        k = k_ref[rows, :]
+        k = load_tile(k_ref, kj, block_kv, kv_len, masked=masked)
         s = mm_nt(q, k)
-        ds = spec.score_grad(s, mm_nt(do, v_ref[rows, :]))  # dP = dO Vᵀ
+        ds = spec.score_grad(s, mm_nt(do, v_ref[tile_rows(kj, block_kv), :]))  # dP = dO Vᵀ
         if masked:
             q_idx, kv_idx = tile_positions(qi * block_q, kj * block_kv, s.shape, rows_are_q=True)
             ds = jnp.where(spec.visible(q_idx, kv_idx, q_len, kv_len), ds, 0.0)
@@ -114,7 +121,7 @@ def _dq_kernel(
 
     zeros = jnp.zeros(dq_ref.shape, jnp.float32)
     dq = blocks.masked_split_loop(lo, hi, unmasked, body, zeros)
-    dq_ref[...] = (dq * spec.grad_scale).astype(dq_ref.dtype)
+    dq_ref[...] = (dq * spec.acc_grad_scale).astype(dq_ref.dtype)
 
 
 def gdpa_bwd_triton(

@@ -76,7 +76,9 @@ def seed_pooling(
 ) -> jax.Array:
     """Seeds [S, H, D] shared across the batch attend (softmax) to k, v [B, T, H, D].
 
-    kv_lengths: int [B] real keys per row (None = all T; clipped to [0, T]). seeds, k, v:
+    kv_lengths: int [B] real keys per row (None = all T), in [0, T]: concrete lengths outside
+    it raise ValueError; traced ones (under jit) cannot be checked and are clipped to it. Padded
+    keys and values contribute exactly zero, whatever they hold (NaN, inf). seeds, k, v:
     bf16 / fp16 / fp32 (k and v one dtype; seeds are cast to it, as in the reference).
     Returns [B, S, H, D] in k's dtype; a row with no key gives zeros (and zero gradients).
     interpret: run the Pallas kernel in interpret mode (None: unless on its own platform;

@@ -10,7 +10,9 @@ batch row. With c = 1/sqrt(D) and m, l, acc the running row max, row sum and out
               dV = Pᵀ dO   dK = dSᵀ Q   dQ += dS K   (dQ summed over kv tiles and batch rows)
 Masked keys get the finite MASK_VALUE, not -inf: exp(MASK_VALUE - m) = 0 for any real m, and
 no inf - inf can form. Every visited tile holds at least one real key, so m is real after the
-first one. Padded seed rows (zeros, with dO = 0) get dS = 0 and never leak into dK / dV.
+first one. Padded seed rows (zeros, with dO = 0) get dS = 0 and never leak into dK / dV. Masked
+tiles zero K and V past kv_len (`real_keys`), so whatever padding holds (NaN, inf) contributes
+exactly zero.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels.common.softmax import mask_scores, softmax_probs
-from pallas_kernels.common.tile_ops import mm, mm_nt
+from pallas_kernels.common.tile_ops import mm, mm_nt, zero_past
 
 _TN_DIMS = (((0,), (0,)), ((), ()))
 
@@ -39,6 +41,13 @@ def scores(
         return s
     cols = first_col + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
     return mask_scores(s, cols < kv_len)
+
+
+def real_keys(x: jax.Array, first_col: jax.Array, kv_len: jax.Array, masked: bool) -> jax.Array:
+    """A K or V tile [block_kv, D] whose first key is first_col, with the keys at or past kv_len
+    zeroed if `masked` (padding may hold NaN or inf; masked scores alone do not stop them:
+    0 · NaN is NaN in P V, dO Vᵀ and dS K)."""
+    return zero_past(x, first_col, kv_len) if masked else x
 
 
 def backward_step(

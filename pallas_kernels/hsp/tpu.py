@@ -4,7 +4,8 @@ Grid (H, B, kv-steps), head outermost: the seeds tile [S, D] of head h has the s
 for all B·nkv consecutive steps, so the pipeline fetches it once per head and every batch row
 reuses it from VMEM. Step t of row b visits kv block t while t·block_kv < kv_len[b]; later steps
 do no compute and their index maps repeat the last real block, so fully padded blocks cost
-neither DMA nor FLOPs. Interior blocks skip the mask arithmetic. Math: `blockwise.py`.
+neither DMA nor FLOPs. Interior blocks skip the mask arithmetic; the masked last block zeroes the
+keys and values past kv_len it multiplies (`blockwise.real_keys`). Math: `blockwise.py`.
 
 - Forward: online softmax over the kv steps into fp32 VMEM (m, l [S, 1], acc [S, D]); writes
   O [B, S, H, D] and the log-sum-exp [B, H, S, 1] (the backward's only extra residual).
@@ -53,8 +54,9 @@ def _fwd_kernel(
         s = blockwise.scores(
             q_ref[...], k_ref[...], scale=scale, first_col=first_col, kv_len=kv_len, masked=masked
         )
+        v = blockwise.real_keys(v_ref[...], first_col, kv_len, masked)
         m_sc[...], l_sc[...], acc_sc[...] = online_softmax_step(
-            s, v_ref[...], m_sc[...], l_sc[...], acc_sc[...]
+            s, v, m_sc[...], l_sc[...], acc_sc[...]
         )
 
     run_tile(first_col < kv_len, first_col + block_kv <= kv_len, accumulate)
@@ -92,12 +94,11 @@ def _bwd_kernel(
         dq_sc[...] = jnp.zeros_like(dq_sc)
 
     def accumulate(masked: bool) -> None:
-        q, k, do = q_ref[...], k_ref[...], do_ref[...]
+        q, do = q_ref[...], do_ref[...]
+        k, v = (blockwise.real_keys(ref[...], first_col, kv_len, masked) for ref in (k_ref, v_ref))
         s = blockwise.scores(q, k, scale=scale, first_col=first_col, kv_len=kv_len, masked=masked)
         delta = row_delta(do, o_ref[...], keepdims=True)
-        dk, dv, dq = blockwise.backward_step(
-            s, q, k, v_ref[...], do, lse_ref[...], delta, scale=scale
-        )
+        dk, dv, dq = blockwise.backward_step(s, q, k, v, do, lse_ref[...], delta, scale=scale)
         dk_ref[...] = dk.astype(dk_ref.dtype)
         dv_ref[...] = dv.astype(dv_ref.dtype)
         dq_sc[...] += dq

@@ -3,8 +3,9 @@
 Grid (1, B·H): one program per (batch row, head) holds that head's seeds [S, D] in registers for
 its whole life and runs a fori_loop over exactly the kv blocks that hold real keys,
 [0, ceil(kv_len / block_kv)): a short jagged row costs its real length, fully padded blocks are
-never read. Seeds are shared across the batch through L2 (every program of head h reads the
-same [S, D] tile). Math: `blockwise.py`.
+never read, and values (and keys in the backward) past kv_len read as 0 (`load_tile`), so
+whatever padding holds (NaN, inf) contributes exactly zero. Seeds are shared across the batch
+through L2 (every program of head h reads the same [S, D] tile). Math: `blockwise.py`.
 
 - Forward: online softmax in registers; writes O [B, S, H, D] and lse [B, H, S, 1] (fp32).
 - Backward: the same loop writes each dK / dV tile once, zero-fills the padded blocks, and
@@ -26,7 +27,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.common.softmax import MASK_VALUE, online_softmax_step, row_delta, softmax_finish
 from pallas_kernels.common.tiles import BlockSizes
-from pallas_kernels.gdpa.triton import LENGTHS_SPEC, head_spec, tile_rows
+from pallas_kernels.gdpa.triton import LENGTHS_SPEC, head_spec, load_tile, tile_rows
 from pallas_kernels.hsp import blockwise
 
 
@@ -57,11 +58,16 @@ def _fwd_kernel(lens_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, block_k
     q = q_ref[...]
 
     def body(j, carry):
-        rows = tile_rows(j, block_kv)
         s = blockwise.scores(
-            q, k_ref[rows, :], scale=scale, first_col=j * block_kv, kv_len=kv_len, masked=True
+            q,
+            k_ref[tile_rows(j, block_kv), :],
+            scale=scale,
+            first_col=j * block_kv,
+            kv_len=kv_len,
+            masked=True,
         )
-        return online_softmax_step(s, v_ref[rows, :], *carry)
+        v = load_tile(v_ref, j, block_kv, kv_len, masked=True)  # 0 past kv_len
+        return online_softmax_step(s, v, *carry)
 
     s_pad, dim = q.shape
     init = (
@@ -96,9 +102,9 @@ def _bwd_kernel(
 
     def body(j, dq):
         rows = tile_rows(j, block_kv)
-        k = k_ref[rows, :]
+        k, v = (load_tile(ref, j, block_kv, kv_len, masked=True) for ref in (k_ref, v_ref))
         s = blockwise.scores(q, k, scale=scale, first_col=j * block_kv, kv_len=kv_len, masked=True)
-        dk, dv, dq_j = blockwise.backward_step(s, q, k, v_ref[rows, :], do, lse, delta, scale=scale)
+        dk, dv, dq_j = blockwise.backward_step(s, q, k, v, do, lse, delta, scale=scale)
         dk_ref[rows, :] = dk.astype(dk_ref.dtype)
         dv_ref[rows, :] = dv.astype(dv_ref.dtype)
         return dq + dq_j

@@ -91,9 +91,12 @@ def swa_attention(
     to 1/sqrt(D)).
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D]; one dtype of bf16 / fp16 / fp32 (fp32 softmax and
-    accumulation). q_lengths / kv_lengths: int [B] real rows per batch row (None = all).
-    A query row that sees no key outputs exactly 0 (and passes no gradient). Returns
-    [B, Tq, H, D] in q's dtype. window, causal, scale, backend and blocks are static.
+    accumulation). q_lengths / kv_lengths: int [B] real rows per batch row (None = all), in
+    [0, Tq] / [0, Tkv]: concrete lengths outside it raise ValueError; traced ones (under jit)
+    cannot be checked and are clipped to it. Padding contributes exactly zero to the output and
+    the gradients, whatever it holds (NaN, inf). A query row that sees no key outputs exactly 0
+    (and passes no gradient). Returns [B, Tq, H, D] in q's dtype. window, causal, scale,
+    backend and blocks are static.
     interpret: run pallas_tpu in Pallas interpret mode (None = exactly when the target is not
     a TPU). block_q / block_kv override the tuned tiles of pallas_tpu and jax_triton
     (`tuning.py`); heads_per_step overrides pallas_tpu's heads per grid step (the largest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.masks import attention_mask
+from pallas_kernels.common.masks import attention_mask, zero_padding
 
 
 def attention_reference(
@@ -23,17 +23,22 @@ def attention_reference(
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D]; lengths int [B]. Returns [B, Tq, H, D] in q's dtype.
     A query row with no visible key (padded row, empty history) outputs exactly zero, never NaN.
-    scale defaults to 1/sqrt(D).
+    Rows past the lengths (values outside [0, T] act as clipped to it) are zeroed before the
+    matmuls and padded output rows take no cotangent, so whatever padding holds (NaN and inf
+    included) contributes exactly zero to the output and the gradients. scale defaults to
+    1/sqrt(D).
     """
     b, tq, _, d = q.shape
     tkv = k.shape[1]
     if tkv == 0:  # no key at all: every row is one with no visible key
         return jnp.zeros_like(q)
     scale = d**-0.5 if scale is None else scale
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     mask = attention_mask(
         b, tq, tkv, q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=causal
     )
+    q = zero_padding(q, q_lengths)
+    k, v = zero_padding(k, kv_lengths), zero_padding(v, kv_lengths)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask, s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -41,4 +46,4 @@ def attention_reference(
     denom = jnp.sum(p, axis=-1, keepdims=True)
     p = p / jnp.where(denom > 0, denom, 1.0)
     o = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return o.astype(q.dtype)
+    return zero_padding(o.astype(q.dtype), q_lengths)  # padded rows take no cotangent

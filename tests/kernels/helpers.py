@@ -34,6 +34,7 @@ from pallas_kernels.common.gpu_lowering import (  # noqa: F401 (re-exported to t
 from tests.conftest import REPO, run_python  # noqa: F401 (REPO re-exported to the tests)
 
 ERROR_SCALE_FLOOR = 1e-2
+POISON = np.array([np.nan, np.inf, -np.inf], np.float32)  # what `poison_padding` writes
 
 
 def normal_inputs(seed: int, shapes: Sequence[tuple[int, ...]], dtype: str) -> tuple:
@@ -76,16 +77,38 @@ def assert_outputs_close(
         assert_close(g, w, dtype, name, tolerance=tolerance)
 
 
-def poison_padding(x: jax.Array, lengths: Sequence[int], block: int) -> jax.Array:
-    """x [B, T, ...] with 1e3 at rows [n, tile end) of each batch row (masked but inside a
-    visited tile of `block` rows) and NaN past the tile end (tiles a kernel must never read:
-    0·NaN = NaN would reach every output); n = lengths[b]."""
+def assert_padding_exactly_zero(got, q_lengths, kv_lengths) -> None:
+    """Padded query rows of O and dQ and padded key rows of dK and dV of a `value_and_grads`
+    result of attention are exactly 0 (lengths None: nothing padded)."""
+    o, dq, dk, dv = (np.asarray(x, np.float32) for x in (got[0], *got[1]))
+    for row in range(o.shape[0]):
+        if q_lengths is not None:
+            assert not o[row, q_lengths[row] :].any()
+            assert not dq[row, q_lengths[row] :].any()
+        if kv_lengths is not None:
+            assert not dk[row, kv_lengths[row] :].any()
+            assert not dv[row, kv_lengths[row] :].any()
+
+
+def poison_padding(x: jax.Array, lengths: Sequence[int]) -> jax.Array:
+    """x [B, T, ...] with NaN, +inf and -inf (in turn, along the flattened row) everywhere past
+    row b's length lengths[b]: in the padded part of a partially visited tile too, where a
+    kernel multiplies masked positions (0·NaN and 0·inf are NaN) unless it zeroes them."""
     x = np.array(x)
     for row, n in enumerate(lengths):
-        tile_end = -(-n // block) * block
-        x[row, n:tile_end] = 1e3
-        x[row, tile_end:] = np.nan
+        x[row, n:] = np.resize(POISON, x[row, n:].shape)
     return jnp.asarray(x)
+
+
+def fp16_overflow_case(seed: int, shape: tuple[int, int, int, int]) -> tuple[tuple, dict]:
+    """((q, k, v, dO) fp16 of `shape` [B, T, H, D], GDPA keyword arguments) whose unscaled
+    tiles overflow fp16 (max 65504) where the scaled ones do not: q, k ≈ 30 give scores
+    S ≈ 900·D; relu2's Act(S) = S² ≈ 1e9 and its dP ⊙ Act'(S) = 2S·dP ≈ 1e5, while out_scale
+    β = 2⁻²³ brings β·S² to ~100 and αβ·2S·dP to ~0.05 (the reference's fp32 products)."""
+    rng = np.random.default_rng(seed)
+    q, k = (jnp.asarray(30 + 0.5 * rng.standard_normal(shape), jnp.float16) for _ in range(2))
+    v, do = (jnp.asarray(rng.standard_normal(shape), jnp.float16) for _ in range(2))
+    return (q, k, v, do), dict(activation="relu2", out_scale=2.0**-23)
 
 
 def assert_trees_equal(got, want) -> None:

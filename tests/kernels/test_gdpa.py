@@ -18,6 +18,7 @@ import functools
 import sys
 from unittest import mock
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -31,7 +32,9 @@ from tests.kernels.helpers import (
     as_f32,
     assert_close,
     assert_outputs_close,
+    assert_padding_exactly_zero,
     assert_trees_equal,
+    fp16_overflow_case,
     normal_inputs,
     poison_padding,
     value_and_grads,
@@ -70,18 +73,6 @@ def _check_against_reference(backend: str, inputs, dtype: str, **kw) -> tuple:
     return got
 
 
-def _assert_padding_exactly_zero(got, q_lengths, kv_lengths) -> None:
-    """Padded query rows of O and dQ and padded key rows of dK and dV are exactly 0."""
-    o, dq, dk, dv = (np.asarray(x, np.float32) for x in (got[0], *got[1]))
-    for row in range(o.shape[0]):
-        if q_lengths is not None:
-            assert not o[row, q_lengths[row] :].any()
-            assert not dq[row, q_lengths[row] :].any()
-        if kv_lengths is not None:
-            assert not dk[row, kv_lengths[row] :].any()
-            assert not dv[row, kv_lengths[row] :].any()
-
-
 @st.composite
 def _cases(draw, max_tq: int = 40):
     b, h = draw(st.integers(1, 2)), draw(st.integers(1, 2))
@@ -113,7 +104,7 @@ def test_matches_reference(backend, case):
     lengths = {n: kw[n] for n in ("q_lengths", "kv_lengths")}
     kw.update({n: None if x is None else jnp.asarray(x, jnp.int32) for n, x in lengths.items()})
     got = _check_against_reference(backend, _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw)
-    _assert_padding_exactly_zero(got, **lengths)
+    assert_padding_exactly_zero(got, **lengths)
 
 
 # 9 query blocks in 2 splits of 5, a full and a jagged row, causal.
@@ -146,7 +137,7 @@ def test_triton_dkdv_query_splits(backend, case, splits):
     module = triton_vjp if backend == "pallas_triton" else jax_triton_op
     with mock.patch.object(module, "dkdv_q_splits", return_value=splits):
         got = _check_against_reference(backend, _inputs(seed, b, tq, tkv, h, d, dtype), dtype, **kw)
-    _assert_padding_exactly_zero(got, **lengths)
+    assert_padding_exactly_zero(got, **lengths)
 
 
 def test_dkdv_query_splits_fill_the_gpu_only_when_the_kv_tiles_do_not():
@@ -194,11 +185,20 @@ def test_head_dims_and_dtypes(backend, dtype, d):
 
 
 @pytest.mark.parametrize("backend", KERNELS)
+def test_fp16_tiles_are_scaled_before_their_cast(backend):
+    """fp16 tiles of Act(α·S) and dS that would overflow before out_scale: the kernels apply
+    β (αβ for dS) to the fp32 tile before casting it to fp16, as the reference applies β
+    before its cast, so O and the gradients are finite and match the reference."""
+    inputs, kw = fp16_overflow_case(11, (2, 40, 1, 32))
+    _check_against_reference(backend, inputs, "float16", **kw)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
 def test_masked_positions_contribute_nothing(backend):
-    """Sigmoid(0) = 0.5, so any leak of a masked position would show. Huge values at masked
-    keys inside visited tiles and NaN in fully padded tiles (which a kernel must never visit:
-    0·NaN = NaN would reach the output) leave O and all gradients bitwise unchanged, and
-    padded rows of O, dQ, dK, dV are exactly zero."""
+    """Sigmoid(0) = 0.5, so any leak of a masked position would show. NaN and ±inf in every
+    row past the lengths of q, k, v and dO (inside partially visited tiles, where a kernel
+    multiplies masked positions: 0·NaN = NaN, and in fully padded tiles) leave O and all
+    gradients bitwise unchanged, and padded rows of O, dQ, dK, dV are exactly zero."""
     q_lengths, kv_lengths = np.array([35, 3]), np.array([20, 0])
     kw = dict(
         activation="sigmoid",
@@ -214,13 +214,13 @@ def test_masked_positions_contribute_nothing(backend):
     want = value_and_grads(lambda *a: gdpa(*a, **kw), *clean)
     got = value_and_grads(
         lambda *a: gdpa(*a, **kw),
-        poison_padding(q, q_lengths, BLOCK),
-        poison_padding(k, kv_lengths, BLOCK),
-        poison_padding(v, kv_lengths, BLOCK),
-        poison_padding(do, q_lengths, BLOCK),
+        poison_padding(q, q_lengths),
+        poison_padding(k, kv_lengths),
+        poison_padding(v, kv_lengths),
+        poison_padding(do, q_lengths),
     )
     assert_trees_equal(got, want)
-    _assert_padding_exactly_zero(got, q_lengths, kv_lengths)
+    assert_padding_exactly_zero(got, q_lengths, kv_lengths)
     lengths = dict(q_lengths=kw["q_lengths"], kv_lengths=kw["kv_lengths"])
     _assert_close(want[0], gdpa_reference(q, k, v, activation="sigmoid", **lengths), "float32", "O")
 
@@ -297,8 +297,17 @@ def test_auto_is_reference_on_cpu_and_pallas_is_tpu_interpret():
         (dict(kv_lengths=jnp.zeros((2,))), "kv_lengths must be an integer array"),
         (dict(window=-1), "window must be a non-negative int"),
         (dict(window=2.5), "window must be a non-negative int"),
-        (dict(causal="False"), "causal must be True or False"),
+        (dict(causal="False"), r"causal must be a Python bool \(True or False\)"),
+        (dict(causal=np.bool_(True)), "got np.True_ of type numpy.bool"),
+        (dict(window=2**40), r"window must be at most 2147483647 \(int32\)"),
+        (dict(activation=["silu"]), r"unknown GDPA activation \['silu'\]"),
         (dict(q_lengths=[8, 8]), r"q_lengths must be an integer array of shape \(2,\), got \[8"),
+        (dict(q_lengths=jnp.array([100, -3])), r"q_lengths must lie in \[0, 8\].*\[100, -3\]"),
+        (
+            dict(kv_lengths=jnp.array([2**32 - 1, 8], jnp.uint32)),
+            r"kv_lengths must lie in \[0, 8\].*\[4294967295\]",
+        ),
+        (dict(kv_lengths=np.array([8, 9])), r"kv_lengths must lie in \[0, 8\].*\[9\]"),
         (dict(out_scale=float("inf")), "out_scale must be finite"),
         (dict(qk_scale=float("nan")), "qk_scale must be finite"),
         (dict(qk_scale=jnp.float32(0.5)), r"qk_scale must be a Python number \(static\)"),
@@ -316,6 +325,19 @@ def test_invalid_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         gdpa(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "pallas_tpu"])
+def test_traced_lengths_are_clipped(backend):
+    """Under jit the lengths are tracers, whose values no check can see: out of [0, T] they
+    are clipped to it, as documented (a uint32 above 2³¹ too: clipped before any int32 cast)."""
+    q, k, v, _ = _inputs(5, 2, 8, 8, 1, 32, "float32")
+    kw = dict(activation="silu", backend=backend, block_q=BLOCK, block_kv=BLOCK)
+    got = jax.jit(lambda ql, kl: gdpa(q, k, v, q_lengths=ql, kv_lengths=kl, **kw))(
+        jnp.array([100, -3]), jnp.array([2**32 - 1, 9], jnp.uint32)
+    )
+    want = gdpa(q, k, v, q_lengths=jnp.array([8, 0]), kv_lengths=jnp.array([8, 8]), **kw)
+    assert_trees_equal(got, want)
 
 
 @pytest.mark.parametrize("backend", ["reference", *KERNELS])

@@ -26,7 +26,17 @@ from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.gdpa import gdpa, gdpa_reference, mosaic_gpu, tuning
 from pallas_kernels.gdpa.mosaic_gpu import ARCHS, arch_for, gdpa_mosaic_gpu
 from pallas_kernels.gdpa.tuning import override_block_sizes
-from tests.kernels.helpers import as_f32, assert_close, normal_inputs, value_and_grads
+from tests.kernels.helpers import (
+    as_f32,
+    assert_close,
+    assert_outputs_close,
+    assert_padding_exactly_zero,
+    assert_trees_equal,
+    fp16_overflow_case,
+    normal_inputs,
+    poison_padding,
+    value_and_grads,
+)
 
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 # A barrier protocol error (e.g. unbalanced ping-pong meetings) deadlocks the interpreter: fail
@@ -153,6 +163,43 @@ def test_wholly_visible_tiles_inside_a_window(arch, causal):
     names = ("O", "dQ", "dK", "dV")
     for name, g, w in zip(names, (got[0], *got[1]), (want[0], *want[1]), strict=True):
         assert_close(g, w, "bfloat16", name, tolerance=TOLERANCE)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_masked_positions_contribute_nothing(arch):
+    """NaN and ±inf in every row past the lengths of q, k, v and dO (the kernels' TMA copies
+    read whole blocks, padded rows included) leave O and every gradient bitwise unchanged,
+    and padded rows of O, dQ, dK, dV are exactly zero."""
+    q_lengths, kv_lengths = np.array([100, 3]), np.array([70, 0])
+    kernel = functools.partial(
+        gdpa_mosaic_gpu,
+        interpret=True,
+        arch=arch,
+        activation="sigmoid",  # sigmoid(0) = 0.5: a leaked masked position shows
+        q_lengths=jnp.asarray(q_lengths, jnp.int32),
+        kv_lengths=jnp.asarray(kv_lengths, jnp.int32),
+    )
+    clean = normal_inputs(9, [(2, 130, 1, 32)] * 4, "bfloat16")
+    lengths = (q_lengths, kv_lengths, kv_lengths, q_lengths)  # of q, k, v, dO
+    want = value_and_grads(kernel, *clean)
+    got = value_and_grads(kernel, *map(poison_padding, clean, lengths))
+    assert_trees_equal(got, want)
+    assert_padding_exactly_zero(got, q_lengths, kv_lengths)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_fp16_tiles_are_scaled_before_their_cast(arch):
+    """fp16 score tiles that would overflow before out_scale (test_gdpa.py's case): β (αβ
+    for dS) applies to the fp32 tile before its cast to fp16, so O and the gradients are
+    finite and match the reference."""
+    (q, k, v, do), kwargs = fp16_overflow_case(11, (2, 40, 1, 32))
+    got = value_and_grads(
+        functools.partial(gdpa_mosaic_gpu, interpret=True, arch=arch, **kwargs), q, k, v, do
+    )
+    want = value_and_grads(
+        functools.partial(gdpa_reference, **kwargs), *as_f32(q, k, v), do.astype(jnp.float32)
+    )
+    assert_outputs_close(got, want, "float16", tolerance=TOLERANCE)
 
 
 def test_head_dims_above_128_are_a_clear_error():

@@ -189,11 +189,12 @@ def test_wholly_visible_tiles_inside_a_window(backend, window, causal):
     _check_against_reference(backend, _inputs(6, 2, 100, 100, 1, 32, "float32"), "float32", **kw)
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
 def test_masked_positions_contribute_nothing(backend):
-    """Huge values at masked keys inside visited tiles and NaN in tiles past the lengths (which
-    the kernels must never visit: NaN would reach every output) leave O and all gradients
-    bitwise unchanged; rows that see no key and padded keys get exactly zero."""
+    """NaN and ±inf in every row past the lengths of q, k, v and dO (inside partially visited
+    tiles, where a kernel multiplies masked positions: 0·NaN = NaN, and in fully padded tiles)
+    leave O and all gradients bitwise unchanged; rows that see no key and padded keys get
+    exactly zero."""
     q_lengths, kv_lengths = np.array([35, 3]), np.array([20, 0])
     kw = dict(
         q_lengths=jnp.asarray(q_lengths, jnp.int32),
@@ -209,10 +210,10 @@ def test_masked_positions_contribute_nothing(backend):
     want = value_and_grads(lambda *a: swa_attention(*a, **kw), *clean)
     got = value_and_grads(
         lambda *a: swa_attention(*a, **kw),
-        poison_padding(q, q_lengths, BLOCK),
-        poison_padding(k, kv_lengths, BLOCK),
-        poison_padding(v, kv_lengths, BLOCK),
-        poison_padding(do, q_lengths, BLOCK),
+        poison_padding(q, q_lengths),
+        poison_padding(k, kv_lengths),
+        poison_padding(v, kv_lengths),
+        poison_padding(do, q_lengths),
     )
     assert_trees_equal(got, want)
     _assert_empty_rows_exactly_zero(got, kw["q_lengths"], kw["kv_lengths"], 6)
@@ -314,10 +315,10 @@ def test_banded_kernels_match_reference(window, causal, d, h, heads, q_lengths, 
     q, k, v, do = _inputs(5, 2, t, t, h, d, "float32")
     got = value_and_grads(
         lambda *a: swa_attention(*a, backend="pallas_tpu", **tiles, **kw),
-        poison_padding(q, q_lengths, 1),
-        poison_padding(k, kv_lengths, 1),
-        poison_padding(v, kv_lengths, 1),
-        poison_padding(do, q_lengths, 1),
+        poison_padding(q, q_lengths),
+        poison_padding(k, kv_lengths),
+        poison_padding(v, kv_lengths),
+        poison_padding(do, q_lengths),
     )
     want = value_and_grads(lambda *a: attention_reference(*a, **kw), q, k, v, do)
     assert_outputs_close(got, want, "float32", tolerance=TOLERANCE)
@@ -371,11 +372,12 @@ def test_empty_sequences():
         (dict(q=jnp.zeros((2, 8, 32))), "q must have rank 4"),
         (dict(q=jnp.zeros((2, 8, 2, 32), jnp.int32)), "q has dtype int32; SWA supports"),
         (dict(kv_lengths=jnp.zeros((3,), jnp.int32)), "kv_lengths must be an integer array"),
+        (dict(q_lengths=jnp.array([8, 12])), r"q_lengths must lie in \[0, 8\].*\[12\]"),
         (dict(window=-1), "window must be a non-negative int"),
         (dict(backend="pallas_tpu", block_kv=12), "block_kv=12 must be a positive multiple of 8"),
         (dict(heads_per_step=0), "heads_per_step must be a positive int or None, got 0"),
         (dict(scale=float("nan")), "scale must be finite"),
-        (dict(causal=1), "causal must be True or False"),
+        (dict(causal=1), r"causal must be a Python bool \(True or False\)"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
