@@ -110,9 +110,10 @@ def run_config(
 ) -> dict[str, Any]:
     """Trains `config` once per seed under runs_dir/<name>-seed<s>/ and evaluates each final
     checkpoint on the test split. A seed whose run directory already holds a finished run of
-    the same config is not trained again (its train_wall_s is then None). Returns the config's
-    study entry (see `run_study`). progress: each training's progress, and a line on stderr
-    as each seed is done."""
+    the same config is not trained again (its train_wall_s is then None); an unfinished one
+    with a checkpoint is resumed (train_wall_s: the resumed part; `train_or_read_back`).
+    Returns the config's study entry (see `run_study`). progress: each training's progress,
+    and a line on stderr as each seed is done."""
     from kunlun_jax.train.loop import evaluate_run, train_or_read_back
 
     split = test_split(config)

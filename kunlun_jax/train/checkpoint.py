@@ -163,7 +163,7 @@ class Checkpointer:
                 self._quarantine(bad, bad_error)
             return restored
         if steps:
-            errors = "; ".join(str(e) for _, e in failed)
+            errors = "; ".join(str(e).splitlines()[0][:300] for _, e in failed)
             raise CheckpointError(
                 f"none of the checkpoints {steps} in {self.directory} could be restored, and "
                 "none was moved: a failure every checkpoint shares usually means the model, "
