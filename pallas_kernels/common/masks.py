@@ -72,6 +72,22 @@ def zero_padding(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
     return jnp.where(real, x, jnp.zeros((), x.dtype))
 
 
+def zero_padded_rows(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_lengths: jax.Array | None,
+    kv_lengths: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(q, k, v) [B, T, ...] of an attention with their rows past the lengths zeroed
+    (`zero_padding`): what padding holds then reaches no matmul."""
+    return (
+        zero_padding(q, q_lengths),
+        zero_padding(k, kv_lengths),
+        zero_padding(v, kv_lengths),
+    )
+
+
 def _real_rows(t: int, lengths: jax.Array) -> jax.Array:
     """Boolean [B, t]: row i of batch entry b is real (i < lengths[b]). The lengths are clipped
     to [0, t] first, as the kernels clip them (`inputs.clip_lengths`): a uint32 above 2³¹ would

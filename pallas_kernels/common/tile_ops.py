@@ -33,9 +33,13 @@ def tile_positions(
     return (rows, cols) if rows_are_q else (cols, rows)
 
 
+def before_length(first: Int, length: Int, shape: tuple[int, ...], axis: int = 0) -> jax.Array:
+    """bool `shape`: the position along `axis` (absolute: `first` + index) is below `length`."""
+    return first + jax.lax.broadcasted_iota(jnp.int32, shape, axis) < length
+
+
 def zero_past(x: jax.Array, first: Int, length: Int, axis: int = 0) -> jax.Array:
     """x with its positions along `axis` (absolute: `first` + index) at or past `length`
     zeroed. A select, not a product: NaN or inf there become 0 too (0 · NaN is NaN, so masking
     the scores alone does not stop them in the next matmul)."""
-    inside = first + jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) < length
-    return jnp.where(inside, x, jnp.zeros_like(x))
+    return jnp.where(before_length(first, length, x.shape, axis), x, jnp.zeros_like(x))

@@ -45,7 +45,7 @@ from pallas_kernels.common.inputs import (
     nothing_to_attend,
     pad_attention_inputs,
 )
-from pallas_kernels.common.masks import zero_padding
+from pallas_kernels.common.masks import zero_padded_rows, zero_padding
 from pallas_kernels.common.tiles import BlockSizes
 from pallas_kernels.gdpa import mosaic_gpu_blackwell, mosaic_gpu_hopper
 from pallas_kernels.gdpa.blockwise import GdpaSpec, scales_tiles
@@ -142,7 +142,7 @@ def gdpa_mosaic_gpu(
 
     q: [B, Tq, H, D]; k, v: [B, Tkv, H, D] in bf16 or f16, D <= 128; lengths int [B] (None =
     full), in [0, Tq] / [0, Tkv] (concrete ones outside: ValueError; traced ones: clipped);
-    rows past them are zeroed before the kernels (`_zero_rows_past_lengths`). block_kv: 64 or
+    rows past them are zeroed before the kernels (`zero_padded_rows`). block_kv: 64 or
     128, the kv block of the forward and dQ kernels; dkdv_block_q: the query block of the dK/dV
     kernel (Hopper: 32 or 64; Blackwell: 128); None: measured for `device_kind` or untuned
     (`block_sizes`). arch: "hopper" or "blackwell" (`arch_for`).
@@ -190,16 +190,12 @@ def gdpa_mosaic_gpu(
         scale_tiles=scales_tiles(q.dtype),
     )
     cfg = MosaicConfig(spec, sizes.block_kv, interpret, arch, sizes.block_q_bwd)
-    return _gdpa(cfg, *_zero_rows_past_lengths(*padded))[:, :tq, :, :d]
-
-
-def _zero_rows_past_lengths(q, k, v, q_lens, kv_lens) -> tuple[jax.Array, ...]:
-    """(q, k, v, q_lens, kv_lens) with the rows of q, k, v past the lengths zeroed. The kernels'
-    TMA copies read whole blocks, padding included, and mask only the score tiles: whatever a
-    padded row holds (NaN, inf) would reach the MMAs (0 · NaN is NaN). One select pass over the
-    inputs here, rather than a zeroing pass over every masked tile in the kernels."""
-    k, v = zero_padding(k, kv_lens), zero_padding(v, kv_lens)
-    return zero_padding(q, q_lens), k, v, q_lens, kv_lens
+    q, k, v, q_lens, kv_lens = padded
+    # The kernels' TMA copies read whole blocks, padding included, and mask only the score
+    # tiles: whatever a padded row holds (NaN, inf) would reach the MMAs (0 · NaN is NaN). One
+    # select pass over the inputs here, rather than a zeroing pass over every masked tile.
+    q, k, v = zero_padded_rows(q, k, v, q_lens, kv_lens)
+    return _gdpa(cfg, q, k, v, q_lens, kv_lens)[:, :tq, :, :d]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -215,7 +211,7 @@ def _gdpa_fwd(cfg: MosaicConfig, q, k, v, q_lens, kv_lens):
 
 def _gdpa_bwd(cfg: MosaicConfig, residuals, do):
     q, k, v, q_lens, kv_lens = residuals
-    do = zero_padding(do.astype(q.dtype), q_lens)  # as the inputs (`_zero_rows_past_lengths`)
+    do = zero_padding(do.astype(q.dtype), q_lens)  # as the inputs (`zero_padded_rows`)
     dtype = jnp.dtype(q.dtype)
     kernels = ARCHS[cfg.arch]
     dq = kernels.dq_kernel(cfg, q.shape, dtype)(q, k, v, do, q_lens, kv_lens)

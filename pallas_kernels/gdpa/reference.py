@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.common.activations import get_activation
-from pallas_kernels.common.masks import attention_mask, zero_padding
+from pallas_kernels.common.masks import attention_mask, zero_padded_rows, zero_padding
 
 
 def gdpa_reference(
@@ -39,8 +39,7 @@ def gdpa_reference(
     mask = attention_mask(
         b, tq, tkv, q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=causal
     )
-    q = zero_padding(q, q_lengths)
-    k, v = zero_padding(k, kv_lengths), zero_padding(v, kv_lengths)
+    q, k, v = zero_padded_rows(q, k, v, q_lengths, kv_lengths)
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     s = jnp.where(mask, s, 0.0)  # no Act(masked score) whose gradient could be inf · 0
     p = jnp.where(mask, out_scale * act(qk_scale * s), 0.0)

@@ -21,6 +21,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.common import blocks
 from pallas_kernels.common.blocks import Int
+from pallas_kernels.common.tile_ops import before_length
 from pallas_kernels.gdpa.blockwise import GdpaSpec, cost_estimate, mm, mm_nt, tile_positions
 from pallas_kernels.gdpa.tuning import BlockSizes
 
@@ -57,8 +58,7 @@ def load_tile(ref, block: Int, size: int, length: Int, *, masked: bool) -> jax.A
     rows = tile_rows(block, size)
     if not masked:
         return ref[rows, :]
-    first = block * size
-    inside = first + jax.lax.broadcasted_iota(jnp.int32, (size, ref.shape[1]), 0) < length
+    inside = before_length(block * size, length, (size, ref.shape[1]))
     return pltriton.load(ref.at[rows, :], mask=inside, other=0)
 
 

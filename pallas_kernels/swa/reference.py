@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common.masks import attention_mask, zero_padding
+from pallas_kernels.common.masks import attention_mask, zero_padded_rows, zero_padding
 
 
 def attention_reference(
@@ -36,8 +36,7 @@ def attention_reference(
     mask = attention_mask(
         b, tq, tkv, q_lengths=q_lengths, kv_lengths=kv_lengths, window=window, causal=causal
     )
-    q = zero_padding(q, q_lengths)
-    k, v = zero_padding(k, kv_lengths), zero_padding(v, kv_lengths)
+    q, k, v = zero_padded_rows(q, k, v, q_lengths, kv_lengths)
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask, s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
