@@ -42,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run name (default: <config>-<timestamp>)")
     train.add_argument("--runs-dir", default="runs", type=Path)
     group = train.add_mutually_exclusive_group()
-    group.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run (a folder without config.json is refused)",
+    )
     group.add_argument("--resume", action="store_true", help="continue an existing run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     dist = train.add_argument_group(

@@ -382,8 +382,13 @@ def _load_named(name_or_path: str) -> dict[str, Any]:
             values = json.loads(path.read_text())
         else:
             values = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} must hold a table of sections (data, model, train, ...), "
+            f"got a {type(values).__name__}"
+        )
     values.setdefault("name", path.stem)
     if path.suffix == ".json":
         _restore_former_defaults(values)
@@ -455,8 +460,13 @@ def validate(config: Config) -> None:
     """Checks value ranges and cross-field invariants; raises ConfigError naming the field."""
     m, t, d = config.model, config.train, config.data
     _require(m.arch in ARCHS, f"model.arch = {m.arch!r} is not valid; choose one of {list(ARCHS)}")
-    for name in ("d_model", "num_heads", "num_layers", "n_sum", "n_seed", "n_tok", "skl_rank"):
+    positive = ("d_model", "num_heads", "num_layers", "n_sum", "n_seed", "n_tok", "skl_rank")
+    for name in (*positive, "mlp_ratio", "wukong_fm_rank"):
         _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
+    _require(
+        m.wukong_fm_tokens >= 0,
+        f"model.wukong_fm_tokens must be >= 0 (0 = half the tokens), got {m.wukong_fm_tokens}",
+    )
     _require(
         m.d_model % m.num_heads == 0,
         f"model.d_model ({m.d_model}) must be divisible by model.num_heads ({m.num_heads})",
@@ -548,8 +558,8 @@ def validate(config: Config) -> None:
     )
 
     _validate_tasks(d, t, m)
-    _require(d.seed >= 0, f"data.seed must be >= 0, got {d.seed}")
-    _require(t.seed >= 0, f"train.seed must be >= 0, got {t.seed}")
+    for where, seed in (("data.seed", d.seed), ("train.seed", t.seed)):
+        _require(0 <= seed < 2**31, f"{where} must be in [0, 2**31), got {seed}")
     if d.source == "synthetic":
         _require(
             t.batch_size <= d.num_train,

@@ -66,7 +66,11 @@ def test_int_given_for_float_is_accepted_but_not_the_reverse():
         ("data.synthetic.bias=nan", r"data\.synthetic\.bias must be a finite number"),
         ("train.learning_rate=inf", r"train\.learning_rate must be a finite number"),
         ("data.synthetic.num_contexts=0", r"data\.synthetic\.num_contexts must be > 0"),
-        ("data.seed=-1", r"data\.seed must be >= 0"),
+        ("data.seed=-1", r"data\.seed must be in \[0, 2\*\*31\), got -1"),
+        ("train.seed=2147483648", r"train\.seed must be in \[0, 2\*\*31\)"),
+        ("model.mlp_ratio=0", r"model\.mlp_ratio must be > 0, got 0"),
+        ("model.wukong_fm_rank=0", r"model\.wukong_fm_rank must be > 0"),
+        ("model.wukong_fm_tokens=-3", r"model\.wukong_fm_tokens must be >= 0 \(0 = half"),
         ("train.batch_size=1000000", r"train\.batch_size \(1000000\) exceeds the synthetic"),
         ("nonsense", r"must look like section\.key=value"),
         (
@@ -96,6 +100,12 @@ def test_config_file_path_and_bad_toml(tmp_path):
     bad.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(str(bad))
+    (tmp_path / "latin1.toml").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml is not valid TOML"):
+        load_config(str(tmp_path / "latin1.toml"))
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"list\.json must hold a table of sections"):
+        load_config(str(tmp_path / "list.json"))
 
 
 def test_round_trip_and_replace():

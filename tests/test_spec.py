@@ -25,13 +25,20 @@ def _corrupt(batch, path, fn):
         (("sparse",), lambda a: a[:, :2], r"'sparse' has shape \(8, 2\); expected \(8, 3\)"),
         (("sparse",), lambda a: a + 1000, r"column 0 \('user'\) has id .* outside \[0, 50\)"),
         (("dense",), lambda a: a * np.nan, r"'dense' holds NaN or Inf"),
+        (("dense",), lambda a: a.astype(np.float64) * 1e39, r"beyond float32's range"),
+        (("seqs", "view", "dt"), lambda a: a.astype(np.float64) * 1e39, r"finite in float32"),
+        (("seqs", "click"), lambda a: a["item"], r"'seqs.click' must be a dict"),
         (
             ("seqs", "click", "length"),
             lambda a: a + 100,
             r"seqs\.click\.length must be in \[0, 12\]",
         ),
         (("seqs", "view", "item"), lambda a: a + 1000, r"seqs\.view\.item has ids outside"),
-        (("seqs", "view", "dt"), lambda a: -a - 1, r"seqs\.view\.dt must be finite and >= 0"),
+        (
+            ("seqs", "view", "dt"),
+            lambda a: -a - 1,
+            r"seqs\.view\.dt must be finite in float32 and >= 0",
+        ),
         (
             ("seqs", "view", "dt"),
             lambda a: np.concatenate([a[:, 6::-1], a[:, 7:]], axis=1),
@@ -44,6 +51,18 @@ def test_corrupt_batches_are_rejected_with_the_field_named(tiny_spec, path, fn, 
     batch = random_batch(tiny_spec, 8, lengths={"click": np.full(8, 5), "view": np.full(8, 7)})
     with pytest.raises(BatchError, match=message):
         validate_batch(_corrupt(batch, path, fn), tiny_spec)
+
+
+def test_true_click_probabilities_are_checked_where_given(tiny_spec):
+    batch = random_batch(tiny_spec, 4)
+    batch["oracle_p"] = np.full(4, 0.25, np.float32)
+    validate_batch(batch, tiny_spec)
+    batch["oracle_p"][1] = np.nan
+    with pytest.raises(BatchError, match=r"'oracle_p' must be in \[0, 1\]"):
+        validate_batch(batch, tiny_spec)
+    batch["oracle_p"] = np.full((4, 2), 0.25, np.float32)
+    with pytest.raises(BatchError, match=r"'oracle_p' has shape \(4, 2\); expected \(4,\)"):
+        validate_batch(batch, tiny_spec)
 
 
 def test_missing_stream_and_field(tiny_spec):

@@ -22,7 +22,7 @@ from kunlun_jax.cli import main
 from kunlun_jax.config import load_config
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Layout, build_experiment
-from kunlun_jax.train.loop import prepare_run_dir, train
+from kunlun_jax.train.loop import RunExistsError, prepare_run_dir, train
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 from tests.conftest import FAST_TINY, run_python
 
@@ -175,6 +175,17 @@ def test_run_names_other_than_one_directory_are_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="must be one plain directory name"):
         prepare_run_dir(tmp_path / "runs", name, overwrite=True, resume=False)
     assert (tmp_path / "runs" / "keep.txt").read_text() == "the user's"
+
+
+def test_overwrite_replaces_runs_only(tmp_path):
+    (tmp_path / "Documents").mkdir()
+    (tmp_path / "Documents" / "thesis.tex").write_text("the user's")
+    with pytest.raises(RunExistsError, match="holds files but no run"):
+        prepare_run_dir(tmp_path, "Documents", overwrite=True, resume=False)
+    assert (tmp_path / "Documents" / "thesis.tex").read_text() == "the user's"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert not any(prepare_run_dir(tmp_path, "run", overwrite=True, resume=False).iterdir())
 
 
 def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, capsys):

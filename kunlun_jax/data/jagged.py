@@ -39,6 +39,7 @@ def jagged_to_padded(
         raise DataError(
             f"offsets must be a 1-D integer array [B + 1], got {offsets.dtype} {offsets.shape}"
         )
+    offsets = offsets.astype(np.int64)  # np.diff of unsigned offsets would wrap, never < 0
     if offsets[0] != 0 or offsets[-1] != len(values) or np.any(np.diff(offsets) < 0):
         raise DataError(
             f"offsets must rise from 0 to len(values) = {len(values)} (row b is "

@@ -1,12 +1,15 @@
 """The on-disk format of a prepared dataset: one uncompressed .npz of arrays and a JSON manifest.
 
     <dir>/arrays.npz     numpy arrays (int8/int32/int64/uint8), loaded whole into memory
-    <dir>/manifest.json  format_version, arrays_sha256 and whatever the dataset records
-                         (counts, vocabularies, source checksums, ...)
+    <dir>/manifest.json  format_version, arrays_sha256, whatever the dataset records (counts,
+                         split bounds, vocabularies, source checksums, ...) and manifest_sha256
 
 `arrays_sha256` hashes the arrays' names, dtypes, shapes and bytes (not the .npz file, whose zip
 headers carry write times), so preparing the same input twice gives the same digest, and a
-truncated, edited or mismatched arrays.npz is caught at load time.
+truncated, edited or mismatched arrays.npz is caught at load time. `manifest_sha256` hashes every
+other manifest entry (canonical JSON), so an edited count, split bound or vocabulary size, which
+would move examples between splits or change the feature spec, is caught as well. Format 1 (no
+manifest_sha256) is refused with a request to re-run prepare, like any other format version.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from kunlun_jax.data.validate import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest_sha256
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 
@@ -36,6 +39,14 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def manifest_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's entries but "manifest_sha256", as canonical JSON (sorted keys;
+    round-tripped first, so it is the same for the manifest as written and as read back)."""
+    entries = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "manifest_sha256"}))
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -54,10 +65,12 @@ def is_prepared(path: Path) -> bool:
 
 def write(out: Path, arrays: Mapping[str, np.ndarray], manifest: Mapping[str, Any]) -> dict:
     """Writes arrays.npz and manifest.json into `out` (created if needed) and returns the manifest
-    as written (with format_version and arrays_sha256). Each file is written to a temporary name
-    and renamed, the manifest last, so a crash never leaves a manifest over stale arrays."""
+    as written (with format_version, arrays_sha256 and manifest_sha256). Each file is written
+    to a temporary name and renamed, the manifest last, so a crash never leaves a manifest over
+    stale arrays."""
     out.mkdir(parents=True, exist_ok=True)
     written = {"format_version": FORMAT_VERSION, **manifest, "arrays_sha256": arrays_sha256(arrays)}
+    written["manifest_sha256"] = manifest_sha256(written)
     tmp = out / (ARRAYS + ".tmp")
     with tmp.open("wb") as f:
         np.savez(f, **arrays)
@@ -69,9 +82,10 @@ def write(out: Path, arrays: Mapping[str, np.ndarray], manifest: Mapping[str, An
 
 
 def read(prepared: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, manifest) of a prepared directory, checked against the manifest's format version
-    and arrays_sha256. Raises FileNotFoundError if it is not a prepared directory, DataError if a
-    file is corrupt, truncated, of another format version, or the arrays do not match."""
+    """(arrays, manifest) of a prepared directory, checked against the manifest's format version,
+    manifest_sha256 and arrays_sha256. Raises FileNotFoundError if it is not a prepared directory,
+    DataError if a file is corrupt, truncated, of another format version, the manifest was edited
+    or the arrays do not match."""
     manifest_path = prepared / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(
@@ -90,6 +104,13 @@ def read(prepared: Path) -> tuple[dict[str, np.ndarray], dict]:
         raise DataError(
             f"{manifest_path} has format_version {version!r}; this version of kunlun-jax reads "
             f"{FORMAT_VERSION}: {redo}"
+        )
+    digest, stored = manifest_sha256(manifest), manifest.get("manifest_sha256")
+    if stored != digest:
+        raise DataError(
+            f"{manifest_path} was edited after `kunlun-jax data prepare` wrote it: its entries "
+            f"hash to {digest[:12]}…, its manifest_sha256 is {str(stored)[:12]}… (counts, splits "
+            f"and vocabularies must come from prepare); {redo}"
         )
     arrays_path = prepared / ARRAYS
     if not arrays_path.is_file():

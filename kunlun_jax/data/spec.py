@@ -97,6 +97,12 @@ def _check_array(batch: Mapping[str, Any], key: str, dtype_kind: str, shape: tup
     return arr
 
 
+def _finite_in_float32(x: np.ndarray) -> bool:
+    """No NaN or Inf in x, nor values that become Inf in float32 (the device batch's dtype)."""
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(x.astype(np.float32))))
+
+
 def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
     """Checks shapes, dtypes, id ranges, lengths and labels of a host (numpy) batch.
 
@@ -126,8 +132,16 @@ def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
             f"batch field 'sparse' column {f} ({spec.sparse_names[f]!r}) has id "
             f"{int(sparse[bad][0])} outside [0, {vocab[f]}); map unknown ids to an OOV bucket"
         )
+    if "oracle_p" in batch:  # the synthetic source's true click probability
+        oracle = _check_array(batch, "oracle_p", "f", label.shape)
+        _check(
+            bool(np.all((oracle >= 0) & (oracle <= 1))), "batch field 'oracle_p' must be in [0, 1]"
+        )
     dense = _check_array(batch, "dense", "f", (b, spec.num_dense))
-    _check(bool(np.all(np.isfinite(dense))), "batch field 'dense' holds NaN or Inf")
+    _check(
+        _finite_in_float32(dense),
+        "batch field 'dense' holds NaN or Inf (or values beyond float32's range, the model's)",
+    )
     seqs = batch.get("seqs", {})
     _check(
         set(seqs) == set(spec.stream_names),
@@ -135,6 +149,10 @@ def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
     )
     for s in spec.streams:
         where = f"seqs.{s.name}"
+        _check(
+            isinstance(seqs[s.name], Mapping),
+            f"batch field {where!r} must be a dict of item, side, dt and length arrays",
+        )
         seq = {f"{where}.{k}": v for k, v in seqs[s.name].items()}
         shape = np.shape(seq.get(f"{where}.item"))  # bucketed batches: any padded T <= max_len
         t = shape[1] if len(shape) == 2 and 0 < shape[1] <= s.max_len else s.max_len
@@ -157,8 +175,8 @@ def validate_batch(batch: Mapping[str, Any], spec: FeatureSpec) -> None:
         real = np.arange(t)[None, :] < length[:, None]
         _check(bool(np.all(item[real] > 0)), f"{where}.item uses padding id 0 for a real event")
         _check(
-            bool(np.all(np.isfinite(dt[real]) & (dt[real] >= 0))),
-            f"{where}.dt must be finite and >= 0 (events after the request time?)",
+            _finite_in_float32(dt[real]) and bool(np.all(dt[real] >= 0)),
+            f"{where}.dt must be finite in float32 and >= 0 (events after the request time?)",
         )
         _check(
             bool(np.all(np.diff(np.where(real, dt, 0.0), axis=1)[real[:, 1:]] >= 0)),

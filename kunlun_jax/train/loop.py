@@ -58,6 +58,11 @@ def prepare_run_dir(runs_dir: Path, name: str, *, overwrite: bool, resume: bool)
         )
     if resume and not run_dir.exists():
         raise FileNotFoundError(f"cannot resume: run directory {run_dir} does not exist")
+    if overwrite and not resume and _holds_files_but_no_run(run_dir):
+        raise RunExistsError(
+            f"{run_dir} holds files but no run (no config.json); --overwrite replaces runs "
+            "only: move those files or pick another --name / --runs-dir"
+        )
     _barrier("run directory checked")
     if jax.process_index() == 0:
         if run_dir.exists() and not resume:
@@ -66,6 +71,15 @@ def prepare_run_dir(runs_dir: Path, name: str, *, overwrite: bool, resume: bool)
     _barrier("run directory created")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _holds_files_but_no_run(run_dir: Path) -> bool:
+    """run_dir is a non-empty directory (or a file) without a run's config.json."""
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        return True
+    return any(run_dir.iterdir()) and not (run_dir / "config.json").is_file()
 
 
 def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
@@ -77,7 +91,7 @@ def finished_run(run_dir: Path, config: Config) -> dict[str, Any] | None:
     metrics, saved = run_dir / "metrics.json", run_dir / "config.json"
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None
-    if not saved.is_file():
+    if _holds_files_but_no_run(run_dir):
         raise FileExistsError(
             f"{run_dir} holds files but no run (no config.json); move them or pick another "
             "output directory"

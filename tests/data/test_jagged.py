@@ -45,9 +45,10 @@ def test_padded_to_jagged_inverts_jagged_to_padded(lengths, max_len, width):
         ([0, 4], 0, "max_len must be >= 1"),
     ],
 )
-def test_bad_offsets_name_the_problem(offsets, max_len, message):
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32])
+def test_bad_offsets_name_the_problem(offsets, max_len, message, dtype):
     with pytest.raises(DataError, match=message):
-        jagged_to_padded(np.arange(4), np.array(offsets), max_len)
+        jagged_to_padded(np.arange(4), np.array(offsets, dtype), max_len)
 
 
 def test_lengths_beyond_the_padding_are_refused():

@@ -292,6 +292,21 @@ def test_ml100k_row_count_is_verified(tmp_path: Path) -> None:
         ml.build("movielens-100k", tmp_path)
 
 
+def test_ml100k_truncated_last_field_is_caught(tmp_path: Path) -> None:
+    """u.data cut inside its last timestamp: an error by default, a counted skip with "skip"."""
+    _require(ML100K)
+    for name in ("u.item", "u.user"):
+        (tmp_path / name).symlink_to(ML100K / name)
+    (tmp_path / "u.data").write_bytes((ML100K / "u.data").read_bytes()[:-5])
+    with pytest.raises(DataError, match=r"u\.data, line 100000, field 'timestamp': \d+ is not u"):
+        ml.build("movielens-100k", tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 invalid rows"):
+        data = ml.build("movielens-100k", tmp_path, on_error="skip")
+    assert data.manifest["rows_skipped"] == {"u.data": {"timestamp: out of range": 1}}
+    assert data.manifest["counts"]["events"] == 99_999
+    assert data.arrays["event_ts"][0] >= 788_918_400  # 1995-01-01 UTC
+
+
 def test_ml1m_side_tables() -> None:
     _require(ML1M_META)
     users = ml.read_users("movielens-1m", ML1M_META)
@@ -355,8 +370,12 @@ MOVIES = (
 )
 
 
+T0 = 1_000_000_000  # 2001-09-09 UTC: a plausible MovieLens timestamp
+INT64_OVERFLOW = "99999999999999999999"
+
+
 def _ratings(n: int = 30) -> list[str]:
-    return [f"{1 + k % 3},{1 + k % 3},{(1 + k % 10) / 2:.1f},{1000 + 10 * k}" for k in range(n)]
+    return [f"{1 + k % 3},{1 + k % 3},{(1 + k % 10) / 2:.1f},{T0 + 10 * k}" for k in range(n)]
 
 
 def _write_latest(
@@ -373,39 +392,43 @@ def _write_latest(
 BAD_ROWS = {  # the bad line (line 32 of ratings.csv) -> the error message
     "1,2,4.0": r"line 32, field 'row': has 3 fields, expected 4",
     "1,2,4.0,5,6": r"line 32, field 'row': has 5 fields, expected 4",
-    "x,1,4.0,100": r"line 32, field 'userId': 'x' is not an integer",
-    "0,1,4.0,100": r"line 32, field 'userId': 0 is outside \[1, \]",
-    "1,999,4.0,100": r"line 32, field 'movieId': item 999 is not in movies.csv",
-    "1,1,4.2,100": r"line 32, field 'rating': '4.2' is not one of 0.5, 1.0, ..., 5.0",
-    "1,1,6.0,100": r"line 32, field 'rating': '6.0' is not one of",
-    "1,1,four,100": r"line 32, field 'rating': 'four' is not a number",
-    "1,1,nan,100": r"line 32, field 'rating': 'nan' is not finite",
+    f"x,1,4.0,{T0}": r"line 32, field 'userId': 'x' is not an integer",
+    f"0,1,4.0,{T0}": r"line 32, field 'userId': 0 is outside \[1, 9223372036854775807\]",
+    f"{INT64_OVERFLOW},1,4.0,{T0}": r"line 32, field 'userId': 9{20} is outside \[1, 92",
+    f"1,999,4.0,{T0}": r"line 32, field 'movieId': item 999 is not in movies.csv",
+    f"1,1,4.2,{T0}": r"line 32, field 'rating': '4.2' is not one of 0.5, 1.0, ..., 5.0",
+    f"1,1,6.0,{T0}": r"line 32, field 'rating': '6.0' is not one of",
+    f"1,1,four,{T0}": r"line 32, field 'rating': 'four' is not a number",
+    f"1,1,nan,{T0}": r"line 32, field 'rating': 'nan' is not finite",
     "1,1,4.0,yesterday": r"line 32, field 'timestamp': 'yesterday' is not an integer",
-    "1,1,4.0,-5": r"line 32, field 'timestamp': -5 is outside \[0, \]",
+    "1,1,4.0,-5": r"line 32, field 'timestamp': -5 is not unix seconds in 1995-01-01\.\.2100",
+    "1,1,4.0,87995": r"line 32, field 'timestamp': 87995 is not unix .* truncated",  # cut short
+    f"1,1,4.0,{INT64_OVERFLOW}": r"line 32, field 'timestamp': 9{20} is not unix seconds",
     "": r"line 32, field 'row': has 0 fields",
 }
 
 
 @pytest.mark.parametrize(("line", "message"), BAD_ROWS.items())
 def test_bad_rating_rows_name_file_line_and_field(tmp_path: Path, line: str, message: str) -> None:
-    _write_latest(tmp_path, [line, "1,1,4.0,2000"])
+    _write_latest(tmp_path, [line, f"1,1,4.0,{T0 + 1000}"])
     with pytest.raises(DataError, match=rf"ratings\.csv, {message}"):
         ml.build(LATEST, tmp_path)
 
 
 def test_skipped_rows_are_counted(tmp_path: Path) -> None:
-    _write_latest(
-        tmp_path, ["1,2,4.0", "1,1,6.0,100", "1,1,4.2,100", "1,999,4.0,100", "1,1,4.0,-5"]
-    )
-    with pytest.warns(UserWarning, match=r"skipped 5 invalid rows .* first: .*line 32"):
+    bad = ["1,2,4.0", "1,1,6.0,100", "1,1,4.2,100", f"1,999,4.0,{T0}", "1,1,4.0,-5", "1,1,4.0,87"]
+    bad += [f"1,1,4.0,{INT64_OVERFLOW}", f"{INT64_OVERFLOW},1,4.0,{T0}"]  # int64 overflows
+    _write_latest(tmp_path, bad)
+    with pytest.warns(UserWarning, match=r"skipped 8 invalid rows .* first: .*line 32"):
         manifest = ml.prepare(LATEST, tmp_path, tmp_path / "out", on_error="skip")
-    assert (manifest["rows_read"], manifest["counts"]["events"]) == (35, 30)
+    assert (manifest["rows_read"], manifest["counts"]["events"]) == (38, 30)
     assert manifest["rows_skipped"] == {
         "ratings.csv": {
             "row: wrong column count": 1,
             "rating: not in the valid set": 2,
             "movieId: unknown item": 1,
-            "timestamp: out of range": 1,
+            "timestamp: out of range": 3,
+            "userId: out of range": 1,
         }
     }
     assert "ratings.csv, line 32, field 'row'" in manifest["first_skipped"]["ratings.csv"]
@@ -420,6 +443,10 @@ def test_skipped_rows_are_counted(tmp_path: Path) -> None:
         (
             MOVIES + "2,Heat again (1995),Action\n",
             r"movies\.csv, line 5, field 'movieId': id 2 app",
+        ),
+        (
+            MOVIES + f"{INT64_OVERFLOW},Big (1988),Comedy\n",
+            r"movies\.csv, line 5, field 'movieId': 9{20} is outside \[1, 9223372036854775807\]",
         ),
         ("movieId,name,genres\n1,Toy Story (1995),Comedy\n", r"unknown columns \['name'\]"),
         ("", r"movies\.csv is empty"),
@@ -442,7 +469,9 @@ def test_bad_rating_files(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,1,4.0,1\xff\n")
     with pytest.raises(DataError, match=r"ratings\.csv, line 2: not valid utf-8"):
         ml.build(LATEST, tmp_path)
-    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,5\n1,2,3.0,5\n")
+    (tmp_path / "ratings.csv").write_text(
+        f"userId,movieId,rating,timestamp\n1,1,4.0,{T0}\n1,2,3.0,{T0}\n"
+    )
     with pytest.raises(DataError, match="cannot be cut by time into non-empty"):
         ml.build(LATEST, tmp_path)
     (tmp_path / "ratings.csv").unlink()
@@ -453,6 +482,9 @@ def test_bad_rating_files(tmp_path: Path) -> None:
 def test_bad_ml100k_rows(tmp_path: Path) -> None:
     (tmp_path / "u.user").write_text("1|24|M|technician|85711\n2|53|X|other|94043\n")
     with pytest.raises(DataError, match=r"u\.user, line 2, field 'gender': 'X' is not M or F"):
+        ml.read_users("movielens-100k", tmp_path)
+    (tmp_path / "u.user").write_text(f"{INT64_OVERFLOW}|24|M|technician|85711\n")
+    with pytest.raises(DataError, match=r"u\.user, line 1, field 'user_id': 9{20} is outside"):
         ml.read_users("movielens-100k", tmp_path)
     flags = "|".join("0" * 18)
     (tmp_path / "u.item").write_text(f"1|Toy Story (1995)|1995-01-01||url|1|{flags}\n")
@@ -506,8 +538,47 @@ def test_corrupt_prepared_dirs(prepared: Path, tmp_path: Path) -> None:
         ml.load(out)
     shutil.copy(prepared / records.ARRAYS, out / records.ARRAYS)
     counts = {**manifest["counts"], "users": manifest["counts"]["users"] + 1}
-    (out / records.MANIFEST).write_text(json.dumps({**manifest, "counts": counts}))
+    edited = {**manifest, "counts": counts}
+    edited["manifest_sha256"] = records.manifest_sha256(edited)  # consistent, but wrong
+    (out / records.MANIFEST).write_text(json.dumps(edited))
     with pytest.raises(DataError, match=r"arrays do not match the manifest: user_raw has shape"):
+        ml.load(out)
+
+
+def _move_train_to_eval(m: dict) -> None:
+    m["counts"]["train"] -= 100
+    m["counts"]["eval"] += 100
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _move_train_to_eval,
+        lambda m: m["vocab_sizes"].update(item_id=m["vocab_sizes"]["item_id"] + 1),
+        lambda m: m["sparse_names"].reverse(),
+        lambda m: m["dense_names"].pop(),
+        lambda m: m["genres"].reverse(),
+        lambda m: m["split_start_ts"].update(eval=m["split_start_ts"]["eval"] - 1),
+        lambda m: m.pop("manifest_sha256"),
+    ],
+    ids=["counts", "vocab_sizes", "sparse_names", "dense_names", "genres", "split", "no-hash"],
+)
+def test_manifest_edits_are_caught(prepared: Path, tmp_path: Path, edit) -> None:
+    out = _copy(prepared, tmp_path)
+    manifest = json.loads((out / records.MANIFEST).read_text())
+    edit(manifest)
+    (out / records.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(DataError, match=r"manifest\.json .*manifest_sha256.*re-run `kunlun-jax da"):
+        ml.load(out)
+
+
+def test_prepared_dirs_of_older_formats_say_re_run_prepare(prepared: Path, tmp_path: Path) -> None:
+    """A directory prepared before manifest_sha256 (format_version 1) is refused, not trusted."""
+    out = _copy(prepared, tmp_path)
+    manifest = json.loads((out / records.MANIFEST).read_text())
+    del manifest["manifest_sha256"]
+    (out / records.MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(DataError, match=r"format_version 1; .* reads 2: re-run `kunlun-jax data"):
         ml.load(out)
 
 
@@ -534,5 +605,20 @@ def test_download_never_unpacks_over_an_existing_copy(tmp_path: Path, monkeypatc
     with pytest.raises(FileExistsError, match=r"ml-latest-small already exists.*--overwrite"):
         ml.download("movielens-latest-small", tmp_path)
     assert (tmp_path / "ml-latest-small" / "ratings.csv").read_text() == "mine"
+    with pytest.raises(AssertionError, match="fetched although"):  # --overwrite goes ahead
+        ml.download("movielens-latest-small", tmp_path, overwrite=True)
+
+
+def test_download_never_replaces_an_existing_archive(tmp_path: Path, monkeypatch) -> None:
+    """An archive already in dest (not unpacked) is refused before anything is fetched."""
+    (tmp_path / "ml-latest-small.zip").write_bytes(b"mine")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("fetched although the archive exists")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(FileExistsError, match=r"ml-latest-small\.zip already exists.*--overwrite"):
+        ml.download("movielens-latest-small", tmp_path)
+    assert (tmp_path / "ml-latest-small.zip").read_bytes() == b"mine"
     with pytest.raises(AssertionError, match="fetched although"):  # --overwrite goes ahead
         ml.download("movielens-latest-small", tmp_path, overwrite=True)

@@ -31,18 +31,21 @@ def verify_checksum(path: Path, expected: str, algorithm: str = "sha256") -> str
 def download(name: str, dest: Path, *, overwrite: bool = False) -> Path:
     """Downloads MovieLens `name` from GroupLens into `dest`, checks the zip's md5 (GroupLens'
     published value; ml-latest-small changes between builds, so it has none), unpacks it and
-    returns the unpacked directory, ready for `prepare`. An unpacked directory already in
-    `dest` is an error before anything is fetched, unless `overwrite`. ML-100K and ML-1M may
+    returns the unpacked directory, ready for `prepare`. An unpacked directory or a zip already
+    in `dest` is an error before anything is fetched, unless `overwrite`. ML-100K and ML-1M may
     not be redistributed: keep them out of repositories and wheels (see the README inside)."""
     ds = dataset(name)
     dest = Path(dest)
-    if (dest / ds.archive_dir).exists() and not overwrite:
-        raise FileExistsError(
-            f"{dest / ds.archive_dir} already exists; prepare it as it is, or pass --overwrite "
-            "to download it again over it"
-        )
-    dest.mkdir(parents=True, exist_ok=True)
     archive = dest / ds.url.rsplit("/", 1)[1]
+    for path, keep in (
+        (dest / ds.archive_dir, "prepare it as it is"),
+        (archive, "move or delete it"),
+    ):
+        if path.exists() and not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; {keep}, or pass --overwrite to download it again over it"
+            )
+    dest.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".part")
     with urllib.request.urlopen(ds.url, timeout=60) as response, partial.open("wb") as f:
         shutil.copyfileobj(response, f)

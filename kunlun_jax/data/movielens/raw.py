@@ -19,6 +19,11 @@ from kunlun_jax.data.validate import Report, RowError, read_table, to_float, to_
 
 _TITLE_YEAR = re.compile(r"\((\d{4})[^()]*\)\s*$")  # "Toy Story (1995)", "Show (2006–2007)"
 _RELEASE_DATE = re.compile(r"\d{1,2}-[A-Za-z]{3}-(\d{4})")  # ML-100K: "01-Jan-1995"
+MAX_ID = 2**63 - 1  # user and item ids are stored as int64
+# Valid rating times, unix seconds: 1995-01-01 .. 2100-01-01 UTC. MovieLens began collecting
+# in 1995 (ml-latest-small's earliest rating is 1996-03-29), so a smaller value is a timestamp
+# cut short (a truncated file) or not in seconds.
+TS_RANGE = (788_918_400, 4_102_444_800)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,24 @@ def _gender(text: str, field: str) -> str:
     return text
 
 
+def _id(text: str, field: str) -> int:
+    """A user or item id: an integer in [1, MAX_ID]; RowError otherwise."""
+    return to_int(text, field, lo=1, hi=MAX_ID)
+
+
+def _timestamp(text: str, field: str) -> int:
+    """Unix seconds within TS_RANGE; RowError otherwise."""
+    ts = to_int(text, field)
+    if not TS_RANGE[0] <= ts <= TS_RANGE[1]:
+        raise RowError(
+            field,
+            f"{ts} is not unix seconds in 1995-01-01..2100-01-01 UTC "
+            "(is the file truncated or corrupt?)",
+            "out of range",
+        )
+    return ts
+
+
 def _check_new(seen: set[int], key: int, field: str) -> None:
     if key in seen:
         raise RowError(field, f"id {key} appears twice", "duplicate id")
@@ -82,7 +105,7 @@ def read_users(name: str, src: Path, report: Report | None = None) -> UserTable:
     seen: set[int] = set()
     for line, f in read_table(path, cols, sep=ds.table_sep, encoding=ds.encoding, report=report):
         try:
-            user = to_int(f[0], cols[0], lo=1)
+            user = _id(f[0], cols[0])
             if name == "movielens-100k":
                 age_years = to_int(f[1], cols[1], lo=1, hi=120)
                 age = AGE_BUCKETS[bisect.bisect_right(AGE_BUCKETS, age_years) - 1]
@@ -131,7 +154,7 @@ def read_items(name: str, src: Path, report: Report | None = None) -> ItemTable:
     )
     for line, f in rows:
         try:
-            item = to_int(f[0], cols[0], lo=1)
+            item = _id(f[0], cols[0])
             if name == "movielens-100k":
                 flags = [to_int(v, cols[5 + k], lo=0, hi=1) for k, v in enumerate(f[5:])]
                 names = [g for g, v in zip(ds.genres, flags, strict=True) if v]
@@ -234,7 +257,7 @@ def _read_ratings_fast(
         and (users is None or np.all(np.isin(table["user"], users)))
         and np.all(items.raw[at] == table["item"])
         and np.all((half == np.round(half)) & (half >= 1) & (half <= 10))
-        and np.all(table["ts"] >= 0)
+        and np.all((table["ts"] >= TS_RANGE[0]) & (table["ts"] <= TS_RANGE[1]))
     )
     if not ok:
         return None
@@ -271,10 +294,10 @@ def read_ratings(
     )
     for line, f in rows:
         try:
-            user = to_int(f[0], cols[0], lo=1)
-            item = to_int(f[1], cols[1], lo=1)
+            user = _id(f[0], cols[0])
+            item = _id(f[1], cols[1])
             half = rating(f[2])
-            ts = to_int(f[3], cols[3], lo=0)
+            ts = _timestamp(f[3], cols[3])
             if known is not None and user not in known:
                 raise RowError(cols[0], f"user {user} is not in {ds.users}", "unknown user")
             if item not in item_row:
