@@ -10,8 +10,10 @@
 #
 # grain and tokamax, and what they import that the image lacks: xprof (tokamax's benchmarking
 # module imports xprof.cli, which imports fire and termcolor), pydantic, immutabledict,
-# portpicker (grain). jax-triton at the `gpu` extra's pin; it needs triton >= 3.7, which the
-# image may lack: its rows then fail one by one, recorded.
+# portpicker (grain). jax-triton into .device/jax-triton twice: at the `gpu` extra's pin, which
+# needs triton >= 3.7, and 0.3.1 for an image with triton 3.6 (KINDS.md, 2026-11; that pairing
+# lowers our GDPA and SWA kernels for an H100, checked on CPU): gpu_session.sh installs the one
+# that matches the image's triton.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAMES=(grain tokamax array_record qwix einshape xprof fire termcolor pydantic pydantic_core annotated-types typing-inspection immutabledict portpicker)
@@ -22,12 +24,19 @@ for name in "${NAMES[@]}"; do
     exit 1
   }
 done
-pins+=("$(grep -oE 'jax-triton==[0-9.]+' pyproject.toml)")
-mkdir -p .device/wheels
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .device/wheels "${pins[@]}"
-du -sh .device/wheels
+download() {  # download DIR PIN...: CPython 3.12 manylinux x86_64 wheels, no dependencies
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir" "$@"
+}
+download .device/wheels "${pins[@]}"
+for pin in "$(grep -m1 -oE 'jax-triton==[0-9.]+' pyproject.toml)" jax-triton==0.3.1; do
+  download .device/jax-triton "$pin"  # one version per call: pip resolves a call's pins together
+done
+du -sh .device/wheels .device/jax-triton
 changes=$(git status --porcelain --untracked-files=no)
 echo "$(git rev-parse HEAD)${changes:+-dirty}" >.device/commit
 echo "code: $(cat .device/commit)"

@@ -26,6 +26,16 @@ if [ -d "$wheels" ]; then
     --target "$site" "$wheels"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# jax-triton for the image's triton (device_wheels.sh carries two): 0.4 needs triton >= 3.7,
+# 0.3.1 takes 3.6. Without a match the jax_triton rows fail one by one, recorded (preflight).
+newer='import sys, triton; sys.exit(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 7))'
+series=$(python3 -c "$newer" 2>/dev/null && echo 0.4 || echo 0.3)
+jax_triton=$(ls .device/jax-triton/jax_triton-"$series".*.whl 2>/dev/null | head -1 || true)
+if [ -n "$jax_triton" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site-jax-triton "$jax_triton"
+  export PYTHONPATH="/tmp/site-jax-triton${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The commit the results name (kunlun_jax/provenance.py), as device_wheels.sh recorded it.
 if [ -z "${KUNLUN_JAX_COMMIT:-}" ] && [ -f .device/commit ]; then

@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks.kernels.gdpa import write_report
 from kunlun_jax.bench.ceilings import median_of_means
 from kunlun_jax.provenance import environment
-from pallas_kernels.common.target import target_device, target_platform
+from pallas_kernels.common.target import target_capability, target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, triton_sizes
 from pallas_kernels.gdpa import gdpa, mosaic_gpu
 from pallas_kernels.gdpa.tuning import TUNED_PATH, override_block_sizes, table_block_sizes
@@ -104,8 +104,7 @@ def statically_fits(impl: str, shape: Shape, sizes: BlockSizes) -> str | None:
     from pallas_kernels.common.triton_compile import compile_for_cuda
     from pallas_kernels.gdpa.blockwise import GdpaSpec
 
-    major, minor = target_device().compute_capability.split(".")
-    capability = 10 * int(major) + int(minor)
+    capability = target_capability()
     spec = GdpaSpec("silu", 1.0, 1.0, None, False)
     dims = (shape.batch, shape.heads, shape.tq, shape.tkv, shape.head_dim)
     for launch in gdpa_launches(spec, sizes, *dims).values():

@@ -7,20 +7,26 @@ choice reads `compile_target`.
 That is the Triton IR (TTIR) module with the kernel's warps, stages and grid, which XLA's
 Triton turns into PTX. Printed as text, the module is what Triton's own compiler reads
 (`triton_compile.compile_ttir_for_cuda`).
+`jax_triton_ptx_targets(lowered)`: the PTX target of each Triton-language kernel that
+jax-triton compiled while lowering (backend "jax_triton").
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
+import zlib
 from collections.abc import Iterator
 
 import jax
 from jax.sharding import AbstractMesh
 
-from pallas_kernels.common.target import compile_target
+from pallas_kernels.common.target import capability_number, compile_target
 
 TRITON_CALL = "__gpu$xla.gpu.triton"  # custom call target of a Pallas Triton kernel
+# and of a jax-triton kernel: FFI (jax-triton 0.4) or legacy (0.3)
+JAX_TRITON_CALLS = ("triton_kernel_call_ffi", "triton_kernel_call")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +46,7 @@ class GpuTarget:
     @property
     def capability(self) -> int:
         """The compute capability as Triton's targets name it: "9.0" -> 90."""
-        major, minor = self.compute_capability.split(".")
-        return 10 * int(major) + int(minor)
+        return capability_number(self.compute_capability)
 
     def _repr(self) -> str:
         return self.device_kind
@@ -103,6 +108,29 @@ def triton_calls(lowered: jax.stages.Lowered) -> list[TritonCall]:
             )
         )
     return calls
+
+
+def jax_triton_ptx_targets(lowered: jax.stages.Lowered) -> list[str | None]:
+    """The PTX `.target` (e.g. "sm_90a") of each jax-triton kernel of `lowered` (a program
+    lowered for CUDA), in program order (a program holds calls of one jax-triton version); None
+    where the PTX names none. jax-triton compiles
+    the kernel at lowering time and stores it, PTX included, zlib-compressed in the custom
+    call's backend config: an FFI call's `opaque` (jax-triton 0.4), or the legacy call's
+    string (0.3)."""
+    from jax._src.lib.mlir import ir
+
+    module, targets = lowered.compiler_ir("stablehlo").operation, []
+    for call in JAX_TRITON_CALLS:
+        for op in _custom_calls(module, call):
+            if call.endswith("_ffi"):
+                config = ir.DictAttr(op.attributes["mhlo.backend_config"])["opaque"]
+            else:
+                config = op.attributes["backend_config"]
+            found = re.search(
+                rb"\.target (sm_\w+)", zlib.decompress(ir.StringAttr(config).value_bytes)
+            )
+            targets.append(found.group(1).decode() if found else None)
+    return targets
 
 
 def _custom_calls(op, target: str) -> Iterator:

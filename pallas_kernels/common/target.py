@@ -36,3 +36,14 @@ def target_platform() -> str:
     """ "tpu" | "gpu" | "cpu" of the target device (CUDA and ROCm devices report "gpu")."""
     platform = target_device().platform
     return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def target_capability() -> int:
+    """The target GPU's compute capability as Triton numbers it (`capability_number`)."""
+    return capability_number(str(target_device().compute_capability))
+
+
+def capability_number(compute_capability: str) -> int:
+    """A CUDA compute capability as Triton's targets name it: "9.0" -> 90, "10.0" -> 100."""
+    major, minor = compute_capability.split(".")
+    return 10 * int(major) + int(minor)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any
 
 import jax
 import numpy as np
 
 from pallas_kernels.common.blocks import cdiv
-from pallas_kernels.common.target import target_device, target_platform
+from pallas_kernels.common.target import target_capability, target_device, target_platform
 from pallas_kernels.common.tiles import BlockSizes, pow2_at_least
 
 MODES = ("jax_triton", "interpret")
@@ -122,18 +123,27 @@ def launch(spec: TritonLaunch, mode: str) -> tuple[jax.Array, ...]:
 
 
 def _call_jax_triton(spec: TritonLaunch):
+    """`jax_triton.triton_call` of `spec`, compiled for the target GPU's compute capability
+    (jax-triton's default reads GPU 0's, which an ahead-of-time target does not have). jax-triton
+    0.3 (for triton 3.3-3.6) names the outputs `out_shape`, 0.4 (triton >= 3.7) `out_type`."""
     try:
-        import jax_triton  # optional (the `gpu` extra); importable only with a CUDA jaxlib
+        import jax_triton  # optional: the `gpu` extra, and the `test` extra for AOT lowerings
     except ImportError as e:
         raise ImportError(
             "the Triton-language kernels run on a GPU through jax-triton "
             "(pip install 'kunlun-jax[gpu]'); on CPU they run in Triton's interpreter "
             f"(TRITON_INTERPRET=1): {e}"
         ) from e
+    outputs = (
+        "out_type"
+        if "out_type" in inspect.signature(jax_triton.triton_call).parameters
+        else "out_shape"
+    )
     return jax_triton.triton_call(
         *spec.inputs,
         kernel=spec.kernel,
-        out_type=list(spec.out_types),
+        **{outputs: list(spec.out_types)},
+        compute_capability=target_capability(),
         grid=spec.grid,
         name=spec.name,
         num_warps=spec.num_warps,
