@@ -220,3 +220,11 @@ def test_the_carried_wheels_are_the_locked_versions():
     pinned = {line.split("==")[0] for line in lock if "==" in line}
     assert {"grain", "tokamax", "xprof", "pydantic"} <= set(names) <= pinned
     assert re.search(r"jax-triton==[0-9.]+", (REPO / "pyproject.toml").read_text())
+
+
+def test_the_target_summary_reads_results_cut_off_mid_stage(tmp_path):
+    """hsp.json as a stage cut off after our kernel but before the XLA reference leaves it."""
+    result = {"name": "B8_T4096", "impls": {"hsp_pallas": {"error": None, "fwdbwd_ms": 1.0}}}
+    (tmp_path / "hsp.json").write_text(json.dumps({"results": [result]}))
+    lines = gpu_session.target_lines(tmp_path)
+    assert lines == ["hsp B8_T4096 hsp_pallas: fwd+bwd n/a vs reference"]

@@ -22,12 +22,23 @@ import numpy as np
 
 
 def median_of_means(
-    fn: Callable[..., Any], args: Sequence[Any], *, iters: int, repeats: int = 3, warmup: int = 1
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    *,
+    iters: int,
+    repeats: int = 3,
+    warmup: int = 1,
+    warmup_s: float = 0.0,
 ) -> float:
     """Median over `repeats` of the mean wall time (s) of `iters` back-to-back calls of
-    fn(*args). The first call (compilation) and `warmup` more are not timed."""
-    for _ in range(1 + warmup):
+    fn(*args). The first call (compilation) and `warmup` more are not timed, nor are further
+    calls until `warmup_s` seconds have passed since the first one returned (clocks of an idle
+    GPU ramp up under load)."""
+    jax.block_until_ready(fn(*args))
+    start, calls = time.perf_counter(), 0
+    while calls < warmup or time.perf_counter() - start < warmup_s:
         jax.block_until_ready(fn(*args))
+        calls += 1
     means = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -88,6 +99,9 @@ def default_sizes(platform: str) -> tuple[int, int]:
     return 8192, 1 << 28
 
 
+WARMUP_S = 0.25  # of untimed calls before each ceiling: the first measurement of a run
+
+
 def measure_ceilings(
     *, matmul_n: int | None = None, copy_elements: int | None = None, iters: int = 5
 ) -> Ceilings:
@@ -96,11 +110,11 @@ def measure_ceilings(
     n_default, elems_default = default_sizes(platform)
     n, elems = matmul_n or n_default, copy_elements or elems_default
     dtype = matmul_dtype(platform)
-    rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
-    mm_s = median_of_means(jax.jit(jnp.matmul), (a, a), iters=iters)
-    x = jnp.zeros((elems,), dtype)
-    copy_s = median_of_means(jax.jit(lambda x: x + 1), (x,), iters=iters)
+    a_key, x_key = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(a_key, (n, n), dtype)  # random: zeros draw less power on a GPU
+    mm_s = median_of_means(jax.jit(jnp.matmul), (a, a), iters=iters, warmup_s=WARMUP_S)
+    x = jax.random.normal(x_key, (elems,), dtype)
+    copy_s = median_of_means(jax.jit(lambda x: x + 1), (x,), iters=iters, warmup_s=WARMUP_S)
     copy_bytes = 2 * x.nbytes
     return Ceilings(
         matmul_dtype=dtype.name,

@@ -160,6 +160,11 @@ MFU = {
     "vs_table_peak_real_tokens": _num(
         "as vs_table_peak, counting real (unpadded) tokens", nullable=True
     ),
+    "vs_measured_matmul_real_tokens": _num(
+        "as vs_measured_matmul, counting real (unpadded) tokens (the spec's convention)",
+        nullable=True,
+        required=False,
+    ),
 }
 
 ESTIMATE = {

@@ -276,6 +276,7 @@ def to_record(
     median = m.times.median
     table_flops = peak.bf16_tflops * 1e12 * m.num_devices if peak else None
     real = m.flops["train_per_example_real_tokens"]
+    matmul_flops = ceilings.matmul_tflops * 1e12 * m.num_devices
     return dict(
         kind="measured",
         name=f"{m.config.name} {m.variant.name}",
@@ -303,12 +304,13 @@ def to_record(
         memory=m.memory,
         mfu=dict(
             vs_table_peak=mfu(flops_per_step, median, table_flops),
-            vs_measured_matmul=mfu(
-                flops_per_step, median, ceilings.matmul_tflops * 1e12 * m.num_devices
-            ),
+            vs_measured_matmul=mfu(flops_per_step, median, matmul_flops),
             vs_table_peak_real_tokens=None
             if real is None
             else mfu(real * m.batch_size, median, table_flops),
+            vs_measured_matmul_real_tokens=None
+            if real is None
+            else mfu(real * m.batch_size, median, matmul_flops),
         ),
         notes=notes,
     )
