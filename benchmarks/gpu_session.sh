@@ -22,8 +22,13 @@ mkdir -p "$out" "$work"
 wheels=${GPU_SESSION_WHEELS:-.device/wheels}
 if [ -d "$wheels" ]; then
   site=/tmp/site
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$site" "$wheels"/*.whl
+  if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "$wheels"/*.whl >"$work/install.log" 2>&1; then
+    echo "installing the carried wheels failed:" >&2
+    tail -5 "$work/install.log" >&2
+    cp "$work/install.log" "$out/"
+    exit 3
+  fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # jax-triton for the image's triton (device_wheels.sh carries two): 0.4 needs triton >= 3.7,

@@ -280,3 +280,23 @@ def test_median_of_means_warms_up_for_at_least_warmup_s():
     calls = []
     median_of_means(lambda: calls.append(time.sleep(0.01)), (), iters=1, repeats=1, warmup_s=0.1)
     assert len(calls) >= 1 + 9 + 1  # compile call, >= 0.1 s of 10 ms calls, the timed one
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "source"),
+    [(None, 100, "memory_stats"), (50, 100, "memory_stats"), (100, 100, "memory_analysis")],
+)
+def test_a_variant_reads_the_device_peak_only_where_it_raised_it(
+    monkeypatch, before, after, source
+):
+    """The device counter only grows: a later variant that peaked lower reads XLA's analysis."""
+    from kunlun_jax.bench import train_bench
+
+    monkeypatch.setattr(train_bench, "_device_peak", lambda: after)
+    monkeypatch.setattr(train_bench, "memory_analysis", lambda _: {"peak_bytes": 7, "temp": 1})
+    memory = train_bench._memory(object(), before)
+    assert memory == {
+        "peak_bytes": after if source == "memory_stats" else 7,
+        "peak_source": source,
+        "temp": 1,
+    }

@@ -214,7 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
         same = (earlier["impl"], earlier["environment"]["device_kind"])
         if same == (args.impl, report["environment"]["device_kind"]):
             report["keys"] = earlier["keys"]
-            report["resumed_from"] = str(args.resume_from)
+            # its timings came from that run's machine (same device kind, maybe not the same
+            # GPU, clocks or date): its environment is kept beside them
+            report["resumed_from"] = dict(
+                path=str(args.resume_from), environment=earlier["environment"]
+            )
     keys = [(32, "short"), (32, "long")] if args.smoke else list(KEYS)
     pool = candidates(args.impl)[:2] if args.smoke else candidates(args.impl)
     device_kind = report["environment"]["device_kind"]

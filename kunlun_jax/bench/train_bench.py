@@ -175,11 +175,23 @@ def _flops(config: Config, spec: Any, batches: Sequence[Any], xla_step: float | 
     )
 
 
-def _memory(compiled: Any) -> dict[str, Any]:
+def _device_peak() -> int | None:
+    """The largest `peak_bytes_in_use` of the local devices since the process started (None
+    where the devices report none, e.g. CPU)."""
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
+    if not all("peak_bytes_in_use" in s for s in stats):
+        return None
+    return max(int(s["peak_bytes_in_use"]) for s in stats)
+
+
+def _memory(compiled: Any, peak_before: int | None) -> dict[str, Any]:
+    """The compiled step's memory; peak from the devices' own counter where this measurement
+    raised it above `peak_before` (the counter only grows over a process: a variant that
+    peaked lower than an earlier one cannot be read from it), else XLA's `memory_analysis`."""
     analysis = memory_analysis(compiled)
-    stats = [d.memory_stats() or {} for d in compiled_devices(compiled)]
-    if all("peak_bytes_in_use" in s for s in stats):
-        peak, source = max(int(s["peak_bytes_in_use"]) for s in stats), "memory_stats"
+    peak = _device_peak()
+    if peak is not None and (peak_before is None or peak > peak_before):
+        source = "memory_stats"
     else:
         peak, source = analysis["peak_bytes"], "memory_analysis"
     return dict(
@@ -193,6 +205,7 @@ def measure(
     config: Config, variant: Variant, overrides: Sequence[str], options: BenchOptions
 ) -> Measurement:
     """Times `config`'s train step (protocol: module docstring)."""
+    peak_before = _device_peak()
     exp = build_experiment(config)
     batches = []
     for _ in range(options.distinct_batches):
@@ -255,7 +268,7 @@ def measure(
         batch_size=config.train.batch_size,
         num_devices=n_dev,
         flops=_flops(config, exp.spec, batches, xla_train_flops(exp, device_batches[0])),
-        memory=_memory(step),
+        memory=_memory(step, peak_before),
         notes=notes,
     )
 

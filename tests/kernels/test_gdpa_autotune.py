@@ -73,7 +73,7 @@ def test_tuner_end_to_end_on_cpu(tmp_path):
         [*args, "--out", str(tmp_path / "b.json"), "--resume-from", str(out)]
     )
     assert [len(k["candidates"]) for k in again["keys"]] == [2, 2]
-    assert again["resumed_from"] == str(out)
+    assert again["resumed_from"] == dict(path=str(out), environment=report["environment"])
     stopped = gdpa_autotune.main([*args, "--out", str(tmp_path / "c.json"), "--budget-s", "0"])
     assert all(k["stopped"] == "budget" and not k["candidates"] for k in stopped["keys"])
 
