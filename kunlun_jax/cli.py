@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from kunlun_jax.bench import cli as bench_cli
@@ -181,10 +180,11 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from kunlun_jax.parallel.distributed import run_stamp
     from kunlun_jax.train.loop import prepare_run_dir, train
 
     config = load_config(args.config, args.overrides)
-    name = args.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"{config.name}-{run_stamp()}"
     run_dir = prepare_run_dir(args.runs_dir, name, overwrite=args.overwrite, resume=args.resume)
     print(f"run {name}: {run_dir}")
     metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
@@ -270,13 +270,14 @@ def _data(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from kunlun_jax import study
+    from kunlun_jax.parallel.distributed import run_stamp
 
     if args.render:
         print(study.markdown_table(json.loads(args.render.read_text()), str(args.render)))
         return 0
     configs = [load_config(name, args.overrides) for name in args.configs or ["tiny"]]
     refuse_to_replace([args.out, args.markdown], args.overwrite)
-    runs_dir = args.runs_dir or Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs_dir = args.runs_dir or Path("runs") / f"study-{run_stamp()}"
     result = study.run_study(configs, args.seeds, runs_dir, progress=not args.no_progress)
     if args.out:
         write_atomically(args.out, json.dumps(result, indent=2) + "\n")

@@ -83,13 +83,14 @@ def train_iterator(
     batch_size: int,
     *,
     seed: int,
-    rows: slice | None = None,
+    rows: np.ndarray | None = None,
     buckets: Sequence[int] = (),
     num_threads: int | None = None,
 ) -> grain.DatasetIterator:
     """Endless shuffled global batches (reshuffled every epoch) with get_state()/set_state().
 
-    rows: the rows of every global batch this host reads (multi-host training; default all).
+    rows: the rows (indices) of every global batch this host reads, in the order it passes them
+    on (multi-host training, `distributed.host_rows`; default all).
     The global batch order depends only on `seed`, never on the number of hosts, and a host
     materializes only its own rows (`source.batch(indices)`).
     buckets: pad histories to bucketed lengths (`trim_to_buckets`) instead of the stored
@@ -101,7 +102,7 @@ def train_iterator(
         raise ValueError(
             f"train.batch_size ({batch_size}) exceeds the training set ({len(source)} examples)"
         )
-    partial = rows is not None and rows != slice(0, batch_size)
+    partial = rows is not None and len(rows) < batch_size
 
     def load(indices: np.ndarray) -> Batch:
         batch = source.batch(indices[rows] if partial else indices)

@@ -37,6 +37,7 @@ _OP = re.compile(
     + "|".join(COLLECTIVES)
     + r")(-start)?\("
 )
+_COMMENT = re.compile(r"/\*.*?\*/")  # e.g. the /*index=5*/ XLA writes inside long tuple shapes
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 
 
@@ -59,7 +60,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     """{op: {"count", "bytes"}} of the collectives in compiled HLO text (bytes of the result
     shapes per device; async start/done pairs counted once)."""
     out: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"count": 0, "bytes": 0})
-    for m in _OP.finditer(hlo_text):
+    for m in _OP.finditer(_COMMENT.sub("", hlo_text)):
         entry = out[m.group("op")]
         entry["count"] += 1
         entry["bytes"] += sum(

@@ -8,6 +8,8 @@ global batch and `jax.make_array_from_process_local_data` assembles the global a
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -24,21 +26,24 @@ def initialize(
     )
 
 
-def host_rows(sharding: Sharding, global_rows: int) -> slice:
-    """The contiguous rows of a [global_rows, ...] array whose shards live on this process's
-    devices under `sharding` (all rows when the batch is not split across processes)."""
-    spans = {
-        idx[0].indices(global_rows)[:2]
-        for idx in sharding.addressable_devices_indices_map((global_rows,)).values()
-    }
-    lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
-    covered = sum(e - s for s, e in spans)
-    if covered != hi - lo:
+def host_rows(sharding: Sharding, global_rows: int) -> np.ndarray:
+    """The rows (int64 indices, ascending) of a [global_rows, ...] array whose shards live on
+    this process's devices under `sharding`: all of them when the batch is not split across
+    processes. A topology-ordered TPU mesh can give a process several separate spans; this
+    process's data is their rows in this order, which is how
+    `jax.make_array_from_process_local_data` maps it onto the shards."""
+    spans = sorted(
+        {
+            idx[0].indices(global_rows)[:2]
+            for idx in sharding.addressable_devices_indices_map((global_rows,)).values()
+        }
+    )
+    if not spans:
         raise ValueError(
-            f"this process's batch shards {sorted(spans)} are not contiguous; order the mesh "
-            "devices process-major (jax.make_mesh does)"
+            f"process {jax.process_index()} has no device in the mesh: with several processes "
+            "the mesh must use every device (mesh axes multiplying to jax.device_count())"
         )
-    return slice(lo, hi)
+    return np.concatenate([np.arange(start, stop) for start, stop in spans])
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -53,3 +58,12 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def run_stamp() -> str:
+    """Process 0's clock as "YYYYmmdd-HHMMSS" (UTC), the same string on every process: the
+    default run and study names (each host's own clock or time zone could name another)."""
+    now = np.int64(time.time())
+    if jax.process_count() > 1:
+        now = multihost_utils.broadcast_one_to_all(now)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(int(now)))

@@ -69,6 +69,13 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
+    if jax.process_count() > 1 and math.prod(shape) != len(devices):
+        raise ConfigError(
+            f"mesh {sizes} uses {math.prod(shape)} of the {len(devices)} devices; with "
+            f"{jax.process_count()} processes it must use all of them (a process left without "
+            "one would hold no rows of the batch): make mesh.data x mesh.fsdp x mesh.model "
+            f"= {len(devices)}, e.g. mesh.data = -1"
+        )
     grid = np.asarray(devices[: math.prod(shape)], dtype=object).reshape(shape)
     if devices[0].platform != "cpu" and len(devices) == math.prod(shape):
         grid = _topology_aware(shape, devices, grid)

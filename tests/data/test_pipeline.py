@@ -96,19 +96,17 @@ def test_the_batch_order_and_resume_point_do_not_depend_on_the_threads(synthetic
 
 
 def test_hosts_reading_part_of_a_batch_pick_the_global_bucket(synthetic):
+    """Four hosts, each with two separate spans of rows (as a topology-ordered TPU mesh
+    interleaves processes along the batch axis)."""
     whole = train_iterator(synthetic, 32, seed=5, buckets=BUCKETS)
-    hosts = [
-        train_iterator(synthetic, 32, seed=5, rows=slice(r, r + 8), buckets=BUCKETS)
-        for r in range(0, 32, 8)
-    ]
+    rows = [np.r_[4 * h : 4 * h + 4, 16 + 4 * h : 20 + 4 * h] for h in range(4)]
+    hosts = [train_iterator(synthetic, 32, seed=5, rows=r, buckets=BUCKETS) for r in rows]
     for _ in range(8):
         batch = next(whole)
         parts = [next(h) for h in hosts]
         for stream, seq in batch["seqs"].items():
-            for r, part in enumerate(parts):
-                np.testing.assert_array_equal(
-                    part["seqs"][stream]["item"], seq["item"][8 * r : 8 * r + 8]
-                )
+            for host_rows, part in zip(rows, parts, strict=True):
+                np.testing.assert_array_equal(part["seqs"][stream]["item"], seq["item"][host_rows])
 
 
 def test_eval_batches_bucket_too(synthetic):

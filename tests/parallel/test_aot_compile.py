@@ -68,8 +68,9 @@ def test_collective_parser_counts_ops_and_bytes():
   %ags = (f32[2]{0}, f32[8]{0}) all-gather-start(%z), dimensions={0}
   %agd = f32[8]{0} all-gather-done(%ags)
   %add = f32[4]{0} add(%a, %b)
+  %ar = (f32[1]{0}, f32[2]{0}, f32[3]{0}, f32[4]{0}, f32[5]{0}, /*index=5*/f32[6]{0}) all-reduce(%t)
 """
     assert collectives(hlo) == {
-        "all-reduce": {"count": 1, "bytes": 64 * 16 * 4},
+        "all-reduce": {"count": 2, "bytes": 64 * 16 * 4 + (1 + 2 + 3 + 4 + 5 + 6) * 4},
         "all-gather": {"count": 2, "bytes": 8 * 4 * 2 + (2 + 8) * 4},
     }

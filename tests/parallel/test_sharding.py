@@ -45,6 +45,14 @@ def test_eight_simulated_devices():
     assert len(jax.devices()) == 8, "tests/conftest.py forces 8 host devices"
 
 
+def test_a_multi_process_mesh_must_use_every_device(monkeypatch):
+    assert make_mesh(MeshConfig(data=4)).devices.size == 4  # one process: a subset is fine
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"uses 4 of the 8 devices; with 2 processes"):
+        make_mesh(MeshConfig(data=4))
+    assert make_mesh(MeshConfig(data=-1)).devices.size == 8
+
+
 def test_mesh_shape_resolves_the_rest_axis_and_rejects_impossible_meshes():
     assert mesh_shape(MeshConfig(data=-1, model=2), 8) == {"data": 4, "fsdp": 1, "model": 2}
     assert mesh_shape(MeshConfig(data=1), 8) == {"data": 1, "fsdp": 1, "model": 1}
@@ -310,3 +318,34 @@ def test_keep_best_keeps_the_lowest_ne_besides_the_newest(tmp_path):
     ckpt.wait()
     assert ckpt.all_steps() == [2, 4]  # the best NE (0.7) and the newest
     ckpt.close()
+
+
+class _ProcessShards:
+    """A batch sharding as one process of a multi-host job sees it: its devices' row slices."""
+
+    def __init__(self, *spans: tuple[int, int]):
+        self.spans = spans
+
+    def addressable_devices_indices_map(self, shape):
+        return {d: (slice(*span),) for d, span in enumerate(self.spans)}
+
+
+def test_a_host_reads_every_span_its_devices_hold_in_row_order():
+    from kunlun_jax.parallel.distributed import host_rows
+
+    # a topology-ordered TPU mesh: this process's devices hold rows 0-23 and 40-47 of 64,
+    # some twice (a replicated model axis), listed in device order
+    sharding = _ProcessShards((16, 24), (0, 8), (16, 24), (8, 16), (40, 48), (0, 8))
+    np.testing.assert_array_equal(host_rows(sharding, 64), np.r_[0:24, 40:48])
+    with pytest.raises(ValueError, match="has no device in the mesh"):
+        host_rows(_ProcessShards(), 64)
+
+
+def test_every_process_names_a_run_by_process_0s_clock_in_utc(monkeypatch):
+    from jax.experimental import multihost_utils
+
+    from kunlun_jax.parallel.distributed import run_stamp
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda _: np.int64(86_400 * 365))
+    assert run_stamp() == "19710101-000000"  # process 0's seconds, whatever this host's clock
