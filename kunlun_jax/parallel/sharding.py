@@ -113,6 +113,10 @@ class ShardingPlan:
         return math.prod(self.mesh.shape[a] for a in self.batch_axes)
 
 
+# How an embedding table's note (`spec_for`) says it is split over fewer devices than it could.
+TABLE_HINT = "an embedding table split over fewer devices: set model.vocab_multiple to"
+
+
 def spec_for(
     names: Sequence[str | None],
     shape: Sequence[int],
@@ -134,7 +138,10 @@ def spec_for(
         while kept and size % math.prod(mesh.shape[a] for a in kept):
             kept = kept[:-1]
         if kept != axes and notes is not None:
-            notes.append(f"{where}: dim {d} ({size}) not divisible by mesh axes {axes}")
+            note = f"{where}: dim {d} ({size}) not divisible by mesh axes {axes}"
+            if names[d] == "vocab":
+                note += f"; {TABLE_HINT} a multiple of {math.prod(mesh.shape[a] for a in axes)}"
+            notes.append(note)
         out.append(kept[0] if len(kept) == 1 else (kept or None))
     return PartitionSpec(*out)
 

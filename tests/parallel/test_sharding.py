@@ -80,7 +80,10 @@ def test_rules_split_tables_over_every_device_and_dense_weights_by_role():
     assert spec_for(("vocab", "embed"), (12, 16), mesh, rules, notes, "t") == PartitionSpec(
         ("data", "fsdp"), None
     )
-    assert notes == ["t: dim 0 (12) not divisible by mesh axes ('data', 'fsdp', 'model')"]
+    assert notes == [
+        "t: dim 0 (12) not divisible by mesh axes ('data', 'fsdp', 'model'); an embedding "
+        "table split over fewer devices: set model.vocab_multiple to a multiple of 8"
+    ]
 
 
 def _lookup_case(vocab_axes, ids, method, capacity=2.0):
