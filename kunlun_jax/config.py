@@ -240,8 +240,9 @@ class MeshConfig:
     rules: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     # Embedding lookup from row-sharded tables (kunlun_jax/parallel/lookup.py): "all_to_all"
     # routes ids to their rows' owners (traffic independent of the table group's size) with
-    # `lookup_capacity` x ids / group slots per destination, falling back to "reduce_scatter"
-    # on a step where some destination would overflow.
+    # `lookup_capacity` x ids / group slots per destination; a step where some destination
+    # gets more ids runs extra exchange rounds (exact, nothing dropped; unrolled in the program,
+    # so a low capacity on a large group compiles many rounds).
     lookup: Literal["reduce_scatter", "all_to_all"] = "reduce_scatter"
     lookup_capacity: float = 2.0
 
