@@ -241,8 +241,7 @@ class MeshConfig:
     # Embedding lookup from row-sharded tables (kunlun_jax/parallel/lookup.py): "all_to_all"
     # routes ids to their rows' owners (traffic independent of the table group's size) with
     # `lookup_capacity` x ids / group slots per destination; a step where some destination
-    # gets more ids runs extra exchange rounds (exact, nothing dropped; unrolled in the program,
-    # so a low capacity on a large group compiles many rounds).
+    # gets more ids runs extra exchange rounds in a loop (exact, nothing dropped).
     lookup: Literal["reduce_scatter", "all_to_all"] = "reduce_scatter"
     lookup_capacity: float = 2.0
 

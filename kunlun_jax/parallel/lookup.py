@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import math
 from collections.abc import Iterator
 from typing import Literal
@@ -134,7 +133,6 @@ class _Routing:
         starts = jnp.cumsum(counts) - counts
         self.rank = jnp.arange(n) - starts[jnp.minimum(self.owner, group - 1)]
         self.rounds = (jax.lax.pmax(jnp.max(counts), mesh_axes) + slots - 1) // slots
-        self.max_rounds = -(-n // slots)  # all n ids unique and owned by one device
 
     def slots_of(self, r: int) -> tuple[jax.Array, jax.Array]:
         """(in_round [n] bool, slot [n] in [0, G x C], G x C = not sent) of round r."""
@@ -150,11 +148,19 @@ class _Routing:
         return buffer.reshape(self.group, self.slots, *values.shape[1:])
 
     def over_rounds(self, step, state):
-        """state = step(r, state) for round 0, then under `lax.cond` for the rounds needed."""
-        state = step(0, state)
-        for r in range(1, self.max_rounds):
-            state = jax.lax.cond(r < self.rounds, functools.partial(step, r), lambda x: x, state)
-        return state
+        """state = step(r, state) for round 0, then, under a `lax.cond`, in a `lax.while_loop`
+        for the further rounds needed (`rounds` is a mesh-wide maximum, so every device runs
+        the same collectives): the program holds one extra round however many the worst case
+        needs, and the usual step's extra rounds sit in a branch (`aot.unconditional_...`)."""
+
+        def further(state):
+            return jax.lax.while_loop(
+                lambda carry: carry[0] < self.rounds,
+                lambda carry: (carry[0] + 1, step(carry[0], carry[1])),
+                (jnp.int32(1), state),
+            )[1]
+
+        return jax.lax.cond(self.rounds > 1, further, lambda s: s, step(0, state))
 
 
 def all_to_all_body(axes, group: int, capacity: float, mesh_axes):
@@ -162,9 +168,9 @@ def all_to_all_body(axes, group: int, capacity: float, mesh_axes):
     devices, each owning R consecutive rows): rows [R, D], ids [n, ...] -> [n, ..., D].
 
     Unique ids are sent in rounds of C = capacity x n / G slots per destination. Round 1
-    always runs; round r > 1 runs (a `lax.cond` on a mesh-wide maximum, so every device agrees)
-    only when some device has more than (r - 1) x C unique ids for one owner. The rounds are
-    unrolled up to the worst case (all n ids owned by one device), so any ids are exact. A
+    always runs; further rounds run in a `lax.while_loop` (its trip count a mesh-wide maximum,
+    so every device agrees) only while some device has more than r x C unique ids for one
+    owner, up to the worst case (all n ids owned by one device), so any ids are exact. A
     `custom_vjp` keeps no per-round residuals: the backward recomputes the routing from the ids
     and sends each unique id's summed cotangent to its owner in the same rounds.
     """
