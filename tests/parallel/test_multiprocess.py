@@ -1,6 +1,8 @@
 """Multi-host training for real: two processes (2 CPU devices each, gloo collectives) joined by
 `jax.distributed`, each reading only its rows of every batch, against one process with the
-same 4 devices (the test's own). Slow (three trainings), still part of `make test`."""
+same 4 devices (the test's own). The processes alternate along the mesh's batch axis, as on a
+topology-ordered TPU mesh (`interleaved_mesh.py`), so each reads two separate spans of rows.
+Slow (three trainings), still part of `make test`."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 
 from kunlun_jax.config import load_config
 from kunlun_jax.train.loop import prepare_run_dir, train
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +50,8 @@ def _train(runs: Path, name: str, devices: int, *extra: str) -> subprocess.Popen
     args = ["train", "--config", "tiny", "--no-progress", "--runs-dir", str(runs), "--name", name]
     args += [a for s in SETS for a in ("--set", s)]
     return subprocess.Popen(
-        [sys.executable, "-m", "kunlun_jax.cli", *args, *extra],
+        [sys.executable, "-m", "tests.parallel.interleaved_mesh", *args, *extra],
+        cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -83,6 +87,7 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
     outs = [p.communicate(timeout=900)[0] for p in hosts]
     for p, out in zip(hosts, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
+        assert "mesh processes: [0, 1, 0, 1]" in out
     # The same 4 devices in one process: this one (its 8 simulated devices, the first 4).
     single = prepare_run_dir(tmp_path, "single", overwrite=False, resume=False)
     one = train(load_config("tiny", SETS), single, progress=False, devices=jax.devices()[:4])
