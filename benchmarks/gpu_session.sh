@@ -19,27 +19,32 @@ out=${1:?usage: benchmarks/gpu_session.sh OUT [gpu_session.py arguments]}
 shift
 work=${GPU_SESSION_WORK:-/tmp/gpu_session}
 mkdir -p "$out" "$work"
-wheels=${GPU_SESSION_WHEELS:-.device/wheels}
-if [ -d "$wheels" ]; then
-  site=/tmp/site
+# install SITE WHEEL...: into SITE, put first on PYTHONPATH; a failure returns its log in OUT
+install() {
+  local site=$1
+  shift
   if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$site" "$wheels"/*.whl >"$work/install.log" 2>&1; then
+    --target "$site" "$@" >>"$work/install.log" 2>&1; then
     echo "installing the carried wheels failed:" >&2
     tail -5 "$work/install.log" >&2
     cp "$work/install.log" "$out/"
     exit 3
   fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+}
+wheels=${GPU_SESSION_WHEELS:-.device/wheels}
+if [ -d "$wheels" ]; then
+  install /tmp/site "$wheels"/*.whl
 fi
-# jax-triton for the image's triton (device_wheels.sh carries two): 0.4 needs triton >= 3.7,
-# 0.3.1 takes 3.6. Without a match the jax_triton rows fail one by one, recorded (preflight).
+# jax-triton for the image's triton (device_wheels.sh carries two, in jax-triton/ beside the
+# wheels): 0.4 needs triton >= 3.7, 0.3.1 takes 3.6. Without a match the jax_triton rows fail
+# one by one, recorded (preflight).
 newer='import sys, triton; sys.exit(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 7))'
 series=$(python3 -c "$newer" 2>/dev/null && echo 0.4 || echo 0.3)
-jax_triton=$(ls .device/jax-triton/jax_triton-"$series".*.whl 2>/dev/null | head -1 || true)
+jax_triton_wheels=$(dirname "$wheels")/jax-triton
+jax_triton=$(ls "$jax_triton_wheels"/jax_triton-"$series".*.whl 2>/dev/null | head -1 || true)
 if [ -n "$jax_triton" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site-jax-triton "$jax_triton"
-  export PYTHONPATH="/tmp/site-jax-triton${PYTHONPATH:+:$PYTHONPATH}"
+  install /tmp/site-jax-triton "$jax_triton"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The commit the results name (kunlun_jax/provenance.py), as device_wheels.sh recorded it.
