@@ -112,9 +112,15 @@ class ShardingPlan:
     def num_batch_shards(self) -> int:
         return math.prod(self.mesh.shape[a] for a in self.batch_axes)
 
+    @property
+    def unsplit_tables(self) -> tuple[str, ...]:
+        """The `unsharded` notes of embedding tables split over fewer devices than their rules
+        name (each says which model.vocab_multiple would split it over all of them)."""
+        return tuple(note for note in self.unsharded if _TABLE_HINT in note)
+
 
 # How an embedding table's note (`spec_for`) says it is split over fewer devices than it could.
-TABLE_HINT = "an embedding table split over fewer devices: set model.vocab_multiple to"
+_TABLE_HINT = "an embedding table split over fewer devices: set model.vocab_multiple to"
 
 
 def spec_for(
@@ -140,7 +146,7 @@ def spec_for(
         if kept != axes and notes is not None:
             note = f"{where}: dim {d} ({size}) not divisible by mesh axes {axes}"
             if names[d] == "vocab":
-                note += f"; {TABLE_HINT} a multiple of {math.prod(mesh.shape[a] for a in axes)}"
+                note += f"; {_TABLE_HINT} a multiple of {math.prod(mesh.shape[a] for a in axes)}"
             notes.append(note)
         out.append(kept[0] if len(kept) == 1 else (kept or None))
     return PartitionSpec(*out)

@@ -23,7 +23,6 @@ from kunlun_jax.data.spec import Batch, validate_batch
 from kunlun_jax.metrics import TaskMetrics
 from kunlun_jax.outputs import write_atomically
 from kunlun_jax.parallel.distributed import to_host
-from kunlun_jax.parallel.sharding import TABLE_HINT
 from kunlun_jax.provenance import environment
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Experiment, build_experiment
@@ -358,8 +357,8 @@ def _train(
         config = _resumed_config(run_dir, config)
     tc = config.train
     exp = build_experiment(config, devices, init_state=not resume)
-    for note in exp.plan.unsharded:
-        if TABLE_HINT in note and jax.process_index() == 0:
+    if jax.process_index() == 0:
+        for note in exp.plan.unsplit_tables:
             print(f"warning: {note}", file=sys.stderr)
     ckpt = Checkpointer(
         run_dir / "checkpoints",

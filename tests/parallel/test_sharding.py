@@ -17,7 +17,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from kunlun_jax.config import ConfigError, MeshConfig, load_config
 from kunlun_jax.parallel.aot import collectives, unconditional_collectives
 from kunlun_jax.parallel.lookup import embedding_lookup, lookup_method
-from kunlun_jax.parallel.sharding import DEFAULT_RULES, make_mesh, mesh_shape, spec_for
+from kunlun_jax.parallel.sharding import (
+    DEFAULT_RULES,
+    ShardingPlan,
+    make_mesh,
+    mesh_shape,
+    spec_for,
+)
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import build_experiment, plan_training
 from kunlun_jax.train.state import rowwise_adagrad
@@ -84,6 +90,9 @@ def test_rules_split_tables_over_every_device_and_dense_weights_by_role():
         "t: dim 0 (12) not divisible by mesh axes ('data', 'fsdp', 'model'); an embedding "
         "table split over fewer devices: set model.vocab_multiple to a multiple of 8"
     ]
+    spec_for(("embed", "mlp"), (16, 3), mesh, rules, notes, "w")  # a dense weight's note
+    assert len(notes) == 2
+    assert ShardingPlan(mesh, tuple(rules), tuple(notes)).unsplit_tables == (notes[0],)
 
 
 def _lookup_case(vocab_axes, ids, method, capacity=2.0):
