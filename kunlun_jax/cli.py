@@ -180,23 +180,30 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import jax
+
     from kunlun_jax.parallel.distributed import run_stamp
     from kunlun_jax.train.loop import prepare_run_dir, train
 
     config = load_config(args.config, args.overrides)
     name = args.name or f"{config.name}-{run_stamp()}"
     run_dir = prepare_run_dir(args.runs_dir, name, overwrite=args.overwrite, resume=args.resume)
-    print(f"run {name}: {run_dir}")
+    lead = jax.process_index() == 0  # with several processes, the first one reports
+    if lead:
+        print(f"run {name}: {run_dir}")
     metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
     if metrics.get("preempted"):
-        print(
-            f"preempted by signal {metrics['signal']} after step {metrics['step']}: checkpoint "
-            f"saved; continue with the same command plus --resume --name {run_dir.name}"
-        )
+        if lead:
+            print(
+                f"preempted by signal {metrics['signal']} after step {metrics['step']}: "
+                f"checkpoint saved; continue with the same command plus --resume --name "
+                f"{run_dir.name}"
+            )
         return PREEMPTED_EXIT_CODE
-    print(f"eval ({int(metrics['count'])} examples):")
-    _print_metrics(metrics)
-    print(f"metrics: {run_dir / 'metrics.json'}  tensorboard: {run_dir / 'tb'}")
+    if lead:
+        print(f"eval ({int(metrics['count'])} examples):")
+        _print_metrics(metrics)
+        print(f"metrics: {run_dir / 'metrics.json'}  tensorboard: {run_dir / 'tb'}")
     return 0
 
 

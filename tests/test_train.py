@@ -18,13 +18,16 @@ import jax
 import numpy as np
 import pytest
 
+import kunlun_jax.train.experiment as experiment
 from kunlun_jax.cli import main
 from kunlun_jax.config import load_config
+from kunlun_jax.data.spec import BatchError
 from kunlun_jax.train.checkpoint import Checkpointer
 from kunlun_jax.train.experiment import Layout, build_experiment
 from kunlun_jax.train.loop import RunExistsError, prepare_run_dir, train
 from kunlun_jax.train.preemption import PREEMPTED_EXIT_CODE
 from tests.conftest import FAST_TINY, run_python
+from tests.parallel.bad_batch_on_one_host import CorruptedAt
 
 # Small and fast: one CompSkip pair, short histories, a few steps.
 FAST = [*FAST_TINY, "train.log_every=2", "train.checkpoint_every=3"]
@@ -372,6 +375,32 @@ def test_nan_guard_stops_with_a_report(tmp_path):
     run_dir = prepare_run_dir(tmp_path, "nan", overwrite=False, resume=False)
     with pytest.raises(NonFiniteError, match=r"step \d+: loss = .*non-finite gradients in"):
         train(cfg, run_dir, progress=False)
+
+
+def test_a_bad_training_batch_stops_the_run_naming_its_step_and_field(tmp_path, monkeypatch):
+    make_iterator = experiment.train_iterator
+    monkeypatch.setattr(
+        experiment, "train_iterator", lambda *a, **k: CorruptedAt(make_iterator(*a, **k), 2)
+    )
+    run_dir = prepare_run_dir(tmp_path, "bad", overwrite=False, resume=False)
+    with pytest.raises(BatchError, match=r"^the batch of train step 2: batch field 'sparse'"):
+        train(load_config("tiny", FAST), run_dir, progress=False)
+
+
+def test_eval_batches_are_checked_and_a_failure_elsewhere_stops_every_host(monkeypatch):
+    """Each host checks its rows of an eval batch; where another process's rows failed
+    (processes_where says so), this one raises too, naming it, instead of entering the step."""
+    exp = build_experiment(load_config("tiny", FAST), init_state=False)
+    batch = exp.example
+    assert exp.global_batch(batch)["label"].shape == batch["label"].shape
+    bad = {**batch, "label": np.full_like(batch["label"], 2.0)}
+    with pytest.raises(BatchError, match=r"^an eval batch: batch field 'label' must hold only"):
+        exp.global_batch(bad)
+    monkeypatch.setattr(experiment, "processes_where", lambda flag: [0, 3] if flag else [3])
+    with pytest.raises(BatchError, match=r"^an eval batch failed validation on process 3 "):
+        exp.global_batch(batch)
+    with pytest.raises(BatchError, match=r"^an eval batch: batch field 'label'"):
+        exp.global_batch(bad)
 
 
 @pytest.mark.slow

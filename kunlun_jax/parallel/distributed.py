@@ -53,11 +53,18 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def processes_where(flag: bool) -> list[int]:
+    """The processes whose `flag` is true, the same list on every host (a collective call
+    when multi-process: every process must make it)."""
+    if jax.process_count() == 1:
+        return [0] if flag else []
+    flags = multihost_utils.process_allgather(np.asarray(flag))
+    return [int(i) for i in np.flatnonzero(flags)]
+
+
 def any_process(flag: bool) -> bool:
     """True on every host if `flag` is true on any host (e.g. a preemption signal)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    return bool(processes_where(flag))
 
 
 def run_stamp() -> str:

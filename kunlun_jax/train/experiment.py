@@ -21,9 +21,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from kunlun_jax.config import Config, ConfigError
 from kunlun_jax.data.pipeline import first_batch, make_source, train_iterator
-from kunlun_jax.data.spec import Batch, FeatureSpec, validate_batch
+from kunlun_jax.data.spec import Batch, BatchError, FeatureSpec, validate_batch
 from kunlun_jax.model.factory import build_model
-from kunlun_jax.parallel.distributed import host_rows
+from kunlun_jax.parallel.distributed import host_rows, processes_where
 from kunlun_jax.parallel.lookup import lookup_method
 from kunlun_jax.parallel.sharding import (
     ShardingPlan,
@@ -166,17 +166,33 @@ class Experiment(Layout):
     data_iter: Any = None  # this host's rows of every global batch
     state: TrainState | None = None
 
-    def device_batch(self, local: Batch) -> Batch:
-        """This host's rows of a global batch -> global arrays split over the batch axes."""
+    def device_batch(self, local: Batch, what: str = "a batch") -> Batch:
+        """This host's rows of a global batch, checked by `validate_batch` -> global arrays
+        split over the batch axes. Every process learns whether any host's rows failed: that
+        host raises a BatchError naming the field, the others one naming that process, so that
+        no host is left waiting in the step's collectives for one that stopped.
+        what: the batch, as errors name it."""
+        try:
+            validate_batch(local, self.spec)
+        except BatchError as error:
+            processes_where(True)
+            raise BatchError(f"{what}: {error}") from error
+        failed = processes_where(False)
+        if failed:
+            raise BatchError(
+                f"{what} failed validation on process {', '.join(map(str, failed))} (that "
+                "process's error names the field)"
+            )
         sharding = self.plan.batch_sharding()
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
         )
 
-    def global_batch(self, batch: Batch) -> Batch:
-        """A global batch that every host holds whole (eval) -> sharded global arrays."""
+    def global_batch(self, batch: Batch, what: str = "an eval batch") -> Batch:
+        """A global batch that every host holds whole (eval) -> sharded global arrays; each
+        host checks only its own rows (`device_batch`)."""
         rows = host_rows(self.plan.batch_sharding(), len(batch["label"]))
-        return self.device_batch(jax.tree.map(lambda x: x[rows], batch))
+        return self.device_batch(jax.tree.map(lambda x: x[rows], batch), what)
 
 
 def build_experiment(
