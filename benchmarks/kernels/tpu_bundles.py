@@ -1,7 +1,7 @@
 """Static TPU schedules of our Pallas Mosaic-TPU kernels (GDPA, SWA, HSP) at production shapes.
 
     python -m benchmarks.kernels.tpu_bundles --out benchmarks/results/tpu_bundles.json [--sweep]
-        [--head-dim 64 --batch 64] [--heads 8]
+        [--head-dim 64 --batch 64] [--heads 8] [--seq-len 512 --window 100]
 
 No TPU needed: libtpu compiles forward + backward for deviceless v5e and v6e chips and dumps
 each kernel's VLIW schedule (`common/llo.py`); a bundle issues per cycle when nothing stalls.
@@ -21,13 +21,15 @@ times the step bundles, against the kernel's useful FLOPs. The ceiling is a plai
 Pallas matmul compiled in the same run, its densest steady state over CEILING_BLOCKS; its
 known FLOPs give the MXU work of a push. Bundles are a lower bound on cycles: DMA waits and
 stalls come on top, and the clock is not modelled.
-Shapes: B=32, H=4, D=128 (`--batch`, `--heads`, `--head-dim`), bf16, T=4096; GDPA silu,
-self-attention and cross-attention with Tkv=64; SWA at w=128 and the same kernel without a
-window (full attention); HSP with 64 seeds.
+Shapes: B=32, H=4, D=128 (`--batch`, `--heads`, `--head-dim`), bf16, T=4096 (`--seq-len`);
+GDPA silu, self-attention and cross-attention with Tkv=64; SWA at w=128 (`--window`) and the
+same kernel without a window (full attention); HSP with 64 seeds.
 `--sweep` also compiles GDPA and SWA for every SWEEP_TILES candidate and every SWEEP_HEADS
 count of heads per grid step that divides H, and HSP for every HSP_SWEEP_KV tile, and records
-the densest forward and backward grids ("sweep_best"). A candidate Mosaic rejects (its blocks
-overflow VMEM) is recorded with the compiler's error instead of bundles.
+the densest forward and backward grids ("sweep_best"); `--sweep heads` only the heads counts,
+`--sweep swa` only the windowed SWA call's tiles (and only the SWA kernels are reported). A
+candidate Mosaic rejects (its blocks overflow VMEM) is recorded with the compiler's error
+instead of bundles.
 Every array of the programs stays in HBM, as in a training step: with arrays small enough
 (B=4 here) XLA places a kernel's operands in VMEM, its block DMAs become vector copy loops in
 conditional regions, and the step path, which skips conditional regions, would leave out
@@ -206,7 +208,7 @@ def _matmuls(kind: str) -> int:
 
 
 def main() -> None:
-    global B, H, D  # the shapes every case reads
+    global B, H, D, T, SWA_WINDOW  # the shapes every case reads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--topologies", nargs="+", default=list(DEFAULT_TOPOLOGIES))
@@ -214,14 +216,17 @@ def main() -> None:
         "--sweep",
         nargs="?",
         const="all",
-        choices=("all", "heads"),
-        help="also search the GDPA, SWA and HSP tiles and heads per step (heads: only those)",
+        choices=("all", "heads", "swa"),
+        help="also search the GDPA, SWA and HSP tiles and heads per step (heads: only those; "
+        "swa: only the windowed SWA call's tiles)",
     )
     parser.add_argument("--batch", type=int, default=B, help="B (large enough for HBM operands)")
     parser.add_argument("--heads", type=int, default=H, help="H, the model's heads")
     parser.add_argument("--head-dim", type=int, default=D, help="D (the tables' rows by D)")
+    parser.add_argument("--seq-len", type=int, default=T, help="T (queries and keys)")
+    parser.add_argument("--window", type=int, default=SWA_WINDOW, help="SWA's w")
     args = parser.parse_args()
-    B, H, D = args.batch, args.heads, args.head_dim
+    B, H, D, T, SWA_WINDOW = args.batch, args.heads, args.head_dim, args.seq_len, args.window
     dump = Path(tempfile.mkdtemp(prefix="llo_dump_"))
     flags = f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true"
     os.environ["LIBTPU_INIT_ARGS"] = f"{os.environ.get('LIBTPU_INIT_ARGS', '')} {flags}".strip()
@@ -258,6 +263,8 @@ def bundle_report(topologies: list[str], dump: Path, sweep: str | None) -> dict:
         kind = device.device_kind
         ceiling = ceilings[name] = _ceiling(device, dump)
         for case in _cases():
+            if sweep == "swa" and not case.name.startswith("swa"):
+                continue  # an SWA-only report (whose shapes may not suit the other kernels)
             totals = {}
             for kernel, sched in _compiled(case, device, dump).items():
                 att, kernel_kind = case.attention, kernel.split("_")[1]
@@ -280,13 +287,13 @@ def bundle_report(topologies: list[str], dump: Path, sweep: str | None) -> dict:
             if totals:
                 cases.append(_case_summary(name, case.name, totals, ceiling))
         if sweep:
-            sweeps += _sweep(name, device, dump, ceiling, heads_only=sweep == "heads")
+            sweeps += _sweep(name, device, dump, ceiling, sweep)
     env = environment()
     env["device_kind"] = "CPU (deviceless TPU compile: " + ", ".join(topologies) + ")"
     env["libtpu"] = metadata.version("libtpu")
     report = dict(
         environment=env,
-        shapes=dict(B=B, H=H, D=D, T=T),
+        shapes=dict(B=B, H=H, D=D, T=T, window=SWA_WINDOW),
         ceilings=ceilings,
         cases=cases + _swa_vs_full(cases),
         kernels=records,
@@ -311,12 +318,12 @@ def _swa_vs_full(cases: list[dict]) -> list[dict]:
     """Full attention's grid bundles over SWA's (w = SWA_WINDOW), per chip: the static form of
     the SWA speed-up at T."""
     out = []
-    for swa in (c for c in cases if c["case"] == "swa_w128"):
+    for swa in (c for c in cases if c["case"] == _swa_case()):
         (full,) = (c for c in cases if c["case"] == "swa_full" and c["chip"] == swa["chip"])
         out.append(
             dict(
                 chip=swa["chip"],
-                case="swa_w128_vs_full",
+                case=f"{_swa_case()}_vs_full",
                 fwd_speedup=round(full["fwd"]["bundles"] / swa["fwd"]["bundles"], 2),
                 fwd_bwd_speedup=round(
                     (full["fwd"]["bundles"] + full["bwd"]["bundles"])
@@ -369,16 +376,18 @@ def _block_record(sched: Schedule, block: llo.MxuBlock, ceiling: dict, tile_flop
     )
 
 
-def _sweep(chip: str, device, dump: Path, ceiling: dict, heads_only: bool) -> list[dict]:
+def _sweep(chip: str, device, dump: Path, ceiling: dict, mode: str) -> list[dict]:
     """Whole-grid forward and backward bundles of GDPA and SWA for each SWEEP_TILES candidate
-    (explicit tiles: forward and backward alike, unless heads_only) and SWEEP_HEADS count, and
-    HSP's for each HSP_SWEEP_KV tile (unless heads_only)."""
+    (explicit tiles: forward and backward alike) and SWEEP_HEADS count, and HSP's for each
+    HSP_SWEEP_KV tile; mode "heads": the heads counts only, "swa": the windowed SWA call's
+    tiles only."""
+    heads_only = mode == "heads"
     import jax
 
     records = []
     for base in _cases():
         att = base.attention
-        if att is None:
+        if att is None or (mode == "swa" and base.name != _swa_case()):
             continue
         tiles = SWEEP_TILES[_sweep_family(att)]
         variants = (
@@ -387,7 +396,7 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict, heads_only: bool) -> li
         variants += [
             (f"{base.name}_heads", dataclasses.replace(att, heads=n))
             for n in SWEEP_HEADS
-            if H % n == 0
+            if H % n == 0 and mode != "swa"
         ]
         for name, variant in variants:
             block_q, block_kv = variant.tiles("fwd", device.device_kind)
@@ -417,7 +426,7 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict, heads_only: bool) -> li
                 bwd_fraction=summary["bwd"]["fraction"],
             )
             records.append(record)
-    return records if heads_only else records + _hsp_sweep(chip, device, dump)
+    return records if mode != "all" else records + _hsp_sweep(chip, device, dump)
 
 
 def _hsp_sweep(chip: str, device, dump: Path) -> list[dict]:
@@ -557,10 +566,14 @@ def _cases() -> list[Case]:
     return [
         _attention_case("gdpa_self", Attention("gdpa", T, None)),
         _attention_case("gdpa_cross", Attention("gdpa", CROSS_TKV, None)),
-        _attention_case("swa_w128", Attention("swa", T, SWA_WINDOW)),
+        _attention_case(_swa_case(), Attention("swa", T, SWA_WINDOW)),
         _attention_case("swa_full", Attention("swa", T, None)),
         Case("hsp_s64", _HSP_KERNELS, _hsp_build),
     ]
+
+
+def _swa_case() -> str:
+    return f"swa_w{SWA_WINDOW}"
 
 
 def _attention_case(name: str, att: Attention) -> Case:
