@@ -215,6 +215,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int = 2
     seed: int = 0
+    # Generator of the initial parameters: "rbg" (XLA's bit generator, the fastest to compile;
+    # XLA does not partition it, so a sharded table's init briefly holds the whole table's
+    # bits on each device) or "threefry" (partitioned: each device generates only its shard,
+    # the same values on any mesh; for tables too large for that). The two give other values.
+    init_rng: Literal["rbg", "threefry"] = "rbg"
     nan_policy: Literal["stop", "skip"] = "stop"
     grad_accum_steps: int = 1  # micro-batches per step; batch_size is the global batch
     # Multi-task loss: sum_k w_k BCE_k / sum_k w_k over the data.tasks; () = equal weights.

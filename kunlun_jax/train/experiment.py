@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from kunlun_jax.config import Config, ConfigError
+from kunlun_jax.config import Config, ConfigError, TrainConfig
 from kunlun_jax.data.pipeline import first_batch, make_source, train_iterator
 from kunlun_jax.data.spec import Batch, BatchError, FeatureSpec, validate_batch
 from kunlun_jax.model.factory import build_model
@@ -41,10 +41,13 @@ from kunlun_jax.train.state import (
 )
 
 
-def _init_key(seed: int) -> jax.Array:
-    """Initializers draw from an "rbg" key: XLA's native bit generator compiles several times
-    faster than threefry for the hundreds of parameter initializers."""
-    return jax.random.key(seed, impl="rbg")
+def init_key(train: TrainConfig) -> jax.Array:
+    """The key the parameters are initialized from (`train.seed`, `train.init_rng`). "rbg",
+    XLA's native bit generator, compiles several times faster than threefry for the hundreds
+    of initializers; threefry is partitioned (`jax_threefry_partitionable`), so a sharded
+    table's values are generated shard by shard, never whole on one device."""
+    impl = {"rbg": "rbg", "threefry": "threefry2x32"}[train.init_rng]
+    return jax.random.key(train.seed, impl=impl)
 
 
 @dataclasses.dataclass
@@ -82,11 +85,14 @@ class Layout:
         )
 
     def initial_state(self, example: Batch) -> TrainState:
-        """A fresh train state (seed `train.seed`), created directly in its sharded layout;
+        """A fresh train state (`init_key`), created directly in its sharded layout;
         `example`: a batch (shapes only)."""
         with self.activate():
-            init = jax.jit(_state_init(self.model, self.tx), out_shardings=self.state_shardings)
-            return init(_init_key(self.config.train.seed), example)
+            return self.state_init()(init_key(self.config.train), example)
+
+    def state_init(self) -> Any:
+        """jit(key, batch) -> a fresh train state in its sharded layout (`initial_state`)."""
+        return jax.jit(_state_init(self.model, self.tx), out_shardings=self.state_shardings)
 
     def train_step(self) -> Any:
         """jit(state, batch, rng) -> (state, metrics): state donated, batch split over the
@@ -119,7 +125,7 @@ def plan_training(
     rules = axis_rules(config.mesh)
     _check_batch_split(config, ShardingPlan(mesh, rules, ()))
     model = build_model(config.model, spec)
-    key = jax.eval_shape(_init_key, config.train.seed)  # abstract: no device needed
+    key = jax.eval_shape(lambda: init_key(config.train))  # abstract: no device needed
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(model.init, key, example)["params"]
         tx = make_optimizer(config.train, param_labels(boxed))

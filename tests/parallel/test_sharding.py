@@ -25,7 +25,7 @@ from kunlun_jax.parallel.sharding import (
     spec_for,
 )
 from kunlun_jax.train.checkpoint import Checkpointer
-from kunlun_jax.train.experiment import build_experiment, plan_training
+from kunlun_jax.train.experiment import build_experiment, plan_config, plan_training
 from kunlun_jax.train.state import rowwise_adagrad
 
 SMALL = [
@@ -213,6 +213,22 @@ def test_state_is_created_sharded_with_the_same_values(single, sharded):
     ]
     assert kernels
     assert all(k.addressable_shards[0].data.nbytes * 4 == k.nbytes for k in kernels)
+
+
+def test_threefry_init_gives_the_same_values_on_one_device_and_eight(single):
+    """train.init_rng = "threefry": each device generates its shards (partitionable threefry),
+    and the values equal one device's exactly; they are not rbg's (the default)."""
+    states = []
+    for mesh, devices in ((["mesh.data=1"], jax.devices()[:1]), (MESH_222, None)):
+        config = load_config("tiny", [*SMALL, *mesh, "train.init_rng=threefry"])
+        layout, example = plan_config(config, devices)
+        states.append(layout.initial_state(example))
+    one, eight = states
+    assert eight.params["embedding"]["item_id"].sharding.spec[0] == ("data", "fsdp", "model")
+    for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    table = np.asarray(one.params["embedding"]["item_id"])
+    assert not np.allclose(table, np.asarray(single.state.params["embedding"]["item_id"]))
 
 
 def test_sharded_accumulated_step_matches_the_single_device_step(single, sharded):
