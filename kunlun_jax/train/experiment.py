@@ -88,7 +88,38 @@ class Layout:
         """A fresh train state (`init_key`), created directly in its sharded layout;
         `example`: a batch (shapes only)."""
         with self.activate():
-            return self.state_init()(init_key(self.config.train), example)
+            try:
+                return self.state_init()(init_key(self.config.train), example)
+            except jax.errors.JaxRuntimeError as error:
+                hint = self._rbg_memory_hint(error)
+                if hint is None:
+                    raise
+                raise ConfigError(hint) from error
+
+    def _rbg_memory_hint(self, error: Exception) -> str | None:
+        """The fix for an init that ran out of device memory because the "rbg" generator
+        produces each sharded parameter whole on every device (`init_key`); None where that
+        is not the case (other error, threefry, nothing sharded)."""
+        if "RESOURCE_EXHAUSTED" not in str(error) or self.config.train.init_rng != "rbg":
+            return None
+        sharded = [
+            x.size * x.dtype.itemsize
+            for x, s in zip(
+                jax.tree.leaves(self.abstract_state.params),
+                jax.tree.leaves(self.state_shardings.params),
+                strict=True,
+            )
+            if not s.is_fully_replicated
+        ]
+        if not sharded:
+            return None
+        return (
+            f"out of device memory initializing the parameters: with train.init_rng = 'rbg' "
+            f"each device generates every sharded parameter whole (the largest is "
+            f"{max(sharded) / 2**20:,.0f} MiB) before keeping its shard; set "
+            f"train.init_rng = 'threefry' (each device generates only its shard; other initial "
+            f"values). XLA said: {str(error).splitlines()[0][:200]}"
+        )
 
     def state_init(self) -> Any:
         """jit(key, batch) -> a fresh train state in its sharded layout (`initial_state`)."""

@@ -25,7 +25,7 @@ from kunlun_jax.parallel.sharding import (
     spec_for,
 )
 from kunlun_jax.train.checkpoint import Checkpointer
-from kunlun_jax.train.experiment import build_experiment, plan_config, plan_training
+from kunlun_jax.train.experiment import Layout, build_experiment, plan_config, plan_training
 from kunlun_jax.train.state import rowwise_adagrad
 
 SMALL = [
@@ -229,6 +229,32 @@ def test_threefry_init_gives_the_same_values_on_one_device_and_eight(single):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     table = np.asarray(one.params["embedding"]["item_id"])
     assert not np.allclose(table, np.asarray(single.state.params["embedding"]["item_id"]))
+
+
+def test_an_init_out_of_memory_with_rbg_and_sharded_tables_names_the_fix(monkeypatch):
+    def exhausted(self):
+        def init(*args):
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in hbm")
+
+        return init
+
+    monkeypatch.setattr(Layout, "state_init", exhausted)
+
+    def initial_state(mesh: list[str], rng: str) -> None:
+        config = load_config("tiny", [*SMALL, *mesh, f"train.init_rng={rng}"])
+        layout, example = plan_config(config, jax.devices()[: 8 if mesh == MESH_222 else 1])
+        layout.initial_state(example)
+
+    hint = r"^out of device memory .* with train\.init_rng = 'rbg' each device generates every "
+    hint += (
+        r"sharded parameter whole \(the largest is \d+ MiB\) .* set train\.init_rng = 'threefry'"
+    )
+    with pytest.raises(ConfigError, match=hint):
+        initial_state(MESH_222, "rbg")
+    # Where rbg is not the cause, XLA's error as it was: threefry, or nothing sharded.
+    for mesh, rng in ((MESH_222, "threefry"), (["mesh.data=1"], "rbg")):
+        with pytest.raises(jax.errors.JaxRuntimeError, match=r"^RESOURCE_EXHAUSTED"):
+            initial_state(mesh, rng)
 
 
 def test_sharded_accumulated_step_matches_the_single_device_step(single, sharded):
