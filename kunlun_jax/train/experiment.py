@@ -97,9 +97,9 @@ class Layout:
                 raise ConfigError(hint) from error
 
     def _rbg_memory_hint(self, error: Exception) -> str | None:
-        """The fix for an init that ran out of device memory because the "rbg" generator
-        produces each sharded parameter whole on every device (`init_key`); None where that
-        is not the case (other error, threefry, nothing sharded)."""
+        """The fix for an init that ran out of device memory, where the "rbg" generator may
+        have produced a sharded parameter whole on every device (`init_key`); None where that
+        cannot be the cause (another error, threefry, nothing sharded)."""
         if "RESOURCE_EXHAUSTED" not in str(error) or self.config.train.init_rng != "rbg":
             return None
         sharded = [
@@ -115,8 +115,8 @@ class Layout:
             return None
         return (
             f"out of device memory initializing the parameters: with train.init_rng = 'rbg' "
-            f"each device generates every sharded parameter whole (the largest is "
-            f"{max(sharded) / 2**20:,.0f} MiB) before keeping its shard; set "
+            f"XLA can generate a sharded parameter whole on each device before keeping its "
+            f"shard (the largest here is {max(sharded) / 2**20:,.1f} MiB); set "
             f"train.init_rng = 'threefry' (each device generates only its shard; other initial "
             f"values). XLA said: {str(error).splitlines()[0][:200]}"
         )
