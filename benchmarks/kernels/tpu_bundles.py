@@ -381,9 +381,9 @@ def _sweep(chip: str, device, dump: Path, ceiling: dict, mode: str) -> list[dict
     (explicit tiles: forward and backward alike) and SWEEP_HEADS count, and HSP's for each
     HSP_SWEEP_KV tile; mode "heads": the heads counts only, "swa": the windowed SWA call's
     tiles only."""
-    heads_only = mode == "heads"
     import jax
 
+    heads_only = mode == "heads"
     records = []
     for base in _cases():
         att = base.attention
