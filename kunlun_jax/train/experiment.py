@@ -209,12 +209,14 @@ class Experiment(Layout):
         host raises a BatchError naming the field, the others one naming that process, so that
         no host is left waiting in the step's collectives for one that stopped.
         what: the batch, as errors name it."""
+        error = None
         try:
             validate_batch(local, self.spec)
-        except BatchError as error:
-            processes_where(True)
+        except BatchError as e:
+            error = e
+        failed = processes_where(error is not None)  # one collective call on every process
+        if error is not None:
             raise BatchError(f"{what}: {error}") from error
-        failed = processes_where(False)
         if failed:
             raise BatchError(
                 f"{what} failed validation on process {', '.join(map(str, failed))} (that "
